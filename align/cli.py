@@ -1,0 +1,102 @@
+"""`polyalign <stage> --config recipe.yaml [--key value ...]`: one subcommand per stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from . import __version__
+from .errors import PolyalignError
+
+STAGES = {
+    "sft": "packed supervised fine-tuning (trl SFTTrainer)",
+    "generate": "answer prompts with a model (greedy or sampled)",
+}
+
+
+def _stage_config(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str | None]:
+    from .config import deep_merge, load_yaml, parse_overrides
+
+    raw = load_yaml(args.config) if args.config else {}
+    return deep_merge(raw, parse_overrides(extra)), args.config
+
+
+def cmd_sft(args, extra) -> int:
+    from .sft import run_sft
+
+    raw, source = _stage_config(args, extra)
+    run_sft(raw, source)
+    return 0
+
+
+def cmd_generate(args, extra) -> int:
+    from .config import build_dataclass
+    from .data import load_records
+    from .generate import GenerationArgs, generate
+    from .models import ModelArgs, load_model, load_tokenizer
+
+    raw, source = _stage_config(args, extra)
+    prompts_source = raw.pop("prompts", None)
+    output = raw.pop("output", None)
+    gen_keys = {k: raw.pop(k) for k in list(raw) if k in GenerationArgs.__dataclass_fields__}
+    model_args = build_dataclass(ModelArgs, raw, source)
+    gen_args = build_dataclass(GenerationArgs, gen_keys, source)
+    if args.prompt:
+        records = [{"prompt": [{"role": "user", "content": p}], "id": str(i)} for i, p in enumerate(args.prompt)]
+    elif prompts_source:
+        records = load_records(prompts_source, "prompt")
+    else:
+        raise PolyalignError("generate: give --prompt TEXT (repeatable) or --prompts FILE")
+    tokenizer, model = load_tokenizer(model_args), load_model(model_args)
+    answers = generate(model, tokenizer, [r["prompt"] for r in records], gen_args)
+    rows = [{"id": r["id"], "lang": r.get("lang"), "prompt": r["prompt"][-1]["content"], "completion": a}
+            for r, a in zip(records, answers)]
+    if output:
+        from .io import write_jsonl
+
+        write_jsonl(output, rows)
+        print(f"wrote {len(rows)} completions to {output}")
+    else:
+        for row in rows:
+            print(f"### {row['prompt']}\n{row['completion']}\n")
+    return 0
+
+
+COMMANDS = {"sft": cmd_sft, "generate": cmd_generate}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="polyalign", description="Post-training toolkit for multilingual LLMs.",
+                                     epilog="Any other --key value overrides the recipe (trl config fields too).")
+    parser.add_argument("--version", action="version", version=f"polyalign {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="STAGE")
+    for name, help_text in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", help="YAML recipe")
+        if name == "generate":
+            p.add_argument("--prompt", action="append", help="a user message (repeatable)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=os.environ.get("POLYALIGN_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args, extra)
+    except PolyalignError as e:
+        print(f"polyalign {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"polyalign {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Language codes and names, and offline language detection.
+
+Every record carries a `lang` code so every stage can report per language. Codes are ISO 639-1 where one
+exists (ISO 639-3 otherwise); users may write either, or the English name ("French", "Hindi").
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+# code (639-1 or 639-3), ISO 639-3 code(s), English name, other accepted names; `|`-separated fields.
+_TABLE = """
+af|afr|Afrikaans|
+am|amh|Amharic|
+ar|ara arb|Arabic|
+as|asm|Assamese|
+az|aze azj|Azerbaijani|
+be|bel|Belarusian|
+bg|bul|Bulgarian|
+bn|ben|Bengali|Bangla
+bs|bos|Bosnian|
+ca|cat|Catalan|
+ceb|ceb|Cebuano|
+cs|ces cze|Czech|
+cy|cym wel|Welsh|
+da|dan|Danish|
+de|deu ger|German|Deutsch
+el|ell gre|Greek|Modern Greek
+en|eng|English|
+eo|epo|Esperanto|
+es|spa|Spanish|Castilian;Español
+et|est ekk|Estonian|
+eu|eus baq|Basque|
+fa|fas per pes|Persian|Farsi
+fi|fin|Finnish|
+fil|fil|Filipino|
+fr|fra fre|French|Français
+ga|gle|Irish|
+gl|glg|Galician|
+gu|guj|Gujarati|
+ha|hau|Hausa|
+he|heb|Hebrew|
+hi|hin|Hindi|
+hr|hrv|Croatian|
+ht|hat|Haitian Creole|Haitian
+hu|hun|Hungarian|
+hy|hye arm|Armenian|
+id|ind|Indonesian|Bahasa Indonesia
+ig|ibo|Igbo|
+is|isl ice|Icelandic|
+it|ita|Italian|
+ja|jpn|Japanese|jp
+jv|jav|Javanese|
+ka|kat geo|Georgian|
+kk|kaz|Kazakh|
+km|khm|Khmer|
+kn|kan|Kannada|
+ko|kor|Korean|
+ku|kur|Kurdish|
+ky|kir|Kyrgyz|Kirghiz
+la|lat|Latin|
+lg|lug|Ganda|Luganda
+lo|lao|Lao|
+lt|lit|Lithuanian|
+lv|lav lvs|Latvian|
+mg|mlg|Malagasy|
+mi|mri mao|Maori|
+mk|mkd mac|Macedonian|
+ml|mal|Malayalam|
+mn|mon khk|Mongolian|
+mr|mar|Marathi|
+ms|msa may zsm|Malay|
+mt|mlt|Maltese|
+my|mya bur|Burmese|Myanmar
+nb|nob|Norwegian Bokmal|Bokmal;Bokmål;Norwegian;no;nor
+ne|nep npi|Nepali|
+nl|nld dut|Dutch|Flemish
+nn|nno|Norwegian Nynorsk|Nynorsk
+ny|nya|Chichewa|Nyanja
+or|ori ory|Odia|Oriya
+pa|pan|Punjabi|Panjabi
+pl|pol|Polish|
+ps|pus pbt|Pashto|
+pt|por|Portuguese|
+ro|ron rum|Romanian|Moldavian
+ru|rus|Russian|
+rw|kin|Kinyarwanda|
+sd|snd|Sindhi|
+si|sin|Sinhala|Sinhalese
+sk|slk slo|Slovak|
+sl|slv|Slovenian|Slovene
+sn|sna|Shona|
+so|som|Somali|
+sq|sqi alb|Albanian|
+sr|srp|Serbian|
+st|sot|Sotho|Sesotho;Southern Sotho
+su|sun|Sundanese|
+sv|swe|Swedish|
+sw|swa swh|Swahili|Kiswahili
+ta|tam|Tamil|
+te|tel|Telugu|
+tg|tgk|Tajik|
+th|tha|Thai|
+tl|tgl|Tagalog|
+tn|tsn|Tswana|Setswana
+tr|tur|Turkish|
+ts|tso|Tsonga|
+tt|tat|Tatar|
+ug|uig|Uyghur|Uighur
+uk|ukr|Ukrainian|
+ur|urd|Urdu|
+uz|uzb uzn|Uzbek|
+vi|vie|Vietnamese|
+wo|wol|Wolof|
+xh|xho|Xhosa|
+yi|yid|Yiddish|
+yo|yor|Yoruba|
+zh|zho chi cmn|Chinese|Mandarin;Chinese (Simplified);Chinese (Traditional);Simplified Chinese;Traditional Chinese
+zu|zul|Zulu|
+"""
+
+NAMES: dict[str, str] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[\s_]+", " ", text.strip().lower())
+
+
+for _row in _TABLE.strip().splitlines():
+    _code, _iso3, _name, _others = _row.split("|")
+    NAMES[_code] = _name
+    for _alias in [_code, *_iso3.split(), _name, *filter(None, _others.split(";"))]:
+        _ALIASES[_key(_alias)] = _code
+
+
+class UnknownLanguage(ValueError):
+    """A `lang` value that is neither a known code nor a known English name."""
+
+
+def normalize_lang(value: str) -> str:
+    """Map a code or an English name to the canonical code: "French" → "fr", "hin" → "hi", "pt-BR" → "pt"."""
+    if not isinstance(value, str) or not value.strip():
+        raise UnknownLanguage(f"expected a language code or name, got {value!r}")
+    key = _key(value)
+    if key in _ALIASES:
+        return _ALIASES[key]
+    # Locale tags: "pt-BR", "zh_Hant", "en-US" → their language part.
+    base = re.split(r"[-_ ]", key, maxsplit=1)[0]
+    if base in _ALIASES and re.fullmatch(r"[a-z]{2,3}([-_ ][a-z0-9]{2,8})+", key):
+        return _ALIASES[base]
+    raise UnknownLanguage(f"unknown language {value!r} (use an ISO 639-1/639-3 code or an English name)")
+
+
+def language_name(code: str) -> str:
+    return NAMES.get(code, code)
+
+
+@functools.lru_cache(maxsize=1)
+def _detector():
+    # Lingua ships its n-gram models inside the wheel: detection works offline. Models load lazily per language.
+    from lingua import LanguageDetectorBuilder
+
+    return LanguageDetectorBuilder.from_all_languages().build()
+
+
+def detect_language(text: str) -> tuple[str | None, float]:
+    """Return (code, confidence) for `text`, or (None, 0.0) when it has no letters to judge by."""
+    if not text or not re.search(r"[^\W\d_]", text):
+        return None, 0.0
+    values = _detector().compute_language_confidence_values(text[:2000])
+    if not values:
+        return None, 0.0
+    best = values[0]
+    code = best.language.iso_code_639_1.name.lower()
+    return normalize_lang(code), float(best.value)

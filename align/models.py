@@ -1,0 +1,163 @@
+"""Load a policy and its tokenizer the same way in every stage.
+
+Choices made here, once: the embedded alias, dtype (bf16 on CUDA, fp32 on CPU), attention backend
+(flash_attention_2 when flash-attn and CUDA are there, else sdpa), 4/8-bit bases through bitsandbytes (CUDA only),
+LoRA through peft, safetensors only, and no remote code unless asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .embedded import DEFAULT_MODEL, resolve_model
+from .errors import ConfigError, PolyalignError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
+
+
+@dataclass
+class LoraArgs:
+    """LoRA defaults from the native-vs-translated instruction-tuning study: r=8, alpha=16, dropout 0.05 on q,k,v."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+    bias: str = "none"
+    modules_to_save: list[str] | None = None
+
+
+@dataclass
+class ModelArgs:
+    model: str = DEFAULT_MODEL
+    dtype: str = "auto"
+    attn_implementation: str = "auto"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    bnb_4bit_quant_type: str = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        if cuda_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16 if cuda_available() else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(None, "dtype", f"unknown dtype {name!r} (expected auto, {', '.join(DTYPES)})")
+    return DTYPES[name]
+
+
+def resolve_attention(name: str, dtype: torch.dtype) -> str:
+    if name not in ATTENTION:
+        raise ConfigError(None, "attn_implementation", f"unknown backend {name!r} (expected {', '.join(ATTENTION)})")
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if name == "auto":
+        return "flash_attention_2" if has_flash and cuda_available() and dtype in (torch.bfloat16, torch.float16) else "sdpa"
+    if name.startswith("flash_attention"):
+        if not cuda_available():
+            raise ConfigError(None, "attn_implementation", f"{name} needs a CUDA GPU; none is available")
+        if name == "flash_attention_2" and not has_flash:
+            raise ConfigError(None, "attn_implementation", "flash_attention_2 needs flash-attn: pip install 'polyalign[gpu]'")
+    return name
+
+
+def quantization_config(args: ModelArgs, dtype: torch.dtype):
+    if not (args.load_in_4bit or args.load_in_8bit):
+        return None
+    if args.load_in_4bit and args.load_in_8bit:
+        raise ConfigError(None, "load_in_4bit", "choose one of load_in_4bit and load_in_8bit")
+    key = "load_in_4bit" if args.load_in_4bit else "load_in_8bit"
+    if not cuda_available():
+        raise ConfigError(None, key, "QLoRA (bitsandbytes 4/8-bit) needs a CUDA GPU; none is available")
+    from transformers import BitsAndBytesConfig
+
+    if args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=args.bnb_4bit_quant_type,
+                              bnb_4bit_use_double_quant=args.bnb_4bit_use_double_quant,
+                              bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+
+
+def load_tokenizer(args: ModelArgs):
+    from transformers import AutoTokenizer
+
+    path = resolve_model(args.model)
+    if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
+        import json
+
+        base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        path = resolve_model(base)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code, revision=args.revision)
+    except OSError as e:
+        raise PolyalignError(f"model '{args.model}': cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise PolyalignError(f"model '{args.model}': its tokenizer has no chat template; "
+                             "use an instruct/chat model or add a chat_template to tokenizer_config.json")
+    return tokenizer
+
+
+def load_model(args: ModelArgs, *, device_map=None):
+    """Load a causal LM for training or generation (safetensors only)."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = resolve_dtype(args.dtype)
+    attention = resolve_attention(args.attn_implementation, dtype)
+    quant = quantization_config(args, dtype)
+    path = resolve_model(args.model)
+    kwargs = dict(dtype=dtype, attn_implementation=attention, trust_remote_code=args.trust_remote_code,
+                  revision=args.revision, use_safetensors=True)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = device_map or {"": torch.cuda.current_device()}
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    adapter = Path(path) / "adapter_config.json"
+    if adapter.is_file():
+        return _load_adapter(args, Path(path), kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise PolyalignError(f"model '{args.model}': cannot load ({str(e).splitlines()[0]}); polyalign loads "
+                             "safetensors checkpoints only") from None
+    log.info("loaded %s (%s, %s, attention=%s)", args.model, sum(p.numel() for p in model.parameters()), dtype, attention)
+    return model
+
+
+def _load_adapter(args: ModelArgs, path: Path, kwargs: dict):
+    """A LoRA adapter directory: load its base (an alias is resolved too), then the adapter on top."""
+    import json
+
+    from peft import PeftModel
+
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise PolyalignError(f"{path}/adapter_config.json names no base_model_name_or_path")
+    base_model = load_model(dataclasses.replace(args, model=base))
+    return PeftModel.from_pretrained(base_model, str(path))
+
+
+def lora_config(lora: LoraArgs):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      bias=lora.bias, modules_to_save=lora.modules_to_save, task_type="CAUSAL_LM")

@@ -1,0 +1,247 @@
+"""Packed supervised fine-tuning on trl's SFTTrainer.
+
+What polyalign adds to SFTTrainer: records from any ingested format, assistant-only labels for any chat template
+(align.chat), packing that keeps examples apart (best-fit-decreasing bins fed padding-free: no attention mask,
+position ids restarting per example, no KV cache; transformers then builds a block-diagonal causal mask on sdpa and
+eager, and flash-attention gets cu_seqlens), a run that resumes from its last checkpoint after a kill, and an
+output directory that appears only when training is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .chat import IGNORE_INDEX, tokenize_chat
+from .config import build_dataclass, config_hash, split_known
+from .data import language_mix, load_records
+from .errors import ConfigError
+from .io import partial_dir, promote, write_json
+from .models import LoraArgs, ModelArgs, cuda_available, load_model, load_tokenizer, lora_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTArgs(ModelArgs):
+    """polyalign's own SFT keys; every other recipe key is a trl SFTConfig field."""
+
+    dataset: Any = None
+    output_dir: str | None = None
+    overwrite: bool = False
+    lora: dict | bool | None = None  # true for the defaults, or {r, alpha, dropout, target_modules, ...}
+    save_merged: bool = False  # with LoRA: also write the adapter merged into its base under <output_dir>/merged
+    keep_checkpoints: bool = False
+
+
+# trl defaults that polyalign changes: pack by default, never report to a tracker nobody configured, and use
+# bf16 only where the hardware has it (trl defaults to bf16, which a CPU run cannot use).
+SFT_DEFAULTS = {"packing": True, "report_to": "none", "logging_steps": 10, "save_strategy": "steps",
+                "save_steps": 200, "save_total_limit": 2}
+
+
+@dataclass
+class SFTJob:
+    args: SFTArgs
+    training: Any  # trl.SFTConfig
+    lora: LoraArgs | None
+    assistant_only_loss: bool
+    raw: dict = field(default_factory=dict)
+
+
+def parse_sft_config(raw: dict, source: str | None = None) -> SFTJob:
+    from trl import SFTConfig
+
+    own, trl_kwargs = split_known(raw, SFTArgs, SFTConfig, source)
+    args = build_dataclass(SFTArgs, own, source)
+    if not args.output_dir:
+        raise ConfigError(source, "output_dir", "missing: where to write the trained model")
+    if args.dataset is None:
+        raise ConfigError(source, "dataset", "missing: a file, folder, or datasets name (or a list of them)")
+    lora = None
+    if args.lora not in (None, False):
+        lora = build_dataclass(LoraArgs, {} if args.lora is True else args.lora, source, prefix="lora.")
+    elif args.load_in_4bit or args.load_in_8bit:
+        raise ConfigError(source, "load_in_4bit" if args.load_in_4bit else "load_in_8bit",
+                          "a 4/8-bit base can only be trained through LoRA adapters: add `lora: true`")
+    # Our labels already mask everything but assistant turns; trl must not re-derive them.
+    assistant_only = trl_kwargs.pop("assistant_only_loss", True)
+    kwargs = {**SFT_DEFAULTS, **trl_kwargs}
+    kwargs.setdefault("bf16", cuda_available() and args.dtype in ("auto", "bf16", "bfloat16"))
+    kwargs.setdefault("include_num_input_tokens_seen", "all")
+    kwargs["output_dir"] = str(partial_dir(args.output_dir))
+    kwargs["assistant_only_loss"] = False
+    kwargs["completion_only_loss"] = False
+    if kwargs.get("packing") and kwargs.get("packing_strategy", "bfd") == "wrapped":
+        raise ConfigError(source, "packing_strategy", "'wrapped' cuts examples mid-sequence and lets them attend "
+                          "across boundaries; polyalign packs with 'bfd' (default) or 'bfd_split'")
+    try:
+        training = SFTConfig(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(source, None, f"invalid SFTConfig: {e}") from None
+    return SFTJob(args, training, lora, assistant_only, raw)
+
+
+def tokenize_records(records: list[dict], tokenizer, max_length: int | None, *, assistant_only: bool = True,
+                     num_proc: int | None = None):
+    """Records → a datasets.Dataset of input_ids/labels/lang, and counts for the summary."""
+    import datasets
+
+    def encode(batch):
+        out = {"input_ids": [], "labels": [], "truncated": []}
+        for messages in batch["messages"]:
+            chat = tokenize_chat(tokenizer, messages, max_length=max_length, assistant_only=assistant_only)
+            out["input_ids"].append(chat.input_ids)
+            out["labels"].append(chat.labels)
+            out["truncated"].append(chat.truncated)
+        return out
+
+    table = datasets.Dataset.from_dict({"messages": [r["messages"] for r in records],
+                                        "lang": [r["lang"] for r in records]})
+    encoded = table.map(encode, batched=True, remove_columns=["messages"], num_proc=num_proc,
+                        desc="Tokenising (assistant-only labels)")
+    kept = encoded.filter(lambda ex: any(label != IGNORE_INDEX for label in ex["labels"]), num_proc=num_proc)
+    stats = {
+        "examples": len(records),
+        "truncated": int(sum(encoded["truncated"])),
+        "dropped_no_assistant_tokens": len(encoded) - len(kept),
+        "tokens": int(sum(len(ids) for ids in kept["input_ids"])),
+        "trained_tokens": int(sum(sum(1 for x in labels if x != IGNORE_INDEX) for labels in kept["labels"])),
+        "examples_per_language": dict(Counter(kept["lang"]).most_common()),
+    }
+    return kept.remove_columns(["truncated", "lang"]), stats
+
+
+def packing_stats(dataset, max_length: int) -> dict:
+    """How full the packed bins are: real tokens over bins × max_length."""
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    return {"packs": len(lengths), "packing_efficiency": round(sum(lengths) / (len(lengths) * max_length), 4)
+            if lengths else 0.0}
+
+
+def build_trainer(job: SFTJob, records: list[dict]):
+    """Tokenise, load the model and build the SFTTrainer: shared by the stage, the tests and the benchmark."""
+    from trl import SFTTrainer
+
+    tokenizer = load_tokenizer(job.args)
+    dataset, stats = tokenize_records(records, tokenizer, job.training.max_length,
+                                      assistant_only=job.assistant_only_loss,
+                                      num_proc=job.training.dataset_num_proc)
+    if len(dataset) == 0:
+        raise ConfigError(None, "dataset", "no example has an assistant token left to train on")
+    model = load_model(job.args)
+    trainer = SFTTrainer(model=model, args=job.training, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora_config(job.lora) if job.lora else None)
+    if job.training.packing:
+        stats.update(packing_stats(trainer.train_dataset, job.training.max_length))
+    return trainer, stats
+
+
+def _last_checkpoint(directory: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(directory)) if directory.is_dir() else None
+
+
+def _prepare_partial(partial: Path, digest: str, is_main: bool) -> str | None:
+    """Reuse the checkpoints of a killed run with the same config; start clean otherwise."""
+    marker = partial / "polyalign_config_hash"
+    if partial.exists() and (not marker.exists() or marker.read_text().strip() != digest):
+        if is_main:
+            log.warning("%s holds a run with another config: starting over", partial)
+            shutil.rmtree(partial)
+    resume = _last_checkpoint(partial) if partial.exists() else None
+    if is_main:
+        partial.mkdir(parents=True, exist_ok=True)
+        marker.write_text(digest)
+    return resume
+
+
+def run_sft(raw: dict, source: str | None = None) -> Path:
+    """The `sft` stage: returns the output directory."""
+    import torch
+    from accelerate import PartialState
+
+    job = parse_sft_config(raw, source)
+    state = PartialState()
+    final = Path(job.args.output_dir)
+    if final.exists() and not job.args.overwrite:
+        raise ConfigError(source, "output_dir", f"{final} already exists (pass --overwrite to replace it)")
+
+    # Everything that can fail on bad input happens before anything is written.
+    records = load_records(job.args.dataset, "sft", seed=job.training.seed)
+    if state.is_main_process:
+        mix = language_mix(records)
+        print(f"SFT data: {len(records)} examples in {len(mix)} languages: "
+              + ", ".join(f"{lang} {n}" for lang, n in mix.items()), flush=True)
+    partial = partial_dir(final)
+    digest = config_hash({k: v for k, v in job.raw.items() if k != "overwrite"})
+    resume = _prepare_partial(partial, digest, state.is_main_process)
+    state.wait_for_everyone()
+    try:
+        trainer, stats = build_trainer(job, records)
+    except BaseException:
+        if state.is_main_process and resume is None:
+            shutil.rmtree(partial, ignore_errors=True)  # nothing worth keeping: leave no trace
+        raise
+    if resume and state.is_main_process:
+        print(f"Resuming from {resume}", flush=True)
+
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(partial))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        metrics = _summarise(trainer, result, stats, time.time() - start, state.num_processes)
+        if job.lora and job.args.save_merged:
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(partial / "merged", safe_serialization=True)
+            trainer.processing_class.save_pretrained(partial / "merged")
+        if not job.args.keep_checkpoints:
+            for checkpoint in partial.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint)
+        (partial / "polyalign_config_hash").unlink(missing_ok=True)
+        (partial / "training_args.bin").unlink(missing_ok=True)  # a pickle: not ours to ship
+        write_json(partial / "metrics.json", metrics)
+        write_json(partial / "polyalign_recipe.json", {"stage": "sft", "config": job.raw, "source": source})
+        promote(partial, final, overwrite=job.args.overwrite)
+        _print_summary(final, metrics)
+    state.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return final
+
+
+def _summarise(trainer, result, stats: dict, wall: float, processes: int) -> dict:
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    tokens_seen = trainer.state.num_input_tokens_seen or 0
+    runtime = result.metrics.get("train_runtime", wall)
+    return {
+        **stats,
+        "processes": processes,
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0, 4),
+        "train_loss": result.training_loss,
+        "final_logged_loss": history[-1]["loss"] if history else None,
+        "train_runtime_s": round(runtime, 2),
+        "tokens_seen": tokens_seen,
+        "tokens_per_second": round(tokens_seen / runtime, 1) if runtime and tokens_seen else None,
+        "lora": trainer.model.__class__.__name__.startswith("Peft"),
+    }
+
+
+def _print_summary(final: Path, m: dict) -> None:
+    rows = [("examples", m["examples"]), ("truncated", m["truncated"]), ("tokens", m["tokens"]),
+            ("trained (assistant) tokens", m["trained_tokens"]), ("packs", m.get("packs", "-")),
+            ("packing efficiency", f"{m['packing_efficiency']:.1%}" if "packing_efficiency" in m else "-"),
+            ("steps", m["steps"]), ("train loss", f"{m['train_loss']:.4f}"),
+            ("tokens/s", m["tokens_per_second"]), ("output", str(final))]
+    width = max(len(k) for k, _ in rows)
+    print("\nSFT summary", flush=True)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}", flush=True)
