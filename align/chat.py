@@ -9,6 +9,7 @@ includes the end-of-turn token, so the model learns to stop.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .errors import PolyalignError
@@ -36,13 +37,17 @@ def assistant_char_spans(tokenizer, messages: list[dict], chat_template=None) ->
             continue
         before = render(tokenizer, messages[:i], add_generation_prompt=True, chat_template=chat_template)
         through = render(tokenizer, messages[: i + 1], chat_template=chat_template)
-        if not through.startswith(before) or not full.startswith(through):
+        # Templates may close a conversation with something they omit mid-conversation (phi3 appends EOS), so
+        # the turn ends where its rendering and the whole conversation's part ways.
+        end = len(os.path.commonprefix([through, full]))
+        content = message["content"].strip()
+        if not full.startswith(before) or content not in full[len(before):end]:
             raise TemplateError(
-                "the chat template is not prefix-preserving (rendering turns 1..i is not a prefix of rendering "
-                f"turns 1..i+1 at turn {i}), so assistant tokens cannot be located; use a template that renders "
-                "each turn independently, or set assistant_only_loss: false")
-        if len(through) > len(before):
-            spans.append((len(before), len(through)))
+                "the chat template is not prefix-preserving (the conversation up to assistant turn "
+                f"{i} does not render as a prefix of the whole), so assistant tokens cannot be located; use a "
+                "template that renders each turn independently, or set assistant_only_loss: false")
+        if end > len(before):
+            spans.append((len(before), end))
     return full, spans
 
 

@@ -74,6 +74,8 @@ def parse_sft_config(raw: dict, source: str | None = None) -> SFTJob:
     kwargs = {**SFT_DEFAULTS, **trl_kwargs}
     kwargs.setdefault("bf16", cuda_available() and args.dtype in ("auto", "bf16", "bfloat16"))
     kwargs.setdefault("include_num_input_tokens_seen", "all")
+    # Without CUDA, several processes (torchrun, or `accelerate launch --multi_gpu`) must form a gloo CPU group.
+    kwargs.setdefault("use_cpu", not cuda_available())
     kwargs["output_dir"] = str(partial_dir(args.output_dir))
     kwargs["assistant_only_loss"] = False
     kwargs["completion_only_loss"] = False
@@ -168,7 +170,7 @@ def run_sft(raw: dict, source: str | None = None) -> Path:
     from accelerate import PartialState
 
     job = parse_sft_config(raw, source)
-    state = PartialState()
+    state = PartialState(cpu=job.training.use_cpu)
     final = Path(job.args.output_dir)
     if final.exists() and not job.args.overwrite:
         raise ConfigError(source, "output_dir", f"{final} already exists (pass --overwrite to replace it)")

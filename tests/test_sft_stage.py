@@ -1,0 +1,133 @@
+"""The SFT stage end to end: the embedded default, LoRA, two processes, a kill and a resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from align.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = ["--logging_steps", "1", "--disable_tqdm", "true"]
+
+
+def run_cli(*args: str) -> int:
+    return main(["sft", *args])
+
+
+def greedy(model_dir: Path, prompt: str, tokens: int = 12) -> str:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=tokens, do_sample=False)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_embedded_default_trains_loads_and_generates(chat_file, tmp_path):
+    out = tmp_path / "sft"
+    assert run_cli("--dataset", str(chat_file), "--output_dir", str(out), "--max_steps", "2",
+                   "--max_length", "256", "--learning_rate", "1e-5", *QUIET) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["examples"] == 6 and metrics["trained_tokens"] > 0
+    assert metrics["train_loss"] == metrics["train_loss"]  # not NaN
+    assert set(metrics["examples_per_language"]) == {"fr", "de", "hi", "en", "ja", "es"}
+    assert (out / "model.safetensors").exists() and (out / "chat_template.jinja").exists()
+    assert not list(out.glob("checkpoint-*")) and not (out / "training_args.bin").exists()
+    assert not (tmp_path / ".sft.partial").exists()
+    text = greedy(out, "What is the capital of France?")
+    assert len(text.strip()) > 0
+
+
+def test_lora_adapter_and_merged_model(tiny_model_dir, chat_file, tmp_path):
+    out = tmp_path / "lora"
+    assert run_cli("--model", str(tiny_model_dir), "--dataset", str(chat_file), "--output_dir", str(out),
+                   "--lora", "true", "--save_merged", "true", "--max_steps", "2", "--learning_rate", "1e-2",
+                   "--gradient_checkpointing", "false", *QUIET) == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["lora_alpha"] == 16 and config["lora_dropout"] == 0.05
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj"}
+    assert (out / "adapter_model.safetensors").exists()
+    # The merged model differs from the base only where LoRA reached.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").state_dict()
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all(any(m in k for m in ("q_proj", "k_proj", "v_proj")) for k in changed)
+    # polyalign loads an adapter directory through its base.
+    from align.models import ModelArgs, load_model
+
+    adapted = load_model(ModelArgs(model=str(out)))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(ids).logits, AutoModelForCausalLM.from_pretrained(out / "merged")(ids).logits,
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_existing_output_dir_is_refused(tiny_model_dir, chat_file, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert run_cli("--model", str(tiny_model_dir), "--dataset", str(chat_file), "--output_dir", str(out)) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_give_the_same_result_shape(tiny_model_dir, chat_file, tmp_path):
+    common = ["--config", str(REPO / "tests" / "data" / "tiny_sft.yaml"), "--model", str(tiny_model_dir),
+              "--dataset", str(chat_file), "--max_steps", "3", *QUIET]
+    single, double = tmp_path / "one", tmp_path / "two"
+    assert run_cli(*common, "--output_dir", str(single)) == 0
+    # accelerate's --cpu flag starts several processes only through mpirun; its torchrun launcher (--multi_gpu)
+    # with no GPU present gives the gloo CPU group that polyalign selects when CUDA is absent.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              str(REPO / "recipes" / "sft.py"), *common, "--output_dir", str(double)]
+    result = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (json.loads((d / "metrics.json").read_text()) for d in (single, double))
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert two["steps"] == 3
+    a = AutoModelForCausalLM.from_pretrained(single).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(double).state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    assert all(torch.isfinite(v).all() for v in b.values())
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, chat_file, tmp_path):
+    out = tmp_path / "resumable"
+    partial = tmp_path / ".resumable.partial"
+    cmd = [sys.executable, "-m", "align.cli", "sft", "--config", str(REPO / "tests" / "data" / "tiny_sft.yaml"),
+           "--model", str(tiny_model_dir), "--dataset", str(chat_file), "--output_dir", str(out),
+           "--max_steps", "40", "--save_steps", "2", "--save_total_limit", "3", *QUIET]
+    process = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(partial.glob("checkpoint-4")) and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not out.exists()  # nothing half-written where the user looks
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in partial.glob("checkpoint-*"))
+    assert checkpoints and checkpoints[-1] < 40
+
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Resuming from" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 40
+    assert not partial.exists()
