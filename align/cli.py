@@ -54,14 +54,13 @@ def cmd_generate(args, extra) -> int:
     answers = generate(model, tokenizer, [r["prompt"] for r in records], gen_args)
     rows = [{"id": r["id"], "lang": r.get("lang"), "prompt": r["prompt"][-1]["content"], "completion": a}
             for r, a in zip(records, answers)]
+    for row in rows:
+        print(f"[{row['lang'] or '?'}] {row['prompt']}\n  → {row['completion']}\n", flush=True)
     if output:
         from .io import write_jsonl
 
         write_jsonl(output, rows)
         print(f"wrote {len(rows)} completions to {output}")
-    else:
-        for row in rows:
-            print(f"### {row['prompt']}\n{row['completion']}\n")
     return 0
 
 

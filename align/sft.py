@@ -144,10 +144,21 @@ def build_trainer(job: SFTJob, records: list[dict]):
     return trainer, stats
 
 
-def _last_checkpoint(directory: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def _last_complete_checkpoint(directory: Path, is_main: bool) -> str | None:
+    """The newest checkpoint a kill did not cut short: the Trainer writes trainer_state.json last."""
+    import json
 
-    return get_last_checkpoint(str(directory)) if directory.is_dir() else None
+    checkpoints = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+                         if p.name.split("-")[-1].isdigit() else -1, reverse=True)
+    for checkpoint in checkpoints:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return str(checkpoint)
+        except (OSError, ValueError):
+            log.warning("%s is incomplete (the run was killed while saving it): skipping it", checkpoint)
+            if is_main:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
 
 
 def _prepare_partial(partial: Path, digest: str, is_main: bool) -> str | None:
@@ -157,7 +168,7 @@ def _prepare_partial(partial: Path, digest: str, is_main: bool) -> str | None:
         if is_main:
             log.warning("%s holds a run with another config: starting over", partial)
             shutil.rmtree(partial)
-    resume = _last_checkpoint(partial) if partial.exists() else None
+    resume = _last_complete_checkpoint(partial, is_main) if partial.exists() else None
     if is_main:
         partial.mkdir(parents=True, exist_ok=True)
         marker.write_text(digest)

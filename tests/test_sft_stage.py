@@ -114,20 +114,21 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, chat_file, 
     partial = tmp_path / ".resumable.partial"
     cmd = [sys.executable, "-m", "align.cli", "sft", "--config", str(REPO / "tests" / "data" / "tiny_sft.yaml"),
            "--model", str(tiny_model_dir), "--dataset", str(chat_file), "--output_dir", str(out),
-           "--max_steps", "40", "--save_steps", "2", "--save_total_limit", "3", *QUIET]
+           "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "3", *QUIET]
     process = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(partial.glob("checkpoint-4")) and process.poll() is None:
+    while time.time() < deadline and not (partial / "checkpoint-4" / "trainer_state.json").exists() \
+            and process.poll() is None:
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not out.exists()  # nothing half-written where the user looks
     checkpoints = sorted(int(p.name.split("-")[1]) for p in partial.glob("checkpoint-*"))
-    assert checkpoints and checkpoints[-1] < 40
+    assert checkpoints and checkpoints[-1] < 12
 
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Resuming from" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 40
+    assert metrics["steps"] == 12
     assert not partial.exists()

