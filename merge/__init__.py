@@ -1,0 +1,1 @@
+"""Checkpoint soups for polyalign: weighted averaging and mergekit methods (issue #3)."""
