@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_third_party_noise() -> None:
+    """Silence warnings that say nothing about the user's run (CPU-only bitsandbytes kernels, a renamed trl field)."""
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*`gradient_checkpointing` is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true.*")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -87,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=os.environ.get("POLYALIGN_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party_noise()
     try:
         return COMMANDS[args.command](args, extra)
     except PolyalignError as e:

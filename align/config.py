@@ -122,8 +122,6 @@ def coerce(value: Any, annotation: Any, key: str, source: str | None) -> Any:
         return str(value)
     if list in allowed and isinstance(value, str):
         return [value]
-    if (dict in allowed or list in allowed) and not isinstance(value, str):
-        return value
     if str in allowed or any(isinstance(t, type) and issubclass(t, str) for t in allowed):
         return value
     names = ", ".join(getattr(t, "__name__", str(t)) for t in allowed)

@@ -95,10 +95,18 @@ def quantization_config(args: ModelArgs, dtype: torch.dtype):
                               bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
 
 
+def model_path(name: str) -> str:
+    """Resolve an alias; refuse a local-looking path that does not exist instead of asking the hub for it."""
+    path = resolve_model(name)
+    if (path.startswith((".", "/", "~")) or path.count("/") > 1) and not Path(path).expanduser().exists():
+        raise PolyalignError(f"model '{name}': no such directory")
+    return str(Path(path).expanduser()) if path.startswith("~") else path
+
+
 def load_tokenizer(args: ModelArgs):
     from transformers import AutoTokenizer
 
-    path = resolve_model(args.model)
+    path = model_path(args.model)
     if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
         import json
 
@@ -123,7 +131,7 @@ def load_model(args: ModelArgs, *, device_map=None):
     dtype = resolve_dtype(args.dtype)
     attention = resolve_attention(args.attn_implementation, dtype)
     quant = quantization_config(args, dtype)
-    path = resolve_model(args.model)
+    path = model_path(args.model)
     kwargs = dict(dtype=dtype, attn_implementation=attention, trust_remote_code=args.trust_remote_code,
                   revision=args.revision, use_safetensors=True)
     if quant is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ class DataSource:
             if "path" not in value:
                 raise ConfigError(None, f"{where}.path", "missing")
             source = cls(**value)
-            if not isinstance(source.weight, (int, float)) or source.weight != source.weight or source.weight <= 0:
+            if isinstance(source.weight, bool) or not isinstance(source.weight, (int, float)) \
+                    or not math.isfinite(source.weight) or source.weight <= 0:
                 raise ConfigError(None, f"{where}.weight", f"must be a positive number, got {source.weight!r}")
             if source.lang is not None:
                 try:
@@ -63,7 +65,9 @@ def parse_sources(value: Any) -> list[DataSource]:
     return [DataSource.parse(item, f"dataset[{i}]") for i, item in enumerate(items)]
 
 
-_EMPTY = {"sft": {"messages": []}, "preference": {"chosen": []}, "prompt": {"prompt": []}}
+# (kind a file holds, kind a stage asks for) pairs that formats.to_kind can convert.
+CONVERSIONS = {("sft", "sft"), ("preference", "preference"), ("prompt", "prompt"), ("sft", "prompt"),
+               ("preference", "prompt"), ("preference", "sft")}
 
 
 def read_source(source: DataSource, kind: str) -> list[dict]:
@@ -77,7 +81,7 @@ def read_source(source: DataSource, kind: str) -> list[dict]:
             if fmt is None:
                 if row_fmt is None:
                     raise loc.error(describe_unknown(row))
-                if to_kind(_EMPTY[FORMAT_KINDS[row_fmt]], kind) is None:
+                if (FORMAT_KINDS[row_fmt], kind) not in CONVERSIONS:
                     raise loc.error(f"holds {row_fmt} data ({FORMAT_KINDS[row_fmt]} records), which cannot serve "
                                     f"as {kind} records")
                 fmt = row_fmt
@@ -105,7 +109,7 @@ def apply_weight(records: list[dict], weight: float, seed: int) -> list[dict]:
 
 def load_records(dataset: Any, kind: str, *, seed: int = 0) -> list[dict]:
     """Read every source of a recipe's `dataset` entry, weighted, as canonical `kind` records."""
-    sources = dataset if isinstance(dataset, list) and all(isinstance(s, DataSource) for s in dataset) \
+    sources = dataset if isinstance(dataset, list) and dataset and all(isinstance(s, DataSource) for s in dataset) \
         else parse_sources(dataset)
     records: list[dict] = []
     for i, source in enumerate(sources):

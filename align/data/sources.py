@@ -57,7 +57,7 @@ def _check_object(loc: Location, value: Any) -> dict:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[Location, dict]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, text in enumerate(f, start=1):
             if not text.strip():
                 continue
@@ -70,7 +70,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[Location, dict]]:
 
 
 def _iter_json(path: Path) -> Iterator[tuple[Location, dict]]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -79,10 +79,11 @@ def _iter_json(path: Path) -> Iterator[tuple[Location, dict]]:
             return
         raise InputError(str(path), f"invalid JSON ({e.msg} at column {e.colno})", line=e.lineno) from None
     if isinstance(value, dict):
-        # {"data": [...]} or {"train": [...]} wrappers, as some exports write them.
-        lists = [v for v in value.values() if isinstance(v, list)]
-        if len(lists) == 1 and len(value) <= 3:
-            value = lists[0]
+        # A {"data": [...]} or {"train": [...]} wrapper, as some exports write them; otherwise a single record.
+        lists = [(k, v) for k, v in value.items()
+                 if isinstance(v, list) and v and all(isinstance(item, dict) for item in v)]
+        if len(lists) == 1 and lists[0][0] not in STRUCTURED_COLUMNS:
+            value = lists[0][1]
         else:
             value = [value]
     if not isinstance(value, list):
@@ -107,7 +108,7 @@ def _iter_parquet(path: Path) -> Iterator[tuple[Location, dict]]:
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[Location, dict]]:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
             raise InputError(str(path), "CSV file has no header row")

@@ -1,0 +1,157 @@
+"""Language codes, names and offline detection, directly and through ingestion.
+
+The first detection of Latin-script text loads lingua's models for every Latin-script language (the slowest step
+of this file); all such detection is kept to two tests so that the cost is paid once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from align.data import DataSource, detect_language, language_mix, load_records, normalize_lang
+from align.data.languages import UnknownLanguage, language_name
+from align.errors import InputError
+
+
+def U(content: str) -> dict:
+    return {"role": "user", "content": content}
+
+
+def A(content: str) -> dict:
+    return {"role": "assistant", "content": content}
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+GERMAN = "Der Hund läuft jeden Morgen mit seinem Besitzer durch den großen Park und spielt dort mit anderen Hunden."
+SPANISH = "El perro corre todas las mañanas con su dueño por el parque grande y juega allí con otros perros."
+HINDI = "भारत की राजधानी नई दिल्ली है और यह देश का एक बहुत बड़ा और पुराना शहर है।"
+JAPANESE = "日本の首都は東京です。東京はとても大きな都市で、たくさんの人が住んでいます。"
+
+# ------------------------------------------------------------------------------------------------ normalize_lang
+
+
+@pytest.mark.parametrize("value, code", [
+    ("fr", "fr"), ("French", "fr"), ("french", "fr"), ("FRENCH", "fr"), ("  French ", "fr"), ("fra", "fr"),
+    ("fre", "fr"), ("Français", "fr"),
+    ("Hindi", "hi"), ("hin", "hi"), ("hi", "hi"),
+    ("pt-BR", "pt"), ("pt_BR", "pt"), ("pt", "pt"), ("Portuguese", "pt"), ("por", "pt"),
+    ("en-US", "en"), ("eng", "en"), ("English", "en"),
+    ("zh-Hant", "zh"), ("zh_Hans_CN", "zh"), ("cmn", "zh"), ("Chinese (Simplified)", "zh"), ("Mandarin", "zh"),
+    ("es-419", "es"), ("Spanish", "es"), ("Español", "es"),
+    ("German", "de"), ("Deutsch", "de"), ("deu", "de"), ("de-AT", "de"),
+    ("Japanese", "ja"), ("jpn", "ja"),
+    ("Norwegian", "nb"), ("no", "nb"), ("nor", "nb"), ("Norwegian Nynorsk", "nn"),
+    ("Haitian Creole", "ht"), ("Bahasa Indonesia", "id"), ("swh", "sw"), ("Kiswahili", "sw"),
+    ("fil", "fil"), ("ceb", "ceb"), ("Cebuano", "ceb"),
+])
+def test_normalize_lang(value, code):
+    assert normalize_lang(value) == code
+
+
+@pytest.mark.parametrize("value", ["Klingon", "xx", "qq-BR", "English (US)", "", "   ", None, 12, "fr-"])
+def test_normalize_lang_rejects_unknown(value):
+    with pytest.raises(UnknownLanguage) as info:
+        normalize_lang(value)
+    assert isinstance(info.value, ValueError)
+    assert repr(value) in str(info.value)
+
+
+def test_unknown_language_message():
+    with pytest.raises(UnknownLanguage) as info:
+        normalize_lang("Klingon")
+    assert str(info.value) == "unknown language 'Klingon' (use an ISO 639-1/639-3 code or an English name)"
+
+
+def test_language_name():
+    assert language_name("hi") == "Hindi"
+    assert language_name(normalize_lang("pt-BR")) == "Portuguese"
+    assert language_name("tlh") == "tlh"
+
+
+# ------------------------------------------------------------------------------------------------ detect_language
+
+
+@pytest.mark.parametrize("text", ["", "12345 67890", "3.14 + 2.72 = 5.86 !!!", "___ --- ***"])
+def test_detect_language_without_letters(text):
+    assert detect_language(text) == (None, 0.0)
+
+
+def test_detect_language_non_latin_scripts():
+    for text, code in ((HINDI, "hi"), (JAPANESE, "ja")):
+        detected, confidence = detect_language(text)
+        assert detected == code, text
+        assert 0.5 < confidence <= 1.0
+
+
+def test_detect_language_latin_scripts():
+    for text, code in ((GERMAN, "de"), (SPANISH, "es")):
+        detected, confidence = detect_language(text)
+        assert detected == code, text
+        assert 0.5 < confidence <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------ through ingestion
+
+
+def test_lang_fields_as_codes_and_names(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"messages": [U("q"), A("a")], "lang": "French"},
+        {"messages": [U("q"), A("a")], "lang": "Hindi"},
+        {"messages": [U("q"), A("a")], "lang": "hin"},
+        {"messages": [U("q"), A("a")], "lang": "pt-BR"},
+        {"messages": [U("q"), A("a")], "language": "Japanese"},
+        {"messages": [U("q"), A("a")], "language": "de"},
+        {"messages": [U("q"), A("a")], "lang": "", "language": "sw"},
+    ])
+    records = load_records(str(path), "sft")
+    assert [r["lang"] for r in records] == ["fr", "hi", "hi", "pt", "ja", "de", "sw"]
+    assert not any("lang_confidence" in r for r in records)  # given, not detected
+
+
+def test_source_level_lang(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"messages": [U("1 + 1"), A("2")]},
+        {"messages": [U(GERMAN), A(GERMAN)]},
+        {"messages": [U("q"), A("a")], "lang": "French"},  # a row's own language wins over the source's
+    ])
+    records = load_records([{"path": str(path), "lang": "Hindi"}], "sft")
+    assert [r["lang"] for r in records] == ["hi", "hi", "fr"]
+    assert not any("lang_confidence" in r for r in records)
+    assert DataSource.parse({"path": "x.jsonl", "lang": "pt-BR"}).lang == "pt"
+
+
+def test_language_detected_when_absent(tmp_path):
+    path = write_jsonl(tmp_path / "mixed.jsonl", [
+        {"messages": [U(GERMAN), A("Ja, das stimmt, der Hund ist sehr glücklich im Park.")]},
+        {"messages": [U(HINDI), A("हाँ, दिल्ली भारत की राजधानी है।")]},
+        {"messages": [U(JAPANESE), A("はい、東京は日本の首都です。")]},
+        {"prompt": SPANISH, "completion": "Sí, el perro es muy feliz en el parque."},
+    ])
+    records = load_records(str(path), "sft")
+    assert [r["lang"] for r in records] == ["de", "hi", "ja", "es"]
+    for record in records:
+        assert isinstance(record["lang_confidence"], float) and 0.5 < record["lang_confidence"] <= 1.0
+    assert language_mix(records) == {"de": 1, "hi": 1, "ja": 1, "es": 1}
+
+
+def test_no_letters_and_no_lang_is_an_error(tmp_path):
+    path = write_jsonl(tmp_path / "digits.jsonl", [
+        {"messages": [U("2+2"), A("4")], "lang": "en"},
+        {"messages": [U("12 * 12"), A("144")]},
+    ])
+    with pytest.raises(InputError) as info:
+        load_records(str(path), "sft")
+    assert str(info.value) == (f"{path}:2: field 'lang': no language given and none can be detected (no letters); "
+                               "add a 'lang' field")
+
+
+def test_language_mix_largest_first():
+    records = [{"lang": "fr"}, {"lang": "hi"}, {"lang": "hi"}, {"lang": "en"}, {"lang": "hi"}, {"lang": "en"}]
+    assert list(language_mix(records).items()) == [("hi", 3), ("en", 2), ("fr", 1)]
