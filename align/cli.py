@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
 import os
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 from . import __version__
 from .errors import PolyalignError
-
-STAGES = {
-    "sft": "packed supervised fine-tuning (trl SFTTrainer)",
-    "generate": "answer prompts with a model (greedy or sampled)",
-}
-
 
 def _stage_config(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str | None]:
     from .config import deep_merge, load_yaml, parse_overrides
@@ -64,7 +60,37 @@ def cmd_generate(args, extra) -> int:
     return 0
 
 
-COMMANDS = {"sft": cmd_sft, "generate": cmd_generate}
+def config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML recipe")
+
+
+def generate_arguments(parser: argparse.ArgumentParser) -> None:
+    config_arguments(parser)
+    parser.add_argument("--prompt", action="append", help="a user message (repeatable)")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, how it parses arguments, and what runs it (`run(args, extra) -> exit code`).
+
+    `run` may be a "module:function" string so that `polyalign --help` imports no stage's heavy dependencies.
+    """
+
+    help: str
+    run: Callable[[argparse.Namespace, list[str]], int] | str
+    arguments: Callable[[argparse.ArgumentParser], None] = config_arguments
+
+    def resolve(self) -> Callable[[argparse.Namespace, list[str]], int]:
+        if callable(self.run):
+            return self.run
+        module, _, name = self.run.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+COMMANDS: dict[str, Command] = {
+    "sft": Command("packed supervised fine-tuning (trl SFTTrainer)", cmd_sft),
+    "generate": Command("answer prompts with a model (greedy or sampled)", cmd_generate, generate_arguments),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,11 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="Any other --key value overrides the recipe (trl config fields too).")
     parser.add_argument("--version", action="version", version=f"polyalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="STAGE")
-    for name, help_text in STAGES.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", help="YAML recipe")
-        if name == "generate":
-            p.add_argument("--prompt", action="append", help="a user message (repeatable)")
+    for name, command in COMMANDS.items():
+        command.arguments(sub.add_parser(name, help=command.help, description=command.help))
     return parser
 
 
@@ -98,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("POLYALIGN_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     quiet_third_party_noise()
     try:
-        return COMMANDS[args.command](args, extra)
+        return COMMANDS[args.command].resolve()(args, extra)
     except PolyalignError as e:
         print(f"polyalign {args.command}: error: {e}", file=sys.stderr)
         return 2
