@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,12 +23,37 @@ import yaml
 from .errors import ConfigError
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 scalars: only true/false are booleans and `1e-4` is a float.
+
+    PyYAML follows YAML 1.1, where `no`, `off`, `yes` and `on` are booleans (so trl's `save_strategy: no` arrived
+    as False) and `1e-4` is a string.
+    """
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool",
+                                                                        "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    """Parse recipe text (a file, or one command-line value) with YAML 1.2 scalars."""
+    return yaml.load(text, Loader=RecipeLoader)
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), None, "no such config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -55,7 +81,7 @@ def parse_overrides(argv: list[str]) -> dict:
                 value = "true"
         key = key.replace("-", "_")
         try:
-            parsed = yaml.safe_load(value) if value != "" else ""
+            parsed = parse_yaml(value) if value != "" else ""
         except yaml.YAMLError:
             parsed = value
         set_dotted(out, key, parsed)

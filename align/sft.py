@@ -1,9 +1,9 @@
 """Packed supervised fine-tuning on trl's SFTTrainer.
 
 What polyalign adds to SFTTrainer: records from any ingested format, assistant-only labels for any chat template
-(align.chat), packing that keeps examples apart (best-fit-decreasing bins fed padding-free: no attention mask,
-position ids restarting per example, no KV cache; transformers then builds a block-diagonal causal mask on sdpa and
-eager, and flash-attention gets cu_seqlens), a run that resumes from its last checkpoint after a kill, and an
+(align.chat), packing that keeps examples apart (best-fit-decreasing bins with no attention mask, position ids
+restarting per example, no KV cache: flash-attention gets the flattened batch and cu_seqlens; sdpa and eager get one
+row per bin (align.packing), for which transformers builds a per-row block-diagonal causal mask), a run that resumes from its last checkpoint after a kill, and an
 output directory that appears only when training is complete.
 """
 
@@ -23,6 +23,7 @@ from .data import language_mix, load_records
 from .errors import ConfigError
 from .io import partial_dir, promote, write_json
 from .models import LoraArgs, ModelArgs, cuda_available, load_model, load_tokenizer, lora_config
+from .packing import PackRowsCollator, uses_flattened_packs
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ def build_trainer(job: SFTJob, records: list[dict]):
     model = load_model(job.args)
     trainer = SFTTrainer(model=model, args=job.training, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(job.lora) if job.lora else None)
+    if job.training.packing and not uses_flattened_packs(model.config._attn_implementation):
+        trainer.data_collator = PackRowsCollator(tokenizer.pad_token_id, job.training.pad_to_multiple_of)
     if job.training.packing:
         stats.update(packing_stats(trainer.train_dataset, job.training.max_length))
     return trainer, stats

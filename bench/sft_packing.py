@@ -19,7 +19,7 @@ alike. A step is forward + backward + optimizer step on a batch of `trainer.get_
 Data: recipes/demo/data/sft.jsonl, plus MT-Bench questions with their GPT-4 reference answers in 7 languages from
 ../shared/data/mt_bench_multilingual when that folder exists (skipped otherwise).
 
-    .venv/bin/python bench/sft_packing.py [--model tiny|smollm2-135m] [--steps N] [--batch-size B] [--max-length L]
+    .venv/bin/python bench/sft_packing.py [--model tiny|llama-0.5b|smollm2-135m] [--attn auto|sdpa|...] [--steps N] [--batch-size B] [--max-length L]
 """
 
 from __future__ import annotations
@@ -106,24 +106,46 @@ def load_data(workdir: Path, seed: int) -> tuple[list[dict], list[str], list[str
     return load_records(sources, "sft", seed=seed), sources, notes
 
 
-def build_tiny_model(workdir: Path, max_length: int, seed: int) -> str:
-    """A small Llama (hidden 256, 4 layers) with the embedded model's tokenizer, saved as safetensors."""
+# Models built from a config with the embedded model's tokenizer: nothing downloaded. "llama-0.5b" is the
+# 0.5B-class model for GPU runs (Qwen2.5-0.5B / SmolLM2-360M proportions).
+PRESETS = {
+    "tiny": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=4, tie_word_embeddings=True),
+    "llama-0.5b": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                       num_key_value_heads=4, tie_word_embeddings=True),
+}
+
+
+def build_preset_model(preset: str, workdir: Path, max_length: int, seed: int) -> str:
+    """A Llama of the preset's shape with the embedded SmolLM2 tokenizer, saved as safetensors."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from align.models import ModelArgs, load_tokenizer
 
     tokenizer = load_tokenizer(ModelArgs())  # the embedded SmolLM2 tokenizer (converted once, then cached)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=max(2048, max_length),
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=max(2048, max_length),
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **PRESETS[preset])
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    target = workdir / "tiny-llama"
+    target = workdir / preset
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     return str(target)
+
+
+# Dense bf16 peak of the GPU, for model FLOPs utilisation (MFU = 6 * parameters * real tokens/s / peak).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def peak_flops() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
 MODES = {
@@ -155,7 +177,8 @@ class Mode:
                "output_dir": str(workdir / f"out-{name}"),
                "max_length": opts.max_length, "per_device_train_batch_size": opts.batch_size,
                "learning_rate": 1e-5, "gradient_checkpointing": False, "save_strategy": "no",
-               "logging_steps": 1000, "max_steps": 1000, "seed": opts.seed, "report_to": "none", **MODES[name]}
+               "logging_steps": 1000, "max_steps": 1000, "seed": opts.seed, "report_to": "none",
+               "attn_implementation": opts.attn, **MODES[name]}
         job = parse_sft_config(raw)
         torch.manual_seed(opts.seed)
         self.name = name
@@ -170,6 +193,13 @@ class Mode:
         self.loss = float("nan")
 
     @staticmethod
+    def _sync() -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    @staticmethod
     def _batches(loader):
         while True:  # restart the epoch if the data runs out
             yield from loader
@@ -177,11 +207,13 @@ class Mode:
     def step(self, timed: bool = True) -> None:
         batch = next(self.batches)
         real, tensor, examples = batch_counts(batch)
+        self._sync()
         start = time.perf_counter()
         loss = self.trainer.compute_loss(self.model, batch)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._sync()
         elapsed = time.perf_counter() - start
         self.loss = float(loss.detach())
         if timed:
@@ -196,7 +228,9 @@ class Mode:
                 "seconds": self.seconds, "tokens_per_s": self.real / self.seconds if self.seconds else 0.0,
                 "tensor_tokens_per_s": self.tensor / self.seconds if self.seconds else 0.0,
                 "step_seconds": self.step_seconds, "last_loss": self.loss,
-                "dataset_rows": len(self.trainer.train_dataset), "stats": self.stats}
+                "dataset_rows": len(self.trainer.train_dataset), "stats": self.stats,
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "attention": self.model.config._attn_implementation, "dtype": str(self.model.dtype)}
 
 
 def measure(modes: list[str], model: str, sources: list[str], records: list[dict], opts, workdir: Path) -> list[dict]:
@@ -231,8 +265,10 @@ def machine() -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="tiny (built here, nothing downloaded), smollm2-135m "
-                        "(the embedded default), or any model polyalign can load")
+    parser.add_argument("--model", default="tiny", help=f"{' or '.join(PRESETS)} (built here from a config, nothing "
+                        "downloaded), smollm2-135m (the embedded default), or any model polyalign can load")
+    parser.add_argument("--attn", default="auto", help="attention backend (auto: flash_attention_2 if installed on "
+                        "CUDA, else sdpa)")
     parser.add_argument("--steps", type=int, default=4, help="timed packed batches (padded modes match its tokens)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=1024)
@@ -258,7 +294,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="polyalign-bench-") as tmp:
         workdir = Path(tmp)
         records, sources, notes = load_data(workdir, opts.seed)
-        model = build_tiny_model(workdir, opts.max_length, opts.seed) if opts.model == "tiny" else opts.model
+        model = build_preset_model(opts.model, workdir, opts.max_length, opts.seed) if opts.model in PRESETS \
+            else opts.model
         results = measure(modes, model, sources, records, opts, workdir)
 
     info = machine()
@@ -268,7 +305,9 @@ def main(argv=None) -> int:
     stats = results[0]["stats"]
     print(f"## SFT packing benchmark ({datetime.date.today().isoformat()})\n")
     print(f"- command: `{' '.join(['.venv/bin/python', 'bench/sft_packing.py', *(argv if argv is not None else sys.argv[1:])])}`")
-    print(f"- model: {opts.model}; batch size {opts.batch_size}; max_length {opts.max_length}; "
+    first = results[0]
+    print(f"- model: {opts.model} ({first['parameters'] / 1e6:.0f}M parameters, {first['dtype']}, attention "
+          f"{first['attention']}); batch size {opts.batch_size}; max_length {opts.max_length}; "
           f"{opts.warmup} warm-up batches per mode; packed timed batches {opts.steps}")
     print(f"- machine: {info['cpu_count']} CPUs ({info['torch_threads']} torch threads), "
           f"GPU: {info['cuda'] or 'none'}; torch {info['torch']}, transformers {info['transformers']}, "
@@ -280,13 +319,16 @@ def main(argv=None) -> int:
           f"packed into {stats.get('packs', '?')} packs (packing efficiency {stats.get('packing_efficiency', 0):.1%})")
     print()
     base = results[0]["tokens_per_s"]
+    peak = peak_flops()
     print("| mode | batches | examples | real tokens | tensor tokens | real-token fraction | real tokens/s "
-          "| tensor tokens/s | packed / this (real tokens/s) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| tensor tokens/s | packed / this (real tokens/s) |" + (" MFU (6N) |" if peak else ""))
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if peak else ""))
     for r in results:
         ratio = base / r["tokens_per_s"] if r["tokens_per_s"] else float("nan")
+        mfu = f" {6 * r['parameters'] * r['tokens_per_s'] / peak:.1%} |" if peak else ""
         print(f"| {r['mode']} | {r['batches']} | {r['examples']} | {r['real_tokens']} | {r['tensor_tokens']} "
-              f"| {r['real_fraction']:.1%} | {r['tokens_per_s']:.0f} | {r['tensor_tokens_per_s']:.0f} | {ratio:.2f}x |")
+              f"| {r['real_fraction']:.1%} | {r['tokens_per_s']:.0f} | {r['tensor_tokens_per_s']:.0f} | {ratio:.2f}x |"
+              + mfu)
     print(f"\ntotal wall time {time.time() - began:.0f}s")
     if opts.json:
         Path(opts.json).write_text(json.dumps({"machine": info, "options": vars(opts), "notes": notes,

@@ -23,13 +23,25 @@ def test_overrides_values_are_yaml_scalars():
         "dataset": ["a.jsonl", "b.jsonl"], "weight_decay": -0.1}
 
 
-def test_override_1e_minus_4_is_coerced_to_float(tmp_path):
-    # YAML 1.1 reads "1e-4" as a string; the typed config turns it into the float the user meant.
+def test_override_1e_minus_4_is_a_float(tmp_path):
+    # PyYAML's YAML 1.1 reads "1e-4" as a string; recipes follow YAML 1.2, where it is the float the user meant.
     overrides = parse_overrides(["--learning_rate", "1e-4"])
-    assert overrides == {"learning_rate": "1e-4"}
+    assert overrides == {"learning_rate": 1e-4}
     job = parse(tmp_path, **overrides)
     assert job.training.learning_rate == pytest.approx(1e-4)
     assert type(job.training.learning_rate) is float
+
+
+def test_no_and_off_are_strings_not_booleans(tmp_path):
+    """trl's enums spell "off" as `no`: `--save_strategy no` must reach SFTConfig as "no", not False."""
+    assert parse_overrides(["--save_strategy", "no", "--report_to", "none"]) == {"save_strategy": "no",
+                                                                              "report_to": "none"}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("save_strategy: no\neval_strategy: no\npacking: false\nlearning_rate: 2e-5\n")
+    assert load_yaml(recipe) == {"save_strategy": "no", "eval_strategy": "no", "packing": False,
+                                 "learning_rate": 2e-5}
+    job = parse(tmp_path, save_strategy="no")
+    assert job.training.save_strategy == "no"
 
 
 def test_dotted_overrides_nest():

@@ -52,7 +52,7 @@ def test_embedded_default_trains_loads_and_generates(chat_file, tmp_path):
 def test_lora_adapter_and_merged_model(tiny_model_dir, chat_file, tmp_path):
     out = tmp_path / "lora"
     assert run_cli("--model", str(tiny_model_dir), "--dataset", str(chat_file), "--output_dir", str(out),
-                   "--lora", "true", "--save_merged", "true", "--max_steps", "2", "--learning_rate", "1e-2",
+                   "--lora", "true", "--save_merged", "true", "--max_steps", "2", "--learning_rate", "1e-2", "--dtype", "fp32",
                    "--gradient_checkpointing", "false", *QUIET) == 0
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["lora_alpha"] == 16 and config["lora_dropout"] == 0.05

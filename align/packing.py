@@ -1,0 +1,56 @@
+"""Lay packed examples out for the attention backend at hand, so that no example attends to another.
+
+trl's padding-free collator flattens a whole batch of packs into one row. That suits flash-attention, whose varlen
+kernels take the sequence boundaries (cu_seqlens) and never build a mask. On sdpa and eager, transformers instead
+turns the restarting position ids into a block-diagonal mask over the row: one (B*L)^2 mask for a flattened batch of
+B packs of L tokens, where B*L^2 would do. On an H100 that made packed SFT slower than padding (BENCHMARKS.md).
+
+`PackRowsCollator` keeps each pack in its own row: position ids restart at every example, the row is padded at its
+end with a segment of its own (positions 0, 1, ... so it is a separate "sequence" that no real token can see, the
+mask being causal), and there is no attention mask, so transformers builds the per-row block-diagonal mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .chat import IGNORE_INDEX
+
+# Backends with varlen kernels: they take the flattened layout (trl's own padding-free collator).
+VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3")
+
+
+def uses_flattened_packs(attn_implementation: str | None) -> bool:
+    return bool(attn_implementation) and any(attn_implementation.startswith(b) for b in VARLEN_BACKENDS)
+
+
+@dataclass
+class PackRowsCollator:
+    """Batch of BFD packs (input_ids, labels, seq_lengths) → one row per pack, right-padded, no attention mask."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(example["input_ids"]) for example in examples)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        rows = len(examples)
+        input_ids = torch.full((rows, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.empty((rows, width), dtype=torch.long)
+        for row, example in enumerate(examples):
+            ids = example["input_ids"]
+            n = len(ids)
+            lengths = example.get("seq_lengths") or [n]
+            if sum(lengths) != n:
+                raise ValueError(f"pack of {n} tokens has seq_lengths summing to {sum(lengths)}")
+            input_ids[row, :n] = torch.as_tensor(ids)
+            labels[row, :n] = torch.as_tensor(example.get("labels", ids))
+            position_ids[row, :n] = torch.cat([torch.arange(length) for length in lengths])
+            position_ids[row, n:] = torch.arange(width - n)  # the pad tail: a segment of its own
+        # The first token of an example must not be predicted from the last token of the one before it.
+        labels[position_ids == 0] = IGNORE_INDEX
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
