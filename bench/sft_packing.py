@@ -4,8 +4,9 @@ Both modes run in one invocation, on the same records, tokenised and batched by 
 (align.sft.parse_sft_config / build_trainer, i.e. trl's SFTTrainer and its data collator), with the same model
 weights reloaded from disk for each mode:
 
-- packed: polyalign's default (best-fit-decreasing packs of up to --max-length tokens, fed padding-free: no
-  attention mask, position ids restarting per example);
+- packed: polyalign's default (best-fit-decreasing packs of up to --max-length tokens, no attention mask, position
+  ids restarting per example; one row per pack on sdpa/eager, trl's flattened batch on flash-attention);
+- packed-flat (with `--modes packed,padded,packed-flat`): the same packs in trl's flattened layout on every backend;
 - padded: packing off, padding_free off: every batch is padded to its longest example (trl's default collator).
   `--modes ...,padded-grouped` adds padding with `train_sampling_strategy: group_by_length` (batches of similar
   lengths), the usual cheaper alternative to packing.
@@ -152,17 +153,27 @@ MODES = {
     "packed": {"packing": True},
     "padded": {"packing": False, "padding_free": False},
     "padded-grouped": {"packing": False, "padding_free": False, "train_sampling_strategy": "group_by_length"},
+    # The same packs in trl's flattened padding-free layout (one row per batch): what polyalign feeds flash-attention,
+    # measured here on the dense-mask backends that polyalign gives one row per pack instead (align/packing.py).
+    "packed-flat": {"packing": True},
 }
+FLATTENED = {"packed-flat"}
 
 
-def batch_counts(batch) -> tuple[int, int, int]:
+def batch_counts(batch, pad_token_id: int) -> tuple[int, int, int]:
     """(real tokens, tensor tokens, examples) of one collated batch."""
     ids = batch["input_ids"]
     if "attention_mask" in batch:  # padded: real tokens are the mask's ones
         return int(batch["attention_mask"].sum()), ids.numel(), ids.shape[0]
-    # padding-free packs: one flattened row, no pad (position ids restart at 0 for each example)
+    # packs: position ids restart at 0 for each example; a row's pad tail (all pad tokens) is a segment of its own
     positions = batch["position_ids"]
-    return ids.numel(), ids.numel(), int((positions == 0).sum())
+    real, examples = ids.numel(), int((positions == 0).sum())
+    for row in range(ids.shape[0]):
+        last = int((positions[row] == 0).nonzero().max())
+        if (ids[row, last:] == pad_token_id).all():
+            real -= ids.shape[1] - last
+            examples -= 1
+    return real, ids.numel(), examples
 
 
 class Mode:
@@ -183,6 +194,11 @@ class Mode:
         torch.manual_seed(opts.seed)
         self.name = name
         self.trainer, self.stats = build_trainer(job, records)  # tokenises, reloads the same weights from disk
+        if name in FLATTENED:
+            from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+            self.trainer.data_collator = DataCollatorForLanguageModeling(
+                pad_token_id=self.trainer.processing_class.pad_token_id, padding_free=True)
         self.model = self.trainer.model
         self.model.train()
         self.optimizer = self.trainer.create_optimizer()
@@ -206,7 +222,7 @@ class Mode:
 
     def step(self, timed: bool = True) -> None:
         batch = next(self.batches)
-        real, tensor, examples = batch_counts(batch)
+        real, tensor, examples = batch_counts(batch, self.trainer.processing_class.pad_token_id)
         self._sync()
         start = time.perf_counter()
         loss = self.trainer.compute_loss(self.model, batch)
