@@ -66,7 +66,7 @@ def test_lora_adapter_and_merged_model(tiny_model_dir, chat_file, tmp_path):
     # polyalign loads an adapter directory through its base.
     from align.models import ModelArgs, load_model
 
-    adapted = load_model(ModelArgs(model=str(out)))
+    adapted = load_model(ModelArgs(model=str(out), dtype="fp32"))
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         torch.testing.assert_close(adapted(ids).logits, AutoModelForCausalLM.from_pretrained(out / "merged")(ids).logits,
