@@ -1,15 +1,28 @@
-"""Batched sampling from a chat model (transformers backend).
+"""Batched sampling from chat models behind one interface: transformers, or vLLM where it is installed with CUDA.
 
-Prompts are sorted by length so that each left-padded batch wastes little, then answers are returned in input
-order. Greedy decoding, or sampling with a fixed seed, gives the same output for the same input.
+Batches are a deterministic function of the prompts and the batch size (sorted by prompt length, longest first, so
+each left-padded batch wastes little), and each batch draws from its own seed. A stage that streams results batch by
+batch and is killed can therefore regenerate a cut batch exactly: a resumed run writes what an uninterrupted one
+would have. Answers are returned in input order.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import logging
 from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
 
 import torch
 from tqdm.auto import tqdm
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict]
+BACKENDS = ("auto", "transformers", "vllm")
 
 
 @dataclass
@@ -19,38 +32,140 @@ class GenerationArgs:
     top_p: float = 1.0
     batch_size: int = 8
     seed: int = 0
+    num_samples: int = 1  # completions per prompt (needs temperature > 0 to differ)
+    backend: str = "auto"  # auto: vLLM when installed and CUDA is present, else transformers
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ConfigError(None, "backend", f"unknown generation backend {self.backend!r} (expected "
+                                               f"{', '.join(BACKENDS)})")
+        for key in ("max_new_tokens", "batch_size", "num_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(None, key, f"must be at least 1, got {getattr(self, key)}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError(None, "temperature" if self.temperature < 0 else "top_p",
+                              "temperature must be >= 0 and top_p in (0, 1]")
 
 
-def generate(model, tokenizer, prompts: list[list[dict]], args: GenerationArgs, *, progress: bool = True) -> list[str]:
-    """One completion per prompt (a list of chat messages), in the order given."""
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    results: list[str | None] = [None] * len(encoded)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    generator_seed = args.seed
-    batches = [order[i: i + args.batch_size] for i in range(0, len(order), args.batch_size)]
-    for batch in tqdm(batches, desc="Generating", disable=not progress or len(batches) < 2):
-        width = max(len(encoded[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):  # left padding: every prompt ends where generation starts
-            ids = encoded[i]
+class Backend(Protocol):
+    """Generates `num_samples` completions for each prompt of one batch."""
+
+    def __call__(self, prompts: list[Messages], args: GenerationArgs, seed: int) -> list[list[str]]: ...
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch `index`: independent of which batches ran before it in this process."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def plan_batches(prompts: list[Messages], tokenizer, batch_size: int) -> list[list[int]]:
+    """Indices of the prompts, grouped into batches of similar length (longest first; ties keep input order)."""
+    lengths = [len(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=False))
+               for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class TransformersBackend:
+    """Left-padded batches through `model.generate`; the model stays loaded between calls."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def __call__(self, prompts: list[Messages], args: GenerationArgs, seed: int) -> list[list[str]]:
+        tokenizer, model = self.tokenizer, self.model
+        encoded = [tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=False)
+                   for p in prompts]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, ids in enumerate(encoded):  # left padding: every prompt ends where generation starts
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention_mask[row, width - len(ids):] = 1
+        device = next(model.parameters()).device
         sampling = args.temperature > 0
-        torch.manual_seed(generator_seed)
-        with torch.no_grad():
-            output = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                max_new_tokens=args.max_new_tokens, do_sample=sampling,
-                temperature=args.temperature if sampling else None, top_p=args.top_p if sampling else None,
-                top_k=None, pad_token_id=pad_id)
-        for row, i in enumerate(batch):
-            results[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True).strip()
-    if was_training:
-        model.train()
+        torch.manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                output = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    max_new_tokens=args.max_new_tokens, do_sample=sampling,
+                    temperature=args.temperature if sampling else None, top_p=args.top_p if sampling else None,
+                    top_k=None, num_return_sequences=args.num_samples, pad_token_id=pad_id)
+        finally:
+            model.train(was_training)
+        texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        k = args.num_samples
+        return [[t.strip() for t in texts[i * k: (i + 1) * k]] for i in range(len(prompts))]
+
+
+class VLLMBackend:
+    """vLLM's offline engine: continuous batching and paged attention on CUDA. A LoRA adapter is served on its base."""
+
+    def __init__(self, model_path: str, *, dtype: str = "auto", trust_remote_code: bool = False,
+                 adapter: str | None = None, gpu_memory_utilization: float = 0.85, max_model_len: int | None = None):
+        from vllm import LLM
+
+        self.adapter = adapter
+        self.llm = LLM(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code, enable_lora=bool(adapter),
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+
+    def __call__(self, prompts: list[Messages], args: GenerationArgs, seed: int) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        lora = None
+        if self.adapter:
+            from vllm.lora.request import LoRARequest
+
+            lora = LoRARequest("adapter", 1, self.adapter)
+        params = SamplingParams(n=args.num_samples, temperature=args.temperature, top_p=args.top_p,
+                                max_tokens=args.max_new_tokens, seed=seed)
+        outputs = self.llm.chat(prompts, params, use_tqdm=False, lora_request=lora)
+        return [[c.text.strip() for c in out.outputs] for out in outputs]
+
+
+def vllm_usable() -> bool:
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def choose_backend(name: str) -> str:
+    if name == "auto":
+        return "vllm" if vllm_usable() else "transformers"
+    if name == "vllm" and not vllm_usable():
+        raise ConfigError(None, "backend", "vllm needs the vllm package and a CUDA GPU: pip install vllm, or use "
+                                           "backend: transformers")
+    return name
+
+
+def iter_batches(backend: Backend, tokenizer, prompts: list[Messages], args: GenerationArgs, *,
+                 skip: Callable[[int], bool] = lambda i: False, progress: bool = True,
+                 desc: str = "Generating") -> Iterator[list[tuple[int, list[str]]]]:
+    """Yield each planned batch's (prompt index, completions), skipping batches whose every prompt `skip`s.
+
+    A batch with some prompts done is regenerated whole (same prompts, same seed, so the same completions) and only
+    its missing prompts are yielded: that is what makes a resumed run equal an uninterrupted one.
+    """
+    batches = plan_batches(prompts, tokenizer, args.batch_size)
+    todo = [(b, batch) for b, batch in enumerate(batches) if not all(skip(i) for i in batch)]
+    bar = tqdm(total=sum(len(batch) for _, batch in todo), desc=desc, unit="prompt",
+               disable=not progress or len(prompts) < 2)
+    for b, batch in todo:
+        completions = backend([prompts[i] for i in batch], args, batch_seed(args.seed, b))
+        yield [(i, c) for i, c in zip(batch, completions) if not skip(i)]
+        bar.update(len(batch))
+    bar.close()
+
+
+def generate(model, tokenizer, prompts: list[Messages], args: GenerationArgs, *, progress: bool = True) -> list[str]:
+    """One completion per prompt (a list of chat messages), in the order given, with the transformers backend."""
+    backend = TransformersBackend(model, tokenizer)
+    results: list[str | None] = [None] * len(prompts)
+    single = GenerationArgs(**{**args.__dict__, "num_samples": 1, "backend": "transformers"})
+    for chunk in iter_batches(backend, tokenizer, prompts, single, progress=progress):
+        for i, completions in chunk:
+            results[i] = completions[0]
     return results  # type: ignore[return-value]

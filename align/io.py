@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Hashable, Iterable, Iterator
+
+
+log = logging.getLogger(__name__)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -81,3 +85,42 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class AppendLog:
+    """A JSONL file that a generation stage appends to one flushed record at a time, and a rerun continues.
+
+    Opening an existing file keeps its complete lines and cuts off a line that a kill left half-written, so a
+    resumed run loses nothing that was written and duplicates nothing: `done` holds the keys already there.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: Callable[[dict], Hashable]):
+        self.path, self.key = Path(path), key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records: list[dict] = []
+        if self.path.exists():
+            data = self.path.read_bytes()
+            complete = data.rfind(b"\n") + 1
+            if complete < len(data):
+                log.warning("%s: dropping a half-written last line (the run was killed while writing it)", self.path)
+                with open(self.path, "r+b") as f:
+                    f.truncate(complete)
+            self.records = [json.loads(line) for line in data[:complete].decode("utf-8").splitlines() if line.strip()]
+        self.done = {key(r) for r in self.records}
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def append(self, record: dict) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.records.append(record)
+        self.done.add(self.key(record))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "AppendLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

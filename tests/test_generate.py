@@ -1,0 +1,91 @@
+"""Generation: deterministic length-sorted batches, k samples per prompt, input order kept, exact resumption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from align.errors import ConfigError
+from align.generate import GenerationArgs, TransformersBackend, generate, iter_batches, plan_batches
+from align.io import AppendLog
+from align.models import ModelArgs, load_model
+
+PROMPTS = [[{"role": "user", "content": text}] for text in (
+    "Hi", "Quelle est la capitale de la France ? Réponds en une phrase.", "Was ist zwei plus drei?",
+    "Explain in a few sentences why the sky is blue, and why sunsets are red.", "日本の首都はどこですか？",
+    "¿Cuánto es siete por ocho?", "नमस्ते")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir, tokenizer):
+    """The tiny random model with its weights scaled up: at the default init it answers "\n" to every prompt."""
+    import torch
+
+    model = load_model(ModelArgs(model=str(tiny_model_dir), dtype="fp32"))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:
+                parameter.mul_(25)
+    return model, tokenizer
+
+
+def test_batches_are_length_sorted_and_cover_every_prompt(tokenizer):
+    batches = plan_batches(PROMPTS, tokenizer, batch_size=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(PROMPTS)))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    lengths = [len(tokenizer.apply_chat_template(PROMPTS[i], add_generation_prompt=True, return_dict=False))
+               for b in batches for i in b]
+    assert lengths == sorted(lengths, reverse=True)
+    assert plan_batches(PROMPTS, tokenizer, 3) == batches  # a function of the input alone
+
+
+def test_batched_greedy_answers_equal_one_at_a_time_in_input_order(tiny):
+    model, tokenizer = tiny
+    args = GenerationArgs(max_new_tokens=8, batch_size=4)
+    batched = generate(model, tokenizer, PROMPTS, args, progress=False)
+    alone = [generate(model, tokenizer, [p], args, progress=False)[0] for p in PROMPTS]
+    assert batched == alone
+    assert len(set(batched)) > 1  # the answers really depend on the prompt
+
+
+def test_k_samples_per_prompt(tiny):
+    model, tokenizer = tiny
+    args = GenerationArgs(max_new_tokens=6, temperature=1.0, num_samples=3, batch_size=4, seed=1)
+    out = TransformersBackend(model, tokenizer)(PROMPTS[:2], args, seed=5)
+    assert [len(c) for c in out] == [3, 3]
+    assert len(set(out[0])) > 1  # sampling at temperature 1 on a random model: the samples differ
+    assert TransformersBackend(model, tokenizer)(PROMPTS[:2], args, seed=5) == out  # same seed, same samples
+
+
+def test_resumed_sampling_equals_an_uninterrupted_run(tiny, tmp_path):
+    """A run cut mid-batch and resumed writes exactly the records of a run that was never cut."""
+    model, tokenizer = tiny
+    backend = TransformersBackend(model, tokenizer)
+    args = GenerationArgs(max_new_tokens=6, temperature=1.0, num_samples=2, batch_size=3, seed=7)
+
+    def run(path, stop_after=None):
+        with AppendLog(path, key=lambda r: r["i"]) as out:
+            for chunk in iter_batches(backend, tokenizer, PROMPTS, args, skip=lambda i: i in out.done,
+                                      progress=False):
+                for i, completions in chunk:
+                    out.append({"i": i, "completions": completions})
+                    if stop_after is not None and len(out.done) == stop_after:
+                        return
+
+    full, cut = tmp_path / "full.jsonl", tmp_path / "cut.jsonl"
+    run(full)
+    run(cut, stop_after=4)  # stops inside the second batch
+    with open(cut, "a", encoding="utf-8") as f:
+        f.write('{"i": 99, "compl')  # a line the kill left half-written
+    run(cut)
+    read = lambda p: sorted((json.loads(line) for line in p.read_text().splitlines()), key=lambda r: r["i"])
+    assert read(cut) == read(full)
+    assert len(read(cut)) == len(PROMPTS)
+
+
+def test_bad_generation_arguments_name_the_key():
+    with pytest.raises(ConfigError, match="'backend': unknown generation backend 'tgi'"):
+        GenerationArgs(backend="tgi")
+    with pytest.raises(ConfigError, match="'num_samples': must be at least 1"):
+        GenerationArgs(num_samples=0)
