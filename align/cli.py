@@ -12,6 +12,7 @@ from typing import Callable
 
 from . import __version__
 from .errors import PolyalignError
+from merge.cli import merge_arguments
 
 def _stage_config(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str | None]:
     from .config import deep_merge, load_yaml, parse_overrides
@@ -25,6 +26,14 @@ def cmd_sft(args, extra) -> int:
 
     raw, source = _stage_config(args, extra)
     run_sft(raw, source)
+    return 0
+
+
+def cmd_arbitrage(args, extra) -> int:
+    from .arbitrage import run_arbitrage
+
+    raw, source = _stage_config(args, extra)
+    run_arbitrage(raw, source)
     return 0
 
 
@@ -90,6 +99,12 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "sft": Command("packed supervised fine-tuning (trl SFTTrainer)", cmd_sft),
     "generate": Command("answer prompts with a model (greedy or sampled)", cmd_generate, generate_arguments),
+    "reward": Command("train a Bradley-Terry reward model (trl RewardTrainer)", "reward.cli:cmd_reward"),
+    "score": Command("score candidates or preference pairs with a reward model", "reward.cli:cmd_score"),
+    "merge": Command("merge checkpoints: streamed linear soup, or mergekit's methods (mergekit YAML)", "merge.cli:run",
+                     merge_arguments),
+    "arbitrage": Command("multi-teacher arbitrage: every teacher answers, a ranker picks (SFT records, pairs)",
+                         cmd_arbitrage),
 }
 
 

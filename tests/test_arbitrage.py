@@ -1,0 +1,197 @@
+"""Multi-teacher arbitrage end to end on tiny models: routing by a real reward model, language-restricted teachers,
+the pair margin, routing counts, kill-and-resume against an uninterrupted run, and bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from align.cli import main
+from conftest import build_tiny_llama, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROMPTS = [
+    ("Quelle est la capitale de la France ?", "fr"), ("Was ist zwei plus drei?", "de"),
+    ("Explain why the sky is blue.", "en"), ("¿Cuánto es siete por ocho?", "es"),
+    ("日本の首都はどこですか？", "ja"), ("भारत की राजधानी क्या है?", "hi"),
+    ("Combien de jours compte une année bissextile ?", "fr"), ("Wie heißt die Hauptstadt von Österreich?", "de"),
+]
+
+
+def scaled_teacher(directory: Path, tokenizer, seed: int) -> Path:
+    """A tiny random Llama whose weights are scaled so its answers depend on the prompt (at the default init a
+    random model says "\\n" to everything)."""
+    from transformers import AutoModelForCausalLM
+
+    build_tiny_llama(directory, tokenizer, seed=seed)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:
+                parameter.mul_(25)
+    model.save_pretrained(directory)
+    return directory
+
+
+def tiny_reward_model(directory: Path, tokenizer) -> Path:
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    LlamaForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("pool")
+    return {"a": scaled_teacher(root / "teacher-a", tokenizer, seed=1),
+            "b": scaled_teacher(root / "teacher-b", tokenizer, seed=2),
+            "rm": tiny_reward_model(root / "rm", tokenizer)}
+
+
+def recipe(tmp_path: Path, pool: dict, prompts: list[tuple[str, str]] = PROMPTS, **overrides) -> Path:
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "lang": lang, "id": f"p{i}"}
+                                                    for i, (p, lang) in enumerate(prompts)])
+    config = {"prompts": str(data), "output_dir": str(tmp_path / "arbitrage"), "seed": 0, "batch_size": 3,
+              "max_new_tokens": 8, "temperature": 1.0, "dtype": "fp32", "min_margin": 0.0,
+              "teachers": [{"name": "a", "model": str(pool["a"]), "samples": 2},
+                           {"name": "b", "model": str(pool["b"]), "languages": ["French", "de"]}],
+              "ranker": {"reward_model": str(pool["rm"]), "batch_size": 4}, **overrides}
+    path = tmp_path / "arbitrage.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    return path
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_teacher_answers_its_languages_and_the_ranker_picks(tmp_path, pool, tokenizer):
+    assert main(["arbitrage", "--config", str(recipe(tmp_path, pool))]) == 0
+    out = tmp_path / "arbitrage"
+    assert not (tmp_path / ".arbitrage.partial").exists()
+    candidates = read(out / "candidates.jsonl")
+    by_teacher = Counter(c["model"] for c in candidates)
+    assert by_teacher == {"a": 2 * len(PROMPTS), "b": 4}  # b serves French and German only
+    assert {c["lang"] for c in candidates if c["model"] == "b"} == {"fr", "de"}
+
+    # Scores are the reward model's own, recomputed here independently.
+    from reward.rank import RewardRanker
+
+    ranker = RewardRanker(str(pool["rm"]), batch_size=1)
+    expected = ranker.score([c["prompt"] for c in candidates], [c["completion"] for c in candidates])
+    assert [c["score"] for c in candidates] == pytest.approx(expected, abs=1e-5)
+
+    sft = read(out / "sft.jsonl")
+    assert [r["id"] for r in sft] == [f"p{i}" for i in range(len(PROMPTS))]  # input order
+    for record in sft:
+        group = [c for c in candidates if c["id"] == record["id"]]
+        best = max(group, key=lambda c: c["score"])
+        assert record["messages"][-1] == {"role": "assistant", "content": best["completion"]}
+        assert record["teacher"] == best["model"] and record["lang"] == best["lang"]
+
+    routing = json.loads((out / "routing.json").read_text())
+    for lang in {lang for _, lang in PROMPTS}:
+        wins = Counter(r["teacher"] for r in sft if r["lang"] == lang)
+        assert {t: routing[lang]["teachers"][t]["wins"] for t in ("a", "b")} == {t: wins[t] for t in ("a", "b")}
+        assert routing[lang]["prompts"] == sum(wins.values())
+    assert routing["all"]["teachers"]["a"]["wins"] + routing["all"]["teachers"]["b"]["wins"] == len(PROMPTS)
+    assert (out / "routing.png").stat().st_size > 0
+
+
+def test_pairs_respect_the_margin(tmp_path, pool):
+    first = tmp_path / "first"
+    first.mkdir()
+    assert main(["arbitrage", "--config", str(recipe(first, pool))]) == 0
+    candidates = read(first / "arbitrage" / "candidates.jsonl")
+    margins = {}
+    for c in candidates:
+        margins.setdefault(c["id"], []).append(c["score"])
+    margins = {k: max(v) - min(v) for k, v in margins.items()}
+    threshold = sorted(margins.values())[len(margins) // 2]  # about half the prompts clear it
+
+    second = tmp_path / "second"
+    second.mkdir()
+    assert main(["arbitrage", "--config", str(recipe(second, pool, min_margin=threshold))]) == 0
+    pairs = read(second / "arbitrage" / "pairs.jsonl")
+    assert {p["id"] for p in pairs} == {k for k, m in margins.items() if m >= threshold}
+    for pair in pairs:
+        assert pair["chosen_score"] - pair["rejected_score"] >= threshold
+        assert pair["chosen"] != pair["rejected"] and pair["chosen_by"] in ("a", "b")
+    metrics = json.loads((second / "arbitrage" / "metrics.json").read_text())
+    assert metrics["pairs"] + metrics["pairs_below_margin"] == len(PROMPTS)
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path, pool):
+    many = [(f"{text} ({n})", lang) for n in range(4) for text, lang in PROMPTS]  # 32 prompts
+    runs = {}
+    for name in ("whole", "cut"):
+        (tmp_path / name).mkdir()
+        runs[name] = [sys.executable, "-m", "align.cli", "arbitrage",
+                      "--config", str(recipe(tmp_path / name, pool, prompts=many, batch_size=2, max_new_tokens=16))]
+    whole = subprocess.run(runs["whole"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    partial = tmp_path / "cut" / ".arbitrage.partial"
+    process = subprocess.Popen(runs["cut"], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    log = partial / "generations.0.rank0.jsonl"
+    while time.time() < deadline and process.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "cut" / "arbitrage").exists()
+    written = len(log.read_text().splitlines())
+    assert 5 <= written < len(many)  # killed midway through the first teacher
+
+    resumed = subprocess.run(runs["cut"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    for name in ("candidates.jsonl", "sft.jsonl", "pairs.jsonl", "routing.json"):
+        assert (tmp_path / "cut" / "arbitrage" / name).read_text() == (tmp_path / "whole" / "arbitrage" / name).read_text()
+    assert len(read(tmp_path / "cut" / "arbitrage" / "sft.jsonl")) == len(many)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"teachers": []}, "'teachers': the pool is empty"),
+    ({"teachers": [{"name": "x", "model": "/nonexistent/teacher"}]}, "'teachers[0].model': cannot load model"),
+    ({"teachers": [{"name": "x"}]}, "'teachers[0].model': missing"),
+    ({"ranker": {}}, "'ranker': give exactly one of ranker.reward_model"),
+    ({"teachers": [{"name": "x", "model": "m", "languages": ["Klingon"]}]}, "'teachers[0].languages': unknown language"),
+])
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path, pool, capsys, change, message):
+    assert main(["arbitrage", "--config", str(recipe(tmp_path, pool, **change))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "arbitrage").exists() and not (tmp_path / ".arbitrage.partial").exists()
+
+
+def test_no_prompts_is_an_error(tmp_path, pool, capsys):
+    config = recipe(tmp_path, pool)
+    (tmp_path / "prompts.jsonl").write_text("")
+    assert main(["arbitrage", "--config", str(config)]) == 2
+    assert "prompts.jsonl: empty file" in capsys.readouterr().err
+    assert not (tmp_path / "arbitrage").exists() and not (tmp_path / ".arbitrage.partial").exists()
