@@ -72,6 +72,7 @@ class TransformersBackend:
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
+        self.generated_tokens = 0  # new tokens before each sequence's end (benchmarks, progress reports)
 
     def __call__(self, prompts: list[Messages], args: GenerationArgs, seed: int) -> list[list[str]]:
         tokenizer, model = self.tokenizer, self.model
@@ -98,7 +99,9 @@ class TransformersBackend:
                     top_k=None, num_return_sequences=args.num_samples, pad_token_id=pad_id)
         finally:
             model.train(was_training)
-        texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        new = output[:, width:]
+        self.generated_tokens += int((new != pad_id).sum())
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         k = args.num_samples
         return [[t.strip() for t in texts[i * k: (i + 1) * k]] for i in range(len(prompts))]
 
