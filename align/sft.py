@@ -10,7 +10,6 @@ output directory that appears only when training is complete.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from .chat import IGNORE_INDEX, tokenize_chat
-from .config import build_dataclass, config_hash, split_known
+from .config import build_dataclass, split_known
 from .data import language_mix, load_records
 from .errors import ConfigError
-from .io import partial_dir, promote, write_json
+from .io import partial_dir
 from .models import LoraArgs, ModelArgs, cuda_available, load_model, load_tokenizer, lora_config
 from .packing import PackRowsCollator, uses_flattened_packs
+from .runs import TrainingRun, barrier, refuse_existing
 
 log = logging.getLogger(__name__)
 
@@ -147,47 +147,21 @@ def build_trainer(job: SFTJob, records: list[dict]):
     return trainer, stats
 
 
-def _last_complete_checkpoint(directory: Path, is_main: bool) -> str | None:
-    """The newest checkpoint a kill did not cut short: the Trainer writes trainer_state.json last."""
-    import json
-
-    checkpoints = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
-                         if p.name.split("-")[-1].isdigit() else -1, reverse=True)
-    for checkpoint in checkpoints:
-        try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
-            return str(checkpoint)
-        except (OSError, ValueError):
-            log.warning("%s is incomplete (the run was killed while saving it): skipping it", checkpoint)
-            if is_main:
-                shutil.rmtree(checkpoint, ignore_errors=True)
-    return None
-
-
 def _prepare_partial(partial: Path, digest: str, is_main: bool) -> str | None:
-    """Reuse the checkpoints of a killed run with the same config; start clean otherwise."""
-    marker = partial / "polyalign_config_hash"
-    if partial.exists() and (not marker.exists() or marker.read_text().strip() != digest):
-        if is_main:
-            log.warning("%s holds a run with another config: starting over", partial)
-            shutil.rmtree(partial)
-    resume = _last_complete_checkpoint(partial, is_main) if partial.exists() else None
-    if is_main:
-        partial.mkdir(parents=True, exist_ok=True)
-        marker.write_text(digest)
-    return resume
+    """Temporary: reward/train.py's entry to TrainingRun.prepare until it uses TrainingRun itself."""
+    run = TrainingRun.__new__(TrainingRun)
+    run.partial, run.digest, run.is_main, run.resume = partial, digest, is_main, None
+    return run.prepare()
 
 
 def run_sft(raw: dict, source: str | None = None) -> Path:
     """The `sft` stage: returns the output directory."""
-    import torch
     from accelerate import PartialState
 
     job = parse_sft_config(raw, source)
     state = PartialState(cpu=job.training.use_cpu)
     final = Path(job.args.output_dir)
-    if final.exists() and not job.args.overwrite:
-        raise ConfigError(source, "output_dir", f"{final} already exists (pass --overwrite to replace it)")
+    refuse_existing(final, job.args.overwrite, source)
 
     # Everything that can fail on bad input happens before anything is written.
     records = load_records(job.args.dataset, "sft", seed=job.training.seed)
@@ -195,41 +169,29 @@ def run_sft(raw: dict, source: str | None = None) -> Path:
         mix = language_mix(records)
         print(f"SFT data: {len(records)} examples in {len(mix)} languages: "
               + ", ".join(f"{lang} {n}" for lang, n in mix.items()), flush=True)
-    partial = partial_dir(final)
-    digest = config_hash({k: v for k, v in job.raw.items() if k != "overwrite"})
-    resume = _prepare_partial(partial, digest, state.is_main_process)
+    run = TrainingRun(final, job.raw, is_main=state.is_main_process)
+    resume = run.prepare()
     state.wait_for_everyone()
-    try:
+    with run.building():
         trainer, stats = build_trainer(job, records)
-    except BaseException:
-        if state.is_main_process and resume is None:
-            shutil.rmtree(partial, ignore_errors=True)  # nothing worth keeping: leave no trace
-        raise
     if resume and state.is_main_process:
         print(f"Resuming from {resume}", flush=True)
 
     start = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(partial))
+    trainer.save_model(str(run.partial))
     state.wait_for_everyone()
     if state.is_main_process:
         metrics = _summarise(trainer, result, stats, time.time() - start, state.num_processes)
         if job.lora and job.args.save_merged:
             merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(partial / "merged", safe_serialization=True)
-            trainer.processing_class.save_pretrained(partial / "merged")
-        if not job.args.keep_checkpoints:
-            for checkpoint in partial.glob("checkpoint-*"):
-                shutil.rmtree(checkpoint)
-        (partial / "polyalign_config_hash").unlink(missing_ok=True)
-        (partial / "training_args.bin").unlink(missing_ok=True)  # a pickle: not ours to ship
-        write_json(partial / "metrics.json", metrics)
-        write_json(partial / "polyalign_recipe.json", {"stage": "sft", "config": job.raw, "source": source})
-        promote(partial, final, overwrite=job.args.overwrite)
+            merged.save_pretrained(run.partial / "merged", safe_serialization=True)
+            trainer.processing_class.save_pretrained(run.partial / "merged")
+        run.finish(metrics, {"stage": "sft", "config": job.raw, "source": source}, overwrite=job.args.overwrite,
+                   keep_checkpoints=job.args.keep_checkpoints)
         _print_summary(final, metrics)
     state.wait_for_everyone()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    barrier()
     return final
 
 
