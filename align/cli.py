@@ -29,6 +29,14 @@ def cmd_sft(args, extra) -> int:
     return 0
 
 
+def cmd_dpo(args, extra) -> int:
+    from .dpo import run_dpo
+
+    raw, source = _stage_config(args, extra)
+    run_dpo(raw, source)
+    return 0
+
+
 def cmd_arbitrage(args, extra) -> int:
     from .arbitrage import run_arbitrage
 
@@ -103,6 +111,7 @@ COMMANDS: dict[str, Command] = {
     "score": Command("score candidates or preference pairs with a reward model", "reward.cli:cmd_score"),
     "merge": Command("merge checkpoints: streamed linear soup, or mergekit's methods (mergekit YAML)", "merge.cli:run",
                      merge_arguments),
+    "dpo": Command("offline DPO on preference data (trl DPOTrainer)", cmd_dpo),
     "arbitrage": Command("multi-teacher arbitrage: every teacher answers, a ranker picks (SFT records, pairs)",
                          cmd_arbitrage),
 }
