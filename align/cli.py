@@ -37,6 +37,14 @@ def cmd_dpo(args, extra) -> int:
     return 0
 
 
+def cmd_iterate(args, extra) -> int:
+    from .online import run_iterate
+
+    raw, source = _stage_config(args, extra)
+    run_iterate(raw, source)
+    return 0
+
+
 def cmd_arbitrage(args, extra) -> int:
     from .arbitrage import run_arbitrage
 
@@ -112,6 +120,8 @@ COMMANDS: dict[str, Command] = {
     "merge": Command("merge checkpoints: streamed linear soup, or mergekit's methods (mergekit YAML)", "merge.cli:run",
                      merge_arguments),
     "dpo": Command("offline DPO on preference data (trl DPOTrainer)", cmd_dpo),
+    "iterate": Command("online iterative DPO: sample, rank, DPO, repeat (optionally merging each iteration)",
+                       cmd_iterate),
     "arbitrage": Command("multi-teacher arbitrage: every teacher answers, a ranker picks (SFT records, pairs)",
                          cmd_arbitrage),
 }

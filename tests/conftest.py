@@ -34,6 +34,37 @@ def build_tiny_llama(directory: Path, tokenizer, *, seed: int = 0, layers: int =
     return directory
 
 
+def scaled_teacher(directory: Path, tokenizer, seed: int, scale: float = 25) -> Path:
+    """A tiny random Llama whose weights are scaled so its answers depend on the prompt (at the default init a
+    random model says "\\n" to everything)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    build_tiny_llama(directory, tokenizer, seed=seed)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:
+                parameter.mul_(scale)
+    model.save_pretrained(directory)
+    return directory
+
+
+def tiny_reward_model(directory: Path, tokenizer) -> Path:
+    """A tiny random one-output sequence classifier: a reward model with arbitrary but fixed preferences."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    LlamaForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)

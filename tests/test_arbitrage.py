@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from align.cli import main
-from conftest import build_tiny_llama, write_jsonl
+from conftest import scaled_teacher, tiny_reward_model, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,34 +27,6 @@ PROMPTS = [
     ("日本の首都はどこですか？", "ja"), ("भारत की राजधानी क्या है?", "hi"),
     ("Combien de jours compte une année bissextile ?", "fr"), ("Wie heißt die Hauptstadt von Österreich?", "de"),
 ]
-
-
-def scaled_teacher(directory: Path, tokenizer, seed: int) -> Path:
-    """A tiny random Llama whose weights are scaled so its answers depend on the prompt (at the default init a
-    random model says "\\n" to everything)."""
-    from transformers import AutoModelForCausalLM
-
-    build_tiny_llama(directory, tokenizer, seed=seed)
-    model = AutoModelForCausalLM.from_pretrained(directory)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" not in name:
-                parameter.mul_(25)
-    model.save_pretrained(directory)
-    return directory
-
-
-def tiny_reward_model(directory: Path, tokenizer) -> Path:
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    torch.manual_seed(3)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    LlamaForSequenceClassification(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

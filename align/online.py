@@ -1,0 +1,413 @@
+"""Online iterative DPO (Aya Expanse, RLHFlow): sample from the current policy, rank, train on best vs worst, repeat.
+
+Each iteration i writes `iter_<i>/` in the output directory, one step after another, and each step's output marks it
+done, so a killed run restarts at the first unfinished step of the unfinished iteration:
+
+    samples.jsonl   k completions per prompt from the current policy (appended and flushed prompt by prompt)
+    scores.jsonl    the ranker's score of every sample (appended chunk by chunk)
+    pairs.jsonl     best vs worst where the margin clears `min_margin` and the two differ
+    model/          DPO from the current policy (align.dpo: resumes from its last checkpoint)
+    merged/         optional linear soup with the previous policy (merge.soup)
+    heldout.jsonl   greedy answers to held-out prompts, with their scores
+    metrics.json    sample reward mean and spread, mean length, pairs, held-out reward and win-rate vs the previous
+                    policy, training metrics, and a warning when length grows fast while reward rises
+
+`iter_0/heldout.jsonl` holds the starting policy's held-out answers. The reference of every iteration is the starting
+model (default) or the previous policy; β may differ per iteration. `iterations.png` plots reward and length.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import shutil
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import build_dataclass, config_hash
+from .data import load_records
+from .embedded import DEFAULT_MODEL
+from .errors import ConfigError
+from .generate import GenerationArgs, TransformersBackend, iter_batches
+from .io import AppendLog, write_json, write_jsonl
+from .models import ModelArgs, load_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IterateArgs:
+    model: str = DEFAULT_MODEL  # the starting policy, usually the SFT (or offline-DPO) model
+    prompts: Any = None
+    heldout_prompts: Any = None  # default: `heldout_fraction` of `prompts`, chosen by a seeded hash of their ids
+    heldout_fraction: float = 0.1
+    output_dir: str | None = None
+    overwrite: bool = False
+    iterations: int = 3
+    samples: int = 4  # k completions per prompt
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    ranker: dict = field(default_factory=dict)  # {reward_model | judge, batch_size, max_length}
+    min_margin: float = 0.0
+    reference: str = "start"  # start | previous
+    beta: Any = 0.1  # one value, or one per iteration
+    lora: Any = None  # true or {r, alpha, ...}: each iteration trains an adapter and merges it for the next
+    merge_with_previous: float | None = None  # weight of the new policy in a linear soup with the previous one
+    dpo: dict = field(default_factory=dict)  # trl DPOConfig fields for every iteration's training
+    length_warning: float = 0.2  # warn when mean length grows more than this fraction while reward rises
+    seed: int = 0
+    dtype: str = "auto"
+    attn_implementation: str = "auto"
+    trust_remote_code: bool = False
+
+
+def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: bool = False) -> IterateArgs:
+    args = build_dataclass(IterateArgs, raw, source)
+    if not args.output_dir:
+        raise ConfigError(source, "output_dir", "missing: where the iterations go")
+    if args.prompts is None:
+        raise ConfigError(source, "prompts", "missing: the prompts to sample from (any format polyalign reads)")
+    if args.iterations < 1 or args.samples < 2:
+        raise ConfigError(source, "iterations" if args.iterations < 1 else "samples",
+                          "need at least 1 iteration and 2 samples per prompt (a pair needs two)")
+    if args.reference not in ("start", "previous"):
+        raise ConfigError(source, "reference", f"expected start or previous, got {args.reference!r}")
+    betas = args.beta if isinstance(args.beta, list) else [args.beta] * args.iterations
+    if len(betas) != args.iterations or not all(isinstance(b, (int, float)) and b > 0 for b in betas):
+        raise ConfigError(source, "beta", f"expected a positive number or a list of {args.iterations} of them")
+    args.beta = [float(b) for b in betas]
+    if args.merge_with_previous is not None and not 0 < args.merge_with_previous <= 1:
+        raise ConfigError(source, "merge_with_previous", "the new policy's weight must be in (0, 1]")
+    if not 0 <= args.heldout_fraction < 1:
+        raise ConfigError(source, "heldout_fraction", "must be in [0, 1)")
+    if not ranker_given and (not args.ranker or ("reward_model" in args.ranker) == ("judge" in args.ranker)):
+        raise ConfigError(source, "ranker", "give exactly one of ranker.reward_model and ranker.judge")
+    from .dpo import parse_dpo_config
+
+    for key in ("model", "output_dir", "dataset", "beta", "ref_model"):
+        if key in args.dpo:
+            raise ConfigError(source, f"dpo.{key}", "set by the loop itself; remove it from dpo")
+    parse_dpo_config({**args.dpo, "dataset": "-", "output_dir": "-"}, source)  # DPOConfig fields, checked now
+    return args
+
+
+def split_heldout(prompts: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A stable split: a prompt is held out by a seeded hash of its id, whatever the order or count of the rest."""
+    import hashlib
+
+    if fraction == 0:
+        return prompts, []
+    def bucket(record):
+        return int(hashlib.sha256(f"{seed}:{record['id']}".encode()).hexdigest()[:8], 16) / 16 ** 8
+    held = [p for p in prompts if bucket(p) < fraction] or prompts[-1:]
+    held_ids = {id(p) for p in held}
+    return [p for p in prompts if id(p) not in held_ids], held
+
+
+class Loop:
+    """State shared by the steps of every iteration."""
+
+    def __init__(self, args: IterateArgs, raw: dict, source: str | None, ranker=None):
+        self.args, self.raw, self.source = args, raw, source
+        self.out = Path(args.output_dir)
+        self.model_args = ModelArgs(model=args.model, dtype=args.dtype, attn_implementation=args.attn_implementation,
+                                    trust_remote_code=args.trust_remote_code)
+        self._given_ranker = ranker
+        self._ranker = ranker
+
+    # ---------------------------------------------------------------------------------------------- resources
+
+    def ranker(self):
+        if self._ranker is None:
+            from reward.judge import PairwiseJudge
+            from reward.rank import RewardRanker
+
+            spec = {"batch_size": 16, "max_length": 1024, **self.args.ranker}
+            model_args = ModelArgs(dtype=self.args.dtype, attn_implementation=self.args.attn_implementation,
+                                   trust_remote_code=self.args.trust_remote_code)
+            if spec.get("reward_model"):
+                self._ranker = RewardRanker(spec["reward_model"], batch_size=spec["batch_size"],
+                                            max_length=spec["max_length"], model_args=model_args)
+            else:
+                self._ranker = PairwiseJudge(model=spec["judge"], batch_size=spec["batch_size"],
+                                             model_args=model_args)
+        return self._ranker
+
+    def release_ranker(self) -> None:
+        """Free a loaded ranker's memory before training (a given one is the caller's to keep)."""
+        self._ranker = self._given_ranker
+        _free()
+
+    def policy(self, i: int) -> str:
+        """The policy that iteration i samples from: the start, or iteration i-1's final model."""
+        if i == 1:
+            return self.args.model
+        previous = self.out / f"iter_{i - 1}"
+        if (previous / "merged").is_dir() and self.args.merge_with_previous is not None:
+            return str(previous / "merged")
+        return str(previous / "model" / "merged") if self.args.lora else str(previous / "model")
+
+    def backend(self, policy: str):
+        import dataclasses
+
+        import torch
+
+        args = dataclasses.replace(self.model_args, model=policy)
+        model = load_model(args)
+        if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
+            model.to("cuda")
+        return TransformersBackend(model, load_tokenizer(args))
+
+    # ---------------------------------------------------------------------------------------------- steps
+
+    def generate(self, policy: str, prompts: list[dict], path: Path, args: GenerationArgs, desc: str) -> list[dict]:
+        """Answers of `policy` to `prompts`, streamed into `path` and resumed from it."""
+        with AppendLog(path, key=lambda r: r["index"]) as out:
+            if len(out.done) < len(prompts):
+                backend = self.backend(policy)
+                for chunk in iter_batches(backend, backend.tokenizer, [p["prompt"] for p in prompts], args,
+                                          skip=lambda j: j in out.done, desc=desc):
+                    for j, completions in chunk:
+                        out.append({"index": j, "id": prompts[j]["id"], "lang": prompts[j]["lang"],
+                                    "completions": completions})
+                del backend
+                _free()
+            return sorted(out.records, key=lambda r: r["index"])
+
+    def score(self, prompts: list[dict], answers: list[dict], path: Path, chunk: int = 32) -> dict[int, list[float]]:
+        """The ranker's score of every completion, in fixed chunks (a cut chunk is rescored whole)."""
+        with AppendLog(path, key=lambda r: r["index"]) as out:
+            chunks = [answers[k: k + chunk] for k in range(0, len(answers), chunk)]
+            for group in chunks:
+                if all(r["index"] in out.done for r in group):
+                    continue
+                rankings = self.ranker().rank_many([prompts[r["index"]]["prompt"] for r in group],
+                                                   [r["completions"] for r in group])
+                for r, ranking in zip(group, rankings):
+                    if r["index"] not in out.done:
+                        out.append({"index": r["index"], "scores": ranking.scores})
+            return {r["index"]: r["scores"] for r in out.records}
+
+    def heldout(self, i: int, policy: str, heldout: list[dict]) -> list[dict]:
+        """Greedy held-out answers of `policy` with their reward (iteration 0: the starting policy)."""
+        directory = self.out / f"iter_{i}"
+        path = directory / "heldout.jsonl"
+        args = GenerationArgs(max_new_tokens=self.args.max_new_tokens, batch_size=self.args.batch_size,
+                              seed=self.args.seed)
+        answers = self.generate(policy, heldout, directory / "heldout_answers.jsonl", args, f"Held-out (iter {i})")
+        if not path.exists():
+            scores = self.score(heldout, answers, directory / "heldout_scores.jsonl")
+            write_jsonl(path, [{**a, "completion": a["completions"][0], "score": scores[a["index"]][0]}
+                               for a in answers])
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+    def run_iteration(self, i: int, train: list[dict], heldout: list[dict], previous_heldout: list[dict]) -> dict:
+        args, directory = self.args, self.out / f"iter_{i}"
+        metrics_path = directory / "metrics.json"
+        if metrics_path.exists():
+            return json.loads(metrics_path.read_text())
+        policy = self.policy(i)
+        print(f"\nIteration {i}/{args.iterations}: sampling {args.samples} per prompt from {policy}", flush=True)
+        sampling = GenerationArgs(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                                  batch_size=args.batch_size, seed=args.seed * 1000 + i, num_samples=args.samples)
+        samples = self.generate(policy, train, directory / "samples.jsonl", sampling, f"Sampling (iter {i})")
+        scores = self.score(train, samples, directory / "scores.jsonl")
+        pairs = build_pairs(train, samples, scores, args.min_margin)
+        if not (directory / "pairs.jsonl").exists():
+            write_jsonl(directory / "pairs.jsonl", pairs)
+        self.release_ranker()
+        if not pairs:
+            raise ConfigError(self.source, "min_margin", f"iteration {i}: no prompt's best and worst samples differ "
+                              f"by {args.min_margin} or more: lower min_margin, raise temperature or samples")
+
+        model_dir = directory / "model"
+        if not model_dir.exists():
+            from .dpo import run_dpo
+
+            raw = {**args.dpo, "model": policy, "output_dir": str(model_dir), "dataset": str(directory / "pairs.jsonl"),
+                   "beta": args.beta[i - 1], "dtype": args.dtype, "attn_implementation": args.attn_implementation,
+                   "trust_remote_code": args.trust_remote_code, "seed": args.seed}
+            if args.lora:
+                raw.update(lora=args.lora, save_merged=True)
+            if args.reference == "start" and i > 1:
+                raw["ref_model"] = args.model
+            run_dpo(raw, self.source, records=pairs)
+            _free()
+        trained = str(model_dir / "merged") if args.lora else str(model_dir)
+        final = trained
+        if args.merge_with_previous is not None:
+            final = str(directory / "merged")
+            if not Path(final).exists():
+                from merge import soup
+
+                w = args.merge_with_previous
+                soup([(policy, 1 - w), (trained, w)], final, progress=False)
+
+        current = self.heldout(i, final, heldout) if heldout else []
+        metrics = iteration_metrics(i, samples, scores, pairs, current, previous_heldout,
+                                    json.loads((model_dir / "metrics.json").read_text()), final, args)
+        write_json(metrics_path, metrics)
+        self.release_ranker()
+        return metrics
+
+
+def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list[float]], min_margin: float):
+    """Best vs worst sample of each prompt, where they differ in text and their scores by at least `min_margin`."""
+    pairs = []
+    for record in samples:
+        completions, values = record["completions"], scores[record["index"]]
+        best = max(range(len(values)), key=lambda k: (values[k], -k))
+        worst = min(range(len(values)), key=lambda k: (values[k], -k))
+        margin = values[best] - values[worst]
+        if completions[best].strip() == completions[worst].strip() or margin <= 0 or margin < min_margin:
+            continue
+        prompt = prompts[record["index"]]
+        pairs.append({"prompt": prompt["prompt"], "chosen": [{"role": "assistant", "content": completions[best]}],
+                      "rejected": [{"role": "assistant", "content": completions[worst]}], "lang": prompt["lang"],
+                      "id": prompt["id"], "chosen_score": values[best], "rejected_score": values[worst]})
+    return pairs
+
+
+def iteration_metrics(i, samples, scores, pairs, heldout, previous, training, final, args) -> dict:
+    flat = [s for values in scores.values() for s in values]
+    lengths = [len(c.split()) for r in samples for c in r["completions"]]
+    metrics = {
+        "iteration": i, "beta": args.beta[i - 1], "reference": args.reference, "policy": final,
+        "prompts": len(samples), "samples_per_prompt": args.samples,
+        "sample_reward_mean": round(statistics.fmean(flat), 4),
+        "sample_reward_std": round(statistics.pstdev(flat), 4),
+        "sample_mean_words": round(statistics.fmean(lengths), 2),
+        "pairs": len(pairs), "pairs_dropped": len(samples) - len(pairs),
+        "training": {k: training.get(k) for k in ("steps", "train_loss", "final_reward_accuracy",
+                                                  "final_reward_margin", "reference")},
+    }
+    if heldout:
+        metrics["heldout_reward_mean"] = round(statistics.fmean(h["score"] for h in heldout), 4)
+        metrics["heldout_mean_words"] = round(statistics.fmean(len(h["completion"].split()) for h in heldout), 2)
+        old = {h["index"]: h for h in previous}
+        wins = sum(h["score"] > old[h["index"]]["score"] for h in heldout)
+        losses = sum(h["score"] < old[h["index"]]["score"] for h in heldout)
+        ties = len(heldout) - wins - losses
+        metrics["vs_previous"] = {"win": wins, "loss": losses, "tie": ties,
+                                  "win_rate": round((wins + ties / 2) / len(heldout), 4)}
+        before_words = statistics.fmean(len(h["completion"].split()) for h in previous)
+        before_reward = statistics.fmean(h["score"] for h in previous)
+        growth = metrics["heldout_mean_words"] / before_words - 1 if before_words else 0.0
+        metrics["length_growth"] = round(growth, 4)
+        if growth > args.length_warning and metrics["heldout_reward_mean"] > before_reward:
+            metrics["warning"] = (f"held-out answers grew {growth:.0%} longer while reward rose: a sign of reward "
+                                  "hacking; check the samples, or lower beta's drift (raise beta) next iteration")
+            print(f"WARNING iteration {i}: {metrics['warning']}", flush=True)
+    return metrics
+
+
+def plot_iterations(history: list[dict], start: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [0] + [m["iteration"] for m in history]
+    reward = [start.get("heldout_reward_mean", math.nan)] + [m.get("heldout_reward_mean", math.nan) for m in history]
+    words = [start.get("heldout_mean_words", math.nan)] + [m.get("heldout_mean_words", math.nan) for m in history]
+    sample_reward = [math.nan] + [m["sample_reward_mean"] for m in history]
+    fig, left = plt.subplots(figsize=(6, 4))
+    left.plot(steps, reward, "o-", label="held-out reward")
+    left.plot(steps, sample_reward, "s--", label="sample reward")
+    left.set_xlabel("iteration")
+    left.set_ylabel("reward")
+    right = left.twinx()
+    right.plot(steps, words, "^:", color="gray", label="held-out length (words)")
+    right.set_ylabel("words")
+    left.legend(loc="upper left", fontsize="small")
+    right.legend(loc="lower right", fontsize="small")
+    left.set_xticks(steps)
+    left.set_title("Online DPO: reward and length per iteration")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _free() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
+    """The `iterate` stage: returns the output directory.
+
+    `ranker` (Python callers) replaces the configured one with any object that has `rank_many(prompts, candidate
+    lists) -> [Ranking]`, e.g. a rule-based verifier of math answers.
+    """
+    from accelerate import PartialState
+
+    args = parse_iterate_config(raw, source, ranker_given=ranker is not None)
+    state = PartialState()
+    if state.num_processes > 1:
+        raise ConfigError(source, None, "iterate samples, scores and trains in one process; run each iteration's "
+                                        "DPO on many GPUs with `accelerate launch recipes/dpo.py` instead")
+    out = Path(args.output_dir)
+    marker = out / "polyalign_config_hash"
+    digest = config_hash({k: v for k, v in raw.items() if k != "overwrite"})
+    if out.exists():
+        if args.overwrite:
+            shutil.rmtree(out)
+        elif not marker.exists() or marker.read_text().strip() != digest:
+            raise ConfigError(source, "output_dir", f"{out} holds another run (its config differs); pass "
+                                                    "--overwrite to start over")
+    prompts = load_records(args.prompts, "prompt", seed=args.seed)
+    if args.heldout_prompts is not None:
+        train, heldout = prompts, load_records(args.heldout_prompts, "prompt", seed=args.seed)
+    else:
+        train, heldout = split_heldout(prompts, args.heldout_fraction, args.seed)
+    resumed = out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(digest)
+    print(f"Online DPO: {args.iterations} iterations, {len(train)} prompts ({len(heldout)} held out), "
+          f"{args.samples} samples each, reference: {args.reference}" + (" (resuming)" if resumed else ""), flush=True)
+    loop = Loop(args, raw, source, ranker=ranker)
+    start = loop.heldout(0, args.model, heldout) if heldout else []
+    start_metrics = {}
+    if start:
+        start_metrics = {"heldout_reward_mean": round(statistics.fmean(h["score"] for h in start), 4),
+                         "heldout_mean_words": round(statistics.fmean(len(h["completion"].split()) for h in start), 2)}
+    history, previous = [], start
+    for i in range(1, args.iterations + 1):
+        metrics = loop.run_iteration(i, train, heldout, previous)
+        history.append(metrics)
+        if heldout:
+            previous = [json.loads(line) for line in (out / f"iter_{i}" / "heldout.jsonl").read_text().splitlines()]
+    plot_iterations(history, start_metrics, out / "iterations.png")
+    summary = {"start": start_metrics, "iterations": history, "final_model": history[-1]["policy"]}
+    write_json(out / "metrics.json", summary)
+    print_table(summary)
+    return out
+
+
+def print_table(summary: dict) -> None:
+    print("\nOnline DPO summary", flush=True)
+    print("  iter  beta   pairs  sample reward  held-out reward  win-rate vs prev  words", flush=True)
+    start = summary["start"]
+    if start:
+        print(f"  {0:>4}  {'':>4}  {'':>6}  {'':>13}  {start['heldout_reward_mean']:>15.3f}  {'':>16}  "
+              f"{start['heldout_mean_words']:>5.1f}", flush=True)
+    for m in summary["iterations"]:
+        win = m.get("vs_previous", {}).get("win_rate")
+        print(f"  {m['iteration']:>4}  {m['beta']:>4}  {m['pairs']:>6}  {m['sample_reward_mean']:>13.3f}  "
+              f"{m.get('heldout_reward_mean', float('nan')):>15.3f}  {'-' if win is None else f'{win:.0%}':>16}  "
+              f"{m.get('heldout_mean_words', float('nan')):>5.1f}", flush=True)
+    print(f"  final model: {summary['final_model']}", flush=True)

@@ -1,0 +1,151 @@
+"""Online iterative DPO on tiny models: it learns to please a reward, builds pairs right, chooses the reference, varies
+β per iteration, merges, serves LoRA policies, and resumes after a kill with the records of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from align.errors import ConfigError
+from align.online import build_pairs, parse_iterate_config, run_iterate
+from conftest import scaled_teacher, tiny_reward_model, write_jsonl
+from reward.rank import ranking_from_scores
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTIONS = ["Bonjour, comment vas-tu ?", "Wie spät ist es?", "¿Dónde está la estación?", "What is your name?"]
+LANGS = ["fr", "de", "es", "en"]
+
+
+class UppercaseReward:
+    """A rule-based reward (a verifier, in RLVR terms): the share of a completion's letters that are capitals."""
+
+    @staticmethod
+    def reward(text: str) -> float:
+        return sum(c.isupper() for c in text) / max(1, sum(c.isalpha() for c in text))
+
+    def rank_many(self, prompts, candidates):
+        return [ranking_from_scores([self.reward(c) for c in group]) for group in candidates]
+
+
+def prompts_file(tmp_path: Path, n: int) -> Path:
+    return write_jsonl(tmp_path / "prompts.jsonl", [
+        {"prompt": f"Question {i}: {QUESTIONS[i % 4]}", "lang": LANGS[i % 4], "id": f"q{i}"} for i in range(n)])
+
+
+def config(tmp_path, policy, n=24, **overrides) -> dict:
+    return {"model": str(policy), "prompts": str(prompts_file(tmp_path, n)), "output_dir": str(tmp_path / "online"),
+            "iterations": 1, "samples": 4, "temperature": 1.0, "max_new_tokens": 8, "batch_size": 8,
+            "heldout_fraction": 0.25, "dtype": "fp32", "beta": 0.1,
+            "dpo": {"learning_rate": 5e-3, "num_train_epochs": 2, "per_device_train_batch_size": 8,
+                    "disable_tqdm": True, "logging_steps": 1}, **overrides}
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory, tokenizer):
+    return scaled_teacher(tmp_path_factory.mktemp("policy"), tokenizer, seed=1, scale=5)
+
+
+def test_one_iteration_raises_the_heldout_reward(tmp_path, policy):
+    out = run_iterate(config(tmp_path, policy), ranker=UppercaseReward())
+    summary = json.loads((out / "metrics.json").read_text())
+    first = summary["iterations"][0]
+    assert first["heldout_reward_mean"] > summary["start"]["heldout_reward_mean"] + 0.1, summary
+    assert first["vs_previous"]["win_rate"] > 0.5
+    held = [json.loads(line) for line in (out / "iter_1" / "heldout.jsonl").read_text().splitlines()]
+    assert [h["score"] for h in held] == pytest.approx([UppercaseReward.reward(h["completion"]) for h in held])
+    samples = [json.loads(line) for line in (out / "iter_1" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == first["prompts"] and all(len(s["completions"]) == 4 for s in samples)
+    assert {s["id"] for s in samples}.isdisjoint({h["id"] for h in held})  # held-out prompts are never trained on
+    for name in ("scores.jsonl", "pairs.jsonl", "model/model.safetensors", "metrics.json"):
+        assert (out / "iter_1" / name).exists(), name
+    assert (out / "iterations.png").stat().st_size > 0
+    assert summary["final_model"] == str(out / "iter_1" / "model")
+
+
+def test_pairs_take_best_and_worst_and_respect_margin_and_ties():
+    prompts = [{"prompt": [{"role": "user", "content": f"q{i}"}], "lang": "en", "id": f"q{i}"} for i in range(4)]
+    samples = [{"index": 0, "completions": ["a", "b", "c"]},     # clear best c, worst a
+               {"index": 1, "completions": ["x", "y", "z"]},     # all tied: no pair
+               {"index": 2, "completions": ["same", "same "]},   # different scores, same text: no pair
+               {"index": 3, "completions": ["lo", "hi"]}]        # margin 0.5: kept only under a margin <= 0.5
+    scores = {0: [0.1, 0.5, 2.0], 1: [1.0, 1.0, 1.0], 2: [0.0, 3.0], 3: [0.0, 0.5]}
+    pairs = build_pairs(prompts, samples, scores, min_margin=0.0)
+    assert [(p["id"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
+        ("q0", "c", "a"), ("q3", "hi", "lo")]
+    assert [p["id"] for p in build_pairs(prompts, samples, scores, min_margin=1.0)] == ["q0"]
+
+
+def test_config_checks(tmp_path, policy):
+    with pytest.raises(ConfigError, match="'beta': expected a positive number or a list of 3"):
+        parse_iterate_config(config(tmp_path, policy, iterations=3, beta=[0.1, 0.2]), ranker_given=True)
+    with pytest.raises(ConfigError, match="'reference': expected start or previous"):
+        parse_iterate_config(config(tmp_path, policy, reference="sft"), ranker_given=True)
+    with pytest.raises(ConfigError, match="'samples': need at least 1 iteration and 2 samples"):
+        parse_iterate_config(config(tmp_path, policy, samples=1), ranker_given=True)
+    with pytest.raises(ConfigError, match="'ranker': give exactly one"):
+        parse_iterate_config(config(tmp_path, policy))
+    with pytest.raises(ConfigError, match="'dpo.beta': set by the loop itself"):
+        parse_iterate_config(config(tmp_path, policy, dpo={"beta": 0.3}), ranker_given=True)
+
+
+@pytest.mark.slow
+def test_lora_iterations_with_start_reference_per_iteration_beta_and_merging(tmp_path, policy):
+    cfg = config(tmp_path, policy, n=12, iterations=2, samples=2, max_new_tokens=4, beta=[0.1, 0.3], lora=True,
+                 reference="start", merge_with_previous=0.5,
+                 dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4, "disable_tqdm": True})
+    out = run_iterate(cfg, ranker=UppercaseReward())
+    first, second = (json.loads((out / f"iter_{i}" / "model" / "metrics.json").read_text()) for i in (1, 2))
+    assert first["reference"] == "policy with adapters disabled"  # iteration 1: the start is the adapter-free base
+    assert second["reference"] == f"model {policy}"  # later iterations: the starting model, named explicitly
+    assert (first["beta"], second["beta"]) == (0.1, 0.3)
+    for i in (1, 2):
+        assert (out / f"iter_{i}" / "model" / "adapter_model.safetensors").exists()
+        assert (out / f"iter_{i}" / "merged" / "model.safetensors").exists()  # soup with the previous policy
+    recipe = json.loads((out / "iter_2" / "model" / "polyalign_recipe.json").read_text())
+    assert recipe["config"]["model"] == str(out / "iter_1" / "merged")  # iteration 2 starts from iteration 1's soup
+    assert json.loads((out / "metrics.json").read_text())["final_model"] == str(out / "iter_2" / "merged")
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_the_records_of_an_uninterrupted_run(tmp_path, policy, tokenizer):
+    rm = tiny_reward_model(tmp_path / "rm", tokenizer)
+    commands = {}
+    for name in ("whole", "cut"):
+        (tmp_path / name).mkdir()
+        cfg = config(tmp_path / name, policy, n=40, samples=2, batch_size=2, ranker={"reward_model": str(rm)},
+                     dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4,
+                          "disable_tqdm": True})
+        path = tmp_path / name / "iterate.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        commands[name] = [sys.executable, "-m", "align.cli", "iterate", "--config", str(path)]
+    whole = subprocess.run(commands["whole"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    samples = tmp_path / "cut" / "online" / "iter_1" / "samples.jsonl"
+    process = subprocess.Popen(commands["cut"], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if samples.exists() and len(samples.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 5 <= len(samples.read_text().splitlines()) < 30  # killed while sampling iteration 1
+    resumed = subprocess.run(commands["cut"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    for name in ("samples.jsonl", "scores.jsonl", "pairs.jsonl", "heldout.jsonl"):
+        lines = lambda run: sorted((tmp_path / run / "online" / "iter_1" / name).read_text().splitlines())
+        assert lines("cut") == lines("whole"), name
