@@ -216,8 +216,11 @@ class Loop:
         print(f"\nIteration {i}/{args.iterations}: sampling {args.samples} per prompt from {policy}", flush=True)
         sampling = GenerationArgs(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                   batch_size=args.batch_size, seed=args.seed * 1000 + i, num_samples=args.samples)
-        samples = self.generate(policy, train, directory / "samples.jsonl", sampling, f"Sampling (iter {i})")
-        scores = self.score(train, samples, directory / "scores.jsonl")
+        clock = Stopwatch()
+        with clock("sampling"):
+            samples = self.generate(policy, train, directory / "samples.jsonl", sampling, f"Sampling (iter {i})")
+        with clock("scoring"):
+            scores = self.score(train, samples, directory / "scores.jsonl")
         pairs = build_pairs(train, samples, scores, args.min_margin)
         if not (directory / "pairs.jsonl").exists():
             write_jsonl(directory / "pairs.jsonl", pairs)
@@ -227,6 +230,29 @@ class Loop:
                               f"by {args.min_margin} or more: lower min_margin, raise temperature or samples")
 
         model_dir = directory / "model"
+        with clock("training"):
+            self.train(i, policy, model_dir, pairs)
+        trained = str(model_dir / "merged") if args.lora else str(model_dir)
+        final = trained
+        if args.merge_with_previous is not None:
+            final = str(directory / "merged")
+            with clock("merging"):
+                if not Path(final).exists():
+                    from merge import soup
+
+                    w = args.merge_with_previous
+                    soup([(policy, 1 - w), (trained, w)], final, progress=False)
+        with clock("heldout"):
+            current = self.heldout(i, final, heldout) if heldout else []
+        metrics = iteration_metrics(i, samples, scores, pairs, current, previous_heldout,
+                                    json.loads((model_dir / "metrics.json").read_text()), final, args)
+        metrics["seconds"] = clock.seconds  # this process's time per step (steps done before a resume count 0)
+        write_json(metrics_path, metrics)
+        self.release_ranker()
+        return metrics
+
+    def train(self, i: int, policy: str, model_dir: Path, pairs: list[dict]) -> None:
+        args, directory = self.args, model_dir.parent
         if not model_dir.exists():
             from .dpo import run_dpo
 
@@ -239,22 +265,27 @@ class Loop:
                 raw["ref_model"] = args.model
             run_dpo(raw, self.source, records=pairs)
             _free()
-        trained = str(model_dir / "merged") if args.lora else str(model_dir)
-        final = trained
-        if args.merge_with_previous is not None:
-            final = str(directory / "merged")
-            if not Path(final).exists():
-                from merge import soup
 
-                w = args.merge_with_previous
-                soup([(policy, 1 - w), (trained, w)], final, progress=False)
 
-        current = self.heldout(i, final, heldout) if heldout else []
-        metrics = iteration_metrics(i, samples, scores, pairs, current, previous_heldout,
-                                    json.loads((model_dir / "metrics.json").read_text()), final, args)
-        write_json(metrics_path, metrics)
-        self.release_ranker()
-        return metrics
+class Stopwatch:
+    """Wall seconds per named step: `with clock("sampling"): ...`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        import contextlib
+        import time
+
+        @contextlib.contextmanager
+        def timed():
+            began = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - began, 3)
+
+        return timed()
 
 
 def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list[float]], min_margin: float):
