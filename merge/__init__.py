@@ -1,1 +1,8 @@
-"""Checkpoint soups for polyalign: weighted averaging and mergekit methods (issue #3)."""
+"""Checkpoint soups for polyalign: a streamed weighted average of safetensors checkpoints, and mergekit's methods
+(SLERP, TIES, DARE, task arithmetic, ...) from the same mergekit-format config, with polyalign's checks and
+atomic output. `soup()` is the Python entry point; `polyalign merge CONFIG.yaml OUTPUT_DIR` the command line."""
+
+from .api import run, soup
+from .config import MergeError, MergeSpec, load_config, parse_config
+
+__all__ = ["soup", "run", "MergeError", "MergeSpec", "load_config", "parse_config"]

@@ -1,0 +1,51 @@
+"""`polyalign merge CONFIG.yaml OUTPUT_DIR [--overwrite]`: the shape of `mergekit-yaml`, polyalign's guarantees.
+
+Only argparse at the top: `polyalign --help` builds this parser without importing torch or mergekit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+USAGE = "polyalign merge CONFIG.yaml OUTPUT_DIR [--overwrite] [--max-shard-size SIZE] [--seed N] [--quiet]"
+
+
+def merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG.yaml", help="merge config in mergekit's YAML format")
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="where the merged model appears, complete")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR")
+    parser.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                        help="largest output safetensors shard, e.g. 5GB, 500MB (default 5GB)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for randomised methods (dare_*, della)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from align.errors import ConfigError
+
+    if extra:
+        raise ConfigError(None, extra[0], f"unexpected argument for merge: {' '.join(extra)} (usage: {USAGE})")
+    from .api import run as run_merge
+    from .config import load_config
+
+    spec = load_config(args.config)
+    out = run_merge(spec, args.output_dir, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
+                    seed=args.seed, progress=not args.quiet, command=command_line(args))
+    print(f"merged {len(spec.inputs())} checkpoints ({spec.method}) into {out}")
+    return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as the model card records it (rebuilt from the parsed arguments, so it reads the same whether
+    `polyalign` ran from a shell or `align.cli.main` was called)."""
+    words = ["polyalign", "merge", args.config, args.output_dir]
+    if args.overwrite:
+        words.append("--overwrite")
+    if args.max_shard_size != "5GB":
+        words += ["--max-shard-size", str(args.max_shard_size)]
+    if args.seed is not None:
+        words += ["--seed", str(args.seed)]
+    if args.quiet:
+        words.append("--quiet")
+    return " ".join(shlex.quote(w) for w in words)
