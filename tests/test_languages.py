@@ -155,3 +155,48 @@ def test_no_letters_and_no_lang_is_an_error(tmp_path):
 def test_language_mix_largest_first():
     records = [{"lang": "fr"}, {"lang": "hi"}, {"lang": "hi"}, {"lang": "en"}, {"lang": "hi"}, {"lang": "en"}]
     assert list(language_mix(records).items()) == [("hi", 3), ("en", 2), ("fr", 1)]
+
+
+# ------------------------------------------------------------------------------------------------ families, clusters
+
+AYA_EXPANSE = ["ar", "zh", "cs", "nl", "en", "fr", "de", "el", "he", "hi", "id", "it", "ja", "ko", "fa", "pl", "pt",
+               "ro", "ru", "es", "tr", "uk", "vi"]
+MARCO_LLM = ["en", "zh", "ar", "de", "es", "fr", "ko", "ja", "ru", "tr", "it", "pt", "nl", "pl", "vi", "th", "id",
+             "ms", "he", "bn", "ur", "ne", "kk", "uk", "cs", "ro", "hu", "el", "tl"]
+
+
+def test_every_language_has_a_family_including_the_aya_and_marco_sets():
+    from align.data.languages import NAMES, family
+
+    assert len(AYA_EXPANSE) == 23 and len(MARCO_LLM) == 29
+    assert [c for c in NAMES if family(c) is None] == []
+    assert {family(c) for c in ("de", "nl", "en")} == {"Germanic"} and family("hi") == family("bn") == "Indo-Aryan"
+    assert (family("fr"), family("ru"), family("ar"), family("tr"), family("zh"), family("ja"), family("ko"),
+            family("fi"), family("id"), family("th"), family("vi"), family("el"), family("fa")) == (
+        "Romance", "Slavic", "Semitic", "Turkic", "Sino-Tibetan", "Japonic", "Koreanic", "Uralic", "Austronesian",
+        "Kra-Dai", "Austroasiatic", "Hellenic", "Iranian")
+
+
+def test_clusters_by_family_hold_the_shared_languages():
+    from align.data.languages import make_clusters
+
+    clusters, unassigned = make_clusters(["French", "de", "hi", "ja", "es", "en", "bn", "ru", "nl"])
+    assert clusters == {"Germanic": ["de", "en", "es", "fr", "nl"], "Indo-Aryan": ["bn", "en", "es", "fr", "hi"],
+                        "Japonic": ["en", "es", "fr", "ja"], "Slavic": ["en", "es", "fr", "ru"]}
+    assert unassigned == []
+
+
+def test_explicit_clusters_accept_family_names_and_report_the_unassigned():
+    from align.data.languages import make_clusters
+
+    clusters, unassigned = make_clusters(["fr", "de", "hi", "ja", "bn", "ru", "sw"],
+                                         {"indic": ["Indo-Aryan"], "europe": ["German", "ru"]}, shared=["en"])
+    assert clusters == {"europe": ["de", "en", "ru"], "indic": ["bn", "en", "hi"]}
+    assert unassigned == ["fr", "ja", "sw"]
+
+
+def test_clusters_refuse_an_unknown_language():
+    from align.data.languages import make_clusters
+
+    with pytest.raises(UnknownLanguage, match="Klingon"):
+        make_clusters(["fr", "Klingon"])

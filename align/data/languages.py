@@ -175,3 +175,81 @@ def detect_language(text: str) -> tuple[str | None, float]:
     best = values[0]
     code = best.language.iso_code_639_1.name.lower()
     return normalize_lang(code), float(best.value)
+
+
+# ------------------------------------------------------------------------------------------------ families
+
+# Language family (genus level where it helps merging: Germanic, Romance and Slavic rather than Indo-European) of
+# every code above: the 23 Aya Expanse languages and the 29 Marco-LLM languages among them.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "Germanic": ("af", "da", "de", "en", "is", "nb", "nl", "nn", "sv", "yi"),
+    "Romance": ("ca", "es", "fr", "gl", "it", "la", "pt", "ro"),
+    "Slavic": ("be", "bg", "bs", "cs", "hr", "mk", "pl", "ru", "sk", "sl", "sr", "uk"),
+    "Baltic": ("lt", "lv"),
+    "Celtic": ("cy", "ga"),
+    "Hellenic": ("el",),
+    "Albanian": ("sq",),
+    "Armenian": ("hy",),
+    "Indo-Aryan": ("as", "bn", "gu", "hi", "mr", "ne", "or", "pa", "sd", "si", "ur"),
+    "Iranian": ("fa", "ku", "ps", "tg"),
+    "Semitic": ("am", "ar", "he", "mt"),
+    "Cushitic": ("so",),
+    "Chadic": ("ha",),
+    "Turkic": ("az", "kk", "ky", "tr", "tt", "ug", "uz"),
+    "Mongolic": ("mn",),
+    "Uralic": ("et", "fi", "hu"),
+    "Sino-Tibetan": ("my", "zh"),
+    "Japonic": ("ja",),
+    "Koreanic": ("ko",),
+    "Austronesian": ("ceb", "fil", "id", "jv", "mg", "mi", "ms", "su", "tl"),
+    "Kra-Dai": ("lo", "th"),
+    "Austroasiatic": ("km", "vi"),
+    "Dravidian": ("kn", "ml", "ta", "te"),
+    "Niger-Congo": ("ig", "lg", "ny", "rw", "sn", "st", "sw", "tn", "ts", "wo", "xh", "yo", "zu"),
+    "Kartvelian": ("ka",),
+    "Basque": ("eu",),
+    "Creole": ("ht",),
+    "Constructed": ("eo",),
+}
+_FAMILY_OF = {code: family for family, codes in FAMILIES.items() for code in codes}
+DEFAULT_SHARED = ("en", "es", "fr")  # Aya Expanse keeps these in every cluster so the cluster models merge well
+
+
+def family(code: str) -> str | None:
+    """The family of a language code (None for a code polyalign has no family for)."""
+    return _FAMILY_OF.get(code)
+
+
+def _family_key(name: str) -> str | None:
+    wanted = _key(name)
+    return next((f for f in FAMILIES if _key(f) == wanted), None)
+
+
+def make_clusters(languages, spec="family", shared=DEFAULT_SHARED) -> tuple[dict[str, list[str]], list[str]]:
+    """Group the languages of a dataset into clusters, each also holding the shared languages.
+
+    spec "family": one cluster per family present (shared languages aside); a mapping {cluster: [languages or
+    family names]}: those clusters. Returns (clusters, languages no cluster holds), both sorted. Codes and names are
+    normalised; an unknown language raises UnknownLanguage.
+    """
+    present = sorted({normalize_lang(lang) for lang in languages})
+    shared = sorted({normalize_lang(lang) for lang in shared})
+    clusters: dict[str, set[str]] = {}
+    if spec == "family":
+        for lang in present:
+            if lang not in shared:
+                clusters.setdefault(family(lang) or lang, set()).add(lang)
+    elif isinstance(spec, dict):
+        for name, members in spec.items():
+            chosen = set()
+            for member in members:
+                fam = _family_key(member) if isinstance(member, str) else None
+                chosen |= {c for c in present if family(c) == fam} if fam else {normalize_lang(member)}
+            clusters[str(name)] = chosen
+    else:
+        raise ValueError(f"clusters must be 'family' or a mapping of cluster name to languages, got {spec!r}")
+    if not clusters and shared:
+        clusters["shared"] = set()
+    held = set().union(*clusters.values()) | set(shared)
+    out = {name: sorted(members | set(shared)) for name, members in sorted(clusters.items())}
+    return out, [lang for lang in present if lang not in held]
