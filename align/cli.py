@@ -21,36 +21,16 @@ def _stage_config(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str
     return deep_merge(raw, parse_overrides(extra)), args.config
 
 
-def cmd_sft(args, extra) -> int:
-    from .sft import run_sft
+def config_stage(target: str) -> Callable[[argparse.Namespace, list[str]], int]:
+    """The runner of a `--config` stage: `target` names its `function(raw_config, source)` as "module:function"."""
 
-    raw, source = _stage_config(args, extra)
-    run_sft(raw, source)
-    return 0
+    def run(args: argparse.Namespace, extra: list[str]) -> int:
+        module, _, name = target.partition(":")
+        raw, source = _stage_config(args, extra)
+        getattr(importlib.import_module(module), name)(raw, source)
+        return 0
 
-
-def cmd_dpo(args, extra) -> int:
-    from .dpo import run_dpo
-
-    raw, source = _stage_config(args, extra)
-    run_dpo(raw, source)
-    return 0
-
-
-def cmd_iterate(args, extra) -> int:
-    from .online import run_iterate
-
-    raw, source = _stage_config(args, extra)
-    run_iterate(raw, source)
-    return 0
-
-
-def cmd_arbitrage(args, extra) -> int:
-    from .arbitrage import run_arbitrage
-
-    raw, source = _stage_config(args, extra)
-    run_arbitrage(raw, source)
-    return 0
+    return run
 
 
 def cmd_generate(args, extra) -> int:
@@ -113,17 +93,19 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "sft": Command("packed supervised fine-tuning (trl SFTTrainer)", cmd_sft),
+    "sft": Command("packed supervised fine-tuning (trl SFTTrainer)", config_stage("align.sft:run_sft")),
     "generate": Command("answer prompts with a model (greedy or sampled)", cmd_generate, generate_arguments),
     "reward": Command("train a Bradley-Terry reward model (trl RewardTrainer)", "reward.cli:cmd_reward"),
     "score": Command("score candidates or preference pairs with a reward model", "reward.cli:cmd_score"),
     "merge": Command("merge checkpoints: streamed linear soup, or mergekit's methods (mergekit YAML)", "merge.cli:run",
                      merge_arguments),
-    "dpo": Command("offline DPO on preference data (trl DPOTrainer)", cmd_dpo),
+    "dpo": Command("offline DPO on preference data (trl DPOTrainer)", config_stage("align.dpo:run_dpo")),
     "iterate": Command("online iterative DPO: sample, rank, DPO, repeat (optionally merging each iteration)",
-                       cmd_iterate),
+                       config_stage("align.online:run_iterate")),
+    "evaluate": Command("win/loss/tie per language against a baseline (judge or reward model), chrF++, report",
+                        config_stage("align.evaluate:run_evaluate")),
     "arbitrage": Command("multi-teacher arbitrage: every teacher answers, a ranker picks (SFT records, pairs)",
-                         cmd_arbitrage),
+                         config_stage("align.arbitrage:run_arbitrage")),
 }
 
 
