@@ -69,6 +69,12 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe")
 
 
+def run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipeline", help="pipeline YAML (recipes/<name>/pipeline.yaml)")
+    parser.add_argument("--from", dest="start_from", metavar="STAGE", help="rerun from this stage on")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+
+
 def generate_arguments(parser: argparse.ArgumentParser) -> None:
     config_arguments(parser)
     parser.add_argument("--prompt", action="append", help="a user message (repeatable)")
@@ -93,6 +99,8 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
+    "run": Command("the whole recipe: arbitrage, SFT per cluster, merges, offline and online DPO, evaluation",
+                   "align.pipeline:cmd_run", run_arguments),
     "sft": Command("packed supervised fine-tuning (trl SFTTrainer)", config_stage("align.sft:run_sft")),
     "generate": Command("answer prompts with a model (greedy or sampled)", cmd_generate, generate_arguments),
     "reward": Command("train a Bradley-Terry reward model (trl RewardTrainer)", "reward.cli:cmd_reward"),

@@ -1,0 +1,117 @@
+"""The whole recipe on tiny models: every stage runs in order, a rerun skips what is done, a cut stage resumes,
+a changed config reruns that stage and everything after it, and --from forces a rerun from a stage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from align.errors import ConfigError
+from align.pipeline import build_pipeline, load_state, plan, run_pipeline
+from conftest import scaled_teacher, tiny_reward_model, write_jsonl
+
+PROMPTS = [("Quelle est la capitale de la France ?", "fr"), ("Was ist zwei plus drei?", "de"),
+           ("भारत की राजधानी क्या है?", "hi"), ("Explain why the sky is blue.", "en"),
+           ("¿Cuánto es siete por ocho?", "es"), ("Wie heißt die Hauptstadt von Österreich?", "de"),
+           ("नमस्ते, आप कैसे हैं?", "hi"), ("Combien de jours compte une année ?", "fr")]
+FAST = {"disable_tqdm": True, "save_strategy": "no", "logging_steps": 1, "per_device_train_batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("pipeline-models")
+    return {"base": scaled_teacher(root / "base", tokenizer, seed=1, scale=5),
+            "teacher": scaled_teacher(root / "teacher", tokenizer, seed=2, scale=5),
+            "judge": tiny_reward_model(root / "judge", tokenizer)}
+
+
+def recipe(tmp_path, models) -> dict:
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "lang": lang, "id": f"p{i}"}
+                                                       for i, (p, lang) in enumerate(PROMPTS)])
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": p, "chosen": f"({lang}) {p}", "rejected": "No.", "lang": lang} for p, lang in PROMPTS])
+    gen = {"max_new_tokens": 6, "batch_size": 4}
+    return {
+        "name": "tiny", "run_dir": str(tmp_path / "run"), "model": str(models["base"]), "prompts": str(prompts),
+        "dtype": "fp32", "seed": 0,
+        "reward": {"dataset": str(pairs), "max_steps": 2, "max_length": 128, "eval_fraction": 0.25, **FAST},
+        "arbitrage": {"teachers": [{"name": "base", "model": str(models["base"])},
+                                   {"name": "teacher", "model": str(models["teacher"]), "samples": 2}],
+                      "temperature": 1.0, **gen},
+        "sft": {"max_steps": 2, "max_length": 128, "learning_rate": 1e-4, **FAST},
+        "dpo": {"max_steps": 2, "lora": True, "learning_rate": 1e-4, **FAST},
+        "online": {"iterations": 1, "samples": 2, "temperature": 1.0, "heldout_fraction": 0.25, **gen,
+                   "dpo": {"max_steps": 1, **FAST}},
+        "evaluate": {"judge": {"reward_model": str(models["judge"])}, **gen},
+    }
+
+
+def test_pipeline_runs_every_stage_then_skips_reruns_and_resumes(tmp_path, models, capsys, monkeypatch):
+    raw = recipe(tmp_path, models)
+    stages = [s.name for s in build_pipeline(raw, None).stages]
+    assert stages == ["reward", "arbitrage", "sft/Germanic", "sft/Indo-Aryan", "sft/merged", "dpo", "online",
+                      "evaluate"]  # clusters by family; en, es, fr are shared
+
+    # A kill in the online stage, after its held-out baseline and before its first iteration: everything before
+    # it is recorded as done, the online stage is left cut.
+    import align.online
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(align.online.Loop, "run_iteration", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(raw)
+    assert (tmp_path / "run" / "dpo" / "online" / "iter_0" / "heldout.jsonl").exists()
+    state = load_state(tmp_path / "run")
+    assert set(state["stages"]) == set(stages[:6])
+    steps = {s.name: action for s, action in plan(build_pipeline(raw, None), state, None)}
+    assert steps == {**{name: "done" for name in stages[:6]}, "online": "resume", "evaluate": "run"}
+
+    capsys.readouterr()
+    run_pipeline(raw)
+    printed = capsys.readouterr().out
+    assert "=== reward" not in printed and "=== online (resume) ===" in printed
+    run = tmp_path / "run"
+    for path in ("reward/metrics.json", "arbitrage/sft.jsonl", "sft/Germanic/model.safetensors",
+                 "sft/Indo-Aryan/model.safetensors", "sft/merged/README.md", "dpo/offline/merged/model.safetensors",
+                 "dpo/online/iter_1/metrics.json", "eval/report.md", "eval/winrate_by_stage.png",
+                 "eval/winrate_by_language.png"):
+        assert (run / path).exists(), path
+    # The Germanic cluster trained on German plus the shared languages only.
+    germanic = [json.loads(line) for line in (run / "sft" / ".data" / "Germanic.jsonl").read_text().splitlines()]
+    assert {r["lang"] for r in germanic} == {"de", "en", "es", "fr"}
+    report = json.loads((run / "eval" / "metrics.json").read_text())
+    assert list(report["models"]) == ["base", "sft", "dpo-offline", "online-1"]
+    for name in ("sft", "dpo-offline", "online-1"):
+        counts = report["models"][name]["vs_baseline"]["all"]
+        assert counts["win"] + counts["loss"] + counts["tie"] == report["prompts"]
+
+    # Nothing changed: everything is done.
+    state = load_state(run)
+    assert {a for _, a in plan(build_pipeline(raw, None), state, None)} == {"done"}
+
+    # A changed SFT recipe reruns the SFT stages and everything after them, not the stages before.
+    changed = {**raw, "sft": {**raw["sft"], "learning_rate": 2e-4}}
+    steps = {s.name: a for s, a in plan(build_pipeline(changed, None), state, None)}
+    assert steps["reward"] == steps["arbitrage"] == "done"
+    assert all(steps[n] == "rerun" for n in stages[2:])
+
+    # --from forces a rerun from a stage on.
+    steps = {s.name: a for s, a in plan(build_pipeline(raw, None), state, "dpo")}
+    assert [steps[n] for n in stages] == ["done"] * 5 + ["rerun"] * 3
+
+
+def test_pipeline_config_errors(tmp_path, models):
+    raw = recipe(tmp_path, models)
+    with pytest.raises(ConfigError, match="'arbitrag': unknown pipeline key \\(did you mean 'arbitrage'\\?\\)"):
+        build_pipeline({**raw, "arbitrag": {}}, None)
+    with pytest.raises(ConfigError, match="'clusters': no cluster holds hi"):
+        build_pipeline({**raw, "clusters": {"europe": ["Germanic"]}}, None)
+    with pytest.raises(ConfigError, match="'from': no stage 'dpo/x'"):
+        plan(build_pipeline(raw, None), {"stages": {}}, "dpo/x")
+    no_ranker = {k: v for k, v in raw.items() if k != "reward"}
+    with pytest.raises(ConfigError, match="'ranker': missing"):
+        build_pipeline(no_ranker, None)
