@@ -26,10 +26,10 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 setup: $(BIN)/.installed
 
+# The whole recipe on the embedded default (CPU, minutes); rerunning skips what is done, --from STAGE reruns.
 demo: setup
-	$(BIN)/polyalign sft --config recipes/demo/sft.yaml
-	$(BIN)/polyalign generate --config recipes/demo/generate.yaml
-	@echo "Demo done: model in runs/demo/sft, generations in runs/demo/generations.jsonl"
+	$(BIN)/polyalign run recipes/demo/pipeline.yaml
+	@echo "Demo done: report in runs/demo/pipeline/eval/report.md (charts beside it), stages under runs/demo/pipeline"
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

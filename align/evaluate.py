@@ -134,7 +134,8 @@ def load_scorer(args: EvaluateArgs):
     if "reward_model" in spec:
         return RewardRanker(spec["reward_model"], batch_size=spec["batch_size"], max_length=spec["max_length"],
                             model_args=model_args)
-    return PairwiseJudge(model=spec["judge"], batch_size=spec["batch_size"], model_args=model_args)
+    return PairwiseJudge(model=spec["judge"], batch_size=spec["batch_size"], model_args=model_args,
+                         max_new_tokens=spec.get("max_new_tokens", 256), explain=spec.get("explain", True))
 
 
 def run_evaluate(raw: dict, source: str | None = None) -> Path:

@@ -32,9 +32,9 @@ from .config import build_dataclass, config_hash
 from .data import load_records
 from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
-from .generate import GenerationArgs, TransformersBackend, iter_batches
+from .generate import GenerationArgs, TransformersBackend, VLLMBackend, choose_backend, iter_batches
 from .io import AppendLog, write_json, write_jsonl
-from .models import ModelArgs, load_model, load_tokenizer
+from .models import ModelArgs, load_model, load_tokenizer, model_path
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class IterateArgs:
     top_p: float = 1.0
     max_new_tokens: int = 256
     batch_size: int = 8
+    backend: str = "auto"  # generation: vLLM when installed with CUDA, else transformers
     ranker: dict = field(default_factory=dict)  # {reward_model | judge, batch_size, max_length}
     min_margin: float = 0.0
     reference: str = "start"  # start | previous
@@ -84,6 +85,7 @@ def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: 
     args.beta = [float(b) for b in betas]
     if args.merge_with_previous is not None and not 0 < args.merge_with_previous <= 1:
         raise ConfigError(source, "merge_with_previous", "the new policy's weight must be in (0, 1]")
+    GenerationArgs(backend=args.backend)  # validates it
     if not 0 <= args.heldout_fraction < 1:
         raise ConfigError(source, "heldout_fraction", "must be in [0, 1)")
     if not ranker_given and (not args.ranker or ("reward_model" in args.ranker) == ("judge" in args.ranker)):
@@ -154,15 +156,20 @@ class Loop:
         return str(previous / "model" / "merged") if self.args.lora else str(previous / "model")
 
     def backend(self, policy: str):
+        """(generation backend, tokenizer) for a policy checkpoint."""
         import dataclasses
 
         import torch
 
         args = dataclasses.replace(self.model_args, model=policy)
+        tokenizer = load_tokenizer(args)
+        if choose_backend(self.args.backend) == "vllm":
+            return VLLMBackend(model_path(policy), dtype=self.args.dtype,
+                               trust_remote_code=self.args.trust_remote_code), tokenizer
         model = load_model(args)
         if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
             model.to("cuda")
-        return TransformersBackend(model, load_tokenizer(args))
+        return TransformersBackend(model, tokenizer), tokenizer
 
     # ---------------------------------------------------------------------------------------------- steps
 
@@ -170,8 +177,8 @@ class Loop:
         """Answers of `policy` to `prompts`, streamed into `path` and resumed from it."""
         with AppendLog(path, key=lambda r: r["index"]) as out:
             if len(out.done) < len(prompts):
-                backend = self.backend(policy)
-                for chunk in iter_batches(backend, backend.tokenizer, [p["prompt"] for p in prompts], args,
+                backend, tokenizer = self.backend(policy)
+                for chunk in iter_batches(backend, tokenizer, [p["prompt"] for p in prompts], args,
                                           skip=lambda j: j in out.done, desc=desc):
                     for j, completions in chunk:
                         out.append({"index": j, "id": prompts[j]["id"], "lang": prompts[j]["lang"],

@@ -115,3 +115,36 @@ def test_pipeline_config_errors(tmp_path, models):
     no_ranker = {k: v for k, v in raw.items() if k != "reward"}
     with pytest.raises(ConfigError, match="'ranker': missing"):
         build_pipeline(no_ranker, None)
+
+
+PARSERS = {"reward": "reward.train:parse_reward_config", "arbitrage": "align.arbitrage:parse_arbitrage_config",
+           "sft": "align.sft:parse_sft_config", "dpo": "align.dpo:parse_dpo_config",
+           "online": "align.online:parse_iterate_config", "evaluate": "align.evaluate:parse_evaluate_config"}
+
+
+@pytest.mark.parametrize("path", ["recipes/demo/pipeline.yaml", "recipes/aya_expanse/pipeline.yaml"])
+def test_shipped_recipes_are_valid(path, tmp_path, monkeypatch):
+    """Every stage config the shipped pipelines generate passes its stage's own parser (no model is loaded)."""
+    import importlib
+    from pathlib import Path
+
+    from align.config import load_yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    raw = load_yaml(repo / path)
+    if "aya_expanse" in path:  # the user's prompts: stand in 23 languages, one prompt each
+        langs = ["ar", "zh", "cs", "nl", "en", "fr", "de", "el", "he", "hi", "id", "it", "ja", "ko", "fa", "pl", "pt",
+                 "ro", "ru", "es", "tr", "uk", "vi"]
+        raw["prompts"] = str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "?", "lang": l} for l in langs]))
+    raw["run_dir"] = str(tmp_path / "run")
+    pipe = build_pipeline(raw, path)
+    assert pipe.stages[-1].name == "evaluate"
+    for stage in pipe.stages:
+        kind = "merge" if stage.name.endswith("/merged") else stage.name.split("/")[0]
+        if kind not in PARSERS:
+            continue
+        module, _, name = PARSERS[kind].partition(":")
+        config = {k: v for k, v in stage.config.items() if k != "languages"}
+        kwargs = {"ranker_given": True} if kind == "online" else {}
+        getattr(importlib.import_module(module), name)(config, path, **kwargs)
