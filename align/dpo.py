@@ -90,14 +90,16 @@ def preference_dataset(records: list[dict]):
 
 def reference_kind(job: DPOJob, policy) -> str:
     if job.args.ref_model:
-        return f"model {job.args.ref_model}"
-    if job.lora:
-        return "policy with adapters disabled"
-    if hasattr(policy, "peft_config"):
-        return "frozen copy of the starting adapter"
-    if job.training.precompute_ref_log_probs:
+        kind = f"model {job.args.ref_model}"
+    elif job.lora:
+        kind = "policy with adapters disabled"
+    elif hasattr(policy, "peft_config"):
+        kind = "frozen copy of the starting adapter"
+    elif job.training.precompute_ref_log_probs:
         return "starting policy, log-probs precomputed"
-    return "frozen copy of the starting policy"
+    else:
+        kind = "frozen copy of the starting policy"
+    return kind + (", log-probs precomputed" if job.training.precompute_ref_log_probs else "")
 
 
 def build_dpo_trainer(job: DPOJob, records: list[dict]):
