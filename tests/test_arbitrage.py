@@ -64,9 +64,10 @@ def test_every_teacher_answers_its_languages_and_the_ranker_picks(tmp_path, pool
     assert {c["lang"] for c in candidates if c["model"] == "b"} == {"fr", "de"}
 
     # Scores are the reward model's own, recomputed here independently.
+    from align.models import ModelArgs
     from reward.rank import RewardRanker
 
-    ranker = RewardRanker(str(pool["rm"]), batch_size=1)
+    ranker = RewardRanker(str(pool["rm"]), batch_size=1, model_args=ModelArgs(dtype="fp32"))
     expected = ranker.score([c["prompt"] for c in candidates], [c["completion"] for c in candidates])
     assert [c["score"] for c in candidates] == pytest.approx(expected, abs=1e-5)
 
