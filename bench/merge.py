@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +104,6 @@ def make_inputs(workdir: Path, shard_mb: int) -> tuple[list[Path], dict]:
 
 
 def compare(a: Path, b: Path) -> float:
-    import torch
     from safetensors.torch import load_file
 
     def load(d):

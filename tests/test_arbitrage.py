@@ -4,7 +4,6 @@ the pair margin, routing counts, kill-and-resume against an uninterrupted run, a
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,13 +12,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from align.cli import main
-from conftest import scaled_teacher, tiny_reward_model, write_jsonl
+from conftest import scaled_teacher, subprocess_env, tiny_reward_model, write_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
 
 PROMPTS = [
     ("Quelle est la capitale de la France ?", "fr"), ("Was ist zwei plus drei?", "de"),
@@ -111,10 +108,6 @@ def test_pairs_respect_the_margin(tmp_path, pool):
     assert metrics["pairs"] + metrics["pairs_below_margin"] == len(PROMPTS)
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path, pool):
     many = [(f"{text} ({n})", lang) for n in range(4) for text, lang in PROMPTS]  # 32 prompts
@@ -123,11 +116,11 @@ def test_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path, pool):
         (tmp_path / name).mkdir()
         runs[name] = [sys.executable, "-m", "align.cli", "arbitrage",
                       "--config", str(recipe(tmp_path / name, pool, prompts=many, batch_size=2, max_new_tokens=16))]
-    whole = subprocess.run(runs["whole"], env=_env(), capture_output=True, text=True, timeout=600)
+    whole = subprocess.run(runs["whole"], env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     partial = tmp_path / "cut" / ".arbitrage.partial"
-    process = subprocess.Popen(runs["cut"], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(runs["cut"], env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     log = partial / "generations.0.rank0.jsonl"
     while time.time() < deadline and process.poll() is None:
@@ -140,7 +133,7 @@ def test_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path, pool):
     written = len(log.read_text().splitlines())
     assert 5 <= written < len(many)  # killed midway through the first teacher
 
-    resumed = subprocess.run(runs["cut"], env=_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(runs["cut"], env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
     for name in ("candidates.jsonl", "sft.jsonl", "pairs.jsonl", "routing.json"):

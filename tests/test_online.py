@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,10 +15,9 @@ import yaml
 
 from align.errors import ConfigError
 from align.online import build_pairs, parse_iterate_config, run_iterate
-from conftest import scaled_teacher, tiny_reward_model, write_jsonl
+from conftest import scaled_teacher, subprocess_env, tiny_reward_model, write_jsonl
 from reward.rank import ranking_from_scores
 
-REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = ["Bonjour, comment vas-tu ?", "Wie spät ist es?", "¿Dónde está la estación?", "What is your name?"]
 LANGS = ["fr", "de", "es", "en"]
 
@@ -115,10 +113,6 @@ def test_lora_iterations_with_start_reference_per_iteration_beta_and_merging(tmp
     assert json.loads((out / "metrics.json").read_text())["final_model"] == str(out / "iter_2" / "merged")
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_with_the_records_of_an_uninterrupted_run(tmp_path, policy, tokenizer):
     rm = tiny_reward_model(tmp_path / "rm", tokenizer)
@@ -131,11 +125,11 @@ def test_killed_run_resumes_with_the_records_of_an_uninterrupted_run(tmp_path, p
         path = tmp_path / name / "iterate.yaml"
         path.write_text(yaml.safe_dump(cfg))
         commands[name] = [sys.executable, "-m", "align.cli", "iterate", "--config", str(path)]
-    whole = subprocess.run(commands["whole"], env=_env(), capture_output=True, text=True, timeout=600)
+    whole = subprocess.run(commands["whole"], env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     samples = tmp_path / "cut" / "online" / "iter_1" / "samples.jsonl"
-    process = subprocess.Popen(commands["cut"], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(commands["cut"], env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         if samples.exists() and len(samples.read_text().splitlines()) >= 5:
@@ -144,7 +138,7 @@ def test_killed_run_resumes_with_the_records_of_an_uninterrupted_run(tmp_path, p
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 5 <= len(samples.read_text().splitlines()) < 30  # killed while sampling iteration 1
-    resumed = subprocess.run(commands["cut"], env=_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(commands["cut"], env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
     for name in ("samples.jsonl", "scores.jsonl", "pairs.jsonl", "heldout.jsonl"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from align.cli import main
+from conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["--logging_steps", "1", "--disable_tqdm", "true"]
@@ -82,10 +82,6 @@ def test_existing_output_dir_is_refused(tiny_model_dir, chat_file, tmp_path, cap
     assert (out / "keep.txt").read_text() == "precious"
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-
-
 @pytest.mark.slow
 def test_two_cpu_processes_give_the_same_result_shape(tiny_model_dir, chat_file, tmp_path):
     common = ["--config", str(REPO / "tests" / "data" / "tiny_sft.yaml"), "--model", str(tiny_model_dir),
@@ -97,7 +93,7 @@ def test_two_cpu_processes_give_the_same_result_shape(tiny_model_dir, chat_file,
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               str(REPO / "recipes" / "sft.py"), *common, "--output_dir", str(double)]
-    result = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(launch, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = (json.loads((d / "metrics.json").read_text()) for d in (single, double))
     assert one["processes"] == 1 and two["processes"] == 2
@@ -115,7 +111,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, chat_file, 
     cmd = [sys.executable, "-m", "align.cli", "sft", "--config", str(REPO / "tests" / "data" / "tiny_sft.yaml"),
            "--model", str(tiny_model_dir), "--dataset", str(chat_file), "--output_dir", str(out),
            "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "3", *QUIET]
-    process = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (partial / "checkpoint-4" / "trainer_state.json").exists() \
             and process.poll() is None:
@@ -126,7 +122,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, chat_file, 
     checkpoints = sorted(int(p.name.split("-")[1]) for p in partial.glob("checkpoint-*"))
     assert checkpoints and checkpoints[-1] < 12
 
-    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Resuming from" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
