@@ -114,6 +114,10 @@ COMMANDS: dict[str, Command] = {
                         config_stage("align.evaluate:run_evaluate")),
     "arbitrage": Command("multi-teacher arbitrage: every teacher answers, a ranker picks (SFT records, pairs)",
                          config_stage("align.arbitrage:run_arbitrage")),
+    "curate": Command("curate data: clean, dedup (exact, MinHash, semantic), language filter, IFD, provenance, mix",
+                      config_stage("align.data.curate:run_curate")),
+    "contrast": Command("translation-contrast pairs: strong in-language answer vs a weak English answer translated",
+                        config_stage("align.contrast:run_contrast")),
 }
 
 

@@ -105,7 +105,8 @@ def tokenize_records(records: list[dict], tokenizer, max_length: int | None, *, 
         return out
 
     table = datasets.Dataset.from_dict({"messages": [r["messages"] for r in records],
-                                        "lang": [r["lang"] for r in records]})
+                                        "lang": [r["lang"] for r in records],
+                                        "provenance": [r.get("provenance") or "unspecified" for r in records]})
     encoded = table.map(encode, batched=True, remove_columns=["messages"], num_proc=num_proc,
                         desc="Tokenising (assistant-only labels)")
     kept = encoded.filter(lambda ex: any(label != IGNORE_INDEX for label in ex["labels"]), num_proc=num_proc)
@@ -116,8 +117,9 @@ def tokenize_records(records: list[dict], tokenizer, max_length: int | None, *, 
         "tokens": int(sum(len(ids) for ids in kept["input_ids"])),
         "trained_tokens": int(sum(sum(1 for x in labels if x != IGNORE_INDEX) for labels in kept["labels"])),
         "examples_per_language": dict(Counter(kept["lang"]).most_common()),
+        "examples_per_provenance": dict(Counter(kept["provenance"]).most_common()),  # native, machine-translated, ...
     }
-    return kept.remove_columns(["truncated", "lang"]), stats
+    return kept.remove_columns(["truncated", "lang", "provenance"]), stats
 
 
 def packing_stats(dataset, max_length: int) -> dict:

@@ -8,7 +8,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import ConfigError, InputError
 from .formats import FORMAT_KINDS, describe_unknown, detect_format, normalise_row, to_kind
@@ -72,7 +72,11 @@ CONVERSIONS = {("sft", "sft"), ("preference", "preference"), ("prompt", "prompt"
 
 def read_source(source: DataSource, kind: str) -> list[dict]:
     """All rows of one source, normalised to `kind` records; a malformed row stops everything."""
-    records: list[dict] = []
+    return list(iter_source_records(source, kind))
+
+
+def iter_source_records(source: DataSource, kind: str) -> Iterator[dict]:
+    """The rows of one source as `kind` records, one at a time (a file larger than memory streams through)."""
     for unit, rows in iter_source(source.path, source.split, source.name):
         fmt = None
         source_name = Path(unit).stem if Path(unit).suffix else unit.split("/")[-1]
@@ -90,10 +94,9 @@ def read_source(source: DataSource, kind: str) -> list[dict]:
                 # Same-kind formats may mix in one file (messages and ShareGPT rows, say); other rows are errors.
                 raise loc.error(f"row does not match this file's format ({fmt}): " + describe_unknown(row))
             record = normalise_row(loc, row, row_fmt, source_name=source_name, index=index, default_lang=source.lang)
-            records.append(to_kind(record, kind))
+            yield to_kind(record, kind)
         if fmt is None:
             raise InputError(unit, "no records")
-    return records
 
 
 def apply_weight(records: list[dict], weight: float, seed: int) -> list[dict]:
@@ -118,6 +121,24 @@ def load_records(dataset: Any, kind: str, *, seed: int = 0) -> list[dict]:
     if not records:
         raise InputError(", ".join(s.path for s in sources), "no records after weighting")
     return records
+
+
+def iter_records(dataset: Any, kind: str, *, seed: int = 0) -> Iterator[dict]:
+    """`load_records` one record at a time: sources of weight 1 stream row by row (a weighted source is read whole,
+    since its seeded sample needs its size). Records come in the order `load_records` returns them."""
+    sources = dataset if isinstance(dataset, list) and dataset and all(isinstance(s, DataSource) for s in dataset) \
+        else parse_sources(dataset)
+    count = 0
+    for i, source in enumerate(sources):
+        if source.weight == 1:
+            rows = iter_source_records(source, kind)
+        else:
+            rows = iter(apply_weight(read_source(source, kind), source.weight, seed + i))
+        for record in rows:
+            count += 1
+            yield record
+    if not count:
+        raise InputError(", ".join(s.path for s in sources), "no records after weighting")
 
 
 def language_mix(records: list[dict]) -> dict[str, int]:
