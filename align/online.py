@@ -209,10 +209,21 @@ class Loop:
                               seed=self.args.seed)
         answers = self.generate(policy, heldout, directory / "heldout_answers.jsonl", args, f"Held-out (iter {i})")
         if not path.exists():
-            scores = self.score(heldout, answers, directory / "heldout_scores.jsonl")
-            write_jsonl(path, [{**a, "completion": a["completions"][0], "score": scores[a["index"]][0]}
-                               for a in answers])
+            ranker = self.ranker()
+            texts = [a["completions"][0] for a in answers]
+            # An absolute reward where the ranker has one (a reward model); a judge only compares (see versus()).
+            scores = ranker.score([heldout[a["index"]]["prompt"] for a in answers], texts) \
+                if hasattr(ranker, "score") else [None] * len(answers)
+            write_jsonl(path, [{**a, "completion": t, "score": s} for a, t, s in zip(answers, texts, scores)])
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+    def versus(self, heldout: list[dict], previous: list[dict], current: list[dict]) -> list[str]:
+        """'win' / 'loss' / 'tie' of each current held-out answer against the previous policy's, by the ranker
+        (a judge compares them in both orders)."""
+        old = {h["index"]: h["completion"] for h in previous}
+        rankings = self.ranker().rank_many([heldout[h["index"]]["prompt"] for h in current],
+                                           [[old[h["index"]], h["completion"]] for h in current])
+        return ["tie" if r.margin == 0 else "win" if r.best == 1 else "loss" for r in rankings]
 
     def run_iteration(self, i: int, train: list[dict], heldout: list[dict], previous_heldout: list[dict]) -> dict:
         args, directory = self.args, self.out / f"iter_{i}"
@@ -251,7 +262,8 @@ class Loop:
                     soup([(policy, 1 - w), (trained, w)], final, progress=False)
         with clock("heldout"):
             current = self.heldout(i, final, heldout) if heldout else []
-        metrics = iteration_metrics(i, samples, scores, pairs, current, previous_heldout,
+            outcomes = self.versus(heldout, previous_heldout, current) if heldout else []
+        metrics = iteration_metrics(i, samples, scores, pairs, current, previous_heldout, outcomes,
                                     json.loads((model_dir / "metrics.json").read_text()), final, args)
         metrics["seconds"] = clock.seconds  # this process's time per step (steps done before a resume count 0)
         write_json(metrics_path, metrics)
@@ -312,7 +324,12 @@ def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list
     return pairs
 
 
-def iteration_metrics(i, samples, scores, pairs, heldout, previous, training, final, args) -> dict:
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.fmean(values), 4) if values else None
+
+
+def iteration_metrics(i, samples, scores, pairs, heldout, previous, outcomes, training, final, args) -> dict:
     flat = [s for values in scores.values() for s in values]
     lengths = [len(c.split()) for r in samples for c in r["completions"]]
     metrics = {
@@ -326,23 +343,25 @@ def iteration_metrics(i, samples, scores, pairs, heldout, previous, training, fi
                                                   "final_reward_margin", "reference")},
     }
     if heldout:
-        metrics["heldout_reward_mean"] = round(statistics.fmean(h["score"] for h in heldout), 4)
+        metrics["heldout_reward_mean"] = _mean(h["score"] for h in heldout)  # None when ranked by a judge
         metrics["heldout_mean_words"] = round(statistics.fmean(len(h["completion"].split()) for h in heldout), 2)
-        old = {h["index"]: h for h in previous}
-        wins = sum(h["score"] > old[h["index"]]["score"] for h in heldout)
-        losses = sum(h["score"] < old[h["index"]]["score"] for h in heldout)
-        ties = len(heldout) - wins - losses
+        wins, losses = outcomes.count("win"), outcomes.count("loss")
+        ties = len(outcomes) - wins - losses
         metrics["vs_previous"] = {"win": wins, "loss": losses, "tie": ties,
-                                  "win_rate": round((wins + ties / 2) / len(heldout), 4)}
+                                  "win_rate": round((wins + ties / 2) / len(outcomes), 4)}
         before_words = statistics.fmean(len(h["completion"].split()) for h in previous)
-        before_reward = statistics.fmean(h["score"] for h in previous)
         growth = metrics["heldout_mean_words"] / before_words - 1 if before_words else 0.0
         metrics["length_growth"] = round(growth, 4)
-        if growth > args.length_warning and metrics["heldout_reward_mean"] > before_reward:
-            metrics["warning"] = (f"held-out answers grew {growth:.0%} longer while reward rose: a sign of reward "
-                                  "hacking; check the samples, or lower beta's drift (raise beta) next iteration")
+        improving = metrics["vs_previous"]["win_rate"] > 0.5  # the ranker prefers the new policy
+        if growth > args.length_warning and improving:
+            metrics["warning"] = (f"held-out answers grew {growth:.0%} longer while the ranker prefers them: a sign "
+                                  "of reward hacking; read the samples, and raise beta next iteration")
             print(f"WARNING iteration {i}: {metrics['warning']}", flush=True)
     return metrics
+
+
+def _nan(value) -> float:
+    return math.nan if value is None else value
 
 
 def plot_iterations(history: list[dict], start: dict, path: Path) -> None:
@@ -352,7 +371,7 @@ def plot_iterations(history: list[dict], start: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = [0] + [m["iteration"] for m in history]
-    reward = [start.get("heldout_reward_mean", math.nan)] + [m.get("heldout_reward_mean", math.nan) for m in history]
+    reward = [_nan(start.get("heldout_reward_mean"))] + [_nan(m.get("heldout_reward_mean")) for m in history]
     words = [start.get("heldout_mean_words", math.nan)] + [m.get("heldout_mean_words", math.nan) for m in history]
     sample_reward = [math.nan] + [m["sample_reward_mean"] for m in history]
     fig, left = plt.subplots(figsize=(6, 4))
@@ -421,7 +440,7 @@ def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
     start = loop.heldout(0, args.model, heldout) if heldout else []
     start_metrics = {}
     if start:
-        start_metrics = {"heldout_reward_mean": round(statistics.fmean(h["score"] for h in start), 4),
+        start_metrics = {"heldout_reward_mean": _mean(h["score"] for h in start),
                          "heldout_mean_words": round(statistics.fmean(len(h["completion"].split()) for h in start), 2)}
     history, previous = [], start
     for i in range(1, args.iterations + 1):
@@ -441,11 +460,11 @@ def print_table(summary: dict) -> None:
     print("  iter  beta   pairs  sample reward  held-out reward  win-rate vs prev  words", flush=True)
     start = summary["start"]
     if start:
-        print(f"  {0:>4}  {'':>4}  {'':>6}  {'':>13}  {start['heldout_reward_mean']:>15.3f}  {'':>16}  "
+        print(f"  {0:>4}  {'':>4}  {'':>6}  {'':>13}  {_nan(start['heldout_reward_mean']):>15.3f}  {'':>16}  "
               f"{start['heldout_mean_words']:>5.1f}", flush=True)
     for m in summary["iterations"]:
         win = m.get("vs_previous", {}).get("win_rate")
         print(f"  {m['iteration']:>4}  {m['beta']:>4}  {m['pairs']:>6}  {m['sample_reward_mean']:>13.3f}  "
-              f"{m.get('heldout_reward_mean', float('nan')):>15.3f}  {'-' if win is None else f'{win:.0%}':>16}  "
+              f"{_nan(m.get('heldout_reward_mean')):>15.3f}  {'-' if win is None else f'{win:.0%}':>16}  "
               f"{m.get('heldout_mean_words', float('nan')):>5.1f}", flush=True)
     print(f"  final model: {summary['final_model']}", flush=True)

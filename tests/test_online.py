@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from align.errors import ConfigError
@@ -22,15 +23,36 @@ QUESTIONS = ["Bonjour, comment vas-tu ?", "Wie spät ist es?", "¿Dónde está l
 LANGS = ["fr", "de", "es", "en"]
 
 
-class UppercaseReward:
-    """A rule-based reward (a verifier, in RLVR terms): the share of a completion's letters that are capitals."""
+class DirectionReward:
+    """A rule-based reward a tiny model can learn to please (a verifier, in RLVR terms): the share of a completion's
+    tokens whose output embedding points along a fixed random direction. It rewards a global, linear feature of the
+    policy, so DPO on a few pairs moves it on held-out prompts too (a lexical feature such as capital letters did
+    not: measured across seeds, its sampled reward stayed flat)."""
 
-    @staticmethod
-    def reward(text: str) -> float:
-        return sum(c.isupper() for c in text) / max(1, sum(c.isalpha() for c in text))
+    def __init__(self, policy_dir, tokenizer):
+        from transformers import AutoModelForCausalLM
+
+        embeddings = AutoModelForCausalLM.from_pretrained(policy_dir).get_output_embeddings().weight.detach()
+        direction = torch.randn(embeddings.shape[1], generator=torch.Generator().manual_seed(0))
+        self.good = set(((embeddings @ direction) > 0).nonzero().flatten().tolist())
+        self.tokenizer = tokenizer
+
+    def reward(self, text: str) -> float:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return sum(i in self.good for i in ids) / max(1, len(ids))
+
+    def score(self, prompts, completions):
+        return [self.reward(c) for c in completions]
 
     def rank_many(self, prompts, candidates):
         return [ranking_from_scores([self.reward(c) for c in group]) for group in candidates]
+
+
+class DirectionJudge:
+    """A judge-like ranker: it only compares candidates (like reward.judge.PairwiseJudge), it gives no reward."""
+
+    def __init__(self, reward: DirectionReward):
+        self.rank_many = reward.rank_many
 
 
 def prompts_file(tmp_path: Path, n: int) -> Path:
@@ -51,15 +73,20 @@ def policy(tmp_path_factory, tokenizer):
     return scaled_teacher(tmp_path_factory.mktemp("policy"), tokenizer, seed=1, scale=5)
 
 
-def test_one_iteration_raises_the_heldout_reward(tmp_path, policy):
-    out = run_iterate(config(tmp_path, policy), ranker=UppercaseReward())
+@pytest.fixture(scope="module")
+def reward(policy, tokenizer):
+    return DirectionReward(policy, tokenizer)
+
+
+def test_one_iteration_raises_the_heldout_reward(tmp_path, policy, reward):
+    out = run_iterate(config(tmp_path, policy), ranker=reward)
     summary = json.loads((out / "metrics.json").read_text())
     first = summary["iterations"][0]
-    assert first["heldout_reward_mean"] > summary["start"]["heldout_reward_mean"] + 0.1, summary
+    assert first["heldout_reward_mean"] > summary["start"]["heldout_reward_mean"] + 0.15, summary
     assert first["vs_previous"]["win_rate"] > 0.5
     assert set(first["seconds"]) == {"sampling", "scoring", "training", "heldout"}
     held = [json.loads(line) for line in (out / "iter_1" / "heldout.jsonl").read_text().splitlines()]
-    assert [h["score"] for h in held] == pytest.approx([UppercaseReward.reward(h["completion"]) for h in held])
+    assert [h["score"] for h in held] == pytest.approx([reward.reward(h["completion"]) for h in held])
     samples = [json.loads(line) for line in (out / "iter_1" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == first["prompts"] and all(len(s["completions"]) == 4 for s in samples)
     assert {s["id"] for s in samples}.isdisjoint({h["id"] for h in held})  # held-out prompts are never trained on
@@ -96,12 +123,17 @@ def test_config_checks(tmp_path, policy):
 
 
 @pytest.mark.slow
-def test_lora_iterations_with_start_reference_per_iteration_beta_and_merging(tmp_path, policy):
+def test_lora_iterations_with_start_reference_per_iteration_beta_and_merging(tmp_path, policy, reward):
     cfg = config(tmp_path, policy, n=12, iterations=2, samples=2, max_new_tokens=4, beta=[0.1, 0.3], lora=True,
                  reference="start", merge_with_previous=0.5,
                  dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4, "disable_tqdm": True})
-    out = run_iterate(cfg, ranker=UppercaseReward())
+    out = run_iterate(cfg, ranker=DirectionJudge(reward))
     first, second = (json.loads((out / f"iter_{i}" / "model" / "metrics.json").read_text()) for i in (1, 2))
+    for i in (1, 2):  # a judge gives no held-out reward, but compares each iteration with the one before
+        metrics = json.loads((out / f"iter_{i}" / "metrics.json").read_text())
+        assert metrics["heldout_reward_mean"] is None
+        held = (out / f"iter_{i}" / "heldout.jsonl").read_text().splitlines()
+        assert sum(metrics["vs_previous"][k] for k in ("win", "loss", "tie")) == len(held) > 0
     assert first["reference"] == "policy with adapters disabled"  # iteration 1: the start is the adapter-free base
     assert second["reference"] == f"model {policy}"  # later iterations: the starting model, named explicitly
     assert (first["beta"], second["beta"]) == (0.1, 0.3)
