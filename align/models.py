@@ -7,6 +7,7 @@ LoRA through peft, safetensors only, and no remote code unless asked.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -169,3 +170,136 @@ def lora_config(lora: LoraArgs):
 
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
                       bias=lora.bias, modules_to_save=lora.modules_to_save, task_type="CAUSAL_LM")
+
+
+# ---------------------------------------------------------------------------------------------------- reward models
+
+
+def is_sequence_classifier(config) -> bool:
+    """Whether a checkpoint's config says it was saved as a sequence-classification model (a scoring head)."""
+    return any(name.endswith("ForSequenceClassification") for name in (getattr(config, "architectures", None) or []))
+
+
+def load_reward_tokenizer(args: ModelArgs):
+    """The reward model's own tokenizer; unlike `load_tokenizer`, a tokenizer without a chat template (an encoder, a
+    base model) is accepted: polyalign then scores a plain "prompt\\n\\ncompletion" text."""
+    from transformers import AutoTokenizer
+
+    path = model_path(args.model)
+    if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
+        import json
+
+        base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        path = resolve_model(base)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code, revision=args.revision)
+    except (OSError, ValueError) as e:
+        raise PolyalignError(f"model '{args.model}': cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise PolyalignError(f"model '{args.model}': its tokenizer has neither a pad nor an eos token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_reward_model(args: ModelArgs, *, new_head: bool = False, pad_token_id: int | None = None, seed: int = 0,
+                      device_map=None):
+    """Load a one-output AutoModelForSequenceClassification (a Bradley–Terry reward model), safetensors only.
+
+    new_head=False (scoring): the checkpoint must already be a sequence classifier with one label; a causal LM is
+    refused instead of silently getting a random head. new_head=True (training, benchmarks): any causal LM or encoder
+    gets a fresh scalar head, initialised from `seed` so that two runs start from the same model.
+    `pad_token_id` is written into the config when it has none: a decoder's head reads the last non-pad token.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    dtype = resolve_dtype(args.dtype)
+    quant = quantization_config(args, dtype)
+    path = model_path(args.model)
+    adapter = Path(path) / "adapter_config.json"
+    if adapter.is_file():
+        return _load_reward_adapter(args, Path(path), new_head=new_head, pad_token_id=pad_token_id, seed=seed)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code, revision=args.revision)
+    except (OSError, ValueError) as e:
+        raise PolyalignError(f"model '{args.model}': cannot load its config ({str(e).splitlines()[0]})") from None
+    classifier = is_sequence_classifier(config)
+    if not classifier and not new_head:
+        found = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+        raise PolyalignError(f"model '{args.model}': not a reward model (a {found} checkpoint, not a "
+                             "...ForSequenceClassification one); train one with `polyalign reward`")
+    if classifier and config.num_labels != 1:
+        raise PolyalignError(f"model '{args.model}': a classifier with {config.num_labels} labels; a reward model "
+                             "has one output (num_labels=1)")
+    kwargs = dict(dtype=dtype, trust_remote_code=args.trust_remote_code, revision=args.revision, use_safetensors=True,
+                  num_labels=1)
+    if pad_token_id is not None and config.get_text_config().pad_token_id is None:
+        kwargs["pad_token_id"] = pad_token_id
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = device_map or {"": torch.cuda.current_device()}
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    attention = resolve_attention(args.attn_implementation, dtype)
+    model = None
+    for attempt in ([attention, "eager"] if args.attn_implementation == "auto" and attention != "eager" else [attention]):
+        try:
+            with _fresh_head(seed) if not classifier else contextlib.nullcontext():
+                model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=attempt, **kwargs)
+            attention = attempt
+            break
+        except ValueError as e:
+            if "attn_implementation" in str(e) or "does not support" in str(e):
+                continue  # an architecture without sdpa (some encoders): fall back to eager under `auto`
+            raise PolyalignError(f"model '{args.model}': cannot load as a reward model ({str(e).splitlines()[0]})") from None
+        except OSError as e:
+            raise PolyalignError(f"model '{args.model}': cannot load ({str(e).splitlines()[0]}); polyalign loads "
+                                 "safetensors checkpoints only") from None
+    if model is None:
+        raise PolyalignError(f"model '{args.model}': no attention backend among sdpa, eager supports it")
+    if pad_token_id is not None and model.config.get_text_config().pad_token_id is None:
+        model.config.get_text_config().pad_token_id = pad_token_id
+    log.info("loaded reward model %s (%s head, %s, attention=%s)", args.model, "new" if not classifier else "trained",
+             dtype, attention)
+    return model
+
+
+def _load_reward_adapter(args: ModelArgs, path: Path, **kwargs):
+    """A LoRA adapter trained on a sequence classifier: its base with a head, then the adapter (and saved head)."""
+    import json
+
+    from peft import PeftModel
+
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise PolyalignError(f"{path}/adapter_config.json names no base_model_name_or_path")
+    kwargs["new_head"] = True  # the adapter carries the trained head (modules_to_save)
+    base_model = load_reward_model(dataclasses.replace(args, model=base), **kwargs)
+    return PeftModel.from_pretrained(base_model, str(path))
+
+
+@contextlib.contextmanager
+def _fresh_head(seed: int):
+    """Seed the new head's initialisation (without disturbing the caller's RNG) and silence transformers' notice
+    that the head is new and the causal LM head unused: both are the point of loading a causal LM as a classifier."""
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    with torch.random.fork_rng(devices=[]), suppress_seqcls_warning():
+        torch.manual_seed(seed)
+        yield
+
+
+def reward_lora_config(lora: LoraArgs, model):
+    """LoRA for a reward model: task SEQ_CLS, so peft also trains and saves the new head (score / classifier).
+
+    The default targets (q_proj, k_proj, v_proj) are decoder names; on a model without them (BERT-style encoders
+    name theirs query/key/value) peft's per-architecture default is used instead.
+    """
+    from peft import LoraConfig
+
+    targets = lora.target_modules
+    default = LoraArgs().target_modules
+    if targets == default and not any(name.split(".")[-1] in default for name, _ in model.named_modules()):
+        targets = None
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                      bias=lora.bias, modules_to_save=lora.modules_to_save, task_type="SEQ_CLS")
