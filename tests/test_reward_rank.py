@@ -4,7 +4,6 @@ and `polyalign score` (its output and its one-line errors)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from accelerate import PartialState
 
 from align.cli import main
-from conftest import build_tiny_llama, write_jsonl
+from conftest import build_tiny_llama, subprocess_env, write_jsonl
 from reward.rank import (PairEncoder, RewardRanker, balanced_order, join_shards, length_batches, ranking_from_scores,
                          truncation_split)
 
@@ -61,7 +60,7 @@ def test_sorted_batches_give_unbatched_scores_in_input_order(ranker):
     unsorted = RewardRanker(ranker.model, ranker.tokenizer, batch_size=4, max_length=512, sort_by_length=False)
     reference = single.score(prompts, completions)
     batched = ranker.score(prompts, completions)
-    assert len(set(round(s, 6) for s in reference)) == len(PAIRS)  # distinct: a permutation would be caught
+    assert len({round(s, 6) for s in reference}) == len(PAIRS)  # distinct: a permutation would be caught
     assert torch.allclose(torch.tensor(batched), torch.tensor(reference), atol=1e-5)
     assert torch.allclose(torch.tensor(unsorted.score(prompts, completions)), torch.tensor(reference), atol=1e-5)
     # Sorting by length is what saves the padding.
@@ -219,12 +218,11 @@ def test_two_processes_score_like_one(reward_dir, ranker, tmp_path):
     rows = [{"prompt": p, "completion": c, "n": i} for i, (p, c) in enumerate(PAIRS)]
     candidates = write_jsonl(tmp_path / "candidates.jsonl", rows)
     out = tmp_path / "scored.jsonl"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               str(REPO / "recipes" / "reward.py"), "score", "--model", str(reward_dir), "--input", str(candidates),
               "--output", str(out), "--batch_size", "2"]
-    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(launch, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 process(es)" in result.stdout
     scored = [json.loads(line) for line in out.read_text().splitlines()]
