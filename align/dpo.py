@@ -19,12 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import build_dataclass, split_known
 from .data import language_mix, load_records
-from .errors import ConfigError
-from .io import partial_dir
-from .models import LoraArgs, ModelArgs, cuda_available, load_model, load_tokenizer, lora_config
-from .runs import TrainingRun, barrier, refuse_existing
+from .models import LoraArgs, ModelArgs, load_model, load_tokenizer, lora_config
+from .runs import TrainingRun, barrier, build_trl_config, parse_training_keys, refuse_existing
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +54,9 @@ class DPOJob:
 def parse_dpo_config(raw: dict, source: str | None = None) -> DPOJob:
     from trl import DPOConfig
 
-    own, trl_kwargs = split_known(raw, DPOArgs, DPOConfig, source)
-    args = build_dataclass(DPOArgs, own, source)
-    if not args.output_dir:
-        raise ConfigError(source, "output_dir", "missing: where to write the trained model")
-    if args.dataset is None:
-        raise ConfigError(source, "dataset", "missing: preference data (prompt/chosen/rejected, HH, arbitrage pairs)")
-    lora = None
-    if args.lora not in (None, False):
-        lora = build_dataclass(LoraArgs, {} if args.lora is True else args.lora, source, prefix="lora.")
-    elif args.load_in_4bit or args.load_in_8bit:
-        raise ConfigError(source, "load_in_4bit" if args.load_in_4bit else "load_in_8bit",
-                          "a 4/8-bit base can only be trained through LoRA adapters: add `lora: true`")
-    kwargs = {**DPO_DEFAULTS, **trl_kwargs}
-    kwargs.setdefault("bf16", cuda_available() and args.dtype in ("auto", "bf16", "bfloat16"))
-    kwargs.setdefault("use_cpu", not cuda_available())
-    kwargs["output_dir"] = str(partial_dir(args.output_dir))
-    try:
-        training = DPOConfig(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(source, None, f"invalid DPOConfig: {e}") from None
+    args, trl_kwargs, lora = parse_training_keys(raw, source, DPOArgs, DPOConfig, dataset_help="preference data "
+                                                 "(prompt/chosen/rejected, HH transcripts, arbitrage pairs)")
+    training = build_trl_config(DPOConfig, {**DPO_DEFAULTS, **trl_kwargs}, args, source)
     return DPOJob(args, training, lora, raw)
 
 

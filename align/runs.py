@@ -12,13 +12,49 @@ import logging
 import shutil
 from pathlib import Path
 
-from .config import config_hash
+from .config import build_dataclass, config_hash, split_known
 from .errors import ConfigError
 from .io import partial_dir, promote, write_json
 
 log = logging.getLogger(__name__)
 
 HASH_MARKER = "polyalign_config_hash"
+
+
+def parse_training_keys(raw: dict, source: str | None, own_cls, trl_cls, *, dataset_help: str,
+                        output_help: str = "where to write the trained model"):
+    """The config steps every training stage shares: polyalign's keys vs the trl config's, the required keys, and
+    LoRA (a 4/8-bit base trains only through adapters). Returns (own args, trl kwargs, LoraArgs or None)."""
+    from .models import LoraArgs
+
+    own, trl_kwargs = split_known(raw, own_cls, trl_cls, source)
+    args = build_dataclass(own_cls, own, source)
+    if not args.output_dir:
+        raise ConfigError(source, "output_dir", f"missing: {output_help}")
+    if args.dataset is None:
+        raise ConfigError(source, "dataset", f"missing: {dataset_help}")
+    lora = None
+    if args.lora not in (None, False):
+        lora = build_dataclass(LoraArgs, {} if args.lora is True else args.lora, source, prefix="lora.")
+    elif args.load_in_4bit or args.load_in_8bit:
+        raise ConfigError(source, "load_in_4bit" if args.load_in_4bit else "load_in_8bit",
+                          "a 4/8-bit base can only be trained through LoRA adapters: add `lora: true`")
+    return args, trl_kwargs, lora
+
+
+def build_trl_config(trl_cls, kwargs: dict, args, source: str | None):
+    """The trl config of a stage: bf16 only where the hardware has it; without CUDA a gloo CPU group (so several
+    processes work under torchrun / `accelerate launch --multi_gpu`); checkpoints in the partial directory."""
+    from .models import cuda_available
+
+    kwargs = dict(kwargs)
+    kwargs.setdefault("bf16", cuda_available() and args.dtype in ("auto", "bf16", "bfloat16"))
+    kwargs.setdefault("use_cpu", not cuda_available())
+    kwargs["output_dir"] = str(partial_dir(args.output_dir))
+    try:
+        return trl_cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(source, None, f"invalid {trl_cls.__name__}: {e}") from None
 
 
 def refuse_existing(final: Path, overwrite: bool, source: str | None) -> None:

@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .chat import IGNORE_INDEX, tokenize_chat
-from .config import build_dataclass, split_known
 from .data import language_mix, load_records
 from .errors import ConfigError
-from .io import partial_dir
-from .models import LoraArgs, ModelArgs, cuda_available, load_model, load_tokenizer, lora_config
+from .models import LoraArgs, ModelArgs, load_model, load_tokenizer, lora_config
 from .packing import PackRowsCollator, uses_flattened_packs
-from .runs import TrainingRun, barrier, refuse_existing
+from .runs import TrainingRun, barrier, build_trl_config, parse_training_keys, refuse_existing
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +56,18 @@ class SFTJob:
 def parse_sft_config(raw: dict, source: str | None = None) -> SFTJob:
     from trl import SFTConfig
 
-    own, trl_kwargs = split_known(raw, SFTArgs, SFTConfig, source)
-    args = build_dataclass(SFTArgs, own, source)
-    if not args.output_dir:
-        raise ConfigError(source, "output_dir", "missing: where to write the trained model")
-    if args.dataset is None:
-        raise ConfigError(source, "dataset", "missing: a file, folder, or datasets name (or a list of them)")
-    lora = None
-    if args.lora not in (None, False):
-        lora = build_dataclass(LoraArgs, {} if args.lora is True else args.lora, source, prefix="lora.")
-    elif args.load_in_4bit or args.load_in_8bit:
-        raise ConfigError(source, "load_in_4bit" if args.load_in_4bit else "load_in_8bit",
-                          "a 4/8-bit base can only be trained through LoRA adapters: add `lora: true`")
+    args, trl_kwargs, lora = parse_training_keys(raw, source, SFTArgs, SFTConfig, dataset_help="a file, folder, "
+                                                 "or datasets name (or a list of them)")
     # Our labels already mask everything but assistant turns; trl must not re-derive them.
     assistant_only = trl_kwargs.pop("assistant_only_loss", True)
     kwargs = {**SFT_DEFAULTS, **trl_kwargs}
-    kwargs.setdefault("bf16", cuda_available() and args.dtype in ("auto", "bf16", "bfloat16"))
     kwargs.setdefault("include_num_input_tokens_seen", "all")
-    # Without CUDA, several processes (torchrun, or `accelerate launch --multi_gpu`) must form a gloo CPU group.
-    kwargs.setdefault("use_cpu", not cuda_available())
-    kwargs["output_dir"] = str(partial_dir(args.output_dir))
     kwargs["assistant_only_loss"] = False
     kwargs["completion_only_loss"] = False
     if kwargs.get("packing") and kwargs.get("packing_strategy", "bfd") == "wrapped":
         raise ConfigError(source, "packing_strategy", "'wrapped' cuts examples mid-sequence and lets them attend "
                           "across boundaries; polyalign packs with 'bfd' (default) or 'bfd_split'")
-    try:
-        training = SFTConfig(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(source, None, f"invalid SFTConfig: {e}") from None
+    training = build_trl_config(SFTConfig, kwargs, args, source)
     return SFTJob(args, training, lora, assistant_only, raw)
 
 
@@ -147,13 +128,6 @@ def build_trainer(job: SFTJob, records: list[dict]):
     if job.training.packing:
         stats.update(packing_stats(trainer.train_dataset, job.training.max_length))
     return trainer, stats
-
-
-def _prepare_partial(partial: Path, digest: str, is_main: bool) -> str | None:
-    """Temporary: reward/train.py's entry to TrainingRun.prepare until it uses TrainingRun itself."""
-    run = TrainingRun.__new__(TrainingRun)
-    run.partial, run.digest, run.is_main, run.resume = partial, digest, is_main, None
-    return run.prepare()
 
 
 def run_sft(raw: dict, source: str | None = None) -> Path:

@@ -14,20 +14,17 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from align.config import build_dataclass, config_hash, split_known
 from align.data import language_mix, load_records
 from align.errors import ConfigError, InputError
-from align.io import partial_dir, promote, write_json
-from align.models import LoraArgs, ModelArgs, cuda_available, load_reward_model, load_reward_tokenizer, \
+from align.models import LoraArgs, ModelArgs, load_reward_model, load_reward_tokenizer, \
     reward_lora_config
-from align.sft import _prepare_partial  # same resume rules as SFT: reuse a killed run's checkpoints if config matches
+from align.runs import TrainingRun, barrier, build_trl_config, parse_training_keys, refuse_existing
 
 from .rank import PairEncoder, RewardRanker, pairwise_accuracy, score_sharded
 
@@ -71,32 +68,15 @@ class RewardJob:
 def parse_reward_config(raw: dict, source: str | None = None) -> RewardJob:
     from trl import RewardConfig
 
-    own, trl_kwargs = split_known(raw, RewardArgs, RewardConfig, source)
-    args = build_dataclass(RewardArgs, own, source)
-    if not args.output_dir:
-        raise ConfigError(source, "output_dir", "missing: where to write the reward model")
-    if args.dataset is None:
-        raise ConfigError(source, "dataset", "missing: preference data (prompt/chosen/rejected), a file, folder or "
-                          "datasets name (or a list of them)")
+    args, trl_kwargs, lora = parse_training_keys(raw, source, RewardArgs, RewardConfig, dataset_help="preference "
+                                                 "data (prompt/chosen/rejected), a file, folder or datasets name (or "
+                                                 "a list of them)", output_help="where to write the reward model")
     if not 0 <= args.eval_fraction < 1:
         raise ConfigError(source, "eval_fraction", f"must be in [0, 1), got {args.eval_fraction}")
     for key, why in REFUSED.items():
         if key in trl_kwargs:
             raise ConfigError(source, key, f"not supported by polyalign reward: {why}")
-    lora = None
-    if args.lora not in (None, False):
-        lora = build_dataclass(LoraArgs, {} if args.lora is True else args.lora, source, prefix="lora.")
-    elif args.load_in_4bit or args.load_in_8bit:
-        raise ConfigError(source, "load_in_4bit" if args.load_in_4bit else "load_in_8bit",
-                          "a 4/8-bit base can only be trained through LoRA adapters: add `lora: true`")
-    kwargs = {**REWARD_DEFAULTS, **trl_kwargs}
-    kwargs.setdefault("bf16", cuda_available() and args.dtype in ("auto", "bf16", "bfloat16"))
-    kwargs.setdefault("use_cpu", not cuda_available())
-    kwargs["output_dir"] = str(partial_dir(args.output_dir))
-    try:
-        training = RewardConfig(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(source, None, f"invalid RewardConfig: {e}") from None
+    training = build_trl_config(RewardConfig, {**REWARD_DEFAULTS, **trl_kwargs}, args, source)
     return RewardJob(args, training, lora, raw)
 
 
@@ -169,15 +149,13 @@ def heldout_accuracy(model, tokenizer, records: list[dict], max_length: int | No
 
 def run_reward(raw: dict, source: str | None = None, *, callbacks: list | None = None) -> Path:
     """The `reward` stage: returns the output directory. `callbacks` go to the trainer (tests, extensions)."""
-    import torch
     from accelerate import PartialState
     from trl import RewardTrainer
 
     job = parse_reward_config(raw, source)
     state = PartialState(cpu=job.training.use_cpu)
     final = Path(job.args.output_dir)
-    if final.exists() and not job.args.overwrite:
-        raise ConfigError(source, "output_dir", f"{final} already exists (pass --overwrite to replace it)")
+    refuse_existing(final, job.args.overwrite, source)
 
     # Everything that can fail on bad input happens before anything is written.
     records = load_records(job.args.dataset, "preference", seed=job.training.seed)
@@ -198,19 +176,15 @@ def run_reward(raw: dict, source: str | None = None, *, callbacks: list | None =
               + ", ".join(f"{lang} {n}" for lang, n in mix.items()) + f"), {len(eval_records)} held out; "
               f"{stats['truncated'] + eval_stats['truncated']} truncated to {job.training.max_length} tokens", flush=True)
 
-    partial = partial_dir(final)
-    digest = config_hash({k: v for k, v in job.raw.items() if k != "overwrite"})
-    resume = _prepare_partial(partial, digest, state.is_main_process)
+    run = TrainingRun(final, job.raw, is_main=state.is_main_process)
+    partial = run.partial
+    resume = run.prepare()
     state.wait_for_everyone()
-    try:
+    with run.building():
         model = load_reward_model(job.args, new_head=True, pad_token_id=tokenizer.pad_token_id, seed=job.training.seed)
         trainer = RewardTrainer(model=model, args=job.training, train_dataset=train_data, eval_dataset=eval_data,
                                 processing_class=tokenizer, callbacks=callbacks,
                                 peft_config=reward_lora_config(job.lora, model) if job.lora else None)
-    except BaseException:
-        if state.is_main_process and resume is None:
-            shutil.rmtree(partial, ignore_errors=True)  # nothing worth keeping: leave no trace
-        raise
     if resume and state.is_main_process:
         print(f"Resuming from {resume}", flush=True)
 
@@ -233,18 +207,11 @@ def run_reward(raw: dict, source: str | None = None, *, callbacks: list | None =
     state.wait_for_everyone()
     if state.is_main_process:
         metrics = _summarise(trainer, result, stats, eval_stats, before, after, wall, state.num_processes, lora, resume)
-        if not job.args.keep_checkpoints:
-            for checkpoint in partial.glob("checkpoint-*"):
-                shutil.rmtree(checkpoint)
-        (partial / "polyalign_config_hash").unlink(missing_ok=True)
-        (partial / "training_args.bin").unlink(missing_ok=True)  # a pickle: not ours to ship
-        write_json(partial / "metrics.json", metrics)
-        write_json(partial / "polyalign_recipe.json", {"stage": "reward", "config": job.raw, "source": source})
-        promote(partial, final, overwrite=job.args.overwrite)
+        run.finish(metrics, {"stage": "reward", "config": job.raw, "source": source}, overwrite=job.args.overwrite,
+                   keep_checkpoints=job.args.keep_checkpoints)
         _print_summary(final, metrics)
     state.wait_for_everyone()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    barrier()
     return final
 
 

@@ -239,9 +239,9 @@ def test_assistant_only_loss_is_consumed_by_polyalign(tmp_path):
 
 
 def test_bf16_off_without_cuda(tmp_path, monkeypatch):
-    import align.sft
+    import align.models
 
-    monkeypatch.setattr(align.sft, "cuda_available", lambda: False)
+    monkeypatch.setattr(align.models, "cuda_available", lambda: False)
     assert parse(tmp_path).training.bf16 is False
 
 
