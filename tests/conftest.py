@@ -70,12 +70,14 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 
-def subprocess_env() -> dict:
-    """The environment of a test's child process: this repo importable, one thread each (two cores, two processes)."""
+def subprocess_env(*, cpu: bool = False) -> dict:
+    """The environment of a test's child process: this repo importable, one thread each (two cores, two processes).
+    `cpu` hides GPUs: several processes then form a gloo CPU group, as in CI, even on a one-GPU machine."""
     import os
 
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
+    return {**env, "CUDA_VISIBLE_DEVICES": ""} if cpu else env
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -51,7 +51,10 @@ def reward_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def ranker(reward_dir) -> RewardRanker:
-    return RewardRanker(str(reward_dir), batch_size=4, max_length=512)
+    from align.models import ModelArgs
+
+    # fp32 on any device: the scores are compared exactly (CUDA defaults to bf16; the 2-process run is on CPU)
+    return RewardRanker(str(reward_dir), batch_size=4, max_length=512, model_args=ModelArgs(dtype="fp32"))
 
 
 def test_sorted_batches_give_unbatched_scores_in_input_order(ranker):
@@ -222,7 +225,7 @@ def test_two_processes_score_like_one(reward_dir, ranker, tmp_path):
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               str(REPO / "recipes" / "reward.py"), "score", "--model", str(reward_dir), "--input", str(candidates),
               "--output", str(out), "--batch_size", "2"]
-    result = subprocess.run(launch, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(launch, env=subprocess_env(cpu=True), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 process(es)" in result.stdout
     scored = [json.loads(line) for line in out.read_text().splitlines()]

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
 from align.cli import main
+from align.models import ModelArgs
 from conftest import build_tiny_llama, write_jsonl
 from reward.rank import PairEncoder, RewardRanker
 from reward.train import run_reward, split_heldout
@@ -158,9 +159,10 @@ def test_lora_reward_model_is_merged_and_its_adapter_scores_the_same(tokenizer, 
     merged = AutoModelForSequenceClassification.from_pretrained(out)
     assert merged.config.num_labels == 1 and json.loads((out / "metrics.json").read_text())["lora"] is True
     prompts, answers = ["Combien font 2 plus 3 ?"] * 2, ["2 plus 3 font 5.", "2 plus 3 is 5."]
-    fresh = RewardRanker(str(base), new_head=True, max_length=128).score(prompts, answers)
-    from_merged = RewardRanker(str(out), max_length=128).score(prompts, answers)
-    from_adapter = RewardRanker(str(out / "adapter"), max_length=128).score(prompts, answers)
+    fp32 = ModelArgs(dtype="fp32")  # exact comparisons on any device (CUDA defaults to bf16)
+    fresh = RewardRanker(str(base), new_head=True, max_length=128, model_args=fp32).score(prompts, answers)
+    from_merged = RewardRanker(str(out), max_length=128, model_args=fp32).score(prompts, answers)
+    from_adapter = RewardRanker(str(out / "adapter"), max_length=128, model_args=fp32).score(prompts, answers)
     assert from_merged == pytest.approx(from_adapter, abs=1e-4)
     assert from_merged != pytest.approx(fresh, abs=1e-4)  # the head was trained and saved
 
@@ -195,7 +197,7 @@ def test_an_encoder_trains_and_scores_plain_text(tmp_path):
                  "--max_steps", "2", "--learning_rate", "1e-3", *FAST]) == 0
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert type(model).__name__ == "BertForSequenceClassification" and model.config.num_labels == 1
-    ranker = RewardRanker(str(out), max_length=12)
+    ranker = RewardRanker(str(out), max_length=12, model_args=ModelArgs(dtype="fp32"))
     assert not ranker.encoder.chat
     whole = PairEncoder(ranker.tokenizer, None).encode("What is 2 plus 3?", "2 plus 3 is 5.")
     text = ranker.tokenizer.decode(whole.input_ids)

@@ -93,7 +93,7 @@ def test_two_cpu_processes_give_the_same_result_shape(tiny_model_dir, chat_file,
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               str(REPO / "recipes" / "sft.py"), *common, "--output_dir", str(double)]
-    result = subprocess.run(launch, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(launch, env=subprocess_env(cpu=True), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = (json.loads((d / "metrics.json").read_text()) for d in (single, double))
     assert one["processes"] == 1 and two["processes"] == 2
