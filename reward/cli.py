@@ -71,7 +71,7 @@ def read_score_input(spec: str, prompts_source: Any = None) -> ScoreInput:
     if prompts_source is not None:
         by_id = {r["id"]: r for r in load_records(prompts_source, "prompt")}
     out = ScoreInput("", [], [], [], [])
-    for unit, rows in iter_source(spec):
+    for _unit, rows in iter_source(spec):
         for loc, row in rows:
             kind = "pairs" if "chosen" in row or "rejected" in row else "candidates"
             out.kind = out.kind or kind
