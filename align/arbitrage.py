@@ -12,7 +12,6 @@ joined back in input order. The output directory appears, complete, only at the 
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 from collections import defaultdict
@@ -26,7 +25,7 @@ from .data.languages import UnknownLanguage, normalize_lang
 from .errors import ConfigError, PolyalignError
 from .generate import GenerationArgs, TransformersBackend, VLLMBackend, choose_backend, iter_batches
 from .io import AppendLog, partial_dir, promote, write_json, write_jsonl
-from .models import ModelArgs, load_model, load_tokenizer, model_path
+from .models import ModelArgs, cuda_available, load_model, load_tokenizer, model_path, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -188,23 +187,9 @@ def load_teacher(job: ArbitrageJob, teacher: TeacherSpec, backend: str):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, model_path(teacher.adapter))
-    if _cuda() and next(model.parameters()).device.type == "cpu":
+    if cuda_available() and next(model.parameters()).device.type == "cpu":
         model.to("cuda")
     return TransformersBackend(model, tokenizer), tokenizer
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if _cuda():
-        import torch
-
-        torch.cuda.empty_cache()
 
 
 def read_logs(partial: Path, pattern: str) -> list[dict]:
@@ -239,23 +224,20 @@ def generate_candidates(job: ArbitrageJob, prompts: list[dict], shard: list[int]
                 for j, completions in chunk:
                     out.append({"index": eligible[j], "teacher": teacher.name, "completions": completions})
         del backend, tokenizer
-        _free_memory()
+        release_memory()
 
 
 # ------------------------------------------------------------------------------------------------ ranking
 
 
 def load_ranker(job: ArbitrageJob):
-    from reward.judge import PairwiseJudge
-    from reward.rank import RewardRanker
+    import dataclasses
 
-    model_args = ModelArgs(dtype=job.args.dtype, attn_implementation=job.args.attn_implementation,
-                           trust_remote_code=job.args.trust_remote_code)
-    spec = job.ranker
-    if spec.reward_model:
-        return RewardRanker(spec.reward_model, batch_size=spec.batch_size, max_length=spec.max_length,
-                            model_args=model_args)
-    return PairwiseJudge(model=spec.judge, batch_size=spec.batch_size, model_args=model_args)
+    from reward import load_ranker as build
+
+    return build(dataclasses.asdict(job.ranker), ModelArgs(dtype=job.args.dtype,
+                                                         attn_implementation=job.args.attn_implementation,
+                                                         trust_remote_code=job.args.trust_remote_code))
 
 
 def candidates_by_prompt(job: ArbitrageJob, partial: Path) -> dict[int, list[tuple[str, int, str]]]:
@@ -289,7 +271,7 @@ def score_candidates(job: ArbitrageJob, prompts: list[dict], shard: list[int], p
                 if i not in done:
                     out.append({"index": i, "scores": ranking.scores})
     del ranker
-    _free_memory()
+    release_memory()
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -420,7 +402,7 @@ def run_arbitrage(raw: dict, source: str | None = None) -> Path:
     prompts = load_records(job.args.prompts, "prompt", seed=job.args.seed)
     if job.args.max_prompts:
         prompts = prompts[: job.args.max_prompts]
-    state = PartialState(cpu=not _cuda())
+    state = PartialState(cpu=not cuda_available())
     partial = partial_dir(final)
     digest = config_hash({k: v for k, v in job.raw.items() if k != "overwrite"})
     marker = partial / "polyalign_config_hash"

@@ -18,7 +18,6 @@ stopped. The output directory appears, complete, at the end:
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 import string
@@ -33,7 +32,7 @@ from .data.languages import detect_language, language_name
 from .errors import ConfigError, PolyalignError
 from .generate import GenerationArgs, TransformersBackend, VLLMBackend, choose_backend, iter_batches
 from .io import AppendLog, partial_dir, promote, write_json, write_jsonl
-from .models import ModelArgs, load_model, load_tokenizer, model_path
+from .models import ModelArgs, load_model, load_tokenizer, model_path, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +161,6 @@ def check_models(job: ContrastJob, source: str | None) -> None:
 # ------------------------------------------------------------------------------------------------ generation
 
 
-def _free_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def load_role(job: ContrastJob, role: RoleSpec, backend: str):
     """(generation backend, tokenizer) for one model."""
     import json
@@ -230,7 +221,7 @@ class ModelSlot:
     def release(self) -> None:
         if self.loaded is not None:
             self.loaded, self.key = None, None
-            _free_memory()
+            release_memory()
 
 
 def run_phase(slot: ModelSlot, partial: Path, phase: str, role: RoleSpec, requests: list[tuple[str, list[dict]]],

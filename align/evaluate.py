@@ -9,7 +9,6 @@ homework). Prompts with a `reference` (or `references`) also get chrF++ (sacrebl
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from .data import load_records
 from .errors import ConfigError
 from .generate import GenerationArgs, TransformersBackend, iter_batches
 from .io import AppendLog, atomic_dir, write_json, write_jsonl
-from .models import ModelArgs, load_model, load_tokenizer
+from .models import ModelArgs, load_model, load_tokenizer, release_memory
 
 log = logging.getLogger(__name__)
 TIE_EPSILON = 1e-6  # reward-model scores closer than this are a tie
@@ -81,7 +80,7 @@ def answer(args: EvaluateArgs, name: str, model: str, prompts: list[dict], path:
                     out.append({"index": i, "id": prompts[i]["id"], "lang": prompts[i]["lang"],
                                 "completion": completions[0]})
             del backend, loaded
-            gc.collect()
+            release_memory()
         return [r["completion"] for r in sorted(out.records, key=lambda r: r["index"])]
 
 
@@ -124,20 +123,6 @@ def summarise(outcomes_: list[str], prompts: list[dict]) -> dict[str, dict]:
     return table
 
 
-def load_scorer(args: EvaluateArgs):
-    from reward.judge import PairwiseJudge
-    from reward.rank import RewardRanker
-
-    spec = {"batch_size": 16, "max_length": 1024, **args.judge}
-    model_args = ModelArgs(dtype=args.dtype, attn_implementation=args.attn_implementation,
-                           trust_remote_code=args.trust_remote_code)
-    if "reward_model" in spec:
-        return RewardRanker(spec["reward_model"], batch_size=spec["batch_size"], max_length=spec["max_length"],
-                            model_args=model_args)
-    return PairwiseJudge(model=spec["judge"], batch_size=spec["batch_size"], model_args=model_args,
-                         max_new_tokens=spec.get("max_new_tokens", 256), explain=spec.get("explain", True))
-
-
 def run_evaluate(raw: dict, source: str | None = None) -> Path:
     """The `evaluate` stage: every model against the baseline, per language; returns the output directory."""
     args, models = parse_evaluate_config(raw, source)
@@ -148,7 +133,10 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
     cache = out.parent / f".{out.name}.answers"  # answers survive a kill; the report appears at the end
     answers = {name: answer(args, name, model, prompts, cache / f"{_slug(name)}.jsonl")
                for name, model in models.items()}
-    scorer = load_scorer(args)
+    from reward import load_ranker
+
+    scorer = load_ranker(args.judge, ModelArgs(dtype=args.dtype, attn_implementation=args.attn_implementation,
+                                               trust_remote_code=args.trust_remote_code))
     results = {"baseline": args.baseline, "judged_by": args.judge, "prompts": len(prompts),
                "languages": dict(Counter(p["lang"] for p in prompts).most_common()), "models": {}}
     for name in models:

@@ -303,3 +303,12 @@ def reward_lora_config(lora: LoraArgs, model):
         targets = None
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                       bias=lora.bias, modules_to_save=lora.modules_to_save, task_type="SEQ_CLS")
+
+
+def release_memory() -> None:
+    """Give back what a dropped model held (stages load models one at a time: teachers, policies, rankers)."""
+    import gc
+
+    gc.collect()
+    if cuda_available():
+        torch.cuda.empty_cache()

@@ -18,7 +18,6 @@ model (default) or the previous policy; β may differ per iteration. `iterations
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
 from .generate import GenerationArgs, TransformersBackend, VLLMBackend, choose_backend, iter_batches
 from .io import AppendLog, write_json, write_jsonl
-from .models import ModelArgs, load_model, load_tokenizer, model_path
+from .models import ModelArgs, load_model, load_tokenizer, model_path, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -127,24 +126,17 @@ class Loop:
 
     def ranker(self):
         if self._ranker is None:
-            from reward.judge import PairwiseJudge
-            from reward.rank import RewardRanker
+            from reward import load_ranker
 
-            spec = {"batch_size": 16, "max_length": 1024, **self.args.ranker}
-            model_args = ModelArgs(dtype=self.args.dtype, attn_implementation=self.args.attn_implementation,
-                                   trust_remote_code=self.args.trust_remote_code)
-            if spec.get("reward_model"):
-                self._ranker = RewardRanker(spec["reward_model"], batch_size=spec["batch_size"],
-                                            max_length=spec["max_length"], model_args=model_args)
-            else:
-                self._ranker = PairwiseJudge(model=spec["judge"], batch_size=spec["batch_size"],
-                                             model_args=model_args)
+            self._ranker = load_ranker(self.args.ranker, ModelArgs(
+                dtype=self.args.dtype, attn_implementation=self.args.attn_implementation,
+                trust_remote_code=self.args.trust_remote_code))
         return self._ranker
 
     def release_ranker(self) -> None:
         """Free a loaded ranker's memory before training (a given one is the caller's to keep)."""
         self._ranker = self._given_ranker
-        _free()
+        release_memory()
 
     def policy(self, i: int) -> str:
         """The policy that iteration i samples from: the start, or iteration i-1's final model."""
@@ -184,7 +176,7 @@ class Loop:
                         out.append({"index": j, "id": prompts[j]["id"], "lang": prompts[j]["lang"],
                                     "completions": completions})
                 del backend
-                _free()
+                release_memory()
             return sorted(out.records, key=lambda r: r["index"])
 
     def score(self, prompts: list[dict], answers: list[dict], path: Path, chunk: int = 32) -> dict[int, list[float]]:
@@ -283,7 +275,7 @@ class Loop:
             if args.reference == "start" and i > 1:
                 raw["ref_model"] = args.model
             run_dpo(raw, self.source, records=pairs)
-            _free()
+            release_memory()
 
 
 class Stopwatch:
@@ -391,17 +383,6 @@ def plot_iterations(history: list[dict], start: dict, path: Path) -> None:
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
-
-
-def _free() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
