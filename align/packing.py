@@ -1,9 +1,14 @@
 """Lay packed examples out for the attention backend at hand, so that no example attends to another.
 
-trl's padding-free collator flattens a whole batch of packs into one row. That suits flash-attention, whose varlen
-kernels take the sequence boundaries (cu_seqlens) and never build a mask. On sdpa and eager, transformers instead
-turns the restarting position ids into a block-diagonal mask over the row: one (B*L)^2 mask for a flattened batch of
-B packs of L tokens, where B*L^2 would do. On an H100 that made packed SFT slower than padding (BENCHMARKS.md).
+Three layouts (`packed_attention` in an SFT recipe; `auto` picks per backend and device):
+
+- `varlen` (flash-attention): trl's padding-free collator flattens a batch of packs into one row and sends the
+  sequence boundaries (cu_seqlens) to the varlen kernels; no mask, no padding.
+- `segments` (sdpa, default on CPU): the same flattened row, with attention computed per example by the
+  `sdpa_packed` backend (align.segment_attention): Σℓ² work, no mask, no padding.
+- `rows` (eager, and sdpa on CUDA, where it is the layout measured on a GPU): on these backends transformers turns
+  the restarting position ids into a block-diagonal mask over the row: one (B*L)^2 mask for a flattened batch of B
+  packs of L tokens, where B*L^2 would do. On an H100 that made packed SFT slower than padding (BENCHMARKS.md).
 
 `PackRowsCollator` keeps each pack in its own row: position ids restart at every example, the row is padded at its
 end with a segment of its own (positions 0, 1, ... so it is a separate "sequence" that no real token can see, the
@@ -22,8 +27,24 @@ from .chat import IGNORE_INDEX
 VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3")
 
 
+LAYOUTS = ("auto", "segments", "rows")
+
+
 def uses_flattened_packs(attn_implementation: str | None) -> bool:
     return bool(attn_implementation) and any(attn_implementation.startswith(b) for b in VARLEN_BACKENDS)
+
+
+def choose_layout(requested: str, attn_implementation: str | None, on_cuda: bool) -> str:
+    """`varlen`, `segments` or `rows` for this backend; `requested` is the recipe's `packed_attention`."""
+    if requested not in LAYOUTS:
+        raise ValueError(f"unknown packed_attention {requested!r} (expected {', '.join(LAYOUTS)})")
+    if uses_flattened_packs(attn_implementation):
+        return "varlen"
+    if requested != "auto":
+        if requested == "segments" and attn_implementation != "sdpa":
+            raise ValueError(f"packed_attention 'segments' runs on sdpa, not {attn_implementation}")
+        return requested
+    return "segments" if attn_implementation == "sdpa" and not on_cuda else "rows"
 
 
 @dataclass

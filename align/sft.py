@@ -2,8 +2,9 @@
 
 What polyalign adds to SFTTrainer: records from any ingested format, assistant-only labels for any chat template
 (align.chat), packing that keeps examples apart (best-fit-decreasing bins with no attention mask, position ids
-restarting per example, no KV cache: flash-attention gets the flattened batch and cu_seqlens; sdpa and eager get one
-row per bin (align.packing), for which transformers builds a per-row block-diagonal causal mask), a run that resumes from its last checkpoint after a kill, and an
+restarting per example, no KV cache; the layout per attention backend is align.packing's: flattened batches with
+cu_seqlens for flash-attention, flattened batches with per-example sdpa (align.segment_attention) on CPU, one row
+per bin with a block-diagonal mask otherwise), a run that resumes from its last checkpoint after a kill, and an
 output directory that appears only when training is complete.
 """
 
@@ -19,8 +20,8 @@ from typing import Any
 from .chat import IGNORE_INDEX, tokenize_chat
 from .data import language_mix, load_records
 from .errors import ConfigError
-from .models import LoraArgs, ModelArgs, load_model, load_tokenizer, lora_config
-from .packing import PackRowsCollator, uses_flattened_packs
+from .models import LoraArgs, ModelArgs, cuda_available, load_model, load_tokenizer, lora_config
+from .packing import PackRowsCollator, choose_layout
 from .runs import TrainingRun, barrier, build_trl_config, parse_training_keys, refuse_existing
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class SFTArgs(ModelArgs):
     lora: dict | bool | None = None  # true for the defaults, or {r, alpha, dropout, target_modules, ...}
     save_merged: bool = False  # with LoRA: also write the adapter merged into its base under <output_dir>/merged
     keep_checkpoints: bool = False
+    packed_attention: str = "auto"  # auto | segments | rows: how packs are laid out for sdpa (align.packing)
 
 
 # trl defaults that polyalign changes: pack by default, never report to a tracker nobody configured, and use
@@ -110,6 +112,23 @@ def packing_stats(dataset, max_length: int) -> dict:
             if lengths else 0.0}
 
 
+def packing_layout(job: SFTJob, model) -> str:
+    """Pick the layout for the model's attention backend; on `segments`, switch the model to `sdpa_packed`."""
+    from . import segment_attention
+
+    try:
+        layout = choose_layout(job.args.packed_attention, model.config._attn_implementation,
+                               cuda_available() and not job.training.use_cpu)
+    except ValueError as e:
+        raise ConfigError(None, "packed_attention", str(e)) from None
+    if layout == "segments" and not segment_attention.use_for(model):
+        if job.args.packed_attention == "segments":
+            raise ConfigError(None, "packed_attention", f"{model.config.model_type} has sliding-window or "
+                              "mixed attention layers; use 'rows'")
+        layout = "rows"
+    return layout
+
+
 def build_trainer(job: SFTJob, records: list[dict]):
     """Tokenise, load the model and build the SFTTrainer: shared by the stage, the tests and the benchmark."""
     from trl import SFTTrainer
@@ -121,12 +140,15 @@ def build_trainer(job: SFTJob, records: list[dict]):
     if len(dataset) == 0:
         raise ConfigError(None, "dataset", "no example has an assistant token left to train on")
     model = load_model(job.args)
+    layout = None
+    if job.training.packing:
+        layout = packing_layout(job, model)
     trainer = SFTTrainer(model=model, args=job.training, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(job.lora) if job.lora else None)
-    if job.training.packing and not uses_flattened_packs(model.config._attn_implementation):
+    if layout == "rows":
         trainer.data_collator = PackRowsCollator(tokenizer.pad_token_id, job.training.pad_to_multiple_of)
-    if job.training.packing:
-        stats.update(packing_stats(trainer.train_dataset, job.training.max_length))
+    if layout:  # varlen and segments keep trl's flattened padding-free collator (cu_seqlens, first tokens unlabelled)
+        stats.update(packing_stats(trainer.train_dataset, job.training.max_length), packed_attention=layout)
     return trainer, stats
 
 

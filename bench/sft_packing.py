@@ -5,7 +5,9 @@ Both modes run in one invocation, on the same records, tokenised and batched by 
 weights reloaded from disk for each mode:
 
 - packed: polyalign's default (best-fit-decreasing packs of up to --max-length tokens, no attention mask, position
-  ids restarting per example; one row per pack on sdpa/eager, trl's flattened batch on flash-attention);
+  ids restarting per example; align.packing picks the layout: per-example sdpa on a flattened batch on CPU, one row
+  per pack on CUDA sdpa and eager, trl's flattened batch on flash-attention);
+- packed-rows (with `--modes packed,padded,packed-rows`): the same packs, one row per pack, block-diagonal mask;
 - packed-flat (with `--modes packed,padded,packed-flat`): the same packs in trl's flattened layout on every backend;
 - padded: packing off, padding_free off: every batch is padded to its longest example (trl's default collator).
   `--modes ...,padded-grouped` adds padding with `train_sampling_strategy: group_by_length` (batches of similar
@@ -153,9 +155,11 @@ MODES = {
     "packed": {"packing": True},
     "padded": {"packing": False, "padding_free": False},
     "padded-grouped": {"packing": False, "padding_free": False, "train_sampling_strategy": "group_by_length"},
-    # The same packs in trl's flattened padding-free layout (one row per batch): what polyalign feeds flash-attention,
-    # measured here on the dense-mask backends that polyalign gives one row per pack instead (align/packing.py).
-    "packed-flat": {"packing": True},
+    # The same packs, one row per pack with transformers' block-diagonal mask: polyalign's layout for sdpa on CUDA
+    # and for eager (the default on CPU sdpa is `segments`: one flattened row, attention per example).
+    "packed-rows": {"packing": True, "packed_attention": "rows"},
+    # The same packs in trl's flattened padding-free layout on plain sdpa/eager: a (B*L)^2 block-diagonal mask.
+    "packed-flat": {"packing": True, "packed_attention": "rows"},
 }
 FLATTENED = {"packed-flat"}
 
@@ -246,6 +250,7 @@ class Mode:
                 "step_seconds": self.step_seconds, "last_loss": self.loss,
                 "dataset_rows": len(self.trainer.train_dataset), "stats": self.stats,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
+                "layout": self.stats.get("packed_attention", "padded"),
                 "attention": self.model.config._attn_implementation, "dtype": str(self.model.dtype)}
 
 
@@ -342,7 +347,7 @@ def main(argv=None) -> int:
     for r in results:
         ratio = base / r["tokens_per_s"] if r["tokens_per_s"] else float("nan")
         mfu = f" {6 * r['parameters'] * r['tokens_per_s'] / peak:.1%} |" if peak else ""
-        print(f"| {r['mode']} | {r['batches']} | {r['examples']} | {r['real_tokens']} | {r['tensor_tokens']} "
+        print(f"| {r['mode']} ({r['layout']}, {r['attention']}) | {r['batches']} | {r['examples']} | {r['real_tokens']} | {r['tensor_tokens']} "
               f"| {r['real_fraction']:.1%} | {r['tokens_per_s']:.0f} | {r['tensor_tokens_per_s']:.0f} | {ratio:.2f}x |"
               + mfu)
     print(f"\ntotal wall time {time.time() - began:.0f}s")

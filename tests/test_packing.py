@@ -12,14 +12,19 @@ import torch
 
 from align.chat import IGNORE_INDEX
 from align.data import load_records
-from align.packing import PackRowsCollator, uses_flattened_packs
+from align.packing import PackRowsCollator, choose_layout, uses_flattened_packs
+from align.segment_attention import NAME as SDPA_PACKED
 from align.sft import build_trainer, parse_sft_config
 
+# (attention backend, packed_attention): every layout polyalign can choose on CPU.
+LAYOUTS = [("sdpa", "segments"), ("sdpa", "rows"), ("eager", "rows")]
 
-def make_trainer(tiny_model_dir, chat_file, tmp_path, attention: str, **overrides):
+
+def make_trainer(tiny_model_dir, chat_file, tmp_path, attention: str, layout: str = "auto", **overrides):
     raw = {"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / "out"),
-           "attn_implementation": attention, "max_length": 256, "per_device_train_batch_size": 4,
-           "gradient_checkpointing": False, "save_strategy": "no", "seed": 0, "dtype": "fp32", **overrides}
+           "attn_implementation": attention, "packed_attention": layout, "max_length": 256,
+           "per_device_train_batch_size": 4, "gradient_checkpointing": False, "save_strategy": "no", "seed": 0,
+           "dtype": "fp32", **overrides}
     job = parse_sft_config(raw)
     return build_trainer(job, load_records(job.args.dataset, "sft"))
 
@@ -51,14 +56,15 @@ def pad_id(trainer) -> int:
     return trainer.processing_class.pad_token_id
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_loss_equals_unpacked_losses(tiny_model_dir, chat_file, tmp_path, attention):
-    # max_length 128 makes several packs, so the batch has several rows, each padded at its end.
-    trainer, stats = make_trainer(tiny_model_dir, chat_file, tmp_path, attention, max_length=128)
-    assert trainer.model.config._attn_implementation == attention
+@pytest.mark.parametrize("attention,layout", LAYOUTS)
+def test_packed_loss_equals_unpacked_losses(tiny_model_dir, chat_file, tmp_path, attention, layout):
+    # max_length 128 makes several packs: several rows each padded at its end (rows), or one flattened row (segments).
+    trainer, stats = make_trainer(tiny_model_dir, chat_file, tmp_path, attention, layout, max_length=128)
+    assert stats["packed_attention"] == layout
+    assert trainer.model.config._attn_implementation == (SDPA_PACKED if layout == "segments" else attention)
     batch = next(iter(trainer.get_train_dataloader()))
     assert "attention_mask" not in batch  # a mask would make transformers ignore the restarting positions
-    assert batch["input_ids"].shape[0] > 1  # one row per pack
+    assert batch["input_ids"].shape[0] == (1 if layout == "segments" else 4)
     examples = split_packed(batch, pad_id(trainer))
     assert len(examples) > batch["input_ids"].shape[0]  # several examples really share a row
 
@@ -75,9 +81,9 @@ def test_packed_loss_equals_unpacked_losses(tiny_model_dir, chat_file, tmp_path,
     assert packed == pytest.approx(total / count, abs=1e-5)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_logits_equal_unpacked_logits(tiny_model_dir, chat_file, tmp_path, attention):
-    trainer, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, attention, max_length=128)
+@pytest.mark.parametrize("attention,layout", LAYOUTS)
+def test_packed_logits_equal_unpacked_logits(tiny_model_dir, chat_file, tmp_path, attention, layout):
+    trainer, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, attention, layout, max_length=128)
     batch = next(iter(trainer.get_train_dataloader()))
     model = trainer.model.eval()
     with torch.no_grad():
@@ -87,14 +93,23 @@ def test_packed_logits_equal_unpacked_logits(tiny_model_dir, chat_file, tmp_path
             torch.testing.assert_close(packed_logits[row, start: start + len(input_ids)], alone, atol=1e-5, rtol=1e-5)
 
 
-def test_negative_control_cross_attention_is_detected(tiny_model_dir, chat_file, tmp_path):
-    """With an all-ones attention mask the examples do attend to each other, and the losses visibly differ."""
-    trainer, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, "sdpa")
+@pytest.mark.parametrize("layout", ["segments", "rows"])
+def test_negative_control_cross_attention_is_detected(tiny_model_dir, chat_file, tmp_path, layout, monkeypatch):
+    """Let the examples attend to each other (rows: an all-ones attention mask; segments: a backend that fails to
+    cut the row) and the losses visibly differ: the equalities above are sharp enough to catch a leak."""
+    from align import segment_attention
+
+    trainer, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, "sdpa", layout)
     batch = next(iter(trainer.get_train_dataloader()))
     model = trainer.model.eval()
     with torch.no_grad():
         isolated = trainer.compute_loss(model, dict(batch)).item()
-        leaky = trainer.compute_loss(model, {**batch, "attention_mask": torch.ones_like(batch["input_ids"])}).item()
+        if layout == "rows":
+            leaky_batch = {**batch, "attention_mask": torch.ones_like(batch["input_ids"])}
+        else:
+            monkeypatch.setattr(segment_attention, "_bounds", lambda batch, width, kwargs: [[(0, width)]] * batch)
+            leaky_batch = dict(batch)
+        leaky = trainer.compute_loss(model, leaky_batch).item()
     assert abs(isolated - leaky) > 1e-3
 
 
@@ -118,10 +133,27 @@ def test_rows_layout_never_labels_an_example_start():
 
 
 def test_layout_follows_the_attention_backend(tiny_model_dir, chat_file, tmp_path):
-    """Varlen flash kernels take trl's flattened batch; dense-mask backends take one row per pack."""
+    """Varlen flash kernels and per-example sdpa take trl's flattened batch; dense-mask backends one row per pack."""
     assert uses_flattened_packs("flash_attention_2") and uses_flattened_packs("flash_attention_3")
     assert not uses_flattened_packs("sdpa") and not uses_flattened_packs("eager")
-    trainer, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, "sdpa")
-    assert isinstance(trainer.data_collator, PackRowsCollator)
+    assert choose_layout("auto", "flash_attention_2", on_cuda=True) == "varlen"
+    assert choose_layout("auto", "sdpa", on_cuda=False) == "segments"
+    assert choose_layout("auto", "sdpa", on_cuda=True) == "rows"
+    assert choose_layout("auto", "eager", on_cuda=False) == "rows"
+    with pytest.raises(ValueError, match="runs on sdpa"):
+        choose_layout("segments", "eager", on_cuda=False)
+    rows, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, "sdpa", "rows")
+    assert isinstance(rows.data_collator, PackRowsCollator)
+    segments, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, "sdpa")  # auto on CPU
+    assert segments.model.config._attn_implementation == SDPA_PACKED
+    assert not isinstance(segments.data_collator, PackRowsCollator)
     unpacked, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, "sdpa", packing=False, padding_free=False)
     assert not isinstance(unpacked.data_collator, PackRowsCollator)
+    assert unpacked.model.config._attn_implementation == "sdpa"
+
+
+def test_unknown_packed_attention_is_a_config_error(tiny_model_dir, chat_file, tmp_path):
+    from align.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="packed_attention"):
+        make_trainer(tiny_model_dir, chat_file, tmp_path, "sdpa", "diagonal")
