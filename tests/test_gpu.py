@@ -18,8 +18,9 @@ from test_packing import make_trainer, pad_id, per_token_losses, split_packed
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 HAS_FLASH = importlib.util.find_spec("flash_attn") is not None
-BACKENDS = ["sdpa", "eager", pytest.param("flash_attention_2", marks=pytest.mark.skipif(
-    not HAS_FLASH, reason="flash-attn is not installed"))]
+# (attention backend, packed_attention): auto is `rows` on CUDA sdpa; `segments` is the per-example sdpa backend.
+BACKENDS = [("sdpa", "auto"), ("sdpa", "segments"), ("eager", "auto"), pytest.param(
+    "flash_attention_2", "auto", marks=pytest.mark.skipif(not HAS_FLASH, reason="flash-attn is not installed"))]
 
 
 def packed_vs_alone(trainer, attention_mask=None) -> float:
@@ -37,11 +38,11 @@ def packed_vs_alone(trainer, attention_mask=None) -> float:
     return worst
 
 
-@pytest.mark.parametrize("attention", BACKENDS)
-def test_packed_loss_equals_unpacked_on_cuda_fp32(tiny_model_dir, chat_file, tmp_path, attention):
+@pytest.mark.parametrize("attention,layout", BACKENDS)
+def test_packed_loss_equals_unpacked_on_cuda_fp32(tiny_model_dir, chat_file, tmp_path, attention, layout):
     if attention == "flash_attention_2":
         pytest.skip("flash-attention has no fp32 kernels; see the bf16 test")
-    trainer, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, attention, dtype="fp32", max_length=128)
+    trainer, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, attention, layout, dtype="fp32", max_length=128)
     assert next(trainer.model.parameters()).is_cuda
     batch = next(iter(trainer.get_train_dataloader()))
     assert "attention_mask" not in batch
@@ -57,13 +58,13 @@ def test_packed_loss_equals_unpacked_on_cuda_fp32(tiny_model_dir, chat_file, tmp
     assert packed == pytest.approx(total / count, abs=1e-4)
 
 
-@pytest.mark.parametrize("attention", BACKENDS)
-def test_packed_logits_match_unpacked_in_bf16(tiny_model_dir, chat_file, tmp_path, attention):
+@pytest.mark.parametrize("attention,layout", BACKENDS)
+def test_packed_logits_match_unpacked_in_bf16(tiny_model_dir, chat_file, tmp_path, attention, layout):
     """In bf16 kernels differ packed and alone, so compare against a leaky run: isolation must be far closer."""
-    trainer, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, attention, dtype="bf16", max_length=128)
+    trainer, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, attention, layout, dtype="bf16", max_length=128)
     assert next(trainer.model.parameters()).dtype == torch.bfloat16
     isolated = packed_vs_alone(trainer)
-    if attention == "flash_attention_2":  # flash-attention takes no dense mask: the leak is checked on sdpa
+    if attention == "flash_attention_2" or layout == "segments":  # no dense mask to make leaky: checked on rows
         assert isolated < 0.05
         return
     leaky = packed_vs_alone(trainer, attention_mask=lambda b: torch.ones_like(b["input_ids"]))
