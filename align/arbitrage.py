@@ -70,6 +70,7 @@ class ArbitrageArgs:
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int = 8
+    max_batch_tokens: int | None = None  # padded prompt tokens per batch (default: 4096 on CPU, 65536 on CUDA)
     backend: str = "auto"
     # how teachers and the ranker are loaded
     dtype: str = "auto"
@@ -120,7 +121,8 @@ def parse_arbitrage_config(raw: dict, source: str | None = None) -> ArbitrageJob
     if args.min_margin < 0:
         raise ConfigError(source, "min_margin", f"must be >= 0, got {args.min_margin}")
     GenerationArgs(backend=args.backend, temperature=args.temperature, top_p=args.top_p,
-                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)  # validates them
+                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                   max_batch_tokens=args.max_batch_tokens)  # validates them
     return ArbitrageJob(args, teachers, ranker, raw)
 
 
@@ -165,7 +167,8 @@ def generation_args(job: ArbitrageJob, teacher: TeacherSpec) -> GenerationArgs:
     return GenerationArgs(max_new_tokens=teacher.max_new_tokens or a.max_new_tokens,
                           temperature=a.temperature if teacher.temperature is None else teacher.temperature,
                           top_p=a.top_p if teacher.top_p is None else teacher.top_p, batch_size=a.batch_size,
-                          seed=a.seed, num_samples=teacher.samples, backend=a.backend)
+                          seed=a.seed, num_samples=teacher.samples, backend=a.backend,
+                          max_batch_tokens=a.max_batch_tokens)
 
 
 def load_teacher(job: ArbitrageJob, teacher: TeacherSpec, backend: str):

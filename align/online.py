@@ -52,6 +52,7 @@ class IterateArgs:
     top_p: float = 1.0
     max_new_tokens: int = 256
     batch_size: int = 8
+    max_batch_tokens: int | None = None  # padded prompt tokens per generation batch (default: 4096 CPU, 65536 CUDA)
     backend: str = "auto"  # generation: vLLM when installed with CUDA, else transformers
     ranker: dict = field(default_factory=dict)  # {reward_model | judge, batch_size, max_length}
     min_margin: float = 0.0
@@ -84,7 +85,7 @@ def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: 
     args.beta = [float(b) for b in betas]
     if args.merge_with_previous is not None and not 0 < args.merge_with_previous <= 1:
         raise ConfigError(source, "merge_with_previous", "the new policy's weight must be in (0, 1]")
-    GenerationArgs(backend=args.backend)  # validates it
+    GenerationArgs(backend=args.backend, max_batch_tokens=args.max_batch_tokens)  # validates them
     if not 0 <= args.heldout_fraction < 1:
         raise ConfigError(source, "heldout_fraction", "must be in [0, 1)")
     if not ranker_given and (not args.ranker or ("reward_model" in args.ranker) == ("judge" in args.ranker)):
@@ -198,7 +199,7 @@ class Loop:
         directory = self.out / f"iter_{i}"
         path = directory / "heldout.jsonl"
         args = GenerationArgs(max_new_tokens=self.args.max_new_tokens, batch_size=self.args.batch_size,
-                              seed=self.args.seed)
+                              seed=self.args.seed, max_batch_tokens=self.args.max_batch_tokens)
         answers = self.generate(policy, heldout, directory / "heldout_answers.jsonl", args, f"Held-out (iter {i})")
         if not path.exists():
             ranker = self.ranker()
@@ -225,7 +226,8 @@ class Loop:
         policy = self.policy(i)
         print(f"\nIteration {i}/{args.iterations}: sampling {args.samples} per prompt from {policy}", flush=True)
         sampling = GenerationArgs(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                                  batch_size=args.batch_size, seed=args.seed * 1000 + i, num_samples=args.samples)
+                                  batch_size=args.batch_size, seed=args.seed * 1000 + i, num_samples=args.samples,
+                                  max_batch_tokens=args.max_batch_tokens)
         clock = Stopwatch()
         with clock("sampling"):
             samples = self.generate(policy, train, directory / "samples.jsonl", sampling, f"Sampling (iter {i})")

@@ -49,12 +49,14 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=16, help="prompts per alternation of the two modes")
+    parser.add_argument("--max-batch-tokens", type=int, default=None,
+                        help="padded prompt tokens per batch (default: polyalign's, 4096 on CPU, 65536 on CUDA)")
     opts = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     import torch
     import transformers
 
-    from align.generate import GenerationArgs, TransformersBackend, iter_batches
+    from align.generate import GenerationArgs, TransformersBackend, batch_token_budget, iter_batches
     from align.models import ModelArgs, load_model, load_tokenizer
 
     transformers.logging.set_verbosity_error()
@@ -72,7 +74,8 @@ def main(argv=None) -> int:
     for start in range(0, len(prompts), opts.chunk):
         chunk = [p for _, p in prompts[start: start + opts.chunk]]
         for name, batch_size in modes.items():
-            args = GenerationArgs(max_new_tokens=opts.max_new_tokens, batch_size=batch_size)
+            args = GenerationArgs(max_new_tokens=opts.max_new_tokens, batch_size=batch_size,
+                                  max_batch_tokens=opts.max_batch_tokens)
             backend = backends[name]
             before = backend.generated_tokens
             began = time.perf_counter()
@@ -90,7 +93,9 @@ def main(argv=None) -> int:
     print(f"## Generation benchmark ({datetime.date.today().isoformat()})\n")
     print(f"- command: `.venv/bin/python bench/generate.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
     print(f"- model: {opts.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, {model.dtype}); "
-          f"greedy, max_new_tokens {opts.max_new_tokens}; batch size {opts.batch_size}; modes alternate every "
+          f"greedy, max_new_tokens {opts.max_new_tokens}; batch size {opts.batch_size}, at most "
+          f"{batch_token_budget(GenerationArgs(max_batch_tokens=opts.max_batch_tokens))} padded prompt tokens; "
+          f"modes alternate every "
           f"{opts.chunk} prompts")
     print(f"- machine: {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), GPU: "
           f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; torch {torch.__version__}, "

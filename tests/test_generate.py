@@ -40,6 +40,25 @@ def test_batches_are_length_sorted_and_cover_every_prompt(tokenizer):
     assert plan_batches(PROMPTS, tokenizer, 3) == batches  # a function of the input alone
 
 
+def test_a_token_budget_keeps_long_prompts_from_padding_short_ones(tokenizer):
+    """One long prompt must not make the short ones pay its length: batches stay within the padded-token budget."""
+    prompts = [[{"role": "user", "content": "Résume ce texte. " + "Le chat dort au soleil. " * 60}]] + PROMPTS
+    lengths = [len(tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=False)) for p in prompts]
+    budget = 4 * max(lengths[1:])
+    assert lengths[0] > budget // 2  # the long prompt cannot share a batch within the budget
+    batches = plan_batches(prompts, tokenizer, batch_size=4, max_batch_tokens=budget)
+    assert batches[0] == [0]
+    assert sorted(i for b in batches for i in b) == list(range(len(prompts)))
+    for batch in batches:
+        assert len(batch) <= 4 and (len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= budget)
+    assert [len(b) for b in plan_batches(prompts, tokenizer, 4)] == [4, 4]  # no budget: counts only
+    # samples multiply a batch's rows: with 2 samples per prompt, half as many prompts fit
+    assert max(len(b) for b in plan_batches(prompts, tokenizer, 4, max_batch_tokens=budget, samples=2)) <= 2
+    assert GenerationArgs().max_batch_tokens is None
+    with pytest.raises(ConfigError, match="max_batch_tokens"):
+        GenerationArgs(max_batch_tokens=0)
+
+
 def test_batched_greedy_answers_equal_one_at_a_time_in_input_order(tiny):
     model, tokenizer = tiny
     args = GenerationArgs(max_new_tokens=8, batch_size=4)
@@ -47,6 +66,20 @@ def test_batched_greedy_answers_equal_one_at_a_time_in_input_order(tiny):
     alone = [generate(model, tokenizer, [p], args, progress=False)[0] for p in PROMPTS]
     assert batched == alone
     assert len(set(batched)) > 1  # the answers really depend on the prompt
+
+
+def test_prefilling_each_prompt_alone_gives_the_batched_answers(tiny):
+    """The CPU path (each prompt's prefill alone, decoding batched over a left-padded cache) answers exactly as one
+    left-padded batch does, greedy and with k samples per prompt (k rows per prompt, in generate()'s order)."""
+    model, tokenizer = tiny
+    each, padded = TransformersBackend(model, tokenizer), TransformersBackend(model, tokenizer, prefill_each=False)
+    assert each.prefill_each and not padded.prefill_each  # the default on CPU for a full-attention Llama
+    greedy = GenerationArgs(max_new_tokens=8, batch_size=8)
+    assert each(PROMPTS, greedy, seed=0) == padded(PROMPTS, greedy, seed=0)
+    sampled = GenerationArgs(max_new_tokens=6, temperature=1.0, num_samples=3, batch_size=8)
+    out = each(PROMPTS, sampled, seed=3)
+    assert [len(c) for c in out] == [3] * len(PROMPTS)
+    assert out == padded(PROMPTS, sampled, seed=3)
 
 
 def test_k_samples_per_prompt(tiny):
