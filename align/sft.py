@@ -215,7 +215,7 @@ def _print_summary(final: Path, m: dict) -> None:
     rows = [("examples", m["examples"]), ("truncated", m["truncated"]), ("tokens", m["tokens"]),
             ("trained (assistant) tokens", m["trained_tokens"]), ("packs", m.get("packs", "-")),
             ("packing efficiency", f"{m['packing_efficiency']:.1%}" if "packing_efficiency" in m else "-"),
-            ("steps", m["steps"]), ("train loss", f"{m['train_loss']:.4f}"),
+            ("packed attention", m.get("packed_attention", "-")), ("steps", m["steps"]), ("train loss", f"{m['train_loss']:.4f}"),
             ("tokens/s", m["tokens_per_second"]), ("output", str(final))]
     width = max(len(k) for k, _ in rows)
     print("\nSFT summary", flush=True)
