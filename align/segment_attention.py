@@ -3,8 +3,8 @@
 transformers keeps packed examples apart on sdpa by building a dense block-diagonal mask over every row (L² per row,
 or (B·L)² for trl's flattened batch) and running sdpa's masked kernel over it: each token pays attention to the
 whole row although it may see only its own example. This backend (registered as `sdpa_packed`) cuts the row at
-the example boundaries — trl's `cu_seq_lens_q` when the collator sends them, else wherever the position ids stop
-counting up by one (the rule transformers itself uses to detect packing) — and calls
+the example boundaries — wherever the position ids stop counting up by one (the rule transformers itself uses to
+detect packing) — and calls
 `torch.nn.functional.scaled_dot_product_attention(..., is_causal=True)` once per example: Σℓᵢ² work instead of L²,
 no mask to build, and no padding needed, so the flattened batch (100% real tokens) costs nothing extra.
 
@@ -35,24 +35,15 @@ def segment_bounds(position_ids: torch.Tensor, batch: int) -> list[list[tuple[in
     return rows
 
 
-def _bounds(batch: int, width: int, kwargs: dict) -> list[list[tuple[int, int]]] | None:
-    """The examples of each row, computed once per forward pass (every layer gets the same tensors)."""
+def _bounds(batch: int, kwargs: dict) -> list[list[tuple[int, int]]] | None:
+    """The examples of each row, computed once per forward pass (every layer gets the same position ids)."""
     global _last_bounds
-    cu_seqlens, position_ids = kwargs.get("cu_seq_lens_q"), kwargs.get("position_ids")
-    key = cu_seqlens if cu_seqlens is not None and batch == 1 else position_ids
-    if key is None:
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None:
         return None
-    if _last_bounds is not None and _last_bounds[0] is key:
-        return _last_bounds[1]
-    if key is cu_seqlens:
-        cuts = [int(x) for x in cu_seqlens.tolist()]
-        if cuts[-1] != width:  # not this batch's boundaries: trust the positions instead
-            return None
-        bounds = [list(zip(cuts[:-1], cuts[1:]))]
-    else:
-        bounds = segment_bounds(position_ids, batch)
-    _last_bounds = (key, bounds)
-    return bounds
+    if _last_bounds is None or _last_bounds[0] is not position_ids:
+        _last_bounds = (position_ids, segment_bounds(position_ids, batch))
+    return _last_bounds[1]
 
 
 def sdpa_packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -66,7 +57,7 @@ def sdpa_packed_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     if attention_mask is None and causal and q_length > 1 and key.shape[2] == q_length:
         if kwargs.get("sliding_window") is not None:
             raise ValueError(f"{NAME} does not implement sliding-window attention; use sdpa")
-        bounds = _bounds(batch, q_length, kwargs)
+        bounds = _bounds(batch, kwargs)
     if bounds is None or all(len(row) == 1 for row in bounds):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)

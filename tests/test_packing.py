@@ -107,7 +107,7 @@ def test_negative_control_cross_attention_is_detected(tiny_model_dir, chat_file,
         if layout == "rows":
             leaky_batch = {**batch, "attention_mask": torch.ones_like(batch["input_ids"])}
         else:
-            monkeypatch.setattr(segment_attention, "_bounds", lambda batch, width, kwargs: [[(0, width)]] * batch)
+            monkeypatch.setattr(segment_attention, "_bounds", lambda batch, kwargs: [[(0, kwargs["position_ids"].shape[-1])]] * batch)
             leaky_batch = dict(batch)
         leaky = trainer.compute_loss(model, leaky_batch).item()
     assert abs(isolated - leaky) > 1e-3
