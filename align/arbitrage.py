@@ -70,7 +70,7 @@ class ArbitrageArgs:
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int = 8
-    max_batch_tokens: int | None = None  # padded prompt tokens per batch (default: 4096 on CPU, 65536 on CUDA)
+    max_batch_tokens: int | None = None  # padded prompt tokens per batch (default: 16384 on CPU, 65536 on CUDA)
     backend: str = "auto"
     # how teachers and the ranker are loaded
     dtype: str = "auto"

@@ -52,7 +52,7 @@ class IterateArgs:
     top_p: float = 1.0
     max_new_tokens: int = 256
     batch_size: int = 8
-    max_batch_tokens: int | None = None  # padded prompt tokens per generation batch (default: 4096 CPU, 65536 CUDA)
+    max_batch_tokens: int | None = None  # padded prompt tokens per generation batch (default: 16384 CPU, 65536 CUDA)
     backend: str = "auto"  # generation: vLLM when installed with CUDA, else transformers
     ranker: dict = field(default_factory=dict)  # {reward_model | judge, batch_size, max_length}
     min_margin: float = 0.0

@@ -33,11 +33,36 @@ def tiny(tiny_model_dir, tokenizer):
 def test_batches_are_length_sorted_and_cover_every_prompt(tokenizer):
     batches = plan_batches(PROMPTS, tokenizer, batch_size=3)
     assert sorted(i for b in batches for i in b) == list(range(len(PROMPTS)))
-    assert [len(b) for b in batches] == [3, 3, 1]
     lengths = [len(tokenizer.apply_chat_template(PROMPTS[i], add_generation_prompt=True, return_dict=False))
                for b in batches for i in b]
     assert lengths == sorted(lengths, reverse=True)
+    assert len(batches) == 3 and max(len(b) for b in batches) <= 3  # short prompts: as few batches as possible
     assert plan_batches(PROMPTS, tokenizer, 3) == batches  # a function of the input alone
+
+
+def test_a_long_prompt_joins_short_ones_only_while_padding_costs_less_than_a_decoding_step(tokenizer):
+    """Padding seven short prompts to a long one costs 7 x the length gap per step; a batch of its own costs one more
+    step (STEP_COST_TOKENS). The plan takes whichever is cheaper."""
+    from align.generate import STEP_COST_TOKENS
+
+    short = [[{"role": "user", "content": f"Say {n} in French."}] for n in range(7)]
+
+    def length(prompt):
+        return len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=False))
+
+    def padded_to(gap):  # a prompt about `gap` tokens longer than the short ones
+        text, prompt = "", short[0]
+        while length(prompt) - length(short[0]) < gap:
+            text += " Le chat dort au soleil."
+            prompt = [{"role": "user", "content": "Résume:" + text}]
+        return prompt
+
+    step = STEP_COST_TOKENS["cpu"]
+    near, far = padded_to(step // 7 // 2), padded_to(step // 7 * 2)
+    assert [len(b) for b in plan_batches([near] + short, tokenizer, 8, step_cost=step)] == [8]
+    assert plan_batches([far] + short, tokenizer, 8, step_cost=step) == [[0], list(range(1, 8))]
+    # where padding is nearly free (CUDA's default), the fewest batches
+    assert [len(b) for b in plan_batches([far] + short, tokenizer, 8, step_cost=STEP_COST_TOKENS["cuda"])] == [8]
 
 
 def test_a_token_budget_keeps_long_prompts_from_padding_short_ones(tokenizer):
@@ -68,18 +93,28 @@ def test_batched_greedy_answers_equal_one_at_a_time_in_input_order(tiny):
     assert len(set(batched)) > 1  # the answers really depend on the prompt
 
 
-def test_prefilling_each_prompt_alone_gives_the_batched_answers(tiny):
-    """The CPU path (each prompt's prefill alone, decoding batched over a left-padded cache) answers exactly as one
-    left-padded batch does, greedy and with k samples per prompt (k rows per prompt, in generate()'s order)."""
+def test_packed_prefill_gives_the_batched_answers(tiny, monkeypatch):
+    """The CPU path (a batch's prompts prefilled packed into one row, decoding batched over a left-padded cache)
+    answers exactly as one left-padded batch does, greedy and with k samples per prompt (k rows per prompt, in
+    generate()'s order), and leaves the model on its own attention backend."""
+    from align import segment_attention
+
     model, tokenizer = tiny
-    each, padded = TransformersBackend(model, tokenizer), TransformersBackend(model, tokenizer, prefill_each=False)
-    assert each.prefill_each and not padded.prefill_each  # the default on CPU for a full-attention Llama
+    packed, padded = TransformersBackend(model, tokenizer), TransformersBackend(model, tokenizer, packed_prefill=False)
+    assert packed.packed_prefill and not padded.packed_prefill  # the default on CPU for a full-attention Llama
     greedy = GenerationArgs(max_new_tokens=8, batch_size=8)
-    assert each(PROMPTS, greedy, seed=0) == padded(PROMPTS, greedy, seed=0)
+    expected = padded(PROMPTS, greedy, seed=0)
+    assert packed(PROMPTS, greedy, seed=0) == expected
+    assert model.config._attn_implementation == "sdpa"
     sampled = GenerationArgs(max_new_tokens=6, temperature=1.0, num_samples=3, batch_size=8)
-    out = each(PROMPTS, sampled, seed=3)
+    out = packed(PROMPTS, sampled, seed=3)
     assert [len(c) for c in out] == [3] * len(PROMPTS)
     assert out == padded(PROMPTS, sampled, seed=3)
+    # negative control: prompts that attend to each other in the packed row change the answers
+    monkeypatch.setattr(segment_attention, "segment_bounds",
+                        lambda position_ids, batch: [[(0, position_ids.shape[-1])]] * batch)
+    monkeypatch.setattr(segment_attention, "_last_bounds", None)
+    assert packed(PROMPTS, greedy, seed=0) != expected
 
 
 def test_k_samples_per_prompt(tiny):
