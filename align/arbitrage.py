@@ -69,7 +69,7 @@ class ArbitrageArgs:
     max_new_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 1.0
-    batch_size: int = 8
+    batch_size: int = 16
     max_batch_tokens: int | None = None  # padded prompt tokens per batch (default: 16384 on CPU, 65536 on CUDA)
     backend: str = "auto"
     # how teachers and the ranker are loaded

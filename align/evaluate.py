@@ -34,7 +34,7 @@ class EvaluateArgs:
     output_dir: str | None = None
     judge: dict = field(default_factory=dict)  # {judge: model} or {reward_model: path}, plus batch_size, max_length
     max_new_tokens: int = 256
-    batch_size: int = 8
+    batch_size: int = 16
     max_prompts: int | None = None
     overwrite: bool = False
     seed: int = 0

@@ -30,7 +30,7 @@ class GenerationArgs:
     max_new_tokens: int = 128
     temperature: float = 0.0  # 0 → greedy
     top_p: float = 1.0
-    batch_size: int = 8
+    batch_size: int = 16  # prompts per batch; each has num_samples rows
     seed: int = 0
     num_samples: int = 1  # completions per prompt (needs temperature > 0 to differ)
     backend: str = "auto"  # auto: vLLM when installed and CUDA is present, else transformers
