@@ -34,8 +34,8 @@ class GenerationArgs:
     seed: int = 0
     num_samples: int = 1  # completions per prompt (needs temperature > 0 to differ)
     backend: str = "auto"  # auto: vLLM when installed and CUDA is present, else transformers
-    # Cap on a batch's padded prompt tokens (rows x samples x longest prompt); a longer prompt runs alone.
-    # None: 16384 on CPU (prefill is per prompt there: this bounds the KV cache), 65536 on CUDA.
+    # Cap on a batch's padded prompt tokens (prompts x samples x longest prompt); a longer prompt runs alone.
+    # None: 16384 on CPU (prefill is packed there, so this bounds only the KV cache), 65536 on CUDA.
     max_batch_tokens: int | None = None
 
     def __post_init__(self):
@@ -137,8 +137,8 @@ class TransformersBackend:
         prompt (the rows `generate` would make for num_return_sequences), with room for `room` new tokens.
 
         One forward pass computes it over the prompts packed into one row (position ids restart per prompt and
-        `sdpa_packed` keeps them apart): on CPU 1.1-1.35x the throughput of one pass per prompt for prompts of 800
-        to 100 tokens, and nothing spent on padding."""
+        `sdpa_packed` keeps them apart): nothing spent on padding, and on CPU 1.2x the throughput of one pass per
+        prompt for prompts of 100-200 tokens (bench/generate_parts.py; no gain on long prompts)."""
         from transformers import DynamicCache
 
         from .kv_cache import unpack_to_batch
