@@ -23,9 +23,9 @@ from .config import build_dataclass, config_hash
 from .data import load_records
 from .data.languages import UnknownLanguage, normalize_lang
 from .errors import ConfigError, PolyalignError
-from .generate import GenerationArgs, TransformersBackend, VLLMBackend, choose_backend, iter_batches
+from .generate import GenerationArgs, choose_backend, iter_batches, load_backend
 from .io import AppendLog, partial_dir, promote, write_json, write_jsonl
-from .models import ModelArgs, cuda_available, load_model, load_tokenizer, model_path, release_memory
+from .models import ModelArgs, cuda_available, model_path, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -173,26 +173,9 @@ def generation_args(job: ArbitrageJob, teacher: TeacherSpec) -> GenerationArgs:
 
 def load_teacher(job: ArbitrageJob, teacher: TeacherSpec, backend: str):
     """(generation backend, tokenizer) for one teacher."""
-    import json
-
     model_args = ModelArgs(model=teacher.model, dtype=job.args.dtype, attn_implementation=job.args.attn_implementation,
                            trust_remote_code=job.args.trust_remote_code)
-    tokenizer = load_tokenizer(model_args)
-    if backend == "vllm":
-        path, adapter = model_path(teacher.model), teacher.adapter
-        if (Path(path) / "adapter_config.json").is_file():  # an adapter directory given as the model
-            adapter = path
-            path = model_path(json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"])
-        return VLLMBackend(path, dtype=job.args.dtype, trust_remote_code=job.args.trust_remote_code,
-                           adapter=model_path(adapter) if adapter else None), tokenizer
-    model = load_model(model_args)
-    if teacher.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, model_path(teacher.adapter))
-    if cuda_available() and next(model.parameters()).device.type == "cpu":
-        model.to("cuda")
-    return TransformersBackend(model, tokenizer), tokenizer
+    return load_backend(model_args, backend, teacher.adapter)
 
 
 def read_logs(partial: Path, pattern: str) -> list[dict]:

@@ -30,9 +30,9 @@ from .config import build_dataclass, config_hash
 from .data import load_records
 from .data.languages import detect_language, language_name
 from .errors import ConfigError, PolyalignError
-from .generate import GenerationArgs, TransformersBackend, VLLMBackend, choose_backend, iter_batches
+from .generate import GenerationArgs, choose_backend, iter_batches, load_backend
 from .io import AppendLog, partial_dir, promote, write_json, write_jsonl
-from .models import ModelArgs, load_model, load_tokenizer, model_path, release_memory
+from .models import ModelArgs, model_path, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -163,28 +163,9 @@ def check_models(job: ContrastJob, source: str | None) -> None:
 
 def load_role(job: ContrastJob, role: RoleSpec, backend: str):
     """(generation backend, tokenizer) for one model."""
-    import json
-
-    import torch
-
     model_args = ModelArgs(model=role.model, dtype=job.args.dtype, attn_implementation=job.args.attn_implementation,
                            trust_remote_code=job.args.trust_remote_code)
-    tokenizer = load_tokenizer(model_args)
-    if backend == "vllm":
-        path, adapter = model_path(role.model), role.adapter
-        if (Path(path) / "adapter_config.json").is_file():
-            adapter = path
-            path = model_path(json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"])
-        return VLLMBackend(path, dtype=job.args.dtype, trust_remote_code=job.args.trust_remote_code,
-                           adapter=model_path(adapter) if adapter else None), tokenizer
-    model = load_model(model_args)
-    if role.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, model_path(role.adapter))
-    if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
-        model.to("cuda")
-    return TransformersBackend(model, tokenizer), tokenizer
+    return load_backend(model_args, backend, role.adapter)
 
 
 def generation_args(job: ContrastJob, role: RoleSpec, default_temperature: float | None = None) -> GenerationArgs:

@@ -18,9 +18,9 @@ from typing import Any
 from .config import build_dataclass
 from .data import load_records
 from .errors import ConfigError
-from .generate import GenerationArgs, TransformersBackend, iter_batches
+from .generate import GenerationArgs, iter_batches, load_backend
 from .io import AppendLog, atomic_dir, write_json, write_jsonl
-from .models import ModelArgs, load_model, load_tokenizer, release_memory
+from .models import ModelArgs, release_memory
 
 log = logging.getLogger(__name__)
 TIE_EPSILON = 1e-6  # reward-model scores closer than this are a tie
@@ -66,20 +66,14 @@ def answer(args: EvaluateArgs, name: str, model: str, prompts: list[dict], path:
         if len(out.done) < len(prompts):
             model_args = ModelArgs(model=model, dtype=args.dtype, attn_implementation=args.attn_implementation,
                                    trust_remote_code=args.trust_remote_code)
-            loaded = load_model(model_args)
-            import torch
-
-            if torch.cuda.is_available() and next(loaded.parameters()).device.type == "cpu":
-                loaded.to("cuda")
-            tokenizer = load_tokenizer(model_args)
-            backend = TransformersBackend(loaded, tokenizer)
+            backend, tokenizer = load_backend(model_args, "transformers")
             gen = GenerationArgs(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
             for chunk in iter_batches(backend, tokenizer, [p["prompt"] for p in prompts], gen,
                                       skip=lambda i: i in out.done, desc=f"Answering ({name})"):
                 for i, completions in chunk:
                     out.append({"index": i, "id": prompts[i]["id"], "lang": prompts[i]["lang"],
                                 "completion": completions[0]})
-            del backend, loaded
+            del backend
             release_memory()
         return [r["completion"] for r in sorted(out.records, key=lambda r: r["index"])]
 

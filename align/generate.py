@@ -12,12 +12,14 @@ import hashlib
 import importlib.util
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
+from .models import ModelArgs, cuda_available, load_model, load_tokenizer, model_path, to_gpu_if_available
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ STEP_COST_TOKENS = {"cpu": 12_000, "cuda": 1_000_000}
 
 
 def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if cuda_available() else "cpu"
 
 
 def batch_token_budget(args: GenerationArgs) -> int:
@@ -217,7 +219,7 @@ class VLLMBackend:
 
 
 def vllm_usable() -> bool:
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    return importlib.util.find_spec("vllm") is not None and cuda_available()
 
 
 def choose_backend(name: str) -> str:
@@ -227,6 +229,28 @@ def choose_backend(name: str) -> str:
         raise ConfigError(None, "backend", "vllm needs the vllm package and a CUDA GPU: pip install vllm, or use "
                                            "backend: transformers")
     return name
+
+
+def load_backend(model_args: ModelArgs, backend: str, adapter: str | None = None):
+    """(generation backend, tokenizer) for one model, optionally with a LoRA adapter: vLLM serves the adapter on its
+    base (a model path that is itself an adapter directory counts as one); transformers applies it with peft and
+    runs on the GPU when there is one."""
+    import json
+
+    tokenizer = load_tokenizer(model_args)
+    if backend == "vllm":
+        path = model_path(model_args.model)
+        if (Path(path) / "adapter_config.json").is_file():  # an adapter directory given as the model
+            adapter = path
+            path = model_path(json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"])
+        return VLLMBackend(path, dtype=model_args.dtype, trust_remote_code=model_args.trust_remote_code,
+                           adapter=model_path(adapter) if adapter else None), tokenizer
+    model = load_model(model_args)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, model_path(adapter))
+    return TransformersBackend(to_gpu_if_available(model), tokenizer), tokenizer
 
 
 def iter_batches(backend: Backend, tokenizer, prompts: list[Messages], args: GenerationArgs, *,

@@ -305,6 +305,13 @@ def reward_lora_config(lora: LoraArgs, model):
                       bias=lora.bias, modules_to_save=lora.modules_to_save, task_type="SEQ_CLS")
 
 
+def to_gpu_if_available(model):
+    """The model on CUDA when there is a GPU and it was loaded on CPU (device_map placements are left alone)."""
+    if cuda_available() and next(model.parameters()).device.type == "cpu":
+        model.to("cuda")
+    return model
+
+
 def release_memory() -> None:
     """Give back what a dropped model held (stages load models one at a time: teachers, policies, rankers)."""
     import gc

@@ -31,9 +31,9 @@ from .config import build_dataclass, config_hash
 from .data import load_records
 from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
-from .generate import GenerationArgs, TransformersBackend, VLLMBackend, choose_backend, iter_batches
+from .generate import GenerationArgs, choose_backend, iter_batches, load_backend
 from .io import AppendLog, write_json, write_jsonl
-from .models import ModelArgs, load_model, load_tokenizer, model_path, release_memory
+from .models import ModelArgs, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -152,17 +152,7 @@ class Loop:
         """(generation backend, tokenizer) for a policy checkpoint."""
         import dataclasses
 
-        import torch
-
-        args = dataclasses.replace(self.model_args, model=policy)
-        tokenizer = load_tokenizer(args)
-        if choose_backend(self.args.backend) == "vllm":
-            return VLLMBackend(model_path(policy), dtype=self.args.dtype,
-                               trust_remote_code=self.args.trust_remote_code), tokenizer
-        model = load_model(args)
-        if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
-            model.to("cuda")
-        return TransformersBackend(model, tokenizer), tokenizer
+        return load_backend(dataclasses.replace(self.model_args, model=policy), choose_backend(self.args.backend))
 
     # ---------------------------------------------------------------------------------------------- steps
 

@@ -124,12 +124,10 @@ class IFDScorer:
 
 def load_scorer(model: str, *, dtype: str = "auto", attn_implementation: str = "auto",
                 trust_remote_code: bool = False, max_length: int = 1024, batch_tokens: int = 4096) -> IFDScorer:
-    from ..models import ModelArgs, load_model, load_tokenizer
+    from ..models import ModelArgs, load_model, load_tokenizer, to_gpu_if_available
 
     args = ModelArgs(model=model, dtype=dtype, attn_implementation=attn_implementation,
                      trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(args)
-    lm = load_model(args)
-    if torch.cuda.is_available() and next(lm.parameters()).device.type == "cpu":
-        lm.to("cuda")
+    lm = to_gpu_if_available(load_model(args))
     return IFDScorer(lm, tokenizer, max_length=max_length, batch_tokens=batch_tokens)
