@@ -14,11 +14,10 @@ from . import __version__
 from .errors import PolyalignError
 from merge.cli import merge_arguments
 
-def _stage_config(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str | None]:
-    from .config import deep_merge, load_yaml, parse_overrides
+def stage_config(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str | None]:
+    from .config import read_stage_config
 
-    raw = load_yaml(args.config) if args.config else {}
-    return deep_merge(raw, parse_overrides(extra)), args.config
+    return read_stage_config(args.config, extra)
 
 
 def config_stage(target: str) -> Callable[[argparse.Namespace, list[str]], int]:
@@ -26,7 +25,7 @@ def config_stage(target: str) -> Callable[[argparse.Namespace, list[str]], int]:
 
     def run(args: argparse.Namespace, extra: list[str]) -> int:
         module, _, name = target.partition(":")
-        raw, source = _stage_config(args, extra)
+        raw, source = stage_config(args, extra)
         getattr(importlib.import_module(module), name)(raw, source)
         return 0
 
@@ -39,7 +38,7 @@ def cmd_generate(args, extra) -> int:
     from .generate import GenerationArgs, generate
     from .models import ModelArgs, load_model, load_tokenizer
 
-    raw, source = _stage_config(args, extra)
+    raw, source = stage_config(args, extra)
     prompts_source = raw.pop("prompts", None)
     output = raw.pop("output", None)
     gen_keys = {k: raw.pop(k) for k in list(raw) if k in GenerationArgs.__dataclass_fields__}
@@ -103,7 +102,7 @@ COMMANDS: dict[str, Command] = {
                    "align.pipeline:cmd_run", run_arguments),
     "sft": Command("packed supervised fine-tuning (trl SFTTrainer)", config_stage("align.sft:run_sft")),
     "generate": Command("answer prompts with a model (greedy or sampled)", cmd_generate, generate_arguments),
-    "reward": Command("train a Bradley-Terry reward model (trl RewardTrainer)", "reward.cli:cmd_reward"),
+    "reward": Command("train a Bradley-Terry reward model (trl RewardTrainer)", config_stage("reward.train:run_reward")),
     "score": Command("score candidates or preference pairs with a reward model", "reward.cli:cmd_score"),
     "merge": Command("merge checkpoints: streamed linear soup, or mergekit's methods (mergekit YAML)", "merge.cli:run",
                      merge_arguments),

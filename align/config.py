@@ -188,8 +188,31 @@ def build_dataclass(cls, data: dict, source: str | None, prefix: str = ""):
         values[key] = coerce(value, types_[key], f"{prefix}{key}", source)
     try:
         return cls(**values)
+    except ConfigError as e:  # a dataclass's own check names the key, not the file
+        raise e.located(source, prefix) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(source, prefix.rstrip(".") or None, str(e)) from None
+
+
+def dotted_keys(data: dict, prefix: str = "") -> set[str]:
+    """Every key path of a nested mapping ("lora", "lora.r"): which keys the command line set."""
+    keys = set()
+    for key, value in data.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def read_stage_config(path: str | None, argv: list[str]) -> tuple[dict, str | None]:
+    """A stage's recipe and command-line overrides merged, and its source (which remembers what the command line
+    set, so that an error names the right place)."""
+    from .errors import ConfigSource
+
+    raw = load_yaml(path) if path else {}
+    overrides = parse_overrides(argv)
+    source = ConfigSource(str(path), dotted_keys(overrides)) if path else None
+    return deep_merge(raw, overrides), source
 
 
 def config_hash(data: dict) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .data import language_mix, load_records
 from .models import LoraArgs, ModelArgs, load_model, load_tokenizer, lora_config
-from .runs import TrainingRun, barrier, build_trl_config, parse_training_keys, refuse_existing
+from .runs import TrainingRun, barrier, build_trl_config, parse_training_keys
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +115,14 @@ def run_dpo(raw: dict, source: str | None = None, *, records: list[dict] | None 
     job = parse_dpo_config(raw, source)
     state = PartialState(cpu=job.training.use_cpu)
     final = Path(job.args.output_dir)
-    refuse_existing(final, job.args.overwrite, source)
     if records is None:
         records = load_records(job.args.dataset, "preference", seed=job.training.seed)
     if state.is_main_process:
         mix = language_mix(records)
         print(f"DPO data: {len(records)} pairs in {len(mix)} languages: "
               + ", ".join(f"{lang} {n}" for lang, n in mix.items()), flush=True)
-    run = TrainingRun(final, job.raw, is_main=state.is_main_process)
+    run = TrainingRun(final, job.raw, stage="dpo", overwrite=job.args.overwrite, source=source,
+                      is_main=state.is_main_process)
     resume = run.prepare()
     state.wait_for_everyone()
     with run.building():
@@ -142,8 +142,7 @@ def run_dpo(raw: dict, source: str | None = None, *, records: list[dict] | None 
             merged.save_pretrained(run.partial / "merged", safe_serialization=True)
             tokenizer.save_pretrained(run.partial / "merged")
         metrics = summarise(trainer, result, records, time.time() - start, state.num_processes, reference, lora)
-        run.finish(metrics, {"stage": "dpo", "config": job.raw, "source": source}, overwrite=job.args.overwrite,
-                   keep_checkpoints=job.args.keep_checkpoints)
+        run.finish(metrics, keep_checkpoints=job.args.keep_checkpoints)
         print_summary(final, metrics)
     state.wait_for_everyone()
     barrier()

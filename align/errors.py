@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class PolyalignError(Exception):
     """Base class: the CLI prints `str(error)` as one line and exits non-zero."""
@@ -23,11 +25,41 @@ class InputError(PolyalignError):
         super().__init__(f"{where}: {message}")
 
 
+class ConfigSource(str):
+    """The recipe file a stage's config came from, remembering which keys the command line overrode, so that an
+    error names the place the offending value was written."""
+
+    def __new__(cls, path: str, overridden: set[str] = frozenset()):
+        source = super().__new__(cls, path)
+        source.overridden = frozenset(overridden)
+        return source
+
+    def where(self, key: str | None) -> str:
+        if key is not None:
+            parts = [p for p in re.split(r"[.\[\]]+", key) if p]
+            if any(".".join(parts[:n]) in self.overridden for n in range(1, len(parts) + 1)):
+                return "command line"
+        return str(self)
+
+
 class ConfigError(PolyalignError):
-    """Bad recipe or command-line option: names the config file and the key."""
+    """Bad recipe or command-line option: names the config file (or the command line) and the key.
+
+    Raised with `source=None` by code that does not know the file (a dataclass's own checks); `config.build_dataclass`
+    re-raises it naming the file."""
 
     def __init__(self, source: str | None, key: str | None, message: str):
-        where = source or "command line"
+        self.source, self.key, self.message = source, key, message
+        if isinstance(source, ConfigSource):
+            where = source.where(key)
+        else:
+            where = source or "command line"
         if key:
             where += f": '{key}'"
         super().__init__(f"{where}: {message}")
+
+    def located(self, source: str | None, prefix: str = "") -> "ConfigError":
+        """The same error, naming `source` and the key under `prefix`, when it named no file of its own."""
+        if self.source is not None or source is None:
+            return self
+        return ConfigError(source, f"{prefix}{self.key}" if self.key else prefix.rstrip(".") or None, self.message)

@@ -272,12 +272,19 @@ def iter_batches(backend: Backend, tokenizer, prompts: list[Messages], args: Gen
     bar.close()
 
 
+def complete(backend: Backend, tokenizer, prompts: list[Messages], args: GenerationArgs, *,
+             progress: bool = True, desc: str = "Generating") -> list[list[str]]:
+    """`args.num_samples` completions per prompt, in input order, held in memory (a judge's replies, a test's
+    answers); a stage that must survive a kill streams into a log with `generate_logged` instead."""
+    results: list[list[str] | None] = [None] * len(prompts)
+    for chunk in iter_batches(backend, tokenizer, prompts, args, progress=progress, desc=desc):
+        for i, completions in chunk:
+            results[i] = completions
+    return results  # type: ignore[return-value]
+
+
 def generate(model, tokenizer, prompts: list[Messages], args: GenerationArgs, *, progress: bool = True) -> list[str]:
     """One completion per prompt (a list of chat messages), in the order given, with the transformers backend."""
-    backend = TransformersBackend(model, tokenizer)
-    results: list[str | None] = [None] * len(prompts)
     single = GenerationArgs(**{**args.__dict__, "num_samples": 1, "backend": "transformers"})
-    for chunk in iter_batches(backend, tokenizer, prompts, single, progress=progress):
-        for i, completions in chunk:
-            results[i] = completions[0]
-    return results  # type: ignore[return-value]
+    return [c[0] for c in complete(TransformersBackend(model, tokenizer), tokenizer, prompts, single,
+                                   progress=progress)]

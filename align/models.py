@@ -39,11 +39,30 @@ class LoraArgs:
 
 
 @dataclass
-class ModelArgs:
-    model: str = DEFAULT_MODEL
+class LoadingArgs:
+    """How a stage loads every model it uses: declared once, shared by every stage config that loads models."""
+
     dtype: str = "auto"
     attn_implementation: str = "auto"
     trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ConfigError(None, "dtype", f"unknown dtype {self.dtype!r} (expected auto, {', '.join(DTYPES)})")
+        if self.attn_implementation not in ATTENTION:
+            raise ConfigError(None, "attn_implementation", f"unknown backend {self.attn_implementation!r} (expected "
+                                                           f"{', '.join(ATTENTION)})")
+        getattr(super(), "__post_init__", lambda: None)()
+
+    def model_args(self, model: str) -> "ModelArgs":
+        """`model` loaded the way this config says."""
+        return ModelArgs(model=model, dtype=self.dtype, attn_implementation=self.attn_implementation,
+                         trust_remote_code=self.trust_remote_code)
+
+
+@dataclass
+class ModelArgs(LoadingArgs):
+    model: str = DEFAULT_MODEL
     revision: str | None = None
     load_in_4bit: bool = False
     load_in_8bit: bool = False

@@ -1,24 +1,29 @@
-"""The lifecycle every training stage shares (SFT, reward model, DPO): nothing half-written, nothing lost.
+"""The lifecycle every stage shares, from the hidden partial directory to the finished output: one rule, stated once.
 
-A stage trains in a hidden sibling `.<output_dir>.partial`, marked with the hash of its config. A rerun with the same
-config resumes from the newest checkpoint a kill did not cut short; a changed config starts over. The finished model
-is renamed into place with its metrics and recipe; checkpoints and pickled training arguments are not shipped.
+- An existing output is refused unless `overwrite`.
+- The work happens in `.<output>.partial`, marked with the hash of the stage's config (`overwrite` aside).
+- A rerun with the same config resumes what the partial holds (checkpoints, append logs); a changed config, or a stage
+  with nothing resumable, starts over. A partial that a live process on this machine is building is refused.
+- The finished partial, with metrics.json and polyalign_recipe.json, is renamed into place: the output appears whole.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
 from pathlib import Path
 
 from .config import build_dataclass, config_hash, split_known
-from .errors import ConfigError
+from .errors import ConfigError, PolyalignError
 from .io import partial_dir, promote, write_json
 
 log = logging.getLogger(__name__)
 
 HASH_MARKER = "polyalign_config_hash"
+OWNER_MARKER = "polyalign_owner"
 
 
 def parse_training_keys(raw: dict, source: str | None, own_cls, trl_cls, *, dataset_help: str,
@@ -63,7 +68,8 @@ def refuse_existing(final: Path, overwrite: bool, source: str | None) -> None:
 
 
 def last_complete_checkpoint(directory: Path, is_main: bool) -> str | None:
-    """The newest checkpoint a kill did not cut short: the Trainer writes trainer_state.json last."""
+    """The newest checkpoint a kill did not cut short: the Trainer writes trainer_state.json last. (transformers'
+    `get_last_checkpoint` takes the highest-numbered one even when a kill cut it short.)"""
     def step(path: Path) -> int:
         suffix = path.name.split("-")[-1]
         return int(suffix) if suffix.isdigit() else -1
@@ -79,36 +85,57 @@ def last_complete_checkpoint(directory: Path, is_main: bool) -> str | None:
     return None
 
 
-class TrainingRun:
-    """One training stage's output directory, from the partial sibling to the finished model.
+class StageRun:
+    """One stage's output directory, from the partial sibling to the finished output (the module docstring's rule).
 
-        run = TrainingRun(output_dir, raw_config, is_main=state.is_main_process)
-        resume = run.prepare()            # a checkpoint to resume from, or None
-        with run.building():              # a failure here, before any checkpoint exists, leaves no trace
-            trainer = ...
-        trainer.train(resume_from_checkpoint=resume)
-        run.finish(metrics, recipe, overwrite=..., keep_checkpoints=...)   # main process
+        run = StageRun(output_dir, raw, stage="arbitrage", overwrite=args.overwrite, source=source)  # refuses an
+                                                                                     # existing output
+        resumed = run.prepare()          # main process: start over or keep the partial; write the markers
+        ... work in run.partial (append logs resume from what is there) ...
+        run.finish(metrics)              # main process: metrics, recipe, rename into place
+
+    `resumable=False` (merge: nothing in a cut merge is worth keeping) always starts over.
     """
 
-    def __init__(self, final: str | Path, raw: dict, *, is_main: bool):
+    def __init__(self, final: str | Path, raw: dict, *, stage: str, overwrite: bool, source: str | None = None,
+                 is_main: bool = True, resumable: bool = True):
         self.final = Path(final)
         self.partial = partial_dir(self.final)
+        self.raw, self.stage, self.source = raw, stage, source
+        self.overwrite = overwrite
         self.digest = config_hash({k: v for k, v in raw.items() if k != "overwrite"})
-        self.is_main = is_main
-        self.resume: str | None = None
+        self.is_main, self.resumable = is_main, resumable
+        self.resumed = False
+        if self.final.exists() and not self.final.is_dir():
+            raise ConfigError(source, "output_dir", f"{self.final} exists and is a file; give a directory")
+        refuse_existing(self.final, self.overwrite, source)
 
-    def prepare(self) -> str | None:
-        """Reuse the checkpoints of a killed run with the same config; start clean otherwise."""
+    def prepare(self) -> bool:
+        """Keep a partial of the same config (True: there is work to resume), clear any other; mark it as ours."""
         marker = self.partial / HASH_MARKER
-        if self.partial.exists() and (not marker.exists() or marker.read_text().strip() != self.digest):
+        if self.partial.exists():
+            same = self.resumable and marker.is_file() and marker.read_text().strip() == self.digest
             if self.is_main:
-                log.warning("%s holds a run with another config: starting over", self.partial)
-                shutil.rmtree(self.partial)
-        self.resume = last_complete_checkpoint(self.partial, self.is_main) if self.partial.exists() else None
+                self._refuse_live_owner()
+                if not same:
+                    log.warning("%s holds %s: starting over", self.partial,
+                                "a run with another config" if marker.is_file() else "an unfinished run")
+                    shutil.rmtree(self.partial)
+            self.resumed = same
         if self.is_main:
             self.partial.mkdir(parents=True, exist_ok=True)
             marker.write_text(self.digest)
-        return self.resume
+            (self.partial / OWNER_MARKER).write_text(f"{socket.gethostname()}:{os.getpid()}")
+        return self.resumed
+
+    def _refuse_live_owner(self) -> None:
+        try:
+            host, pid = (self.partial / OWNER_MARKER).read_text().rsplit(":", 1)
+            pid = int(pid)
+        except (OSError, ValueError):
+            return
+        if host == socket.gethostname() and pid != os.getpid() and _alive(pid):
+            raise PolyalignError(f"another run is building {self.final} (pid {pid}); wait for it, or stop it")
 
     def building(self):
         """Context for loading and building: on failure, a partial with nothing worth keeping is removed."""
@@ -119,23 +146,69 @@ class TrainingRun:
                 return run
 
             def __exit__(self, kind, value, traceback):
-                if kind is not None and run.is_main and run.resume is None:
+                if kind is not None and run.is_main and not run.has_work():
                     shutil.rmtree(run.partial, ignore_errors=True)
                 return False
 
         return _Building()
 
-    def finish(self, metrics: dict, recipe: dict, *, overwrite: bool, keep_checkpoints: bool = False) -> Path:
-        """Main process: drop checkpoints and internals, write metrics and recipe, rename into place."""
-        if not keep_checkpoints:
-            for checkpoint in self.partial.glob("checkpoint-*"):
-                shutil.rmtree(checkpoint)
-        (self.partial / HASH_MARKER).unlink(missing_ok=True)
-        (self.partial / "training_args.bin").unlink(missing_ok=True)  # a pickle: not ours to ship
-        write_json(self.partial / "metrics.json", metrics)
-        write_json(self.partial / "polyalign_recipe.json", recipe)
-        promote(self.partial, self.final, overwrite=overwrite)
+    def has_work(self) -> bool:
+        return self.resumed
+
+    def recipe(self) -> dict:
+        return {"stage": self.stage, "config": self.raw, "source": self.source}
+
+    def finish(self, metrics: dict | None, *, drop: tuple[str, ...] = ()) -> Path:
+        """Main process: remove the work files (`drop`: glob patterns) and markers, write metrics and recipe, rename
+        the partial into place."""
+        for pattern in (*drop, HASH_MARKER, OWNER_MARKER):
+            for path in self.partial.glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if metrics is not None:
+            write_json(self.partial / "metrics.json", metrics)
+        write_json(self.partial / "polyalign_recipe.json", self.recipe())
+        promote(self.partial, self.final, overwrite=self.overwrite)
         return self.final
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TrainingRun(StageRun):
+    """A training stage's run: what it resumes is the newest complete checkpoint.
+
+        run = TrainingRun(output_dir, raw, stage="sft", overwrite=..., source=source, is_main=state.is_main_process)
+        resume = run.prepare()            # a checkpoint to resume from, or None
+        with run.building():              # a failure here, before any checkpoint exists, leaves no trace
+            trainer = ...
+        trainer.train(resume_from_checkpoint=resume)
+        run.finish(metrics, keep_checkpoints=...)   # main process
+    """
+
+    def __init__(self, final: str | Path, raw: dict, *, stage: str, overwrite: bool, source: str | None = None,
+                 is_main: bool):
+        super().__init__(final, raw, stage=stage, overwrite=overwrite, source=source, is_main=is_main)
+        self.resume: str | None = None
+
+    def prepare(self) -> str | None:
+        super().prepare()
+        self.resume = last_complete_checkpoint(self.partial, self.is_main)
+        return self.resume
+
+    def has_work(self) -> bool:
+        return self.resume is not None
+
+    def finish(self, metrics: dict | None, *, keep_checkpoints: bool = False, drop: tuple[str, ...] = ()) -> Path:
+        """Drop checkpoints (unless kept) and the pickled training arguments (not ours to ship), then promote."""
+        return super().finish(metrics, drop=(*drop, "training_args.bin", *(() if keep_checkpoints
+                                                                         else ("checkpoint-*",))))
 
 
 def barrier() -> None:

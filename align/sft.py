@@ -22,7 +22,7 @@ from .data import language_mix, load_records
 from .errors import ConfigError
 from .models import LoraArgs, ModelArgs, cuda_available, load_model, load_tokenizer, lora_config
 from .packing import PackRowsCollator, choose_layout
-from .runs import TrainingRun, barrier, build_trl_config, parse_training_keys, refuse_existing
+from .runs import TrainingRun, barrier, build_trl_config, parse_training_keys
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,6 @@ def run_sft(raw: dict, source: str | None = None) -> Path:
     job = parse_sft_config(raw, source)
     state = PartialState(cpu=job.training.use_cpu)
     final = Path(job.args.output_dir)
-    refuse_existing(final, job.args.overwrite, source)
 
     # Everything that can fail on bad input happens before anything is written.
     records = load_records(job.args.dataset, "sft", seed=job.training.seed)
@@ -167,7 +166,8 @@ def run_sft(raw: dict, source: str | None = None) -> Path:
         mix = language_mix(records)
         print(f"SFT data: {len(records)} examples in {len(mix)} languages: "
               + ", ".join(f"{lang} {n}" for lang, n in mix.items()), flush=True)
-    run = TrainingRun(final, job.raw, is_main=state.is_main_process)
+    run = TrainingRun(final, job.raw, stage="sft", overwrite=job.args.overwrite, source=source,
+                      is_main=state.is_main_process)
     resume = run.prepare()
     state.wait_for_everyone()
     with run.building():
@@ -185,8 +185,7 @@ def run_sft(raw: dict, source: str | None = None) -> Path:
             merged = trainer.model.merge_and_unload()
             merged.save_pretrained(run.partial / "merged", safe_serialization=True)
             trainer.processing_class.save_pretrained(run.partial / "merged")
-        run.finish(metrics, {"stage": "sft", "config": job.raw, "source": source}, overwrite=job.args.overwrite,
-                   keep_checkpoints=job.args.keep_checkpoints)
+        run.finish(metrics, keep_checkpoints=job.args.keep_checkpoints)
         _print_summary(final, metrics)
     state.wait_for_everyone()
     barrier()

@@ -1,4 +1,4 @@
-"""`polyalign reward` (train a reward model) and `polyalign score` (score candidates or pairs with one)."""
+"""`polyalign score`: score candidates or preference pairs with a reward model."""
 
 from __future__ import annotations
 
@@ -9,16 +9,6 @@ from typing import Any
 from align.config import build_dataclass
 from align.errors import ConfigError, InputError
 from align.models import ModelArgs
-
-
-def cmd_reward(args: argparse.Namespace, extra: list[str]) -> int:
-    from align.cli import _stage_config
-
-    from .train import run_reward
-
-    raw, source = _stage_config(args, extra)
-    run_reward(raw, source)
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------------- score
@@ -111,13 +101,13 @@ def cmd_score(args: argparse.Namespace, extra: list[str]) -> int:
 
     from accelerate import PartialState
 
-    from align.cli import _stage_config
+    from align.cli import stage_config
     from align.io import write_jsonl
     from align.models import cuda_available
 
     from .rank import RewardRanker, pairwise_accuracy, score_sharded
 
-    raw, source = _stage_config(args, extra)
+    raw, source = stage_config(args, extra)
     config = parse_score_config(raw, source)
     data = read_score_input(config.input, config.prompts)  # bad input stops before any model is loaded
     state = PartialState(cpu=not cuda_available())

@@ -24,7 +24,7 @@ from align.data import language_mix, load_records
 from align.errors import ConfigError, InputError
 from align.models import LoraArgs, ModelArgs, load_reward_model, load_reward_tokenizer, \
     reward_lora_config
-from align.runs import TrainingRun, barrier, build_trl_config, parse_training_keys, refuse_existing
+from align.runs import TrainingRun, barrier, build_trl_config, parse_training_keys
 
 from .rank import PairEncoder, RewardRanker, pairwise_accuracy, score_sharded
 
@@ -155,7 +155,6 @@ def run_reward(raw: dict, source: str | None = None, *, callbacks: list | None =
     job = parse_reward_config(raw, source)
     state = PartialState(cpu=job.training.use_cpu)
     final = Path(job.args.output_dir)
-    refuse_existing(final, job.args.overwrite, source)
 
     # Everything that can fail on bad input happens before anything is written.
     records = load_records(job.args.dataset, "preference", seed=job.training.seed)
@@ -176,7 +175,8 @@ def run_reward(raw: dict, source: str | None = None, *, callbacks: list | None =
               + ", ".join(f"{lang} {n}" for lang, n in mix.items()) + f"), {len(eval_records)} held out; "
               f"{stats['truncated'] + eval_stats['truncated']} truncated to {job.training.max_length} tokens", flush=True)
 
-    run = TrainingRun(final, job.raw, is_main=state.is_main_process)
+    run = TrainingRun(final, job.raw, stage="reward", overwrite=job.args.overwrite, source=source,
+                      is_main=state.is_main_process)
     partial = run.partial
     resume = run.prepare()
     state.wait_for_everyone()
@@ -207,8 +207,7 @@ def run_reward(raw: dict, source: str | None = None, *, callbacks: list | None =
     state.wait_for_everyone()
     if state.is_main_process:
         metrics = _summarise(trainer, result, stats, eval_stats, before, after, wall, state.num_processes, lora, resume)
-        run.finish(metrics, {"stage": "reward", "config": job.raw, "source": source}, overwrite=job.args.overwrite,
-                   keep_checkpoints=job.args.keep_checkpoints)
+        run.finish(metrics, keep_checkpoints=job.args.keep_checkpoints)
         _print_summary(final, metrics)
     state.wait_for_everyone()
     barrier()
