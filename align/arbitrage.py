@@ -13,19 +13,23 @@ joined back in input order. The output directory appears, complete, only at the 
 from __future__ import annotations
 
 import logging
-import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import build_dataclass, config_hash
+from reward.spec import RankerSpec, parse_ranker
+
+from .config import build_dataclass
+from .console import print_table
 from .data import load_records
 from .data.languages import UnknownLanguage, normalize_lang
-from .errors import ConfigError, PolyalignError
-from .generate import GenerationArgs, choose_backend, iter_batches, load_backend
-from .io import AppendLog, partial_dir, promote, write_json, write_jsonl
-from .models import ModelArgs, cuda_available, model_path, release_memory
+from .errors import ConfigError
+from .generate import DecodingArgs, check_models, choose_backend, generate_logged, load_backend
+from .io import AppendLog, save_figure, write_json, write_jsonl
+from .models import LoadingArgs, cuda_available, release_memory
+from .pairs import choose_pair, preference_record
+from .runs import StageRun
 
 log = logging.getLogger(__name__)
 
@@ -46,36 +50,19 @@ class TeacherSpec:
 
 
 @dataclass
-class RankerSpec:
-    """Exactly one of a reward model (any one-output sequence classifier) or a judge LM."""
+class ArbitrageArgs(LoadingArgs, DecodingArgs):
+    """Arbitrage's own keys; the generation keys (defaults for every teacher) and model-loading keys are shared."""
 
-    reward_model: str | None = None
-    judge: str | None = None
-    batch_size: int = 16
-    max_length: int = 1024
-
-
-@dataclass
-class ArbitrageArgs:
     prompts: Any = None
     output_dir: str | None = None
     teachers: list = field(default_factory=list)
     ranker: dict = field(default_factory=dict)
-    min_margin: float = 0.0  # a pair is kept when best − worst reaches this
+    min_margin: float = 0.0  # a pair is kept when best − worst reaches this (and is above zero)
     overwrite: bool = False
     seed: int = 0
     max_prompts: int | None = None
-    # generation defaults for every teacher
     max_new_tokens: int = 256
     temperature: float = 0.7
-    top_p: float = 1.0
-    batch_size: int = 16
-    max_batch_tokens: int | None = None  # padded prompt tokens per batch (default: 16384 on CPU, 65536 on CUDA)
-    backend: str = "auto"
-    # how teachers and the ranker are loaded
-    dtype: str = "auto"
-    attn_implementation: str = "auto"
-    trust_remote_code: bool = False
 
 
 @dataclass
@@ -114,39 +101,18 @@ def parse_arbitrage_config(raw: dict, source: str | None = None) -> ArbitrageJob
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
         raise ConfigError(source, "teachers", f"two teachers are named {duplicate!r}: names must be unique")
-    ranker = build_dataclass(RankerSpec, args.ranker or {}, source, prefix="ranker.")
-    if (ranker.reward_model is None) == (ranker.judge is None):
-        raise ConfigError(source, "ranker", "give exactly one of ranker.reward_model (a reward model) and "
-                                            "ranker.judge (a judge LM)")
+    ranker = parse_ranker(args.ranker or {}, source, backend=args.backend)
     if args.min_margin < 0:
         raise ConfigError(source, "min_margin", f"must be >= 0, got {args.min_margin}")
-    GenerationArgs(backend=args.backend, temperature=args.temperature, top_p=args.top_p,
-                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                   max_batch_tokens=args.max_batch_tokens)  # validates them
     return ArbitrageJob(args, teachers, ranker, raw)
 
 
-def check_models(job: ArbitrageJob, source: str | None) -> None:
-    """Every model named must resolve to a loadable config before any work starts (a typo fails in seconds)."""
-    from transformers import AutoConfig
-
-    def check(name: str, key: str, adapter: bool = False):
-        try:
-            path = model_path(name)
-            if adapter or (Path(path) / "adapter_config.json").is_file():
-                if not (Path(path) / "adapter_config.json").is_file():
-                    raise OSError("no adapter_config.json")
-                return
-            AutoConfig.from_pretrained(path, trust_remote_code=job.args.trust_remote_code)
-        except (OSError, ValueError, PolyalignError) as e:
-            raise ConfigError(source, key, f"cannot load model {name!r} ({str(e).splitlines()[0]})") from None
-
-    for i, teacher in enumerate(job.teachers):
-        check(teacher.model, f"teachers[{i}].model")
-        if teacher.adapter:
-            check(teacher.adapter, f"teachers[{i}].adapter", adapter=True)
-    check(job.ranker.reward_model or job.ranker.judge, "ranker.reward_model" if job.ranker.reward_model
-          else "ranker.judge")
+def named_models(job: ArbitrageJob) -> list[tuple[str, str, str | None]]:
+    """(config key, model, adapter) of every model the stage will load."""
+    models = [(f"teachers[{i}].model", t.model, t.adapter) for i, t in enumerate(job.teachers)]
+    ranker = job.ranker
+    return [*models, ("ranker.reward_model" if ranker.reward_model else "ranker.judge",
+                      ranker.reward_model or ranker.judge, None)]
 
 
 # ------------------------------------------------------------------------------------------------ generation
@@ -162,20 +128,11 @@ def serves(teacher: TeacherSpec, lang: str | None) -> bool:
     return teacher.languages is None or lang in teacher.languages
 
 
-def generation_args(job: ArbitrageJob, teacher: TeacherSpec) -> GenerationArgs:
+def generation_args(job: ArbitrageJob, teacher: TeacherSpec):
     a = job.args
-    return GenerationArgs(max_new_tokens=teacher.max_new_tokens or a.max_new_tokens,
-                          temperature=a.temperature if teacher.temperature is None else teacher.temperature,
-                          top_p=a.top_p if teacher.top_p is None else teacher.top_p, batch_size=a.batch_size,
-                          seed=a.seed, num_samples=teacher.samples, backend=a.backend,
-                          max_batch_tokens=a.max_batch_tokens)
-
-
-def load_teacher(job: ArbitrageJob, teacher: TeacherSpec, backend: str):
-    """(generation backend, tokenizer) for one teacher."""
-    model_args = ModelArgs(model=teacher.model, dtype=job.args.dtype, attn_implementation=job.args.attn_implementation,
-                           trust_remote_code=job.args.trust_remote_code)
-    return load_backend(model_args, backend, teacher.adapter)
+    return a.generation(max_new_tokens=teacher.max_new_tokens or a.max_new_tokens,
+                        temperature=a.temperature if teacher.temperature is None else teacher.temperature,
+                        top_p=a.top_p if teacher.top_p is None else teacher.top_p, num_samples=teacher.samples)
 
 
 def read_logs(partial: Path, pattern: str) -> list[dict]:
@@ -189,41 +146,23 @@ def read_logs(partial: Path, pattern: str) -> list[dict]:
 
 def generate_candidates(job: ArbitrageJob, prompts: list[dict], shard: list[int], partial: Path, rank: int,
                         is_main: bool) -> None:
-    backend_name = choose_backend(job.args.backend)
+    backend = choose_backend(job.args.backend)
     for t, teacher in enumerate(job.teachers):
         done = {r["index"] for r in read_logs(partial, f"generations.{t}.*.jsonl")}
-        # Batches are planned over every prompt this teacher serves, done or not, so that a resumed run regenerates
-        # a cut batch exactly as the uninterrupted run would have.
         eligible = [i for i in shard if serves(teacher, prompts[i]["lang"])]
         todo = [i for i in eligible if i not in done]
-        if not todo:
-            continue
-        if is_main:
+        if todo and is_main:
             print(f"Teacher {teacher.name} ({teacher.model}): {len(todo)} of {len(eligible)} prompts to answer",
                   flush=True)
-        backend, tokenizer = load_teacher(job, teacher, backend_name)
-        chats = [teacher_prompt(teacher, prompts[i]["prompt"]) for i in eligible]
-        with AppendLog(partial / f"generations.{t}.rank{rank}.jsonl", key=lambda r: r["index"]) as out:
-            for chunk in iter_batches(backend, tokenizer, chats, generation_args(job, teacher),
-                                      skip=lambda j: eligible[j] in done, desc=f"Generating ({teacher.name})",
-                                      progress=is_main):
-                for j, completions in chunk:
-                    out.append({"index": eligible[j], "teacher": teacher.name, "completions": completions})
-        del backend, tokenizer
-        release_memory()
+        generate_logged(partial / f"generations.{t}.rank{rank}.jsonl",
+                        [teacher_prompt(teacher, prompts[i]["prompt"]) for i in eligible],
+                        generation_args(job, teacher),
+                        lambda: load_backend(job.args.model_args(teacher.model), backend, teacher.adapter),
+                        keys=eligible, extra=lambda j: {"teacher": teacher.name}, done=done,
+                        desc=f"Generating ({teacher.name})", progress=is_main)
 
 
 # ------------------------------------------------------------------------------------------------ ranking
-
-
-def load_ranker(job: ArbitrageJob):
-    import dataclasses
-
-    from reward import load_ranker as build
-
-    return build(dataclasses.asdict(job.ranker), ModelArgs(dtype=job.args.dtype,
-                                                         attn_implementation=job.args.attn_implementation,
-                                                         trust_remote_code=job.args.trust_remote_code))
 
 
 def candidates_by_prompt(job: ArbitrageJob, partial: Path) -> dict[int, list[tuple[str, int, str]]]:
@@ -248,7 +187,9 @@ def score_candidates(job: ArbitrageJob, prompts: list[dict], shard: list[int], p
     chunks = [c for c in chunks if any(i not in done for i in c)]
     if not chunks:
         return
-    ranker = load_ranker(job)
+    from reward import load_ranker
+
+    ranker = load_ranker(job.ranker.as_dict(), job.args.model_args())
     with AppendLog(partial / f"scores.rank{rank}.jsonl", key=lambda r: r["index"]) as out:
         for indices in tqdm(chunks, desc="Scoring", disable=not is_main, unit="chunk"):
             rankings = ranker.rank_many([prompts[i]["prompt"] for i in indices],
@@ -270,34 +211,30 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
     candidate_rows, sft_rows, pair_rows = [], [], []
     wins: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    unserved, below_margin, single = 0, 0, 0
+    dropped: Counter = Counter()
     for i, prompt in enumerate(prompts):
-        lang = prompt["lang"]
         group = candidates.get(i, [])
         if not group:
-            unserved += 1
+            dropped["no_teacher_serves"] += 1
             continue
-        group_scores = scores[i]
+        lang, group_scores = prompt["lang"], scores[i]
         for (teacher, sample, completion), score in zip(group, group_scores):
             candidate_rows.append({"id": prompt["id"], "lang": lang, "model": teacher, "sample": sample,
                                    "prompt": prompt["prompt"], "completion": completion, "score": score})
             sums[lang][teacher].append(score)
-        best = max(range(len(group)), key=lambda k: (group_scores[k], -k))
-        worst = min(range(len(group)), key=lambda k: (group_scores[k], -k))
-        wins[lang][group[best][0]] += 1
-        meta = {"lang": lang, "id": prompt["id"], "source": "arbitrage"}
-        sft_rows.append({"messages": [*prompt["prompt"], {"role": "assistant", "content": group[best][2]}],
-                         **meta, "teacher": group[best][0], "score": group_scores[best]})
-        if len(group) < 2:
-            single += 1
-        elif group_scores[best] - group_scores[worst] < job.args.min_margin or best == worst:
-            below_margin += 1
-        else:
-            pair_rows.append({"prompt": prompt["prompt"],
-                              "chosen": [{"role": "assistant", "content": group[best][2]}],
-                              "rejected": [{"role": "assistant", "content": group[worst][2]}], **meta,
-                              "chosen_score": group_scores[best], "rejected_score": group_scores[worst],
-                              "chosen_by": group[best][0], "rejected_by": group[worst][0]})
+        choice = choose_pair([c for _, _, c in group], group_scores, job.args.min_margin)
+        (best_by, _, best), (worst_by, _, worst) = group[choice.best], group[choice.worst]
+        wins[lang][best_by] += 1
+        sft_rows.append({"messages": [*prompt["prompt"], {"role": "assistant", "content": best}], "lang": lang,
+                         "id": prompt["id"], "source": "arbitrage", "teacher": best_by,
+                         "score": group_scores[choice.best]})
+        if choice.dropped:
+            dropped[choice.dropped] += 1
+            continue
+        pair_rows.append(preference_record(prompt, best, worst, source="arbitrage",
+                                           chosen_score=group_scores[choice.best],
+                                           rejected_score=group_scores[choice.worst], chosen_by=best_by,
+                                           rejected_by=worst_by))
     routing = routing_table(job, prompts, wins, sums)
     write_jsonl(partial / "candidates.jsonl", candidate_rows)
     write_jsonl(partial / "sft.jsonl", sft_rows)
@@ -305,8 +242,10 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
     write_json(partial / "routing.json", routing)
     plot_routing(routing, partial / "routing.png")
     metrics = {"prompts": len(prompts), "candidates": len(candidate_rows), "sft_records": len(sft_rows),
-               "pairs": len(pair_rows), "pairs_below_margin": below_margin, "prompts_with_one_candidate": single,
-               "prompts_no_teacher_serves": unserved, "min_margin": job.args.min_margin,
+               "pairs": len(pair_rows),
+               "pairs_below_margin": sum(n for k, n in dropped.items() if k in ("tie", "below_margin", "identical")),
+               "pairs_dropped": dict(dropped), "prompts_with_one_candidate": dropped["single"],
+               "prompts_no_teacher_serves": dropped["no_teacher_serves"], "min_margin": job.args.min_margin,
                "teachers": [t.name for t in job.teachers]}
     return metrics, routing
 
@@ -348,11 +287,7 @@ def plot_routing(routing: dict, path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_title("Arbitrage routing: which teacher the ranker picked, per language")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def print_summary(routing: dict, metrics: dict, final: Path) -> None:
@@ -365,12 +300,9 @@ def print_summary(routing: dict, metrics: dict, final: Path) -> None:
         cells += ["-" if row["teachers"][t]["mean_score"] is None else f"{row['teachers'][t]['mean_score']:.3f}"
                   for t in teachers]
         rows.append(cells)
-    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(header)]
-    print("\nArbitrage summary", flush=True)
-    for cells in [header, *rows]:
-        print("  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths)), flush=True)
+    print_table("Arbitrage summary", header, rows, left=())
     print(f"  {metrics['sft_records']} SFT records, {metrics['pairs']} pairs "
-          f"({metrics['pairs_below_margin']} below margin {metrics['min_margin']}), "
+          f"({metrics['pairs_below_margin']} below margin {metrics['min_margin']}, tied or identical), "
           f"{metrics['prompts_no_teacher_serves']} prompts no teacher serves → {final}", flush=True)
 
 
@@ -381,40 +313,25 @@ def run_arbitrage(raw: dict, source: str | None = None) -> Path:
     from accelerate import PartialState
 
     job = parse_arbitrage_config(raw, source)
-    final = Path(job.args.output_dir)
-    if final.exists() and not job.args.overwrite:
-        raise ConfigError(source, "output_dir", f"{final} already exists (pass --overwrite to replace it)")
-    check_models(job, source)
-    prompts = load_records(job.args.prompts, "prompt", seed=job.args.seed)
-    if job.args.max_prompts:
-        prompts = prompts[: job.args.max_prompts]
     state = PartialState(cpu=not cuda_available())
-    partial = partial_dir(final)
-    digest = config_hash({k: v for k, v in job.raw.items() if k != "overwrite"})
-    marker = partial / "polyalign_config_hash"
+    run = StageRun(job.args.output_dir, raw, stage="arbitrage", overwrite=job.args.overwrite, source=source,
+                   is_main=state.is_main_process)
+    check_models(named_models(job), source, trust_remote_code=job.args.trust_remote_code)
+    prompts = load_records(job.args.prompts, "prompt", seed=job.args.seed, source=source, key="prompts")[: job.args.max_prompts or None]
     if state.is_main_process:
-        if partial.exists() and (not marker.exists() or marker.read_text().strip() != digest):
-            log.warning("%s holds a run with another config: starting over", partial)
-            shutil.rmtree(partial)
-        resumed = partial.exists()
-        partial.mkdir(parents=True, exist_ok=True)
-        marker.write_text(digest)
+        resumed = run.prepare()
         print(f"Arbitrage: {len(prompts)} prompts, {len(job.teachers)} teachers"
               + (" (resuming)" if resumed else ""), flush=True)
     state.wait_for_everyone()
     with state.split_between_processes(list(range(len(prompts)))) as shard:
         shard = list(shard)
-    generate_candidates(job, prompts, shard, partial, state.process_index, state.is_main_process)
+    generate_candidates(job, prompts, shard, run.partial, state.process_index, state.is_main_process)
     state.wait_for_everyone()
-    score_candidates(job, prompts, shard, partial, state.process_index, state.is_main_process)
+    score_candidates(job, prompts, shard, run.partial, state.process_index, state.is_main_process)
     state.wait_for_everyone()
     if state.is_main_process:
-        metrics, routing = assemble(job, prompts, partial)
-        write_json(partial / "metrics.json", metrics)
-        write_json(partial / "polyalign_recipe.json", {"stage": "arbitrage", "config": job.raw, "source": source})
-        for log_file in [*partial.glob("generations.*.jsonl"), *partial.glob("scores.*.jsonl"), marker]:
-            log_file.unlink()
-        promote(partial, final, overwrite=job.args.overwrite)
-        print_summary(routing, metrics, final)
+        metrics, routing = assemble(job, prompts, run.partial)
+        run.finish(metrics, drop=("generations.*.jsonl", "scores.*.jsonl"))
+        print_summary(routing, metrics, run.final)
     state.wait_for_everyone()
-    return final
+    return run.final

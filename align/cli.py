@@ -33,34 +33,12 @@ def config_stage(target: str) -> Callable[[argparse.Namespace, list[str]], int]:
 
 
 def cmd_generate(args, extra) -> int:
-    from .config import build_dataclass
-    from .data import load_records
-    from .generate import GenerationArgs, generate
-    from .models import ModelArgs, load_model, load_tokenizer
+    from .generate import run_generate
 
     raw, source = stage_config(args, extra)
-    prompts_source = raw.pop("prompts", None)
-    output = raw.pop("output", None)
-    gen_keys = {k: raw.pop(k) for k in list(raw) if k in GenerationArgs.__dataclass_fields__}
-    model_args = build_dataclass(ModelArgs, raw, source)
-    gen_args = build_dataclass(GenerationArgs, gen_keys, source)
     if args.prompt:
-        records = [{"prompt": [{"role": "user", "content": p}], "id": str(i)} for i, p in enumerate(args.prompt)]
-    elif prompts_source:
-        records = load_records(prompts_source, "prompt")
-    else:
-        raise PolyalignError("generate: give --prompt TEXT (repeatable) or --prompts FILE")
-    tokenizer, model = load_tokenizer(model_args), load_model(model_args)
-    answers = generate(model, tokenizer, [r["prompt"] for r in records], gen_args)
-    rows = [{"id": r["id"], "lang": r.get("lang"), "prompt": r["prompt"][-1]["content"], "completion": a}
-            for r, a in zip(records, answers)]
-    for row in rows:
-        print(f"[{row['lang'] or '?'}] {row['prompt']}\n  → {row['completion']}\n", flush=True)
-    if output:
-        from .io import write_jsonl
-
-        write_jsonl(output, rows)
-        print(f"wrote {len(rows)} completions to {output}")
+        raw["prompt"] = args.prompt
+    run_generate(raw, source)
     return 0
 
 

@@ -19,20 +19,22 @@ stopped. The output directory appears, complete, at the end:
 from __future__ import annotations
 
 import logging
-import shutil
 import string
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import build_dataclass, config_hash
+from .config import build_dataclass
+from .console import print_table
 from .data import load_records
 from .data.languages import detect_language, language_name
 from .errors import ConfigError, PolyalignError
-from .generate import GenerationArgs, choose_backend, iter_batches, load_backend
-from .io import AppendLog, partial_dir, promote, write_json, write_jsonl
-from .models import ModelArgs, model_path, release_memory
+from .generate import DecodingArgs, GenerationArgs, check_models, choose_backend, generate_logged, load_backend
+from .io import write_jsonl
+from .models import LoadingArgs, release_memory
+from .pairs import choose_pair, preference_record
+from .runs import StageRun
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,10 @@ class RoleSpec:
 
 
 @dataclass
-class ContrastArgs:
+class ContrastArgs(LoadingArgs, DecodingArgs):
+    """Contrast's own keys; the generation keys (defaults for every role; the translator is greedy unless its own
+    temperature says otherwise) and model-loading keys are shared."""
+
     prompts: Any = None
     output_dir: str | None = None
     strong: Any = None  # a model, or {model, name, system_prompt, temperature, ...}
@@ -71,15 +76,9 @@ class ContrastArgs:
     overwrite: bool = False
     seed: int = 0
     max_prompts: int | None = None
-    # generation defaults (the translator is greedy unless its own temperature says otherwise)
     max_new_tokens: int = 256
     temperature: float = 0.7
-    top_p: float = 1.0
     batch_size: int = 8
-    backend: str = "auto"
-    dtype: str = "auto"
-    attn_implementation: str = "auto"
-    trust_remote_code: bool = False
 
 
 @dataclass
@@ -137,44 +136,18 @@ def parse_contrast_config(raw: dict, source: str | None = None) -> ContrastJob:
             check_template(role.system_prompt, f"{key}.system_prompt", source, {"language"})
     if args.max_prompts is not None and args.max_prompts < 1:
         raise ConfigError(source, "max_prompts", f"must be at least 1, got {args.max_prompts}")
-    GenerationArgs(backend=args.backend, temperature=args.temperature, top_p=args.top_p,
-                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)  # validates them
     return ContrastJob(args, strong, weak, translator, raw)
 
 
-def check_models(job: ContrastJob, source: str | None) -> None:
-    """Every model must resolve to a loadable config before any generation starts."""
-    from transformers import AutoConfig
-
-    for key, role in (("strong", job.strong), ("weak", job.weak), ("translator", job.translator)):
-        try:
-            path = model_path(role.model)
-            if not (Path(path) / "adapter_config.json").is_file():
-                AutoConfig.from_pretrained(path, trust_remote_code=job.args.trust_remote_code)
-            if role.adapter and not (Path(model_path(role.adapter)) / "adapter_config.json").is_file():
-                raise OSError(f"{role.adapter}: no adapter_config.json")
-        except (OSError, ValueError, PolyalignError) as e:
-            raise ConfigError(source, f"{key}.model", f"cannot load model {role.model!r} "
-                                                      f"({str(e).splitlines()[0]})") from None
-
-
 # ------------------------------------------------------------------------------------------------ generation
-
-
-def load_role(job: ContrastJob, role: RoleSpec, backend: str):
-    """(generation backend, tokenizer) for one model."""
-    model_args = ModelArgs(model=role.model, dtype=job.args.dtype, attn_implementation=job.args.attn_implementation,
-                           trust_remote_code=job.args.trust_remote_code)
-    return load_backend(model_args, backend, role.adapter)
 
 
 def generation_args(job: ContrastJob, role: RoleSpec, default_temperature: float | None = None) -> GenerationArgs:
     a = job.args
     temperature = role.temperature if role.temperature is not None else (
         default_temperature if default_temperature is not None else a.temperature)
-    return GenerationArgs(max_new_tokens=role.max_new_tokens or a.max_new_tokens, temperature=temperature,
-                          top_p=a.top_p if role.top_p is None else role.top_p, batch_size=a.batch_size, seed=a.seed,
-                          backend=a.backend)
+    return a.generation(max_new_tokens=role.max_new_tokens or a.max_new_tokens, temperature=temperature,
+                        top_p=a.top_p if role.top_p is None else role.top_p, max_batch_tokens=a.max_batch_tokens)
 
 
 def with_system(role: RoleSpec, chat: list[dict], lang: str, override: str | None = None) -> list[dict]:
@@ -196,7 +169,8 @@ class ModelSlot:
         key = (role.model, role.adapter)
         if key != self.key:
             self.release()
-            self.loaded, self.key = load_role(self.job, role, self.backend_name), key
+            model_args = self.job.args.model_args(role.model)
+            self.loaded, self.key = load_backend(model_args, self.backend_name, role.adapter), key
         return self.loaded
 
     def release(self) -> None:
@@ -211,18 +185,13 @@ def run_phase(slot: ModelSlot, partial: Path, phase: str, role: RoleSpec, reques
 
     The model is loaded only if some request is not answered yet (a resumed run skips finished phases).
     """
-    with AppendLog(partial / f"{phase}.jsonl", key=lambda r: r["key"]) as out:
-        done = set(out.done)
-        todo = [k for k, _ in requests if k not in done]
-        if todo:
-            print(f"{phase}: {role.name} answers {len(todo)} of {len(requests)}", flush=True)
-            backend, tokenizer = slot.get(role)
-            chats = [chat for _, chat in requests]
-            for chunk in iter_batches(backend, tokenizer, chats, gen, skip=lambda i: requests[i][0] in done,
-                                      desc=f"{phase} ({role.name})"):
-                for i, completions in chunk:
-                    out.append({"key": requests[i][0], "completion": completions[0]})
-        return {r["key"]: r["completion"] for r in out.records}
+    def load():
+        print(f"{phase}: {role.name} answers", flush=True)
+        return slot.get(role)
+
+    records = generate_logged(partial / f"{phase}.jsonl", [chat for _, chat in requests], gen, load,
+                              keys=[key for key, _ in requests], desc=f"{phase} ({role.name})")
+    return {r["index"]: r["completions"][0] for r in records}
 
 
 def translation_request(job: ContrastJob, role: RoleSpec, text: str, source_lang: str, target_lang: str
@@ -241,12 +210,9 @@ def build_pairs(job: ContrastJob, prompts: list[dict], chosen: dict, weak: dict,
     for i, prompt in enumerate(prompts):
         key, lang = str(i), prompt["lang"]
         good, bad = chosen[key].strip(), rejected[key].strip()
-        reason = None
-        if not good or not bad:
-            reason = "empty_completion"
-        elif good == bad:
-            reason = "identical"
-        elif job.args.check_language:
+        # chosen outranks rejected by construction; the pair rule still refuses two equal texts
+        reason = "empty_completion" if not good or not bad else choose_pair([good, bad], [1.0, 0.0]).dropped
+        if reason is None and job.args.check_language:
             if detect_language(good)[0] != lang:
                 reason = "chosen_wrong_language"
             elif detect_language(bad)[0] != lang:
@@ -254,64 +220,40 @@ def build_pairs(job: ContrastJob, prompts: list[dict], chosen: dict, weak: dict,
         if reason:
             drops[lang][reason] += 1
             continue
-        row = {"prompt": prompt["prompt"], "chosen": [{"role": "assistant", "content": good}],
-               "rejected": [{"role": "assistant", "content": bad}], "lang": lang, "id": prompt["id"],
-               "source": "contrast", "chosen_by": job.strong.name, "rejected_by": job.weak.name,
-               "translated_by": job.translator.name, "provenance": "synthetic", "chosen_provenance": "synthetic",
-               "rejected_provenance": "machine-translated", "weak_english": weak[key]}
-        if key in english_prompts:
-            row["prompt_english"] = english_prompts[key]
-        rows.append(row)
+        extra = {"prompt_english": english_prompts[key]} if key in english_prompts else {}
+        rows.append(preference_record(
+            prompt, good, bad, source="contrast", chosen_by=job.strong.name, rejected_by=job.weak.name,
+            translated_by=job.translator.name, provenance="synthetic", chosen_provenance="synthetic",
+            rejected_provenance="machine-translated", weak_english=weak[key], **extra))
     return rows, drops
 
 
 def print_summary(metrics: dict, final: Path) -> None:
-    print("\nContrast summary", flush=True)
-    header = ["lang", "prompts", "pairs", "dropped"]
     rows = [[lang, str(m["prompts"]), str(m["pairs"]),
              ", ".join(f"{k} {v}" for k, v in m["dropped"].items()) or "-"] for lang, m in metrics["languages"].items()]
-    widths = [max(len(h), *(len(r[c]) for r in rows)) if rows else len(h) for c, h in enumerate(header)]
-    for cells in [header, *rows]:
-        print("  " + "  ".join(c.ljust(w) if k in (0, 3) else c.rjust(w)
-                               for k, (c, w) in enumerate(zip(cells, widths))).rstrip(), flush=True)
+    print_table("Contrast summary", ["lang", "prompts", "pairs", "dropped"], rows, left=(0, 3))
     skipped = metrics["skipped_english"]
     print(f"  {metrics['pairs']} pairs from {metrics['prompts']} prompts ({skipped} English prompt"
           f"{'' if skipped == 1 else 's'} skipped) → {final}", flush=True)
 
 
-def run_contrast(raw: dict, source: str | None = None) -> Path:
-    job = parse_contrast_config(raw, source)
-    a = job.args
-    final = Path(a.output_dir)
-    if final.exists() and not a.overwrite:
-        raise ConfigError(source, "output_dir", f"{final} already exists (pass --overwrite to replace it)")
-    check_models(job, source)
-    records = load_records(a.prompts, "prompt", seed=a.seed)
-    prompts = [r for r in records if r["lang"] != "en"]
-    skipped_english = len(records) - len(prompts)
-    if a.max_prompts:
-        prompts = prompts[: a.max_prompts]
+def read_prompts(job: ContrastJob, source: str | None) -> tuple[list[dict], int]:
+    """The non-English prompts (at most `max_prompts`) and how many English ones were skipped."""
+    records = load_records(job.args.prompts, "prompt", seed=job.args.seed, source=source, key="prompts")
+    prompts = [r for r in records if r["lang"] != "en"][: job.args.max_prompts or None]
     if not prompts:
         raise ConfigError(source, "prompts", "no prompt in a language other than English: nothing to contrast")
+    return prompts, sum(r["lang"] == "en" for r in records)
 
-    partial = partial_dir(final)
-    digest = config_hash({k: v for k, v in job.raw.items() if k != "overwrite"})
-    marker = partial / "polyalign_config_hash"
-    if partial.exists() and (not marker.exists() or marker.read_text().strip() != digest):
-        log.warning("%s holds a run with another config: starting over", partial)
-        shutil.rmtree(partial)
-    resumed = partial.exists()
-    partial.mkdir(parents=True, exist_ok=True)
-    marker.write_text(digest)
-    print(f"Contrast: {len(prompts)} prompts; chosen by {job.strong.name}, rejected by {job.weak.name} in English "
-          f"translated by {job.translator.name}" + (" (resuming)" if resumed else ""), flush=True)
 
+def answer_phases(job: ContrastJob, prompts: list[dict], partial: Path) -> tuple[dict, dict, dict, dict]:
+    """The four phases, one model loaded at a time: chosen, (prompts in English), weak English, rejected."""
+    a = job.args
     slot = ModelSlot(job, choose_backend(a.backend))
     keys = [str(i) for i in range(len(prompts))]
     chosen = run_phase(slot, partial, "chosen", job.strong, [
         (k, with_system(job.strong, p["prompt"], p["lang"])) for k, p in zip(keys, prompts)],
         generation_args(job, job.strong))
-
     english_prompts: dict[str, list[dict]] = {}
     translator_gen = generation_args(job, job.translator, default_temperature=0.0)
     if a.english_prompt == "translate":
@@ -330,26 +272,36 @@ def run_contrast(raw: dict, source: str | None = None) -> Path:
         (k, translation_request(job, job.translator, weak[k], "en", p["lang"])) for k, p in zip(keys, prompts)],
         translator_gen)
     slot.release()
+    return chosen, weak, rejected, english_prompts
 
+
+def contrast_metrics(job: ContrastJob, prompts: list[dict], rows: list[dict], drops: dict, skipped: int) -> dict:
+    langs, made = Counter(p["lang"] for p in prompts), Counter(r["lang"] for r in rows)
+    return {"prompts": len(prompts), "pairs": len(rows), "skipped_english": skipped,
+            "english_prompt": job.args.english_prompt, "check_language": job.args.check_language,
+            "strong": job.strong.name, "weak": job.weak.name, "translator": job.translator.name,
+            "languages": {lang: {"prompts": n, "pairs": made[lang], "dropped": dict(drops[lang])}
+                          for lang, n in langs.most_common()}}
+
+
+def run_contrast(raw: dict, source: str | None = None) -> Path:
+    job = parse_contrast_config(raw, source)
+    run = StageRun(job.args.output_dir, raw, stage="contrast", overwrite=job.args.overwrite, source=source)
+    check_models([(f"{key}.model", role.model, role.adapter) for key, role in
+                  (("strong", job.strong), ("weak", job.weak), ("translator", job.translator))], source,
+                 trust_remote_code=job.args.trust_remote_code)
+    prompts, skipped = read_prompts(job, source)
+    resumed = run.prepare()
+    print(f"Contrast: {len(prompts)} prompts; chosen by {job.strong.name}, rejected by {job.weak.name} in English "
+          f"translated by {job.translator.name}" + (" (resuming)" if resumed else ""), flush=True)
+    chosen, weak, rejected, english_prompts = answer_phases(job, prompts, run.partial)
     rows, drops = build_pairs(job, prompts, chosen, weak, rejected, english_prompts)
     if not rows:
-        shutil.rmtree(partial, ignore_errors=True)
         raise PolyalignError("contrast: no pair survived (" + ", ".join(
             f"{k} {v}" for k, v in sum(drops.values(), Counter()).items()) + "); with check_language, the strong "
             "model must answer in the prompt's language and the translator translate into it")
-    langs = Counter(p["lang"] for p in prompts)
-    made = Counter(r["lang"] for r in rows)
-    metrics = {"prompts": len(prompts), "pairs": len(rows), "skipped_english": skipped_english,
-               "english_prompt": a.english_prompt, "check_language": a.check_language,
-               "strong": job.strong.name, "weak": job.weak.name, "translator": job.translator.name,
-               "languages": {lang: {"prompts": n, "pairs": made[lang], "dropped": dict(drops[lang])}
-                             for lang, n in langs.most_common()}}
-    write_jsonl(partial / "pairs.jsonl", rows)
-    write_json(partial / "metrics.json", metrics)
-    write_json(partial / "polyalign_recipe.json", {"stage": "contrast", "config": job.raw, "source": source})
-    for path in [*(partial / f"{phase}.jsonl" for phase in ("chosen", "prompt_english", "weak_english", "rejected")),
-                 marker]:
-        path.unlink(missing_ok=True)
-    promote(partial, final, overwrite=a.overwrite)
-    print_summary(metrics, final)
-    return final
+    write_jsonl(run.partial / "pairs.jsonl", rows)
+    metrics = contrast_metrics(job, prompts, rows, drops, skipped)
+    run.finish(metrics, drop=("chosen.jsonl", "prompt_english.jsonl", "weak_english.jsonl", "rejected.jsonl"))
+    print_summary(metrics, run.final)
+    return run.final

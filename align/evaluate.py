@@ -1,6 +1,7 @@
 """Per-language evaluation: win/loss/tie of each model against a baseline on held-out prompts, and chrF++.
 
-Every model answers the same held-out prompts greedily (answers are cached and resumed: `answers/<name>.jsonl`).
+Every model answers the same held-out prompts greedily; the answers are logged in the stage's partial directory, keyed
+by the model and generation settings, so a killed run resumes them (align.runs), and end up in `answers/<name>.jsonl`.
 A judge LM compares each answer with the baseline's in both orders (a verdict only when the orders agree, else a
 tie); a reward model compares their scores (use one that did not train the models: it would grade its own
 homework). Prompts with a `reference` (or `references`) also get chrF++ (sacrebleu). The report, `report.md` with
@@ -15,32 +16,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import build_dataclass
+from reward.spec import RankerSpec, parse_ranker
+
+from .config import build_dataclass, config_hash
 from .data import load_records
 from .errors import ConfigError
-from .generate import GenerationArgs, iter_batches, load_backend
-from .io import AppendLog, atomic_dir, write_json, write_jsonl
-from .models import ModelArgs, release_memory
+from .generate import DecodingArgs, GenerationArgs, choose_backend, generate_logged, load_backend
+from .io import safe_name, write_jsonl
+from .models import LoadingArgs
+from .pairs import outcome_of_scores, outcome_of_winner, tally_with_rates
+from .runs import StageRun
 
 log = logging.getLogger(__name__)
-TIE_EPSILON = 1e-6  # reward-model scores closer than this are a tie
 
 
 @dataclass
-class EvaluateArgs:
+class EvaluateArgs(LoadingArgs, DecodingArgs):
+    """Evaluation's own keys; the generation keys (greedy by default) and model-loading keys are shared."""
+
     models: Any = None  # {name: model} in report order, or a list of models (named by their path)
     baseline: str | None = None  # a name in `models` (default: the first)
     prompts: Any = None
     output_dir: str | None = None
     judge: dict = field(default_factory=dict)  # {judge: model} or {reward_model: path}, plus batch_size, max_length
-    max_new_tokens: int = 256
-    batch_size: int = 16
     max_prompts: int | None = None
     overwrite: bool = False
     seed: int = 0
-    dtype: str = "auto"
-    attn_implementation: str = "auto"
-    trust_remote_code: bool = False
+    max_new_tokens: int = 256
 
 
 def parse_evaluate_config(raw: dict, source: str | None = None) -> tuple[EvaluateArgs, dict[str, str]]:
@@ -54,38 +56,29 @@ def parse_evaluate_config(raw: dict, source: str | None = None) -> tuple[Evaluat
     baseline = args.baseline or next(iter(models))
     if baseline not in models:
         raise ConfigError(source, "baseline", f"{baseline!r} is not one of the models ({', '.join(models)})")
-    if ("judge" in args.judge) == ("reward_model" in args.judge):
-        raise ConfigError(source, "judge", "give exactly one of judge.judge (a judge LM) and judge.reward_model")
+    args.judge = parse_ranker(args.judge, source, "judge", backend=args.backend)
     args.baseline = baseline
     return args, {str(k): str(v) for k, v in models.items()}
 
 
-def answer(args: EvaluateArgs, name: str, model: str, prompts: list[dict], path: Path) -> list[str]:
-    """Greedy answers of one model, streamed into `path` and resumed from it."""
-    with AppendLog(path, key=lambda r: r["index"]) as out:
-        if len(out.done) < len(prompts):
-            model_args = ModelArgs(model=model, dtype=args.dtype, attn_implementation=args.attn_implementation,
-                                   trust_remote_code=args.trust_remote_code)
-            backend, tokenizer = load_backend(model_args, "transformers")
-            gen = GenerationArgs(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
-            for chunk in iter_batches(backend, tokenizer, [p["prompt"] for p in prompts], gen,
-                                      skip=lambda i: i in out.done, desc=f"Answering ({name})"):
-                for i, completions in chunk:
-                    out.append({"index": i, "id": prompts[i]["id"], "lang": prompts[i]["lang"],
-                                "completion": completions[0]})
-            del backend
-            release_memory()
-        return [r["completion"] for r in sorted(out.records, key=lambda r: r["index"])]
+def answer(args: EvaluateArgs, name: str, model: str, prompts: list[dict], directory: Path) -> list[str]:
+    """Greedy answers of one model, streamed into a log keyed by the model and the generation settings that produce
+    them (a log is never read back for another model or setting), and resumed from it."""
+    gen = args.generation()
+    key = config_hash({"model": model, "generation": gen.__dict__, "prompts": [p["id"] for p in prompts]})
+    records = generate_logged(directory / f"{safe_name(name)}.{key}.jsonl", [p["prompt"] for p in prompts], gen,
+                              lambda: load_backend(args.model_args(model), choose_backend(args.backend)),
+                              desc=f"Answering ({name})")
+    return [r["completions"][0] for r in records]
 
 
-def outcomes(judge_spec: dict, prompts: list[dict], answers: list[str], baseline: list[str], scorer) -> list[str]:
+def outcomes(judge: RankerSpec, prompts: list[dict], answers: list[str], baseline: list[str], scorer) -> list[str]:
     """'win' / 'loss' / 'tie' of `answers` against `baseline`, one per prompt."""
     texts = [p["prompt"] for p in prompts]
-    if "reward_model" in judge_spec:
+    if judge.reward_model:
         ours, theirs = scorer.score(texts, answers), scorer.score(texts, baseline)
-        return ["tie" if abs(a - b) <= TIE_EPSILON else "win" if a > b else "loss" for a, b in zip(ours, theirs)]
-    verdicts = scorer.compare(texts, answers, baseline)
-    return [{"a": "win", "b": "loss"}.get(v.winner, "tie") for v in verdicts]
+        return [outcome_of_scores(a, b) for a, b in zip(ours, theirs)]
+    return [outcome_of_winner(v.winner) for v in scorer.compare(texts, answers, baseline)]
 
 
 def chrf(prompts: list[dict], answers: list[str]) -> dict[str, float]:
@@ -104,71 +97,48 @@ def chrf(prompts: list[dict], answers: list[str]) -> dict[str, float]:
     return {lang: round(metric.corpus_score(hyps, [refs]).score, 2) for lang, (hyps, refs) in sorted(by_lang.items())}
 
 
-def summarise(outcomes_: list[str], prompts: list[dict]) -> dict[str, dict]:
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for outcome, prompt in zip(outcomes_, prompts):
-        counts[prompt["lang"]][outcome] += 1
-        counts["all"][outcome] += 1
-    table = {}
-    for lang, c in sorted(counts.items()):
-        n = sum(c.values())
-        table[lang] = {"win": c["win"], "loss": c["loss"], "tie": c["tie"],
-                       "win_rate": round((c["win"] + c["tie"] / 2) / n, 4)}
-    return table
+def score_models(args: EvaluateArgs, models: dict[str, str], prompts: list[dict], answers: dict) -> dict:
+    """metrics.json: every model's mean length, chrF++, and win/loss/tie per language against the baseline."""
+    from reward import load_ranker
+
+    scorer = load_ranker(args.judge.as_dict(), args.model_args())
+    langs = [p["lang"] for p in prompts]
+    results = {"baseline": args.baseline, "judged_by": args.judge.as_dict(), "prompts": len(prompts),
+               "languages": dict(Counter(langs).most_common()), "models": {}}
+    for name in models:
+        entry: dict = {"model": models[name], "mean_words": round(sum(len(a.split()) for a in answers[name])
+                                                                  / max(len(prompts), 1), 2)}
+        if name != args.baseline:
+            entry["vs_baseline"] = tally_with_rates(outcomes(args.judge, prompts, answers[name],
+                                                             answers[args.baseline], scorer), langs)
+        scores = chrf(prompts, answers[name])
+        if scores:
+            entry["chrf++"] = scores
+        results["models"][name] = entry
+    return results
 
 
 def run_evaluate(raw: dict, source: str | None = None) -> Path:
     """The `evaluate` stage: every model against the baseline, per language; returns the output directory."""
     args, models = parse_evaluate_config(raw, source)
-    out = Path(args.output_dir)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(source, "output_dir", f"{out} already exists (pass --overwrite to replace it)")
-    prompts = load_records(args.prompts, "prompt", seed=args.seed)[: args.max_prompts or None]
-    cache = out.parent / f".{out.name}.answers"  # answers survive a kill; the report appears at the end
-    answers = {name: answer(args, name, model, prompts, cache / f"{_slug(name)}.jsonl")
-               for name, model in models.items()}
-    from reward import load_ranker
-
-    scorer = load_ranker(args.judge, ModelArgs(dtype=args.dtype, attn_implementation=args.attn_implementation,
-                                               trust_remote_code=args.trust_remote_code))
-    results = {"baseline": args.baseline, "judged_by": args.judge, "prompts": len(prompts),
-               "languages": dict(Counter(p["lang"] for p in prompts).most_common()), "models": {}}
+    run = StageRun(args.output_dir, raw, stage="evaluate", overwrite=args.overwrite, source=source)
+    prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source, key="prompts")[: args.max_prompts or None]
+    run.prepare()
+    logs = run.partial / "generations"
+    answers = {name: answer(args, name, model, prompts, logs) for name, model in models.items()}
+    results = score_models(args, models, prompts, answers)
     for name in models:
-        entry: dict = {"model": models[name], "mean_words": round(sum(len(a.split()) for a in answers[name])
-                                                                  / max(len(prompts), 1), 2)}
-        if name != args.baseline:
-            entry["vs_baseline"] = summarise(outcomes(args.judge, prompts, answers[name], answers[args.baseline],
-                                                      scorer), prompts)
-        scores = chrf(prompts, answers[name])
-        if scores:
-            entry["chrf++"] = scores
-        results["models"][name] = entry
-    with atomic_dir(out, overwrite=args.overwrite) as tmp:
-        (tmp / "answers").mkdir()
-        for name in models:
-            write_jsonl(tmp / "answers" / f"{_slug(name)}.jsonl",
-                        [{"id": p["id"], "lang": p["lang"], "prompt": p["prompt"], "completion": a}
-                         for p, a in zip(prompts, answers[name])])
-        write_json(tmp / "metrics.json", results)
-        write_report(results, tmp)
-    import shutil
-
-    shutil.rmtree(cache, ignore_errors=True)
-    print_summary(results, out)
-    return out
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        write_jsonl(run.partial / "answers" / f"{safe_name(name)}.jsonl",
+                    [{"id": p["id"], "lang": p["lang"], "prompt": p["prompt"], "completion": a}
+                     for p, a in zip(prompts, answers[name])])
+    write_report(results, run.partial)
+    run.finish(results, drop=("generations",))
+    print_summary(results, run.final)
+    return run.final
 
 
 def write_report(results: dict, directory: Path) -> None:
     """report.md with the win-rate tables, and the two charts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     compared = {n: m for n, m in results["models"].items() if "vs_baseline" in m}
     langs = sorted({lang for m in compared.values() for lang in m["vs_baseline"] if lang != "all"})
     lines = [f"# Evaluation against {results['baseline']}", "",
@@ -191,6 +161,14 @@ def write_report(results: dict, directory: Path) -> None:
     lines += ["", "![win-rate by stage](winrate_by_stage.png)", "", "![win-rate by language](winrate_by_language.png)",
               ""]
     (directory / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    plot_winrates(results, compared, langs, directory)
+
+
+def plot_winrates(results: dict, compared: dict, langs: list[str], directory: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     names = list(compared)
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 4))

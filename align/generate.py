@@ -8,18 +8,20 @@ uninterrupted one would have. Answers are returned in input order.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Hashable, Iterator, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
-from .models import ModelArgs, cuda_available, load_model, load_tokenizer, model_path, to_gpu_if_available
+from .errors import ConfigError, PolyalignError
+from .io import AppendLog
+from .models import ModelArgs, adapter_base, cuda_available, load_model, load_tokenizer, model_path, release_memory, to_gpu_if_available
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +30,14 @@ BACKENDS = ("auto", "transformers", "vllm")
 
 
 @dataclass
-class GenerationArgs:
+class DecodingArgs:
+    """The generation keys of every stage that generates (arbitrage, contrast, iterate, evaluate, generate): declared
+    here once; each stage's config extends this class, changing only the defaults it needs."""
+
     max_new_tokens: int = 128
     temperature: float = 0.0  # 0 → greedy
     top_p: float = 1.0
     batch_size: int = 16  # prompts per batch; each has num_samples rows
-    seed: int = 0
-    num_samples: int = 1  # completions per prompt (needs temperature > 0 to differ)
     backend: str = "auto"  # auto: vLLM when installed and CUDA is present, else transformers
     # Cap on a batch's padded prompt tokens (prompts x samples x longest prompt); a longer prompt runs alone.
     # None: 16384 on CPU (prefill is packed there, so this bounds only the KV cache), 65536 on CUDA.
@@ -44,12 +47,31 @@ class GenerationArgs:
         if self.backend not in BACKENDS:
             raise ConfigError(None, "backend", f"unknown generation backend {self.backend!r} (expected "
                                                f"{', '.join(BACKENDS)})")
-        for key in ("max_new_tokens", "batch_size", "num_samples", "max_batch_tokens"):
+        for key in ("max_new_tokens", "batch_size", "max_batch_tokens"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(None, key, f"must be at least 1, got {getattr(self, key)}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError(None, "temperature" if self.temperature < 0 else "top_p",
                               "temperature must be >= 0 and top_p in (0, 1]")
+        getattr(super(), "__post_init__", lambda: None)()
+
+    def generation(self, **overrides) -> "GenerationArgs":
+        """These keys (and the stage's `seed`, when it has one) as the arguments of one generation run."""
+        keys = {f.name: getattr(self, f.name) for f in dataclasses.fields(DecodingArgs)}
+        if hasattr(self, "seed"):
+            keys["seed"] = self.seed
+        return GenerationArgs(**{**keys, **overrides})
+
+
+@dataclass
+class GenerationArgs(DecodingArgs):
+    seed: int = 0
+    num_samples: int = 1  # completions per prompt (needs temperature > 0 to differ)
+
+    def __post_init__(self):
+        if self.num_samples < 1:
+            raise ConfigError(None, "num_samples", f"must be at least 1, got {self.num_samples}")
+        super().__post_init__()
 
 
 class Backend(Protocol):
@@ -235,14 +257,12 @@ def load_backend(model_args: ModelArgs, backend: str, adapter: str | None = None
     """(generation backend, tokenizer) for one model, optionally with a LoRA adapter: vLLM serves the adapter on its
     base (a model path that is itself an adapter directory counts as one); transformers applies it with peft and
     runs on the GPU when there is one."""
-    import json
-
     tokenizer = load_tokenizer(model_args)
     if backend == "vllm":
         path = model_path(model_args.model)
-        if (Path(path) / "adapter_config.json").is_file():  # an adapter directory given as the model
-            adapter = path
-            path = model_path(json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"])
+        base = adapter_base(Path(path))
+        if base is not None:  # an adapter directory given as the model
+            adapter, path = path, model_path(base)
         return VLLMBackend(path, dtype=model_args.dtype, trust_remote_code=model_args.trust_remote_code,
                            adapter=model_path(adapter) if adapter else None), tokenizer
     model = load_model(model_args)
@@ -283,8 +303,98 @@ def complete(backend: Backend, tokenizer, prompts: list[Messages], args: Generat
     return results  # type: ignore[return-value]
 
 
+def generate_logged(path: str | Path, prompts: list[Messages], args: GenerationArgs, load: Callable[[], tuple], *,
+                    keys: Sequence[Hashable] | None = None, extra: Callable[[int], dict] | None = None,
+                    done: set = frozenset(), desc: str = "Generating", progress: bool = True) -> list[dict]:
+    """The one generation primitive of the stages: answer `prompts` into the append log at `path`, one flushed
+    record per prompt, `{"index": key, **extra(i), "completions": [...]}`, and return the log's records in input order.
+
+    A rerun resumes: prompts whose key is in the log (or in `done`, e.g. other processes' logs) are skipped, and
+    `load()` (→ backend, tokenizer) is called only when something is left to answer. Batches are planned over every
+    prompt, done or not, so a cut batch is regenerated exactly as the uninterrupted run would have made it.
+    """
+    keys = list(range(len(prompts))) if keys is None else list(keys)
+    with AppendLog(path, key=lambda r: r["index"]) as log_file:
+        finished = log_file.done | set(done)
+        if any(k not in finished for k in keys):
+            backend, tokenizer = load()
+            for chunk in iter_batches(backend, tokenizer, prompts, args, skip=lambda i: keys[i] in finished,
+                                      desc=desc, progress=progress):
+                for i, completions in chunk:
+                    log_file.append({"index": keys[i], **(extra(i) if extra else {}), "completions": completions})
+            del backend, tokenizer
+            release_memory()
+        by_key = {r["index"]: r for r in log_file.records}
+    return [by_key[k] for k in keys if k in by_key]
+
+
+def check_models(models: Sequence[tuple[str, str, str | None]], source: str | None, *,
+                 trust_remote_code: bool = False) -> None:
+    """Every (key, model, adapter) must resolve to a loadable config before any work starts: a typo fails in
+    seconds, not after the first teacher has answered."""
+    from transformers import AutoConfig
+
+    for key, model, adapter in models:
+        try:
+            path = model_path(model)
+            if not (Path(path) / "adapter_config.json").is_file():
+                AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            if adapter and not (Path(model_path(adapter)) / "adapter_config.json").is_file():
+                raise OSError(f"{adapter}: no adapter_config.json")
+        except (OSError, ValueError, PolyalignError) as e:
+            raise ConfigError(source, key, f"cannot load model {model!r} ({str(e).splitlines()[0]})") from None
+
+
 def generate(model, tokenizer, prompts: list[Messages], args: GenerationArgs, *, progress: bool = True) -> list[str]:
     """One completion per prompt (a list of chat messages), in the order given, with the transformers backend."""
     single = GenerationArgs(**{**args.__dict__, "num_samples": 1, "backend": "transformers"})
     return [c[0] for c in complete(TransformersBackend(model, tokenizer), tokenizer, prompts, single,
                                    progress=progress)]
+
+
+# ------------------------------------------------------------------------------------------------ polyalign generate
+
+
+@dataclass
+class GenerateArgs(ModelArgs, GenerationArgs):
+    """`polyalign generate`: a model (ModelArgs' keys), the generation keys, and where the prompts come from."""
+
+    prompts: object = None  # any prompt dataset polyalign reads
+    prompt: list[str] | None = None  # user messages given on the command line (--prompt, repeatable)
+    output: str | None = None  # a JSONL of completions; a killed run resumes it
+    overwrite: bool = False
+
+
+def run_generate(raw: dict, source: str | None = None) -> list[dict]:
+    """Answer the prompts, print each answer, and write them to `output` when given; returns the rows."""
+    from .config import build_dataclass, config_hash
+    from .data import load_records
+    from .io import write_jsonl
+
+    args = build_dataclass(GenerateArgs, raw, source)
+    if args.prompt:
+        records = [{"prompt": [{"role": "user", "content": p}], "id": str(i), "lang": None}
+                   for i, p in enumerate(args.prompt)]
+    elif args.prompts is not None:
+        records = load_records(args.prompts, "prompt", seed=args.seed, source=source, key="prompts")
+    else:
+        raise ConfigError(source, "prompts", "missing: give --prompt TEXT (repeatable) or --prompts FILE")
+    output = Path(args.output) if args.output else None
+    if output is not None and output.exists() and not args.overwrite:
+        raise ConfigError(source, "output", f"{output} already exists (pass --overwrite to replace it)")
+    backend = choose_backend(args.backend)  # vLLM asked for but not usable: an error now, not a silent fallback
+    chats = [r["prompt"] for r in records]
+    if output is None:
+        answers = complete(*load_backend(args, backend), chats, args)
+    else:  # streamed into a log beside the output, keyed by the config, so a killed run resumes
+        log_path = output.parent / f".{output.name}.{config_hash({k: v for k, v in raw.items() if k != 'overwrite'})}"
+        answers = [a["completions"] for a in generate_logged(log_path, chats, args, lambda: load_backend(args, backend))]
+    rows = [{"id": r["id"], "lang": r.get("lang"), "prompt": r["prompt"][-1]["content"], "completion": a[0],
+             **({"completions": a} if args.num_samples > 1 else {})} for r, a in zip(records, answers)]
+    for row in rows:
+        print(f"[{row['lang'] or '?'}] {row['prompt']}\n  → {row['completion']}\n", flush=True)
+    if output is not None:
+        write_jsonl(output, rows)
+        print(f"wrote {len(rows)} completions to {output}")
+        log_path.unlink()
+    return rows

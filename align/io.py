@@ -48,6 +48,11 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     return n
 
 
+def safe_name(name: str) -> str:
+    """A name (a cluster, a model in a report) as a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def partial_dir(final: str | os.PathLike) -> Path:
     """The sibling where a stage builds its output before renaming it into place.
 
@@ -71,6 +76,18 @@ def promote(partial: str | os.PathLike, final: str | os.PathLike, *, overwrite: 
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(partial, final)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Lay a matplotlib figure out, write it atomically (a reader never sees half a PNG), and free it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 @contextmanager
@@ -124,3 +141,30 @@ class AppendLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+RECORD_FILES = ("adapter_config.json", "polyalign_recipe.json", "metrics.json")
+
+
+def relocate_paths(directory: str | os.PathLike, old: str | os.PathLike, new: str | os.PathLike) -> None:
+    """In the records of `directory` (RECORD_FILES, at any depth), make paths into `old` point into `new`: a stage
+    that nests stages (the online loop trains, merges and records inside its partial directory) must leave records
+    that point where the files are once the partial is renamed into place, or a LoRA adapter names a base that no
+    longer exists."""
+    old, new = str(old), str(new)
+
+    def swap(value):
+        if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+            return new + value[len(old):]
+        if isinstance(value, list):
+            return [swap(v) for v in value]
+        if isinstance(value, dict):
+            return {k: swap(v) for k, v in value.items()}
+        return value
+
+    for name in RECORD_FILES:
+        for path in Path(directory).rglob(name):
+            text = path.read_text(encoding="utf-8")
+            if old not in text:
+                continue
+            write_json(path, swap(json.loads(text)))

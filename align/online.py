@@ -21,25 +21,30 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import build_dataclass, config_hash
+from reward.spec import parse_ranker
+
+from .config import build_dataclass
 from .data import load_records
 from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
-from .generate import GenerationArgs, choose_backend, iter_batches, load_backend
-from .io import AppendLog, write_json, write_jsonl
-from .models import ModelArgs, release_memory
+from .generate import DecodingArgs, GenerationArgs, choose_backend, generate_logged, load_backend
+from .io import AppendLog, save_figure, write_json, write_jsonl
+from .models import LoadingArgs, release_memory
+from .pairs import choose_pair, outcome_of_scores, preference_record, tally_with_rates
+from .runs import StageRun
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class IterateArgs:
+class IterateArgs(LoadingArgs, DecodingArgs):
+    """The loop's own keys; the sampling keys and model-loading keys are shared with every generating stage."""
+
     model: str = DEFAULT_MODEL  # the starting policy, usually the SFT (or offline-DPO) model
     prompts: Any = None
     heldout_prompts: Any = None  # default: `heldout_fraction` of `prompts`, chosen by a seeded hash of their ids
@@ -48,12 +53,6 @@ class IterateArgs:
     overwrite: bool = False
     iterations: int = 3
     samples: int = 4  # k completions per prompt
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    max_batch_tokens: int | None = None  # padded prompt tokens per generation batch (default: 16384 CPU, 65536 CUDA)
-    backend: str = "auto"  # generation: vLLM when installed with CUDA, else transformers
     ranker: dict = field(default_factory=dict)  # {reward_model | judge, batch_size, max_length}
     min_margin: float = 0.0
     reference: str = "start"  # start | previous
@@ -63,9 +62,9 @@ class IterateArgs:
     dpo: dict = field(default_factory=dict)  # trl DPOConfig fields for every iteration's training
     length_warning: float = 0.2  # warn when mean length grows more than this fraction while reward rises
     seed: int = 0
-    dtype: str = "auto"
-    attn_implementation: str = "auto"
-    trust_remote_code: bool = False
+    temperature: float = 0.8
+    max_new_tokens: int = 256
+    batch_size: int = 8
 
 
 def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: bool = False) -> IterateArgs:
@@ -83,13 +82,14 @@ def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: 
     if len(betas) != args.iterations or not all(isinstance(b, (int, float)) and b > 0 for b in betas):
         raise ConfigError(source, "beta", f"expected a positive number or a list of {args.iterations} of them")
     args.beta = [float(b) for b in betas]
-    if args.merge_with_previous is not None and not 0 < args.merge_with_previous <= 1:
-        raise ConfigError(source, "merge_with_previous", "the new policy's weight must be in (0, 1]")
-    GenerationArgs(backend=args.backend, max_batch_tokens=args.max_batch_tokens)  # validates them
+    if args.merge_with_previous is not None:
+        from merge import with_previous
+
+        with_previous("previous", "new", args.merge_with_previous, source=source)  # checks the weight
     if not 0 <= args.heldout_fraction < 1:
         raise ConfigError(source, "heldout_fraction", "must be in [0, 1)")
-    if not ranker_given and (not args.ranker or ("reward_model" in args.ranker) == ("judge" in args.ranker)):
-        raise ConfigError(source, "ranker", "give exactly one of ranker.reward_model and ranker.judge")
+    if not ranker_given:
+        args.ranker = parse_ranker(args.ranker, source, backend=args.backend).as_dict()
     from .dpo import parse_dpo_config
 
     for key in ("model", "output_dir", "dataset", "beta", "ref_model"):
@@ -99,7 +99,7 @@ def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: 
     return args
 
 
-def split_heldout(prompts: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def hold_out_by_id(prompts: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """A stable split: a prompt is held out by a seeded hash of its id, whatever the order or count of the rest."""
     import hashlib
 
@@ -115,11 +115,8 @@ def split_heldout(prompts: list[dict], fraction: float, seed: int) -> tuple[list
 class Loop:
     """State shared by the steps of every iteration."""
 
-    def __init__(self, args: IterateArgs, raw: dict, source: str | None, ranker=None):
-        self.args, self.raw, self.source = args, raw, source
-        self.out = Path(args.output_dir)
-        self.model_args = ModelArgs(model=args.model, dtype=args.dtype, attn_implementation=args.attn_implementation,
-                                    trust_remote_code=args.trust_remote_code)
+    def __init__(self, args: IterateArgs, out: Path, source: str | None, ranker=None):
+        self.args, self.out, self.source = args, out, source
         self._given_ranker = ranker
         self._ranker = ranker
 
@@ -129,9 +126,7 @@ class Loop:
         if self._ranker is None:
             from reward import load_ranker
 
-            self._ranker = load_ranker(self.args.ranker, ModelArgs(
-                dtype=self.args.dtype, attn_implementation=self.args.attn_implementation,
-                trust_remote_code=self.args.trust_remote_code))
+            self._ranker = load_ranker(self.args.ranker, self.args.model_args())
         return self._ranker
 
     def release_ranker(self) -> None:
@@ -148,27 +143,13 @@ class Loop:
             return str(previous / "merged")
         return str(previous / "model" / "merged") if self.args.lora else str(previous / "model")
 
-    def backend(self, policy: str):
-        """(generation backend, tokenizer) for a policy checkpoint."""
-        import dataclasses
-
-        return load_backend(dataclasses.replace(self.model_args, model=policy), choose_backend(self.args.backend))
-
-    # ---------------------------------------------------------------------------------------------- steps
-
     def generate(self, policy: str, prompts: list[dict], path: Path, args: GenerationArgs, desc: str) -> list[dict]:
         """Answers of `policy` to `prompts`, streamed into `path` and resumed from it."""
-        with AppendLog(path, key=lambda r: r["index"]) as out:
-            if len(out.done) < len(prompts):
-                backend, tokenizer = self.backend(policy)
-                for chunk in iter_batches(backend, tokenizer, [p["prompt"] for p in prompts], args,
-                                          skip=lambda j: j in out.done, desc=desc):
-                    for j, completions in chunk:
-                        out.append({"index": j, "id": prompts[j]["id"], "lang": prompts[j]["lang"],
-                                    "completions": completions})
-                del backend
-                release_memory()
-            return sorted(out.records, key=lambda r: r["index"])
+        def load():
+            return load_backend(self.args.model_args(policy), choose_backend(self.args.backend))
+
+        return generate_logged(path, [p["prompt"] for p in prompts], args, load, desc=desc,
+                               extra=lambda j: {"id": prompts[j]["id"], "lang": prompts[j]["lang"]})
 
     def score(self, prompts: list[dict], answers: list[dict], path: Path, chunk: int = 32) -> dict[int, list[float]]:
         """The ranker's score of every completion, in fixed chunks (a cut chunk is rescored whole)."""
@@ -188,8 +169,7 @@ class Loop:
         """Greedy held-out answers of `policy` with their reward (iteration 0: the starting policy)."""
         directory = self.out / f"iter_{i}"
         path = directory / "heldout.jsonl"
-        args = GenerationArgs(max_new_tokens=self.args.max_new_tokens, batch_size=self.args.batch_size,
-                              seed=self.args.seed, max_batch_tokens=self.args.max_batch_tokens)
+        args = self.args.generation(temperature=0.0, top_p=1.0)
         answers = self.generate(policy, heldout, directory / "heldout_answers.jsonl", args, f"Held-out (iter {i})")
         if not path.exists():
             ranker = self.ranker()
@@ -202,11 +182,11 @@ class Loop:
 
     def versus(self, heldout: list[dict], previous: list[dict], current: list[dict]) -> list[str]:
         """'win' / 'loss' / 'tie' of each current held-out answer against the previous policy's, by the ranker
-        (a judge compares them in both orders)."""
+        (a judge compares them in both orders and gives 1 point to the winner, 1/2 each for a tie)."""
         old = {h["index"]: h["completion"] for h in previous}
         rankings = self.ranker().rank_many([heldout[h["index"]]["prompt"] for h in current],
-                                           [[old[h["index"]], h["completion"]] for h in current])
-        return ["tie" if r.margin == 0 else "win" if r.best == 1 else "loss" for r in rankings]
+                                           [[h["completion"], old[h["index"]]] for h in current])
+        return [outcome_of_scores(*r.scores) for r in rankings]
 
     def run_iteration(self, i: int, train: list[dict], heldout: list[dict], previous_heldout: list[dict]) -> dict:
         args, directory = self.args, self.out / f"iter_{i}"
@@ -215,9 +195,7 @@ class Loop:
             return json.loads(metrics_path.read_text())
         policy = self.policy(i)
         print(f"\nIteration {i}/{args.iterations}: sampling {args.samples} per prompt from {policy}", flush=True)
-        sampling = GenerationArgs(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                                  batch_size=args.batch_size, seed=args.seed * 1000 + i, num_samples=args.samples,
-                                  max_batch_tokens=args.max_batch_tokens)
+        sampling = args.generation(seed=args.seed * 1000 + i, num_samples=args.samples)
         clock = Stopwatch()
         with clock("sampling"):
             samples = self.generate(policy, train, directory / "samples.jsonl", sampling, f"Sampling (iter {i})")
@@ -240,10 +218,9 @@ class Loop:
             final = str(directory / "merged")
             with clock("merging"):
                 if not Path(final).exists():
-                    from merge import soup
+                    from merge import soup, with_previous
 
-                    w = args.merge_with_previous
-                    soup([(policy, 1 - w), (trained, w)], final, progress=False)
+                    soup(with_previous(policy, trained, args.merge_with_previous), final, progress=False)
         with clock("heldout"):
             current = self.heldout(i, final, heldout) if heldout else []
             outcomes = self.versus(heldout, previous_heldout, current) if heldout else []
@@ -253,6 +230,23 @@ class Loop:
         write_json(metrics_path, metrics)
         self.release_ranker()
         return metrics
+
+    def run_all(self, train: list[dict], heldout: list[dict]) -> dict:
+        """Every iteration from the first unfinished one; the summary that becomes metrics.json."""
+        start = self.heldout(0, self.args.model, heldout) if heldout else []
+        start_metrics = {}
+        if start:
+            start_metrics = {"heldout_reward_mean": _mean(h["score"] for h in start),
+                             "heldout_mean_words": round(statistics.fmean(len(h["completion"].split())
+                                                                          for h in start), 2)}
+        history, previous = [], start
+        for i in range(1, self.args.iterations + 1):
+            history.append(self.run_iteration(i, train, heldout, previous))
+            if heldout:
+                previous = [json.loads(line) for line in
+                            (self.out / f"iter_{i}" / "heldout.jsonl").read_text().splitlines()]
+        plot_iterations(history, start_metrics, self.out / "iterations.png")
+        return {"start": start_metrics, "iterations": history, "final_model": history[-1]["policy"]}
 
     def train(self, i: int, policy: str, model_dir: Path, pairs: list[dict]) -> None:
         args, directory = self.args, model_dir.parent
@@ -292,19 +286,15 @@ class Stopwatch:
 
 
 def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list[float]], min_margin: float):
-    """Best vs worst sample of each prompt, where they differ in text and their scores by at least `min_margin`."""
+    """Best vs worst sample of each prompt, by the pair rule (align.pairs)."""
     pairs = []
     for record in samples:
         completions, values = record["completions"], scores[record["index"]]
-        best = max(range(len(values)), key=lambda k: (values[k], -k))
-        worst = min(range(len(values)), key=lambda k: (values[k], -k))
-        margin = values[best] - values[worst]
-        if completions[best].strip() == completions[worst].strip() or margin <= 0 or margin < min_margin:
-            continue
-        prompt = prompts[record["index"]]
-        pairs.append({"prompt": prompt["prompt"], "chosen": [{"role": "assistant", "content": completions[best]}],
-                      "rejected": [{"role": "assistant", "content": completions[worst]}], "lang": prompt["lang"],
-                      "id": prompt["id"], "chosen_score": values[best], "rejected_score": values[worst]})
+        choice = choose_pair(completions, values, min_margin)
+        if choice.dropped is None:
+            pairs.append(preference_record(prompts[record["index"]], completions[choice.best],
+                                           completions[choice.worst], chosen_score=values[choice.best],
+                                           rejected_score=values[choice.worst]))
     return pairs
 
 
@@ -329,10 +319,7 @@ def iteration_metrics(i, samples, scores, pairs, heldout, previous, outcomes, tr
     if heldout:
         metrics["heldout_reward_mean"] = _mean(h["score"] for h in heldout)  # None when ranked by a judge
         metrics["heldout_mean_words"] = round(statistics.fmean(len(h["completion"].split()) for h in heldout), 2)
-        wins, losses = outcomes.count("win"), outcomes.count("loss")
-        ties = len(outcomes) - wins - losses
-        metrics["vs_previous"] = {"win": wins, "loss": losses, "tie": ties,
-                                  "win_rate": round((wins + ties / 2) / len(outcomes), 4)}
+        metrics["vs_previous"] = tally_with_rates(outcomes, [None] * len(outcomes))["all"]
         before_words = statistics.fmean(len(h["completion"].split()) for h in previous)
         growth = metrics["heldout_mean_words"] / before_words - 1 if before_words else 0.0
         metrics["length_growth"] = round(growth, 4)
@@ -370,11 +357,7 @@ def plot_iterations(history: list[dict], start: dict, path: Path) -> None:
     right.legend(loc="lower right", fontsize="small")
     left.set_xticks(steps)
     left.set_title("Online DPO: reward and length per iteration")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
@@ -390,42 +373,20 @@ def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
     if state.num_processes > 1:
         raise ConfigError(source, None, "iterate samples, scores and trains in one process; run each iteration's "
                                         "DPO on many GPUs with `accelerate launch recipes/dpo.py` instead")
-    out = Path(args.output_dir)
-    marker = out / "polyalign_config_hash"
-    digest = config_hash({k: v for k, v in raw.items() if k != "overwrite"})
-    if out.exists():
-        if args.overwrite:
-            shutil.rmtree(out)
-        elif not marker.exists() or marker.read_text().strip() != digest:
-            raise ConfigError(source, "output_dir", f"{out} holds another run (its config differs); pass "
-                                                    "--overwrite to start over")
-    prompts = load_records(args.prompts, "prompt", seed=args.seed)
+    run = StageRun(args.output_dir, raw, stage="iterate", overwrite=args.overwrite, source=source)
+    prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source, key="prompts")
     if args.heldout_prompts is not None:
-        train, heldout = prompts, load_records(args.heldout_prompts, "prompt", seed=args.seed)
+        train, heldout = prompts, load_records(args.heldout_prompts, "prompt", seed=args.seed, source=source,
+                                                  key="heldout_prompts")
     else:
-        train, heldout = split_heldout(prompts, args.heldout_fraction, args.seed)
-    resumed = out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(digest)
+        train, heldout = hold_out_by_id(prompts, args.heldout_fraction, args.seed)
+    resumed = run.prepare()
     print(f"Online DPO: {args.iterations} iterations, {len(train)} prompts ({len(heldout)} held out), "
           f"{args.samples} samples each, reference: {args.reference}" + (" (resuming)" if resumed else ""), flush=True)
-    loop = Loop(args, raw, source, ranker=ranker)
-    start = loop.heldout(0, args.model, heldout) if heldout else []
-    start_metrics = {}
-    if start:
-        start_metrics = {"heldout_reward_mean": _mean(h["score"] for h in start),
-                         "heldout_mean_words": round(statistics.fmean(len(h["completion"].split()) for h in start), 2)}
-    history, previous = [], start
-    for i in range(1, args.iterations + 1):
-        metrics = loop.run_iteration(i, train, heldout, previous)
-        history.append(metrics)
-        if heldout:
-            previous = [json.loads(line) for line in (out / f"iter_{i}" / "heldout.jsonl").read_text().splitlines()]
-    plot_iterations(history, start_metrics, out / "iterations.png")
-    summary = {"start": start_metrics, "iterations": history, "final_model": history[-1]["policy"]}
-    write_json(out / "metrics.json", summary)
+    summary = Loop(args, run.partial, source, ranker=ranker).run_all(train, heldout)
+    run.finish(summary)
     print_table(summary)
-    return out
+    return run.final
 
 
 def print_table(summary: dict) -> None:

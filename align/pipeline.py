@@ -13,6 +13,7 @@ shared languages (default en, es, fr) so the cluster models merge well (Aya Expa
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import shutil
@@ -26,7 +27,7 @@ from .data import load_records
 from .data.languages import DEFAULT_SHARED, UnknownLanguage, make_clusters
 from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
-from .io import write_json, write_jsonl
+from .io import partial_dir, safe_name, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,10 @@ class Pipeline:
         self.stages.append(stage)
 
 
-def _section(raw: dict, key: str) -> dict:
+def _section(raw: dict, key: str, source: str | None) -> dict:
     value = raw.get(key) or {}
     if not isinstance(value, dict):
-        raise ConfigError(None, key, "expected a mapping of that stage's keys")
+        raise ConfigError(source, key, "expected a mapping of that stage's keys")
     return dict(value)
 
 
@@ -72,126 +73,162 @@ def _model_keys(raw: dict) -> dict:
     return {k: raw[k] for k in MODEL_KEYS if k in raw}
 
 
+@dataclass
+class Builder:
+    """What the stage sections of a pipeline recipe share while they become stages."""
+
+    pipe: Pipeline
+    base: str
+    common: dict  # model-loading keys and the seed, for every stage
+    ranker: dict
+    ranker_reads: list[str]
+    clusters: dict[str, list[str]] = field(default_factory=dict)
+    policy: Path | None = None  # the model the next stage starts from, and the stage that writes it
+    policy_stage: str = ""
+
+    @property
+    def raw(self) -> dict:
+        return self.pipe.raw
+
+    def section(self, key: str) -> dict:
+        return _section(self.raw, key, self.pipe.source)
+
+
 def build_pipeline(raw: dict, source: str | None) -> Pipeline:
     """Turn a pipeline recipe into its ordered stages (nothing runs, nothing is written)."""
+    _check_keys(raw, source)
+    pipe = Pipeline(raw, source, Path(raw["run_dir"]))
+    builder = _add_ranker(pipe, raw.get("model", DEFAULT_MODEL), {**_model_keys(raw), "seed": raw.get("seed", 0)})
+    _add_arbitrage(builder)
+    _add_sft(builder)
+    if "dpo" in raw:
+        _add_offline_dpo(builder)
+    if "online" in raw:
+        _add_online(builder)
+    if "evaluate" in raw:
+        _add_evaluate(builder)
+    return pipe
+
+
+def _check_keys(raw: dict, source: str | None) -> None:
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
-        import difflib
-
         close = difflib.get_close_matches(unknown[0], sorted(TOP_KEYS), n=1)
         raise ConfigError(source, unknown[0], "unknown pipeline key" + (f" (did you mean '{close[0]}'?)" if close
                                                                          else f" (known: {', '.join(sorted(TOP_KEYS))})"))
     for key in ("run_dir", "prompts", "arbitrage", "sft"):
         if key not in raw:
             raise ConfigError(source, key, "missing")
-    run_dir = Path(raw["run_dir"])
-    base = raw.get("model", DEFAULT_MODEL)
-    seed = raw.get("seed", 0)
-    common = {**_model_keys(raw), "seed": seed}
-    pipe = Pipeline(raw, source, run_dir)
 
-    # The ranker: a reward model trained here, or one named in the recipe.
+
+def _add_ranker(pipe: Pipeline, base: str, common: dict) -> Builder:
+    """The ranker: a reward model trained here, or one named in the recipe."""
+    raw, source = pipe.raw, pipe.source
     ranker = dict(raw.get("ranker") or {})
     if "reward" in raw:
-        reward_dir = run_dir / "reward"
-        cfg = {"model": base, **common, **_section(raw, "reward"), "output_dir": str(reward_dir)}
-        pipe.add("reward", reward_dir, [], cfg, lambda cfg=cfg: _call("reward.train:run_reward", cfg, source))
+        reward_dir = pipe.run_dir / "reward"
+        cfg = {"model": base, **common, **_section(raw, "reward", source), "output_dir": str(reward_dir)}
+        pipe.add("reward", reward_dir, [], cfg, lambda: _call("reward.train:run_reward", cfg, source))
         ranker = {**ranker, "reward_model": str(reward_dir)}
     if not ranker:
         raise ConfigError(source, "ranker", "missing: a `reward` stage to train one, or ranker: {reward_model: path} "
                                             "or {judge: model}")
-    ranker_reads = ["reward"] if "reward" in raw else []
+    return Builder(pipe, base, common, ranker, ["reward"] if "reward" in raw else [])
 
-    # Arbitrage: the teacher pool answers the prompts; the ranker routes.
-    arbitrage_dir = run_dir / "arbitrage"
-    cfg = {**common, **_section(raw, "arbitrage"), "prompts": raw["prompts"], "ranker": ranker,
-           "output_dir": str(arbitrage_dir)}
-    pipe.add("arbitrage", arbitrage_dir, ranker_reads, cfg, lambda cfg=cfg: _call("align.arbitrage:run_arbitrage",
-                                                                                  cfg, source))
 
-    # SFT per cluster, on the arbitrage SFT records of the cluster's languages, then a weighted merge.
+def _add_arbitrage(b: Builder) -> None:
+    """The teacher pool answers the prompts; the ranker routes."""
+    out = b.pipe.run_dir / "arbitrage"
+    cfg = {**b.common, **b.section("arbitrage"), "prompts": b.raw["prompts"], "ranker": b.ranker,
+           "output_dir": str(out)}
+    b.pipe.add("arbitrage", out, b.ranker_reads, cfg, lambda: _call("align.arbitrage:run_arbitrage", cfg,
+                                                                     b.pipe.source))
+
+
+def _clusters(raw: dict, source: str | None) -> dict[str, list[str]]:
     try:
-        langs = sorted({r["lang"] for r in load_records(raw["prompts"], "prompt", seed=seed)})
+        langs = sorted({r["lang"] for r in load_records(raw["prompts"], "prompt", seed=raw.get("seed", 0),
+                                                         source=source, key="prompts")})
         clusters, unassigned = make_clusters(langs, raw.get("clusters", "family"),
                                              raw.get("shared_languages", DEFAULT_SHARED))
-    except UnknownLanguage as e:
-        raise ConfigError(source, "clusters", str(e)) from None
-    except ValueError as e:
+    except (UnknownLanguage, ValueError) as e:
         raise ConfigError(source, "clusters", str(e)) from None
     if unassigned:
         raise ConfigError(source, "clusters", f"no cluster holds {', '.join(unassigned)}: add them to a cluster or "
                                               "to shared_languages")
-    sft_section = _section(raw, "sft")
+    return clusters
+
+
+def _add_sft(b: Builder) -> None:
+    """SFT per cluster, on the arbitrage SFT records of the cluster's languages, then a weighted merge."""
+    b.clusters = _clusters(b.raw, b.pipe.source)
+    run_dir, section, records = b.pipe.run_dir, b.section("sft"), b.pipe.run_dir / "arbitrage" / "sft.jsonl"
     cluster_dirs = {}
-    for name, members in clusters.items():
-        out = run_dir / "sft" / _slug(name)
-        data = run_dir / "sft" / ".data" / f"{_slug(name)}.jsonl"
-        cfg = {"model": base, **common, **sft_section, "dataset": str(data), "output_dir": str(out)}
-        pipe.add(f"sft/{name}", out, ["arbitrage"], {**cfg, "languages": members},
-                 lambda cfg=cfg, members=members, data=data: _cluster_sft(arbitrage_dir, members, data, cfg, source))
+    for name, members in b.clusters.items():
+        out, data = run_dir / "sft" / safe_name(name), run_dir / "sft" / ".data" / f"{safe_name(name)}.jsonl"
+        cfg = {"model": b.base, **b.common, **section, "dataset": str(data), "output_dir": str(out)}
+        b.pipe.add(f"sft/{name}", out, ["arbitrage"], {**cfg, "languages": members},
+                   lambda cfg=cfg, members=members, data=data: _on_cluster("align.sft:run_sft", records, members,
+                                                                           data, cfg, b.pipe.source))
         cluster_dirs[name] = out
-    merge_section = _section(raw, "merge")
-    sft_merged = run_dir / "sft" / "merged"
-    _add_merge(pipe, "sft/merged", sft_merged, cluster_dirs, clusters, merge_section, [f"sft/{n}" for n in clusters])
-    policy, policy_stage = sft_merged, "sft/merged"
+    b.policy, b.policy_stage = run_dir / "sft" / "merged", "sft/merged"
+    _add_merge(b, "sft/merged", b.policy, cluster_dirs, [f"sft/{n}" for n in b.clusters])
 
-    # Offline DPO on the arbitrage pairs: on the merged model, or per cluster and merged again.
-    if "dpo" in raw:
-        dpo_section = _section(raw, "dpo")
-        per_cluster = bool(dpo_section.pop("per_cluster", False))
-        if dpo_section.get("lora"):
-            dpo_section["save_merged"] = True  # the next stage reads a full model
-        pairs = arbitrage_dir / "pairs.jsonl"
-        if per_cluster:
-            dirs = {}
-            for name, members in clusters.items():
-                out = run_dir / "dpo" / "offline" / _slug(name)
-                data = run_dir / "dpo" / ".data" / f"{_slug(name)}.jsonl"
-                cfg = {"model": str(policy), **common, **dpo_section, "dataset": str(data), "output_dir": str(out)}
-                pipe.add(f"dpo/{name}", out, [policy_stage, "arbitrage"], {**cfg, "languages": members},
-                         lambda cfg=cfg, members=members, data=data: _cluster_dpo(pairs, members, data, cfg, source))
-                dirs[name] = _trained(out, cfg)
-            merged = run_dir / "dpo" / "offline" / "merged"
-            _add_merge(pipe, "dpo/merged", merged, dirs, clusters, merge_section, [f"dpo/{n}" for n in clusters])
-            policy, policy_stage = merged, "dpo/merged"
-        else:
-            out = run_dir / "dpo" / "offline"
-            cfg = {"model": str(policy), **common, **dpo_section, "dataset": str(pairs), "output_dir": str(out)}
-            pipe.add("dpo", out, [policy_stage, "arbitrage"], cfg, lambda cfg=cfg: _call("align.dpo:run_dpo", cfg,
-                                                                                          source))
-            policy, policy_stage = _trained(out, cfg), "dpo"
 
-    # Online iterations, each followed by a merge with the previous policy when the recipe asks.
-    if "online" in raw:
-        out = run_dir / "dpo" / "online"
-        cfg = {**common, **_section(raw, "online"), "model": str(policy), "prompts": raw["prompts"],
-               "ranker": ranker, "output_dir": str(out)}
-        pipe.add("online", out, [policy_stage, *ranker_reads], cfg,
-                 lambda cfg=cfg: _call("align.online:run_iterate", cfg, source))
-        policy_stage = "online"
+def _add_offline_dpo(b: Builder) -> None:
+    """Offline DPO on the arbitrage pairs: on the merged model, or per cluster and merged again."""
+    section = b.section("dpo")
+    per_cluster = bool(section.pop("per_cluster", False))
+    if section.get("lora"):
+        section["save_merged"] = True  # the next stage reads a full model
+    run_dir, pairs, source = b.pipe.run_dir, b.pipe.run_dir / "arbitrage" / "pairs.jsonl", b.pipe.source
+    reads = [b.policy_stage, "arbitrage"]
+    if not per_cluster:
+        out = run_dir / "dpo" / "offline"
+        cfg = {"model": str(b.policy), **b.common, **section, "dataset": str(pairs), "output_dir": str(out)}
+        b.pipe.add("dpo", out, reads, cfg, lambda: _call("align.dpo:run_dpo", cfg, source))
+        b.policy, b.policy_stage = _trained(out, cfg), "dpo"
+        return
+    dirs = {}
+    for name, members in b.clusters.items():
+        out, data = run_dir / "dpo" / "offline" / safe_name(name), run_dir / "dpo" / ".data" / f"{safe_name(name)}.jsonl"
+        cfg = {"model": str(b.policy), **b.common, **section, "dataset": str(data), "output_dir": str(out)}
+        b.pipe.add(f"dpo/{name}", out, reads, {**cfg, "languages": members},
+                   lambda cfg=cfg, members=members, data=data: _on_cluster("align.dpo:run_dpo", pairs, members, data,
+                                                                           cfg, source))
+        dirs[name] = _trained(out, cfg)
+    b.policy, b.policy_stage = run_dir / "dpo" / "offline" / "merged", "dpo/merged"
+    _add_merge(b, "dpo/merged", b.policy, dirs, [f"dpo/{n}" for n in b.clusters])
 
-    # Evaluation of every stage's model against the base.
-    if "evaluate" in raw:
-        section = _section(raw, "evaluate")
-        models = {"base": base, "sft": str(sft_merged)}
-        reads = ["sft/merged"]
-        if "dpo" in raw:
-            models["dpo-offline"] = str(policy)
-            reads.append("dpo/merged" if any(s.name == "dpo/merged" for s in pipe.stages) else "dpo")
-        if "online" in raw:
-            iterations = int(_section(raw, "online").get("iterations", 3))
-            online_cfg = next(s.config for s in pipe.stages if s.name == "online")
-            for i in range(1, iterations + 1):
-                models[f"online-{i}"] = _online_policy(run_dir / "dpo" / "online", i, online_cfg)
-            reads.append("online")
-        eval_dir = run_dir / "eval"
-        cfg = {**common, "max_new_tokens": 128, **section, "models": models, "baseline": "base",
-               "prompts": raw.get("heldout", raw["prompts"]), "output_dir": str(eval_dir)}
-        if "judge" not in cfg:
-            raise ConfigError(source, "evaluate.judge", "missing: {judge: model} or {reward_model: path} (by default "
-                                                        "not the reward model the recipe trained with)")
-        pipe.add("evaluate", eval_dir, reads, cfg, lambda cfg=cfg: _call("align.evaluate:run_evaluate", cfg, source))
-    return pipe
+
+def _add_online(b: Builder) -> None:
+    """Online iterations, each followed by a merge with the previous policy when the recipe asks."""
+    out = b.pipe.run_dir / "dpo" / "online"
+    cfg = {**b.common, **b.section("online"), "model": str(b.policy), "prompts": b.raw["prompts"],
+           "ranker": b.ranker, "output_dir": str(out)}
+    b.pipe.add("online", out, [b.policy_stage, *b.ranker_reads], cfg,
+               lambda: _call("align.online:run_iterate", cfg, b.pipe.source))
+
+
+def _add_evaluate(b: Builder) -> None:
+    """Evaluation of every stage's model against the base."""
+    run_dir, stages = b.pipe.run_dir, {s.name: s for s in b.pipe.stages}
+    models, reads = {"base": b.base, "sft": str(run_dir / "sft" / "merged")}, ["sft/merged"]
+    if "dpo" in b.raw:
+        models["dpo-offline"] = str(b.policy)
+        reads.append("dpo/merged" if "dpo/merged" in stages else "dpo")
+    if "online" in stages:
+        online = stages["online"].config
+        for i in range(1, int(online.get("iterations", 3)) + 1):
+            models[f"online-{i}"] = _online_policy(run_dir / "dpo" / "online", i, online)
+        reads.append("online")
+    out = run_dir / "eval"
+    cfg = {**b.common, "max_new_tokens": 128, **b.section("evaluate"), "models": models, "baseline": "base",
+           "prompts": b.raw.get("heldout", b.raw["prompts"]), "output_dir": str(out)}
+    if "judge" not in cfg:
+        raise ConfigError(b.pipe.source, "evaluate.judge", "missing: {judge: model} or {reward_model: path} (by "
+                                                          "default not the reward model the recipe trained with)")
+    b.pipe.add("evaluate", out, reads, cfg, lambda: _call("align.evaluate:run_evaluate", cfg, b.pipe.source))
 
 
 def _online_policy(out: Path, i: int, cfg: dict) -> str:
@@ -206,27 +243,21 @@ def _trained(out: Path, cfg: dict) -> Path:
     return out / "merged" if cfg.get("lora") else out
 
 
-def _add_merge(pipe: Pipeline, name: str, out: Path, dirs: dict[str, Path], clusters: dict, section: dict,
-               reads: list[str]) -> None:
-    weighting = section.get("weights", "equal")
-    if weighting not in ("equal", "languages") and not isinstance(weighting, dict):
-        raise ConfigError(pipe.source, "merge.weights", "expected equal, languages (cluster size), or a mapping "
-                                                        "of cluster to weight")
-    if isinstance(weighting, dict):
-        weights = {c: float(weighting.get(c, 0)) for c in dirs}
-    elif weighting == "languages":
-        weights = {c: float(len(clusters[c])) for c in dirs}
-    else:
-        weights = {c: 1.0 for c in dirs}
+def _add_merge(b: Builder, name: str, out: Path, dirs: dict[str, Path], reads: list[str]) -> None:
+    from merge.weighting import cluster_weights
+
+    section = b.section("merge")
+    weights = cluster_weights(section.get("weights", "equal"), {c: b.clusters[c] for c in dirs},
+                              source=b.pipe.source, key="merge.weights")
     models = [(str(path), weights[c]) for c, path in dirs.items()]
     cfg = {"models": models, "dtype": section.get("dtype")}
 
-    def run(models=models, out=out):
+    def run():
         from merge import soup
 
         soup(models, out, dtype=section.get("dtype"), command="polyalign run (pipeline merge)")
 
-    pipe.add(name, out, reads, cfg, run)
+    b.pipe.add(name, out, reads, cfg, run)
 
 
 def _call(target: str, cfg: dict, source: str | None) -> None:
@@ -236,27 +267,14 @@ def _call(target: str, cfg: dict, source: str | None) -> None:
     getattr(importlib.import_module(module), name)(cfg, source)
 
 
-def _subset(path: Path, members: list[str], target: Path, what: str, source: str | None) -> int:
+def _on_cluster(target: str, path: Path, members: list[str], data: Path, cfg: dict, source: str | None) -> None:
+    """Run a stage on the records of `path` (arbitrage SFT records or pairs) in the cluster's languages."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     kept = [r for r in rows if r.get("lang") in members]
     if not kept:
-        raise ConfigError(source, "clusters", f"the {what} hold no record in {', '.join(members)}")
-    write_jsonl(target, kept)
-    return len(kept)
-
-
-def _cluster_sft(arbitrage_dir: Path, members: list[str], data: Path, cfg: dict, source: str | None) -> None:
-    _subset(arbitrage_dir / "sft.jsonl", members, data, "arbitrage SFT records", source)
-    _call("align.sft:run_sft", cfg, source)
-
-
-def _cluster_dpo(pairs: Path, members: list[str], data: Path, cfg: dict, source: str | None) -> None:
-    _subset(pairs, members, data, "arbitrage pairs", source)
-    _call("align.dpo:run_dpo", cfg, source)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        raise ConfigError(source, "clusters", f"{path} holds no record in {', '.join(members)}")
+    write_jsonl(data, kept)
+    _call(target, cfg, source)
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -284,7 +302,7 @@ def plan(pipe: Pipeline, state: dict, start_from: str | None) -> list[tuple[Stag
         stale = True  # everything after a stage that runs runs too (its inputs are new)
         if record is not None and record["hash"] != stage.hash or stage.name in forced or done:
             out.append((stage, "rerun"))  # changed, forced, or after one that reruns: start it over
-        elif (stage.output.parent / f".{stage.output.name}.partial").exists() or stage.output.exists():
+        elif partial_dir(stage.output).exists() or stage.output.exists():
             out.append((stage, "resume"))  # cut: the stage picks up its own partial work
         else:
             out.append((stage, "run"))
@@ -312,7 +330,7 @@ def run_pipeline(raw: dict, source: str | None = None, *, start_from: str | None
             continue
         if action == "rerun":
             shutil.rmtree(stage.output, ignore_errors=True)
-            shutil.rmtree(stage.output.parent / f".{stage.output.name}.partial", ignore_errors=True)
+            shutil.rmtree(partial_dir(stage.output), ignore_errors=True)
         state["stages"].pop(stage.name, None)
         write_json(pipe.run_dir / "state.json", state)
         print(f"\n=== {stage.name} ({action}) ===", flush=True)

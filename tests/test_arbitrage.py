@@ -161,3 +161,21 @@ def test_no_prompts_is_an_error(tmp_path, pool, capsys):
     assert main(["arbitrage", "--config", str(config)]) == 2
     assert "prompts.jsonl: empty file" in capsys.readouterr().err
     assert not (tmp_path / "arbitrage").exists() and not (tmp_path / ".arbitrage.partial").exists()
+
+
+def test_no_pair_of_equal_scores_or_identical_texts_at_zero_margin(tmp_path, pool):
+    """Two teachers that are the same greedy model answer alike: at min_margin 0 no pair may have chosen == rejected
+    (DPO would learn nothing from it), and the metrics say why each prompt made no pair."""
+    same = [{"name": "a", "model": str(pool["a"])}, {"name": "a-again", "model": str(pool["a"])}]
+    assert main(["arbitrage", "--config", str(recipe(tmp_path, pool, teachers=same, temperature=0.0))]) == 0
+    out = tmp_path / "arbitrage"
+    candidates = read(out / "candidates.jsonl")
+    by_id = {}
+    for c in candidates:
+        by_id.setdefault(c["id"], []).append(c)
+    assert all(len({c["completion"] for c in group}) == 1 for group in by_id.values())  # the control: same texts
+    assert read(out / "pairs.jsonl") == []
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["pairs"] == 0 and metrics["pairs_below_margin"] == len(PROMPTS)
+    assert sum(metrics["pairs_dropped"].get(k, 0) for k in ("tie", "identical")) == len(PROMPTS)
+    assert len(read(out / "sft.jsonl")) == len(PROMPTS)  # the SFT records still take the best answer

@@ -112,7 +112,8 @@ def test_a_resumed_run_keeps_what_was_written(tmp_path, tiny):
     partial.mkdir()
     (partial / "polyalign_config_hash").write_text(config_hash(raw))
     # A killed run had answered the first prompt with the strong model (and half-written the next line).
-    (partial / "chosen.jsonl").write_text(json.dumps({"key": "0", "completion": "Paris, bien sûr."}) + "\n{\"key\": ")
+    (partial / "chosen.jsonl").write_text(json.dumps({"index": "0", "completions": ["Paris, bien sûr."]})
+                                         + "\n{\"index\": ")
     assert main(["contrast", "--config", str(path)]) == 0
     pairs = read(tmp_path / "contrast" / "pairs.jsonl")
     assert pairs[0]["chosen"][0]["content"] == "Paris, bien sûr."

@@ -160,7 +160,7 @@ def test_killed_run_resumes_with_the_records_of_an_uninterrupted_run(tmp_path, p
     whole = subprocess.run(commands["whole"], env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
 
-    samples = tmp_path / "cut" / "online" / "iter_1" / "samples.jsonl"
+    samples = tmp_path / "cut" / ".online.partial" / "iter_1" / "samples.jsonl"  # the stage works in its partial
     process = subprocess.Popen(commands["cut"], env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:

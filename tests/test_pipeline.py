@@ -64,7 +64,7 @@ def test_pipeline_runs_every_stage_then_skips_reruns_and_resumes(tmp_path, model
         patch.setattr(align.online.Loop, "run_iteration", killed)
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(raw)
-    assert (tmp_path / "run" / "dpo" / "online" / "iter_0" / "heldout.jsonl").exists()
+    assert (tmp_path / "run" / "dpo" / ".online.partial" / "iter_0" / "heldout.jsonl").exists()  # kept to resume
     state = load_state(tmp_path / "run")
     assert set(state["stages"]) == set(stages[:6])
     steps = {s.name: action for s, action in plan(build_pipeline(raw, None), state, None)}

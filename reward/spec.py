@@ -1,0 +1,47 @@
+"""A recipe's ranker, `{reward_model: path}` or `{judge: model}` with its settings: validated here for every stage
+that ranks or judges (arbitrage, online DPO, evaluation), then built by `reward.load_ranker`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from align.config import build_dataclass
+from align.errors import ConfigError
+
+
+@dataclass
+class RankerSpec:
+    """Exactly one of a reward model (any one-output sequence classifier) or a judge LM."""
+
+    reward_model: str | None = None
+    judge: str | None = None
+    batch_size: int = 16
+    max_length: int = 1024  # reward model: tokens per (prompt, completion)
+    max_new_tokens: int = 256  # judge: tokens per verdict
+    explain: bool = True  # judge: explain before the verdict
+    backend: str | None = None  # judge: generation backend (default: the stage's)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def parse_ranker(value, source: str | None, key: str = "ranker", *, backend: str | None = None) -> RankerSpec:
+    """The spec under `key`, with `backend` (the stage's) for a judge that names none."""
+    if not isinstance(value, dict):
+        raise ConfigError(source, key, "expected a mapping: {reward_model: path} or {judge: model}")
+    spec = build_dataclass(RankerSpec, value, source, prefix=f"{key}.")
+    if (spec.reward_model is None) == (spec.judge is None):
+        raise ConfigError(source, key, f"give exactly one of {key}.reward_model (a reward model) and {key}.judge "
+                                       "(a judge LM)")
+    if spec.batch_size < 1 or spec.max_length < 8 or spec.max_new_tokens < 1:
+        bad = "batch_size" if spec.batch_size < 1 else "max_length" if spec.max_length < 8 else "max_new_tokens"
+        raise ConfigError(source, f"{key}.{bad}", f"out of range: {getattr(spec, bad)}")
+    from align.generate import BACKENDS
+
+    if spec.backend is not None and spec.backend not in BACKENDS:
+        raise ConfigError(source, f"{key}.backend", f"unknown generation backend {spec.backend!r} (expected "
+                                                    f"{', '.join(BACKENDS)})")
+    if spec.backend is None:
+        spec.backend = backend
+    return spec

@@ -1,0 +1,113 @@
+"""The one stage lifecycle (align.runs.StageRun) and where config errors say a value came from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from align.cli import main
+from align.errors import ConfigError, PolyalignError
+from align.io import partial_dir
+from align.runs import HASH_MARKER, OWNER_MARKER, StageRun
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConfigError, match="already exists"):
+        StageRun(tmp_path / "out", {}, stage="x", overwrite=False)
+    run = StageRun(tmp_path / "out", {}, stage="x", overwrite=True)
+    run.prepare()
+    (run.partial / "result.txt").write_text("new")
+    run.finish({"n": 1})
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "polyalign_recipe.json",
+                                                                   "result.txt"]
+
+
+def test_same_config_resumes_and_a_changed_one_starts_over(tmp_path):
+    raw = {"a": 1, "overwrite": False}
+    first = StageRun(tmp_path / "out", raw, stage="x", overwrite=False)
+    assert first.prepare() is False
+    (first.partial / "log.jsonl").write_text("kept\n")
+    again = StageRun(tmp_path / "out", {**raw, "overwrite": True}, stage="x", overwrite=True)  # overwrite: same hash
+    assert again.prepare() is True and (again.partial / "log.jsonl").exists()
+    changed = StageRun(tmp_path / "out", {"a": 2}, stage="x", overwrite=False)
+    assert changed.prepare() is False and not (changed.partial / "log.jsonl").exists()
+    fresh = StageRun(tmp_path / "out", {"a": 2}, stage="x", overwrite=False, resumable=False)
+    (fresh.partial / "log.jsonl").write_text("stale\n")
+    assert fresh.prepare() is False and not (fresh.partial / "log.jsonl").exists()
+
+
+def test_a_partial_a_live_process_builds_is_refused(tmp_path):
+    run = StageRun(tmp_path / "out", {}, stage="x", overwrite=False)
+    run.prepare()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        owner = (run.partial / OWNER_MARKER).read_text().rsplit(":", 1)[0]
+        (run.partial / OWNER_MARKER).write_text(f"{owner}:{other.pid}")
+        with pytest.raises(PolyalignError, match=f"another run is building .* \\(pid {other.pid}\\)"):
+            StageRun(tmp_path / "out", {}, stage="x", overwrite=False).prepare()
+    finally:
+        other.kill()
+        other.wait()
+    assert StageRun(tmp_path / "out", {}, stage="x", overwrite=False).prepare() is True  # a dead owner: resume
+
+
+def test_finish_drops_work_files_and_records_point_at_the_output(tmp_path):
+    run = StageRun(tmp_path / "out", {"k": "v"}, stage="x", overwrite=False)
+    run.prepare()
+    (run.partial / "generations.0.jsonl").write_text("{}\n")
+    nested = run.partial / "iter_1" / "model"
+    nested.mkdir(parents=True)
+    (nested / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(run.partial / "iter_0")}))
+    final = run.finish({"policy": str(run.partial / "iter_1" / "model")}, drop=("generations.*.jsonl",))
+    assert not partial_dir(final).exists()
+    assert not any((final / name).exists() for name in ("generations.0.jsonl", HASH_MARKER, OWNER_MARKER))
+    assert json.loads((final / "metrics.json").read_text()) == {"policy": str(final / "iter_1" / "model")}
+    adapter = json.loads((final / "iter_1" / "model" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(final / "iter_0")
+    assert json.loads((final / "polyalign_recipe.json").read_text())["stage"] == "x"
+
+
+def test_errors_name_the_file_or_the_command_line(tmp_path, capsys):
+    path = tmp_path / "arbitrage.yaml"
+    path.write_text(yaml.safe_dump({"prompts": "p.jsonl", "output_dir": str(tmp_path / "out"), "temperature": -1,
+                                    "teachers": [{"name": "a", "model": "m"}], "ranker": {"judge": "m"}}))
+    assert main(["arbitrage", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{path}: 'temperature': temperature must be >= 0 and top_p in (0, 1]")
+    assert main(["arbitrage", "--config", str(path), "--temperature", "0.5", "--top_p", "2"]) == 2
+    assert "command line: 'top_p'" in capsys.readouterr().err
+    assert main(["arbitrage", "--config", str(path), "--temperature", "0.5", "--dtype", "fp8"]) == 2
+    assert "command line: 'dtype': unknown dtype 'fp8'" in capsys.readouterr().err
+    assert main(["arbitrage", "--config", str(path), "--temperature", "0.5", "--ranker.batch_size", "0"]) == 2
+    assert "command line: 'ranker.batch_size': out of range" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not partial_dir(tmp_path / "out").exists()
+
+
+def test_generate_with_vllm_where_it_is_not_installed_is_one_line(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    assert main(["generate", "--prompt", "Bonjour !", "--backend", "vllm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'backend': vllm needs the vllm package" in err
+
+
+def test_generate_writes_and_resumes_its_output(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "answers.jsonl"
+    args = ["generate", "--model", str(tiny_model_dir), "--dtype", "fp32", "--max_new_tokens", "3",
+            "--prompt", "Bonjour !", "--prompt", "Hallo!", "--output", str(out)]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Bonjour !", "Hallo!"]
+    assert [p.name for p in tmp_path.iterdir()] == ["answers.jsonl"]  # its log is gone
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows  # greedy: the same answers
