@@ -54,8 +54,8 @@ class LoadingArgs:
                                                            f"{', '.join(ATTENTION)})")
         getattr(super(), "__post_init__", lambda: None)()
 
-    def model_args(self, model: str) -> "ModelArgs":
-        """`model` loaded the way this config says."""
+    def model_args(self, model: str = DEFAULT_MODEL) -> "ModelArgs":
+        """`model` loaded the way this config says (a ranker's loader takes the model name from its own spec)."""
         return ModelArgs(model=model, dtype=self.dtype, attn_implementation=self.attn_implementation,
                          trust_remote_code=self.trust_remote_code)
 
@@ -79,14 +79,11 @@ def resolve_dtype(name: str) -> torch.dtype:
         if cuda_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float16 if cuda_available() else torch.float32
-    if name not in DTYPES:
-        raise ConfigError(None, "dtype", f"unknown dtype {name!r} (expected auto, {', '.join(DTYPES)})")
-    return DTYPES[name]
+    return DTYPES[name]  # an unknown name is refused by LoadingArgs when the config is parsed
 
 
 def resolve_attention(name: str, dtype: torch.dtype) -> str:
-    if name not in ATTENTION:
-        raise ConfigError(None, "attn_implementation", f"unknown backend {name!r} (expected {', '.join(ATTENTION)})")
+    """The attention backend for `name` (one of ATTENTION, checked by LoadingArgs), refusing what this machine lacks."""
     has_flash = importlib.util.find_spec("flash_attn") is not None
     if name == "auto":
         return "flash_attention_2" if has_flash and cuda_available() and dtype in (torch.bfloat16, torch.float16) else "sdpa"
@@ -98,6 +95,7 @@ def resolve_attention(name: str, dtype: torch.dtype) -> str:
     return name
 
 
+# Not trl's get_quantization_config: it takes a trl ModelConfig (use_bnb_nested_quant, dtype as a name), no CUDA check.
 def quantization_config(args: ModelArgs, dtype: torch.dtype):
     if not (args.load_in_4bit or args.load_in_8bit):
         return None
@@ -115,6 +113,13 @@ def quantization_config(args: ModelArgs, dtype: torch.dtype):
                               bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
 
 
+def _placement(quant, device_map) -> dict:
+    """from_pretrained's quantization and placement keywords: a quantised model is loaded onto the current GPU."""
+    if quant is not None:
+        return {"quantization_config": quant, "device_map": device_map or {"": torch.cuda.current_device()}}
+    return {} if device_map is None else {"device_map": device_map}
+
+
 def model_path(name: str) -> str:
     """Resolve an alias; refuse a local-looking path that does not exist instead of asking the hub for it."""
     path = resolve_model(name)
@@ -123,19 +128,34 @@ def model_path(name: str) -> str:
     return str(Path(path).expanduser()) if path.startswith("~") else path
 
 
-def load_tokenizer(args: ModelArgs):
+def adapter_base(path: Path) -> str | None:
+    """The base model a LoRA adapter directory was trained on; None when `path` is no adapter directory."""
+    import json
+
+    config = path / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise PolyalignError(f"{config} names no base_model_name_or_path")
+    return base
+
+
+def _auto_tokenizer(args: ModelArgs):
+    """The model's tokenizer; an adapter directory saved without one uses its base's."""
     from transformers import AutoTokenizer
 
     path = model_path(args.model)
-    if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
-        import json
-
-        base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        path = resolve_model(base)
+    base = None if (Path(path) / "tokenizer_config.json").is_file() else adapter_base(Path(path))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code, revision=args.revision)
-    except OSError as e:
+        return AutoTokenizer.from_pretrained(resolve_model(base) if base else path,
+                                             trust_remote_code=args.trust_remote_code, revision=args.revision)
+    except (OSError, ValueError) as e:
         raise PolyalignError(f"model '{args.model}': cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+
+
+def load_tokenizer(args: ModelArgs):
+    tokenizer = _auto_tokenizer(args)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -152,16 +172,10 @@ def load_model(args: ModelArgs, *, device_map=None):
     attention = resolve_attention(args.attn_implementation, dtype)
     quant = quantization_config(args, dtype)
     path = model_path(args.model)
+    if adapter_base(Path(path)):
+        return _load_adapter(args, Path(path))
     kwargs = dict(dtype=dtype, attn_implementation=attention, trust_remote_code=args.trust_remote_code,
-                  revision=args.revision, use_safetensors=True)
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-        kwargs["device_map"] = device_map or {"": torch.cuda.current_device()}
-    elif device_map is not None:
-        kwargs["device_map"] = device_map
-    adapter = Path(path) / "adapter_config.json"
-    if adapter.is_file():
-        return _load_adapter(args, Path(path), kwargs)
+                  revision=args.revision, use_safetensors=True, **_placement(quant, device_map))
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
@@ -171,19 +185,15 @@ def load_model(args: ModelArgs, *, device_map=None):
     return model
 
 
-def _load_adapter(args: ModelArgs, path: Path, kwargs: dict):
+def _load_adapter(args: ModelArgs, path: Path):
     """A LoRA adapter directory: load its base (an alias is resolved too), then the adapter on top."""
-    import json
-
     from peft import PeftModel
 
-    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base:
-        raise PolyalignError(f"{path}/adapter_config.json names no base_model_name_or_path")
-    base_model = load_model(dataclasses.replace(args, model=base))
+    base_model = load_model(dataclasses.replace(args, model=adapter_base(path)))
     return PeftModel.from_pretrained(base_model, str(path))
 
 
+# Not trl's get_peft_config: it takes a trl ModelConfig (use_peft, lora_r, ...) and always sets bias="none".
 def lora_config(lora: LoraArgs):
     from peft import LoraConfig
 
@@ -202,18 +212,7 @@ def is_sequence_classifier(config) -> bool:
 def load_reward_tokenizer(args: ModelArgs):
     """The reward model's own tokenizer; unlike `load_tokenizer`, a tokenizer without a chat template (an encoder, a
     base model) is accepted: polyalign then scores a plain "prompt\\n\\ncompletion" text."""
-    from transformers import AutoTokenizer
-
-    path = model_path(args.model)
-    if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
-        import json
-
-        base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        path = resolve_model(base)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code, revision=args.revision)
-    except (OSError, ValueError) as e:
-        raise PolyalignError(f"model '{args.model}': cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+    tokenizer = _auto_tokenizer(args)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise PolyalignError(f"model '{args.model}': its tokenizer has neither a pad nor an eos token to pad with")
@@ -230,14 +229,30 @@ def load_reward_model(args: ModelArgs, *, new_head: bool = False, pad_token_id: 
     gets a fresh scalar head, initialised from `seed` so that two runs start from the same model.
     `pad_token_id` is written into the config when it has none: a decoder's head reads the last non-pad token.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
     dtype = resolve_dtype(args.dtype)
     quant = quantization_config(args, dtype)
     path = model_path(args.model)
-    adapter = Path(path) / "adapter_config.json"
-    if adapter.is_file():
+    if adapter_base(Path(path)):
         return _load_reward_adapter(args, Path(path), new_head=new_head, pad_token_id=pad_token_id, seed=seed)
+    config = _reward_config(args, path, new_head)
+    classifier = is_sequence_classifier(config)
+    kwargs = dict(dtype=dtype, trust_remote_code=args.trust_remote_code, revision=args.revision, use_safetensors=True,
+                  num_labels=1, **_placement(quant, device_map))
+    if pad_token_id is not None and config.get_text_config().pad_token_id is None:
+        kwargs["pad_token_id"] = pad_token_id
+    attention = resolve_attention(args.attn_implementation, dtype)
+    model, attention = _classifier_from_pretrained(args, path, attention, kwargs, None if classifier else seed)
+    if pad_token_id is not None and model.config.get_text_config().pad_token_id is None:
+        model.config.get_text_config().pad_token_id = pad_token_id
+    log.info("loaded reward model %s (%s head, %s, attention=%s)", args.model, "new" if not classifier else "trained",
+             dtype, attention)
+    return model
+
+
+def _reward_config(args: ModelArgs, path: str, new_head: bool):
+    """The checkpoint's config, refused when it is no one-output classifier and no new head was asked for."""
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code, revision=args.revision)
     except (OSError, ValueError) as e:
@@ -250,50 +265,35 @@ def load_reward_model(args: ModelArgs, *, new_head: bool = False, pad_token_id: 
     if classifier and config.num_labels != 1:
         raise PolyalignError(f"model '{args.model}': a classifier with {config.num_labels} labels; a reward model "
                              "has one output (num_labels=1)")
-    kwargs = dict(dtype=dtype, trust_remote_code=args.trust_remote_code, revision=args.revision, use_safetensors=True,
-                  num_labels=1)
-    if pad_token_id is not None and config.get_text_config().pad_token_id is None:
-        kwargs["pad_token_id"] = pad_token_id
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-        kwargs["device_map"] = device_map or {"": torch.cuda.current_device()}
-    elif device_map is not None:
-        kwargs["device_map"] = device_map
-    attention = resolve_attention(args.attn_implementation, dtype)
-    model = None
+    return config
+
+
+def _classifier_from_pretrained(args: ModelArgs, path: str, attention: str, kwargs: dict, head_seed: int | None):
+    """(model, attention used); a new head is initialised from `head_seed`. Under `auto`, an architecture without
+    sdpa (some encoders) falls back to eager."""
+    from transformers import AutoModelForSequenceClassification
+
     for attempt in ([attention, "eager"] if args.attn_implementation == "auto" and attention != "eager" else [attention]):
         try:
-            with _fresh_head(seed) if not classifier else contextlib.nullcontext():
+            with contextlib.nullcontext() if head_seed is None else _fresh_head(head_seed):
                 model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=attempt, **kwargs)
-            attention = attempt
-            break
+            return model, attempt
         except ValueError as e:
             if "attn_implementation" in str(e) or "does not support" in str(e):
-                continue  # an architecture without sdpa (some encoders): fall back to eager under `auto`
+                continue
             raise PolyalignError(f"model '{args.model}': cannot load as a reward model ({str(e).splitlines()[0]})") from None
         except OSError as e:
             raise PolyalignError(f"model '{args.model}': cannot load ({str(e).splitlines()[0]}); polyalign loads "
                                  "safetensors checkpoints only") from None
-    if model is None:
-        raise PolyalignError(f"model '{args.model}': no attention backend among sdpa, eager supports it")
-    if pad_token_id is not None and model.config.get_text_config().pad_token_id is None:
-        model.config.get_text_config().pad_token_id = pad_token_id
-    log.info("loaded reward model %s (%s head, %s, attention=%s)", args.model, "new" if not classifier else "trained",
-             dtype, attention)
-    return model
+    raise PolyalignError(f"model '{args.model}': no attention backend among sdpa, eager supports it")
 
 
 def _load_reward_adapter(args: ModelArgs, path: Path, **kwargs):
     """A LoRA adapter trained on a sequence classifier: its base with a head, then the adapter (and saved head)."""
-    import json
-
     from peft import PeftModel
 
-    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base:
-        raise PolyalignError(f"{path}/adapter_config.json names no base_model_name_or_path")
     kwargs["new_head"] = True  # the adapter carries the trained head (modules_to_save)
-    base_model = load_reward_model(dataclasses.replace(args, model=base), **kwargs)
+    base_model = load_reward_model(dataclasses.replace(args, model=adapter_base(path)), **kwargs)
     return PeftModel.from_pretrained(base_model, str(path))
 
 
@@ -333,8 +333,6 @@ def to_gpu_if_available(model):
 
 def release_memory() -> None:
     """Give back what a dropped model held (stages load models one at a time: teachers, policies, rankers)."""
-    import gc
+    from accelerate.utils.memory import clear_device_cache
 
-    gc.collect()
-    if cuda_available():
-        torch.cuda.empty_cache()
+    clear_device_cache(garbage_collection=True)

@@ -96,7 +96,7 @@ def build_model(name: str, workdir: Path) -> tuple[str, bool]:
     return str(workdir / "tiny"), False
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--pairs", type=int, default=112, help="pairs in all (the same number per language)")
@@ -106,8 +106,75 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results to this file")
-    opts = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def time_modes(ranker, ids: list, plans: dict, repeats: int, encode_s: float) -> tuple[dict, dict, dict]:
+    """Wall and CPU seconds per mode and round, and each mode's scores: the k-th batches of both modes back to back,
+    which one first alternating with k and the round."""
+    wall = {mode: [0.0] * repeats for mode in MODES}
+    cpu = {mode: [0.0] * repeats for mode in MODES}
+    scores = {mode: [None] * len(ids) for mode in MODES}
+    for r in range(repeats):
+        for k in range(len(plans["sorted"])):
+            for mode in (MODES if (k + r) % 2 == 0 else MODES[::-1]):
+                batch = plans[mode][k]
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = ranker.score_encoded([ids[i] for i in batch])
+                wall[mode][r] += time.perf_counter() - t0
+                cpu[mode][r] += time.process_time() - c0
+                for i, score in zip(batch, out):
+                    scores[mode][i] = score
+        print(f"  round {r + 1}: " + ", ".join(
+            f"{mode} {len(ids) / (wall[mode][r] + encode_s):.3f} pairs/s" for mode in MODES), flush=True)
+    return wall, cpu, scores
+
+
+def summarise(lengths: list[int], plans: dict, wall: dict, cpu: dict, encode_s: float, encode_cpu: float) -> dict:
+    results = {}
+    for mode in MODES:
+        real = sum(lengths)
+        padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in plans[mode])
+        times = [w + encode_s for w in wall[mode]]
+        results[mode] = {"seconds": [round(t, 1) for t in times], "cpu_seconds": [round(c, 1) for c in cpu[mode]],
+                         "pairs_per_s": round(len(lengths) / statistics.median(times), 4),
+                         "pairs_per_cpu_s": round(len(lengths) / (statistics.median(cpu[mode]) + encode_cpu), 4),
+                         "real_tokens": real, "tensor_tokens": padded, "real_fraction": round(real / padded, 3)}
+    return results
+
+
+def report(opts, command: str, run: dict, results: dict) -> None:
+    """The BENCHMARKS.md section: setup, then one table row per mode and the speed-up."""
+    import torch
+
+    pairs, lengths = run["pairs"], run["lengths"]
+    by_lang: dict[str, int] = {}
+    for p in pairs:
+        by_lang[p["lang"]] = by_lang.get(p["lang"], 0) + 1
+    print(f"\n## Reward scoring: length-sorted vs unsorted batches ({datetime.date.today().isoformat()})\n")
+    print(f"- command: `{command}`")
+    print(f"- model: {opts.model} ({run['parameters'] / 1e6:.0f}M parameters"
+          f"{', fresh scalar head' if run['new_head'] else ''}, {run['dtype']}), batch size {opts.batch_size}, "
+          f"max_length {opts.max_length}")
+    print(f"- machine: {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), "
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
+          f"torch {torch.__version__}, Python {platform.python_version()}")
+    print(f"- data: {len(pairs)} MT-Bench question + GPT-4 reference answer pairs ("
+          + ", ".join(f"{k} {v}" for k, v in sorted(by_lang.items())) + f"); {sum(lengths)} tokens, "
+          f"{min(lengths)}–{max(lengths)} per pair, {run['truncated']} truncated")
+    print(f"- timing: batches interleaved (k-th sorted and k-th unsorted batch back to back, alternating which goes "
+          f"first), {opts.repeats} round(s); tokenisation ({run['encode_s']:.1f}s, identical for both) counted in "
+          f"both; largest score difference between modes {run['drift']:.1e}\n")
+    print("| batches | pairs/s (wall, median) | pairs/s (process CPU time) | seconds per round | real tokens "
+          "| tensor tokens | real-token fraction |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for mode, r in results.items():
+        print(f"| {mode} | {r['pairs_per_s']:.3f} | {r['pairs_per_cpu_s']:.3f} | {', '.join(f'{x:.0f}' for x in r['seconds'])} "
+              f"| {r['real_tokens']} | {r['tensor_tokens']} | {r['real_fraction']:.1%} |")
+
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
@@ -124,7 +191,6 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as workdir:
         path, new_head = build_model(opts.model, Path(workdir))
         ranker = RewardRanker(path, batch_size=opts.batch_size, max_length=opts.max_length, new_head=new_head)
-        parameters = sum(p.numel() for p in ranker.model.parameters())
         ranker.score(prompts[: opts.batch_size], completions[: opts.batch_size])  # warm-up, untimed
         start, cpu_start = time.perf_counter(), time.process_time()
         encoded = ranker.encode(prompts, completions)
@@ -132,60 +198,18 @@ def main(argv=None) -> int:
         ids = [e.input_ids for e in encoded]
         lengths = [len(x) for x in ids]
         plans = {mode: length_batches(lengths, opts.batch_size, sort=mode == "sorted") for mode in MODES}
-        wall = {mode: [0.0] * opts.repeats for mode in MODES}
-        cpu = {mode: [0.0] * opts.repeats for mode in MODES}
-        scores = {mode: [None] * len(ids) for mode in MODES}
-        for r in range(opts.repeats):
-            for k in range(len(plans["sorted"])):
-                for mode in (MODES if (k + r) % 2 == 0 else MODES[::-1]):
-                    batch = plans[mode][k]
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    out = ranker.score_encoded([ids[i] for i in batch])
-                    wall[mode][r] += time.perf_counter() - t0
-                    cpu[mode][r] += time.process_time() - c0
-                    for i, score in zip(batch, out):
-                        scores[mode][i] = score
-            print(f"  round {r + 1}: " + ", ".join(
-                f"{mode} {len(pairs) / (wall[mode][r] + encode_s):.3f} pairs/s" for mode in MODES), flush=True)
+        wall, cpu, scores = time_modes(ranker, ids, plans, opts.repeats, encode_s)
         reference = ranker.score(prompts[: 2 * opts.batch_size], completions[: 2 * opts.batch_size])
     drift = max(abs(a - b) for a, b in zip(scores["sorted"], scores["unsorted"]))
     drift = max(drift, max(abs(a - b) for a, b in zip(reference, scores["sorted"])))
-
-    results = {}
-    for mode in MODES:
-        real = sum(lengths)
-        padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in plans[mode])
-        times = [w + encode_s for w in wall[mode]]
-        results[mode] = {"seconds": [round(t, 1) for t in times], "cpu_seconds": [round(c, 1) for c in cpu[mode]],
-                         "pairs_per_s": round(len(pairs) / statistics.median(times), 4),
-                         "pairs_per_cpu_s": round(len(pairs) / (statistics.median(cpu[mode]) + encode_cpu), 4),
-                         "real_tokens": real, "tensor_tokens": padded, "real_fraction": round(real / padded, 3)}
+    results = summarise(lengths, plans, wall, cpu, encode_s, encode_cpu)
     speedup = results["sorted"]["pairs_per_s"] / results["unsorted"]["pairs_per_s"]
     cpu_speedup = results["sorted"]["pairs_per_cpu_s"] / results["unsorted"]["pairs_per_cpu_s"]
-    by_lang = {}
-    for p in pairs:
-        by_lang[p["lang"]] = by_lang.get(p["lang"], 0) + 1
-
     command = " ".join([".venv/bin/python", "bench/rank.py", *(argv if argv is not None else sys.argv[1:])])
-    print(f"\n## Reward scoring: length-sorted vs unsorted batches ({datetime.date.today().isoformat()})\n")
-    print(f"- command: `{command}`")
-    print(f"- model: {opts.model} ({parameters / 1e6:.0f}M parameters{', fresh scalar head' if new_head else ''}, "
-          f"{next(ranker.model.parameters()).dtype}), batch size {opts.batch_size}, max_length {opts.max_length}")
-    print(f"- machine: {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), "
-          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
-          f"torch {torch.__version__}, Python {platform.python_version()}")
-    print(f"- data: {len(pairs)} MT-Bench question + GPT-4 reference answer pairs ("
-          + ", ".join(f"{k} {v}" for k, v in sorted(by_lang.items())) + f"); {sum(lengths)} tokens, "
-          f"{min(lengths)}–{max(lengths)} per pair, {sum(e.truncated for e in encoded)} truncated")
-    print(f"- timing: batches interleaved (k-th sorted and k-th unsorted batch back to back, alternating which goes "
-          f"first), {opts.repeats} round(s); tokenisation ({encode_s:.1f}s, identical for both) counted in both; largest "
-          f"score difference between modes {drift:.1e}\n")
-    print("| batches | pairs/s (wall, median) | pairs/s (process CPU time) | seconds per round | real tokens "
-          "| tensor tokens | real-token fraction |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for mode, r in results.items():
-        print(f"| {mode} | {r['pairs_per_s']:.3f} | {r['pairs_per_cpu_s']:.3f} | {', '.join(f'{x:.0f}' for x in r['seconds'])} "
-              f"| {r['real_tokens']} | {r['tensor_tokens']} | {r['real_fraction']:.1%} |")
+    run = {"pairs": pairs, "lengths": lengths, "parameters": sum(p.numel() for p in ranker.model.parameters()),
+           "new_head": new_head, "dtype": next(ranker.model.parameters()).dtype, "encode_s": encode_s, "drift": drift,
+           "truncated": sum(e.truncated for e in encoded)}
+    report(opts, command, run, results)
     print(f"\nspeed-up of sorted over unsorted: {speedup:.2f}x wall-clock, {cpu_speedup:.2f}x CPU time "
           f"(total wall time {time.time() - began:.0f}s)")
     if opts.json:

@@ -1,17 +1,18 @@
-"""Reward models for polyalign: Bradley-Terry training, ranking and LLM-as-judge (issue #4)."""
+"""Reward models for polyalign: Bradley-Terry training, ranking and LLM-as-judge."""
 
 
 def load_ranker(spec: dict, model_args=None):
     """A recipe's ranker: `{reward_model: path}` (a RewardRanker) or `{judge: model}` (a PairwiseJudge), with
-    batch_size, max_length (reward model), max_new_tokens and explain (judge). Arbitrage, online DPO and evaluation
-    all build theirs here."""
+    batch_size, max_length (reward model), max_new_tokens, explain and backend (judge: auto, transformers or vllm).
+    Arbitrage, online DPO and evaluation all build theirs here."""
     from .judge import PairwiseJudge
     from .rank import RewardRanker
 
-    spec = {"batch_size": 16, "max_length": 1024, "max_new_tokens": 256, "explain": True,
+    spec = {"batch_size": 16, "max_length": 1024, "max_new_tokens": 256, "explain": True, "backend": "auto",
             **{k: v for k, v in spec.items() if v is not None}}
     if spec.get("reward_model"):
         return RewardRanker(spec["reward_model"], batch_size=spec["batch_size"], max_length=spec["max_length"],
                             model_args=model_args)
     return PairwiseJudge(model=spec["judge"], batch_size=spec["batch_size"], model_args=model_args,
-                         max_new_tokens=spec["max_new_tokens"], explain=spec["explain"])
+                         max_new_tokens=spec["max_new_tokens"], explain=spec["explain"],
+                         backend_name=spec["backend"])

@@ -8,7 +8,7 @@ from typing import Any
 
 from align.config import build_dataclass
 from align.errors import ConfigError, InputError
-from align.models import ModelArgs
+from align.models import ModelArgs, cuda_available
 
 
 # ---------------------------------------------------------------------------------------------------- score
@@ -52,58 +52,58 @@ class ScoreInput:
 def read_score_input(spec: str, prompts_source: Any = None) -> ScoreInput:
     """Rows of candidates or of pairs (decided by the first row), validated with file:line:field errors."""
     from align.data import load_records
-    from align.data.formats import NORMALISERS, _turn_list, detect_format
     from align.data.sources import iter_source
 
     if not isinstance(spec, str):
         raise ConfigError(None, "input", f"expected a path or datasets name, got {type(spec).__name__}")
-    by_id = None
-    if prompts_source is not None:
-        by_id = {r["id"]: r for r in load_records(prompts_source, "prompt")}
+    by_id = None if prompts_source is None else {r["id"]: r for r in load_records(prompts_source, "prompt")}
     out = ScoreInput("", [], [], [], [])
     for _unit, rows in iter_source(spec):
         for loc, row in rows:
-            kind = "pairs" if "chosen" in row or "rejected" in row else "candidates"
-            out.kind = out.kind or kind
-            if out.kind == "pairs":
-                for name in ("chosen", "rejected"):
-                    if name not in row:
-                        raise loc.error("missing (this file holds preference pairs)", name)
-                record = NORMALISERS[detect_format(row)](loc, row)
-                out.prompts.append(record["prompt"])
-                out.completions.append([record["chosen"], record["rejected"]])
-                lang = row.get("lang") or row.get("language")
-            else:
-                if "completion" not in row:
-                    raise loc.error("missing", "completion")
-                completion = _turn_list(loc, row["completion"], "completion", "assistant")
-                lang = row.get("lang") or row.get("language")
-                if "prompt" in row:
-                    prompt = _turn_list(loc, row["prompt"], "prompt", "user")
-                elif by_id is not None and str(row.get("id")) in by_id:
-                    found = by_id[str(row.get("id"))]
-                    prompt, lang = found["prompt"], lang or found.get("lang")
-                else:
-                    raise loc.error("missing" + (f" (and no prompt in `prompts` has id {row.get('id')!r})"
-                                                 if by_id is not None else " (or give `prompts` to look it up by id)"),
-                                    "prompt")
-                out.prompts.append(prompt)
-                out.completions.append([completion])
+            out.kind = out.kind or ("pairs" if "chosen" in row or "rejected" in row else "candidates")
+            prompt, completions, lang = (_pair_row if out.kind == "pairs" else _candidate_row)(loc, row, by_id)
             out.rows.append(row)
+            out.prompts.append(prompt)
+            out.completions.append(completions)
             out.langs.append(lang if isinstance(lang, str) else None)
     if not out.rows:
         raise InputError(spec, "no records")
     return out
 
 
-def cmd_score(args: argparse.Namespace, extra: list[str]) -> int:
-    import dataclasses
+def _pair_row(loc, row: dict, by_id: dict | None) -> tuple[list, list, Any]:
+    """(prompt, [chosen, rejected], lang) of a preference-pair row."""
+    from align.data.formats import NORMALISERS, detect_format
 
+    for name in ("chosen", "rejected"):
+        if name not in row:
+            raise loc.error("missing (this file holds preference pairs)", name)
+    record = NORMALISERS[detect_format(row)](loc, row)
+    return record["prompt"], [record["chosen"], record["rejected"]], row.get("lang") or row.get("language")
+
+
+def _candidate_row(loc, row: dict, by_id: dict | None) -> tuple[list, list, Any]:
+    """(prompt, [completion], lang) of a candidate row; without a prompt, the prompt dataset's record of its id."""
+    from align.data.formats import _turn_list
+
+    if "completion" not in row:
+        raise loc.error("missing", "completion")
+    completion = _turn_list(loc, row["completion"], "completion", "assistant")
+    lang = row.get("lang") or row.get("language")
+    if "prompt" in row:
+        return _turn_list(loc, row["prompt"], "prompt", "user"), [completion], lang
+    if by_id is not None and str(row.get("id")) in by_id:
+        found = by_id[str(row.get("id"))]
+        return found["prompt"], [completion], lang or found.get("lang")
+    raise loc.error("missing" + (f" (and no prompt in `prompts` has id {row.get('id')!r})" if by_id is not None
+                                 else " (or give `prompts` to look it up by id)"), "prompt")
+
+
+def cmd_score(args: argparse.Namespace, extra: list[str]) -> int:
     from accelerate import PartialState
 
     from align.cli import stage_config
     from align.io import write_jsonl
-    from align.models import cuda_available
 
     from .rank import RewardRanker, pairwise_accuracy, score_sharded
 
@@ -111,9 +111,8 @@ def cmd_score(args: argparse.Namespace, extra: list[str]) -> int:
     config = parse_score_config(raw, source)
     data = read_score_input(config.input, config.prompts)  # bad input stops before any model is loaded
     state = PartialState(cpu=not cuda_available())
-    model_args = ModelArgs(**{f.name: getattr(config, f.name) for f in dataclasses.fields(ModelArgs)})
     ranker = RewardRanker(config.model, batch_size=config.batch_size, max_length=config.max_length,
-                          sort_by_length=config.sort_by_length, model_args=model_args,
+                          sort_by_length=config.sort_by_length, model_args=config,  # a ScoreArgs is a ModelArgs
                           device=state.device if cuda_available() else None)
     width = 2 if data.kind == "pairs" else 1
     prompts = [p for p in data.prompts for _ in range(width)]

@@ -14,12 +14,14 @@ model (Marco-LLM uses a judge this way): candidates are compared round-robin, ea
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Callable, Sequence
 
-from .rank import Messages, Ranking, Text, as_messages, ranking_from_scores
+from align.errors import ConfigError
+from align.pairs import outcome_of_winner
+
+from .rank import Messages, Ranking, Text, as_messages, conversation_text, ranking_from_scores
 
 # A backend takes chat prompts and returns one completion per prompt (deterministic: greedy decoding).
 JudgeBackend = Callable[[list[Messages]], list[str]]
@@ -104,7 +106,7 @@ def _letter(value: str) -> str:
 
 
 @dataclass
-class Verdict:
+class Judgement:
     """One comparison of answer a against answer b. `winner` is 'a', 'b' or 'tie'; `first` and `second` are the
     parsed verdicts of the two orders (a shown as A, then b shown as A), `raw` the judge's two replies."""
 
@@ -121,15 +123,8 @@ def combine(first: str | None, second: str | None) -> str:
     return one if one == two else "tie"
 
 
-def tally(verdicts: Sequence[Verdict | str], langs: Sequence[str | None]) -> dict[str, dict[str, int]]:
-    """Win/loss/tie counts of answer a (the system under test) per language, plus 'all'."""
-    counts: dict[str, Counter] = {}
-    for verdict, lang in zip(verdicts, langs):
-        winner = verdict.winner if isinstance(verdict, Verdict) else verdict
-        outcome = {"a": "win", "b": "loss"}.get(winner, "tie")
-        for key in (lang or "?", "all"):
-            counts.setdefault(key, Counter())[outcome] += 1
-    return {lang: {k: c[k] for k in ("win", "loss", "tie")} for lang, c in sorted(counts.items())}
+# Round-robin points of (answer a, answer b) for each outcome of a.
+POINTS = {"win": (1.0, 0.0), "loss": (0.0, 1.0), "tie": (0.5, 0.5)}
 
 
 @dataclass
@@ -137,12 +132,13 @@ class PairwiseJudge:
     """Compare answers pairwise with a causal LM judge, in both orders.
 
         judge = PairwiseJudge("smollm2-135m")                   # or PairwiseJudge(backend=my_fn)
-        verdicts = judge.compare(prompts, ours, baseline)       # → [Verdict(winner='a', ...), ...]
-        tally(verdicts, langs)                                  # → {'fr': {'win': 3, 'loss': 1, 'tie': 2}, ...}
+        judgements = judge.compare(prompts, ours, baseline)     # → [Judgement(winner='a', ...), ...]
+        align.pairs.tally(judgements, langs)                    # → {'fr': {'win': 3, 'loss': 1, 'tie': 2}, ...}
         judge.rank(prompt, candidates)                          # → Ranking(best, worst, margin, scores)
 
-    `model` is an alias, path or hub id loaded with align.models (safetensors, no remote code unless asked);
-    `backend` replaces it with any function from chat prompts to replies (an API client, a fake for tests).
+    `model` is an alias, path or hub id loaded like every generating model, by align.generate.load_backend
+    (`backend_name`: auto picks vLLM when it is installed with CUDA, else transformers, on the GPU when there is
+    one); `backend` replaces the model with any function from chat prompts to replies (an API client, a test fake).
     """
 
     model: str | None = None
@@ -151,51 +147,56 @@ class PairwiseJudge:
     batch_size: int = 8
     explain: bool = True
     model_args: object = None  # align.models.ModelArgs for dtype, attention, trust_remote_code, revision
+    backend_name: str = "auto"  # align.generate.BACKENDS: auto, transformers or vllm
     _loaded: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if (self.model is None) == (self.backend is None):
             raise ValueError("give exactly one of model (a judge LM) and backend (a function)")
+        from align.generate import BACKENDS
+
+        if self.backend_name not in BACKENDS:
+            raise ConfigError(None, "backend", f"unknown judge backend {self.backend_name!r} (expected "
+                                               f"{', '.join(BACKENDS)})")
 
     def messages(self, prompt: Text, a: Text, b: Text) -> Messages:
         """The judge's chat: instructions as the system turn, the question and both answers as the user turn."""
-        conversation = as_messages(prompt, "user")
-        if len(conversation) == 1:
-            question = conversation[0]["content"]
-        else:
-            question = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in conversation)
         system = JUDGE_SYSTEM.format(explain=EXPLAIN if self.explain else TERSE)
-        user = JUDGE_USER.format(question=question, a=_answer_text(a), b=_answer_text(b))
+        user = JUDGE_USER.format(question=conversation_text(as_messages(prompt, "user")), a=_answer_text(a),
+                                 b=_answer_text(b))
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def ask(self, chats: list[Messages]) -> list[str]:
-        if self.backend is not None:
-            replies = self.backend(chats)
-        else:
-            from align.generate import GenerationArgs, generate
-
-            model, tokenizer = self._load()
-            if not _renders_system(tokenizer):  # Gemma-style templates refuse a system turn: fold it into the user's
-                chats = [[{"role": "user", "content": f"{c[0]['content']}\n\n{c[1]['content']}"}] for c in chats]
-            replies = generate(model, tokenizer, chats, GenerationArgs(max_new_tokens=self.max_new_tokens,
-                                                                       temperature=0.0, batch_size=self.batch_size),
-                               progress=False)
+        replies = self.backend(chats) if self.backend is not None else self._generate(chats)
         if len(replies) != len(chats):
             raise RuntimeError(f"judge backend returned {len(replies)} replies for {len(chats)} prompts")
         return list(replies)
 
-    def _load(self):
+    def _generate(self, chats: list[Messages]) -> list[str]:
+        """One greedy reply per chat from the judge model."""
+        from align.generate import GenerationArgs, complete
+
+        backend, tokenizer = self.load()
+        if not _renders_system(tokenizer):  # Gemma-style templates refuse a system turn: fold it into the user's
+            chats = [[{"role": "user", "content": f"{c[0]['content']}\n\n{c[1]['content']}"}] for c in chats]
+        args = GenerationArgs(max_new_tokens=self.max_new_tokens, temperature=0.0, batch_size=self.batch_size)
+        return [replies[0] for replies in complete(backend, tokenizer, chats, args, progress=False)]
+
+    def load(self):
+        """(generation backend, tokenizer) of the judge model, loaded on first use."""
         if not self._loaded:
             import dataclasses
 
-            from align.models import ModelArgs, load_model, load_tokenizer
+            from align.generate import choose_backend, load_backend
+            from align.models import ModelArgs
 
             args = dataclasses.replace(self.model_args, model=self.model) if self.model_args is not None \
                 else ModelArgs(model=self.model)
-            self._loaded = (load_model(args), load_tokenizer(args))
+            self._loaded = load_backend(args, choose_backend(self.backend_name))
         return self._loaded
 
-    def compare(self, prompts: Sequence[Text], answers_a: Sequence[Text], answers_b: Sequence[Text]) -> list[Verdict]:
+    def compare(self, prompts: Sequence[Text], answers_a: Sequence[Text],
+                answers_b: Sequence[Text]) -> list[Judgement]:
         """Judge a against b for each prompt, in both orders (all 2N judge calls in one batched pass)."""
         if not len(prompts) == len(answers_a) == len(answers_b):
             raise ValueError(f"{len(prompts)} prompts, {len(answers_a)} answers a, {len(answers_b)} answers b")
@@ -203,28 +204,24 @@ class PairwiseJudge:
         chats += [self.messages(p, b, a) for p, a, b in zip(prompts, answers_a, answers_b)]
         replies = self.ask(chats)
         n = len(prompts)
-        verdicts = []
+        judgements = []
         for one, two in zip(replies[:n], replies[n:]):
             first, second = parse_verdict(one), parse_verdict(two)
-            verdicts.append(Verdict(combine(first, second), first, second, (one, two)))
-        return verdicts
+            judgements.append(Judgement(combine(first, second), first, second, (one, two)))
+        return judgements
 
     def rank_many(self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]]) -> list[Ranking]:
         """Round-robin per prompt: every pair of candidates compared in both orders; 1 point a win, 1/2 a tie."""
         if len(prompts) != len(candidates):
             raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
         games = [(g, i, j) for g, group in enumerate(candidates) for i, j in combinations(range(len(group)), 2)]
-        verdicts = self.compare([prompts[g] for g, _, _ in games], [candidates[g][i] for g, i, _ in games],
-                                [candidates[g][j] for g, _, j in games])
+        judgements = self.compare([prompts[g] for g, _, _ in games], [candidates[g][i] for g, i, _ in games],
+                                  [candidates[g][j] for g, _, j in games])
         points = [[0.0] * len(group) for group in candidates]
-        for (g, i, j), verdict in zip(games, verdicts):
-            if verdict.winner == "a":
-                points[g][i] += 1
-            elif verdict.winner == "b":
-                points[g][j] += 1
-            else:
-                points[g][i] += 0.5
-                points[g][j] += 0.5
+        for (g, i, j), judgement in zip(games, judgements):
+            to_i, to_j = POINTS[outcome_of_winner(judgement.winner)]
+            points[g][i] += to_i
+            points[g][j] += to_j
         return [ranking_from_scores(p) for p in points]
 
     def rank(self, prompt: Text, candidates: Sequence[Text]) -> Ranking:

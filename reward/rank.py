@@ -40,9 +40,9 @@ def as_messages(value: Text, role: str) -> Messages:
     return list(value)
 
 
-def plain_text(messages: Messages) -> str:
-    """Messages as plain text for tokenizers without a chat template: the content alone for a single message,
-    "Role: content" paragraphs for a conversation."""
+def conversation_text(messages: Messages) -> str:
+    """Messages as plain text (tokenizers without a chat template, the judge's question): the content alone for a
+    single message, "Role: content" paragraphs for a conversation."""
     if len(messages) == 1:
         return messages[0]["content"]
     return PLAIN_SEPARATOR.join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
@@ -72,7 +72,7 @@ class PairEncoder:
             full = self.tokenizer.apply_chat_template(prompt + completion, tokenize=False)
             head = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
             return full, len(os.path.commonprefix([full, head]))
-        head = plain_text(prompt) + PLAIN_SEPARATOR
+        head = conversation_text(prompt) + PLAIN_SEPARATOR
         return head + PLAIN_SEPARATOR.join(m["content"] for m in completion), len(head)
 
     def encode(self, prompt: Text, completion: Text) -> Encoded:

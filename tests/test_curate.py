@@ -217,3 +217,37 @@ def test_iter_records_streams_what_load_records_returns(tmp_path):
     assert [next(stream)["id"] for _ in range(3)] == ["en-capital", "en-capital-dup", "en-lighthouse"]
     with pytest.raises(InputError, match="bad.jsonl:4"):
         next(stream)
+
+
+def test_a_killed_run_leaves_no_output_and_the_next_run_clears_its_partial(tmp_path, capsys):
+    import os
+    import socket
+
+    config = recipe(tmp_path)
+    # What a run killed halfway leaves: a partial with a half-written file, owned by a process that is gone.
+    partial = tmp_path / ".curated.partial"
+    partial.mkdir()
+    (partial / "curated.jsonl").write_text('{"id": "half-writ', encoding="utf-8")
+    (partial / "polyalign_owner").write_text(f"{socket.gethostname()}:999999999")
+    assert not (tmp_path / "curated").exists()
+    assert main(["curate", "--config", str(config)]) == 0
+    assert len(read(tmp_path / "curated" / "curated.jsonl")) == 8
+    assert sorted(p.name for p in (tmp_path / "curated").iterdir()) == [
+        "curated.jsonl", "curation.png", "dropped.jsonl", "metrics.json", "polyalign_recipe.json", "report.md"]
+    assert not partial.exists()
+
+    # A partial that a live process is building is refused, and left to it.
+    partial.mkdir()
+    (partial / "polyalign_owner").write_text(f"{socket.gethostname()}:{os.getppid()}")
+    assert main(["curate", "--config", str(config), "--overwrite"]) == 2
+    assert "another run is building" in capsys.readouterr().err
+    assert partial.exists() and len(read(tmp_path / "curated" / "curated.jsonl")) == 8
+
+
+def test_a_bad_dataset_entry_names_the_recipe_file(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "data.jsonl", RECORDS)
+    config = recipe(tmp_path, dataset=[{"path": str(data), "wieght": 2}])
+    assert main(["curate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{config}: 'dataset[0].wieght': unknown key" in err
+    assert not (tmp_path / "curated").exists() and not list(tmp_path.glob(".curated*"))

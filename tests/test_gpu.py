@@ -1,4 +1,5 @@
-"""The CUDA paths: packing isolation on GPU kernels, bf16 training, QLoRA (4- and 8-bit bases), flash-attention.
+"""The CUDA paths: packing isolation on GPU kernels, bf16 training, QLoRA (4- and 8-bit bases), flash-attention, the
+judge on the GPU.
 
 Skipped where CUDA is absent (CI never has a GPU); run on a GPU machine with `pytest tests/test_gpu.py`.
 BENCHMARKS.md records the last GPU run of these tests.
@@ -113,3 +114,13 @@ def test_auto_attention_prefers_flash_attention_when_installed():
 
     expected = "flash_attention_2" if HAS_FLASH else "sdpa"
     assert resolve_attention("auto", torch.bfloat16) == expected
+
+
+def test_the_judge_model_is_placed_on_the_gpu(tiny_model_dir):
+    from reward.judge import PairwiseJudge
+
+    judge = PairwiseJudge(str(tiny_model_dir), max_new_tokens=4, explain=False, backend_name="transformers")
+    backend, _ = judge.load()
+    assert all(p.is_cuda for p in backend.model.parameters())
+    judgements = judge.compare(["What is 2+2?"], ["Four."], ["Five."])
+    assert len(judgements) == 1 and judgements[0].winner in ("a", "b", "tie")

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from reward.judge import PairwiseJudge, Verdict, combine, parse_verdict, tally
+from align.pairs import tally
+from reward.judge import Judgement, PairwiseJudge, combine, parse_verdict
 
 
 @pytest.mark.parametrize("reply, verdict", [
@@ -103,7 +104,7 @@ def test_a_real_tiny_lm_goes_through_the_judge_path(tiny_model_dir):
     judge = PairwiseJudge(str(tiny_model_dir), max_new_tokens=4, explain=False, batch_size=4)
     prompts = ["Quelle est la capitale de la France ?", "What is 2+2?"]
     verdicts = judge.compare(prompts, ["Paris.", "Four."], ["Berlin.", "Five."])
-    assert all(isinstance(v, Verdict) and v.winner in ("a", "b", "tie") for v in verdicts)
+    assert all(isinstance(v, Judgement) and v.winner in ("a", "b", "tie") for v in verdicts)
     assert all(len(v.raw) == 2 and all(isinstance(r, str) for r in v.raw) for v in verdicts)
     assert [v.winner for v in verdicts] == [combine(v.first, v.second) for v in verdicts]
     assert judge.compare(prompts, ["Paris.", "Four."], ["Berlin.", "Five."]) == verdicts  # greedy: deterministic
@@ -111,3 +112,14 @@ def test_a_real_tiny_lm_goes_through_the_judge_path(tiny_model_dir):
     assert sum(counts.values()) == 2
     ranking = judge.rank(prompts[0], ["Paris.", "Berlin.", "Lyon."])
     assert sum(ranking.scores) == 3.0  # 3 games, one point each however they end
+
+
+def test_load_ranker_passes_the_judge_backend_on():
+    from align.errors import ConfigError
+    from reward import load_ranker
+
+    judge = load_ranker({"judge": "smollm2-135m", "backend": "transformers", "max_new_tokens": 8})
+    assert isinstance(judge, PairwiseJudge) and judge.backend_name == "transformers" and judge.max_new_tokens == 8
+    assert load_ranker({"judge": "smollm2-135m"}).backend_name == "auto"  # nothing is loaded before the first use
+    with pytest.raises(ConfigError, match="backend"):
+        load_ranker({"judge": "smollm2-135m", "backend": "tgi"})

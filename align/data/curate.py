@@ -21,7 +21,6 @@ import contextlib
 import difflib
 import json
 import logging
-import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -30,9 +29,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..config import build_dataclass
+from ..console import print_table
 from ..errors import ConfigError
-from ..io import partial_dir, promote, write_json, write_jsonl
-from .loader import iter_records, parse_sources
+from ..io import save_figure, write_jsonl
+from ..runs import StageRun
+from .loader import DataSource, iter_records, parse_sources
 from .steps import STEPS, MixStep, Step, Verdict
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class CurateJob:
     disabled: list[str]
     raw: dict
     source: str | None
+    sources: list[DataSource]  # the `dataset` entries, checked
 
 
 def parse_steps(value: Any, source: str | None) -> tuple[list[Step], list[str]]:
@@ -104,13 +106,13 @@ def parse_curate_config(raw: dict, source: str | None = None) -> CurateJob:
         raise ConfigError(source, "output_dir", "missing: where to write curated.jsonl and the report")
     if args.dataset is None:
         raise ConfigError(source, "dataset", "missing: the data to curate (any format polyalign reads)")
-    parse_sources(args.dataset)  # checks the entries
+    sources = parse_sources(args.dataset, source)
     if args.num_proc < 1:
         raise ConfigError(source, "num_proc", f"must be at least 1, got {args.num_proc}")
     if args.chunk_size < 1:
         raise ConfigError(source, "chunk_size", f"must be at least 1, got {args.chunk_size}")
     steps, disabled = parse_steps(args.steps, source)
-    return CurateJob(args, steps, disabled, raw, source)
+    return CurateJob(args, steps, disabled, raw, source, sources)
 
 
 # ------------------------------------------------------------------------------------------------ bookkeeping
@@ -255,7 +257,7 @@ class MapStage:
                     per_step[j].append(name)
                 for j, step in enumerate(self.steps):
                     if j == a.dropped_at:
-                        tally.count(step, a.record, Verdict(None, a.verdict.reason, a.verdict.detail))
+                        tally.count(step, a.record, a.verdict)
                         break
                     tally.count(step, original, Verdict(a.record, changed=tuple(per_step[j])))
                 else:
@@ -426,22 +428,14 @@ def plot_curation(metrics: dict, path: Path) -> None:
     right.set_ylabel("records")
     right.set_title("Records per language")
     right.legend(fontsize="small")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def print_summary(metrics: dict, final: Path) -> None:
     header = ["step", "in", "kept", "dropped", "why dropped"]
     rows = [[r["step"], str(r["in"]), str(r["kept"]), str(r["dropped"]), _counts(r["reasons"])]
             for r in metrics["steps"]]
-    widths = [max(len(h), *(len(r[c]) for r in rows)) if rows else len(h) for c, h in enumerate(header)]
-    print("\nCuration summary", flush=True)
-    for cells in [header, *rows]:
-        print("  " + "  ".join(c.ljust(w) if i in (0, 4) else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(cells, widths))).rstrip(), flush=True)
+    print_table("Curation summary", header, rows, left=(0, 4))
     print(f"  {metrics['input']} records in, {metrics['curated']} curated"
           + (f", {metrics['mixed']} in the mix" if metrics.get("mixed") is not None else "")
           + f" ({_rate(metrics['records_per_second'])} records/s) → {final}", flush=True)
@@ -450,81 +444,83 @@ def print_summary(metrics: dict, final: Path) -> None:
 # ------------------------------------------------------------------------------------------------ stage
 
 
+def write_curated(job: CurateJob, tally: Tally, path: Path, keep: bool) -> tuple[int, list[dict]]:
+    """Stream the dataset through the stages into `path`: the number of records curated, and the records themselves
+    when `keep` (the mix samples from all of them)."""
+    chunks: Iterable[list[dict]] = chunked(iter_records(job.sources, "sft", seed=job.args.seed),
+                                           job.args.chunk_size, tally)
+    for stage in build_stages(job.steps, job.args.num_proc, job.args.chunk_size):
+        chunks = stage.run(chunks, tally)
+    count, kept = 0, []
+    with open(path, "w", encoding="utf-8") as out:
+        for chunk in chunks:
+            for record in chunk:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                tally.langs[record["lang"]]["curated"] += 1
+            count += len(chunk)
+            if keep:
+                kept += chunk
+    return count, kept
+
+
+def write_mixed(mix: MixStep, curated: list[dict], tally: Tally, path: Path) -> tuple[int, dict, str]:
+    """Sample the curated records into `path`: (records in the mix, the mix's metrics, its plan as text)."""
+    from .mix import format_plan
+
+    start = time.perf_counter()
+    mixed, plan = mix.mix(curated)
+    plan_text = format_plan(plan)
+    print("Language mix (written to mixed.jsonl):\n" + plan_text, flush=True)
+    write_jsonl(path, mixed)
+    for record in mixed:
+        tally.langs[record["lang"]]["mixed"] += 1
+    return len(mixed), {"plan": [p.__dict__ for p in plan], "seconds": round(time.perf_counter() - start, 3)}, \
+        plan_text
+
+
 def curate(job: CurateJob, partial: Path) -> dict:
     """Run the steps over the dataset, writing curated.jsonl, dropped.jsonl (and mixed.jsonl) into `partial`."""
     start = time.perf_counter()
     for step in job.steps:
         step.prepare()
-    tally = Tally(job.steps, partial / "dropped.jsonl")
     mix = job.steps[-1] if job.steps and isinstance(job.steps[-1], MixStep) else None
-    curated: list[dict] = []
+    tally = Tally(job.steps, partial / "dropped.jsonl")
     try:
-        chunks: Iterable[list[dict]] = chunked(iter_records(job.args.dataset, "sft", seed=job.args.seed),
-                                               job.args.chunk_size, tally)
-        for stage in build_stages(job.steps, job.args.num_proc, job.args.chunk_size):
-            chunks = stage.run(chunks, tally)
-        n_curated = 0
-        with open(partial / "curated.jsonl", "w", encoding="utf-8") as out:
-            for chunk in chunks:
-                for record in chunk:
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    tally.langs[record["lang"]]["curated"] += 1
-                n_curated += len(chunk)
-                if mix is not None:
-                    curated += chunk
+        n_curated, curated = write_curated(job, tally, partial / "curated.jsonl", keep=mix is not None)
     finally:
         tally.close()
     if n_curated == 0:
         raise ConfigError(job.source, "steps", "no record survived curation; loosen the thresholds")
-    plan_text = None
-    mixed_count = None
-    if mix is not None:
-        from .mix import format_plan
-
-        t0 = time.perf_counter()
-        mixed, plan = mix.mix(curated)
-        plan_text = format_plan(plan)
-        print("Language mix (written to mixed.jsonl):\n" + plan_text, flush=True)
-        write_jsonl(partial / "mixed.jsonl", mixed)
-        for record in mixed:
-            tally.langs[record["lang"]]["mixed"] += 1
-        mixed_count = len(mixed)
-        mix_seconds = time.perf_counter() - t0
+    n_mixed, mix_metrics, plan_text = (None, None, None) if mix is None else \
+        write_mixed(mix, curated, tally, partial / "mixed.jsonl")
     seconds = time.perf_counter() - start
     total_in = sum(c["input"] for c in tally.langs.values())
     metrics = {
-        "input": total_in, "curated": n_curated, "dropped": total_in - n_curated, "mixed": mixed_count,
+        "input": total_in, "curated": n_curated, "dropped": total_in - n_curated, "mixed": n_mixed,
         "steps": step_rows(job, tally), "disabled_steps": job.disabled,
         "languages": {lang: {"input": c["input"], "curated": c["curated"], "mixed": c["mixed"]}
                       for lang, c in sorted(tally.langs.items(), key=lambda kv: (-kv[1]["input"], kv[0]))},
         "num_proc": job.args.num_proc, "seconds": round(seconds, 3),
         "records_per_second": round(total_in / seconds, 1) if seconds else None,
     }
-    if mix is not None:
-        metrics["mix"] = {"plan": [p.__dict__ for p in plan], "seconds": round(mix_seconds, 3)}
+    if mix_metrics is not None:
+        metrics["mix"] = mix_metrics
     write_report(partial / "report.md", job, metrics, plan_text)
     plot_curation(metrics, partial / "curation.png")
     return metrics
 
 
 def run_curate(raw: dict, source: str | None = None) -> Path:
+    """The `curate` stage. Its output appears whole when the run ends; a failed run leaves no output and no partial,
+    a killed one only a partial, which the next run clears (nothing in it is worth resuming)."""
     job = parse_curate_config(raw, source)
-    final = Path(job.args.output_dir)
-    if final.exists() and not job.args.overwrite:
-        raise ConfigError(source, "output_dir", f"{final} already exists (pass --overwrite to replace it)")
-    partial = partial_dir(final)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    run = StageRun(job.args.output_dir, job.raw, stage="curate", overwrite=job.args.overwrite, source=source,
+                   resumable=False)
+    run.prepare()
+    with run.building():
         print(f"Curate: {', '.join(s.label for s in job.steps)} ({job.args.num_proc} process"
               f"{'es' if job.args.num_proc > 1 else ''} for per-record steps)", flush=True)
-        metrics = curate(job, partial)
-        write_json(partial / "metrics.json", metrics)
-        write_json(partial / "polyalign_recipe.json", {"stage": "curate", "config": job.raw, "source": source})
-        promote(partial, final, overwrite=job.args.overwrite)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        metrics = curate(job, run.partial)
+        final = run.finish(metrics)
     print_summary(metrics, final)
     return final
-

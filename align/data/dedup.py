@@ -25,21 +25,23 @@ log = logging.getLogger(__name__)
 TEXT_FIELDS = ("conversation", "prompt", "response")
 
 
-def record_text(record: dict, on: str = "conversation") -> str:
-    """The text a record is compared by: every turn with its role, the user turns, or the assistant turns."""
-    messages = record.get("messages") or [*record.get("prompt", []), *record.get("chosen", [])]
-    if on == "prompt":
-        return "\n".join(m["content"] for m in messages if m["role"] == "user")
-    if on == "response":
-        return "\n".join(m["content"] for m in messages if m["role"] == "assistant")
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+def _turns(record: dict) -> list[dict]:
+    """The turns of an sft record, or a preference record's prompt and chosen answer."""
+    return record.get("messages") or [*record.get("prompt", []), *record.get("chosen", [])]
+
+
+def dedup_text(record: dict, on: str = "conversation") -> str:
+    """The text dedup compares a record by: every turn with its role, the user turns, or the assistant turns."""
+    if on != "conversation":
+        return plain_text(record, on)
+    return "\n".join(f"{m['role']}: {m['content']}" for m in _turns(record))
 
 
 def plain_text(record: dict, on: str = "conversation") -> str:
-    """The words alone, without roles or system prompts (what language detection judges)."""
-    messages = record.get("messages") or [*record.get("prompt", []), *record.get("chosen", [])]
+    """The words of the user and/or assistant turns, without roles or system prompts (what the language filter
+    judges)."""
     roles = {"conversation": ("user", "assistant"), "prompt": ("user",), "response": ("assistant",)}[on]
-    return "\n".join(m["content"] for m in messages if m["role"] in roles)
+    return "\n".join(m["content"] for m in _turns(record) if m["role"] in roles)
 
 
 _PUNCT_SPACE = re.compile(r"[\W_]+", re.U)
@@ -54,7 +56,7 @@ def normalise(text: str) -> str:
 
 
 def exact_key(record: dict, on: str = "conversation") -> str:
-    return hashlib.blake2b(normalise(record_text(record, on)).encode(), digest_size=8).hexdigest()
+    return hashlib.blake2b(normalise(dedup_text(record, on)).encode(), digest_size=8).hexdigest()
 
 
 class ExactIndex:

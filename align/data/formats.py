@@ -249,8 +249,9 @@ NORMALISERS: dict[str, Callable[[Location, dict], dict]] = {
 }
 
 
-def record_text(record: dict) -> str:
-    """The text language detection judges: every turn, prompt first."""
+def all_text(record: dict) -> str:
+    """Every turn's words, prompt first, system and tool turns included: what a row that declares no language is
+    detected by."""
     parts = [m["content"] for key in ("prompt", "messages", "chosen") for m in record.get(key, [])]
     return "\n".join(parts)
 
@@ -268,7 +269,7 @@ def resolve_lang(loc: Location, row: dict, record: dict, default_lang: str | Non
     if default_lang:
         record["lang"] = default_lang
         return
-    code, confidence = detect_language(record_text(record))
+    code, confidence = detect_language(all_text(record))
     if code is None:
         raise loc.error("no language given and none can be detected (no letters); add a 'lang' field", "lang")
     record["lang"] = code

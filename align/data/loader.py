@@ -33,36 +33,41 @@ class DataSource:
     lang: str | None = None
 
     @classmethod
-    def parse(cls, value: Any, where: str = "dataset") -> "DataSource":
+    def parse(cls, value: Any, where: str = "dataset", source: str | None = None) -> "DataSource":
+        """One entry, checked; errors name `source` (the recipe file) and the entry's key, `where`."""
+        if isinstance(value, DataSource):
+            return value
         if isinstance(value, str):
             return cls(path=value)
-        if isinstance(value, dict):
-            unknown = set(value) - {"path", "weight", "split", "name", "lang"}
-            if unknown:
-                raise ConfigError(None, f"{where}.{sorted(unknown)[0]}", "unknown key (expected path, weight, split, name, lang)")
-            if "path" not in value:
-                raise ConfigError(None, f"{where}.path", "missing")
-            source = cls(**value)
-            if isinstance(source.weight, bool) or not isinstance(source.weight, (int, float)) \
-                    or not math.isfinite(source.weight) or source.weight <= 0:
-                raise ConfigError(None, f"{where}.weight", f"must be a positive number, got {source.weight!r}")
-            if source.lang is not None:
-                try:
-                    source.lang = normalize_lang(source.lang)
-                except UnknownLanguage as e:
-                    raise ConfigError(None, f"{where}.lang", str(e)) from None
-            return source
-        raise ConfigError(None, where, f"expected a path or a mapping with 'path', got {type(value).__name__}")
+        if not isinstance(value, dict):
+            raise ConfigError(source, where, f"expected a path or a mapping with 'path', got {type(value).__name__}")
+        unknown = set(value) - {"path", "weight", "split", "name", "lang"}
+        if unknown:
+            raise ConfigError(source, f"{where}.{sorted(unknown)[0]}",
+                              "unknown key (expected path, weight, split, name, lang)")
+        if "path" not in value:
+            raise ConfigError(source, f"{where}.path", "missing")
+        entry = cls(**value)
+        if isinstance(entry.weight, bool) or not isinstance(entry.weight, (int, float)) \
+                or not math.isfinite(entry.weight) or entry.weight <= 0:
+            raise ConfigError(source, f"{where}.weight", f"must be a positive number, got {entry.weight!r}")
+        if entry.lang is not None:
+            try:
+                entry.lang = normalize_lang(entry.lang)
+            except UnknownLanguage as e:
+                raise ConfigError(source, f"{where}.lang", str(e)) from None
+        return entry
 
 
-def parse_sources(value: Any) -> list[DataSource]:
-    """`dataset:` accepts a path, a list of paths, or a list of {path, weight, split, name, lang}."""
+def parse_sources(value: Any, source: str | None = None, key: str = "dataset") -> list[DataSource]:
+    """A recipe's `dataset:` (or other `key`): a path, a list of paths, or a list of {path, weight, split, name,
+    lang} (or DataSource objects). Errors name `source`, the recipe file (None: the command line)."""
     if value is None:
-        raise ConfigError(None, "dataset", "missing: give a file, folder or datasets name")
+        raise ConfigError(source, key, "missing: give a file, folder or datasets name")
     items = value if isinstance(value, list) else [value]
     if not items:
-        raise ConfigError(None, "dataset", "empty list")
-    return [DataSource.parse(item, f"dataset[{i}]") for i, item in enumerate(items)]
+        raise ConfigError(source, key, "empty list")
+    return [DataSource.parse(item, f"{key}[{i}]", source) for i, item in enumerate(items)]
 
 
 # (kind a file holds, kind a stage asks for) pairs that formats.to_kind can convert.
@@ -70,14 +75,14 @@ CONVERSIONS = {("sft", "sft"), ("preference", "preference"), ("prompt", "prompt"
                ("preference", "prompt"), ("preference", "sft")}
 
 
-def read_source(source: DataSource, kind: str) -> list[dict]:
+def read_source(entry: DataSource, kind: str) -> list[dict]:
     """All rows of one source, normalised to `kind` records; a malformed row stops everything."""
-    return list(iter_source_records(source, kind))
+    return list(iter_source_records(entry, kind))
 
 
-def iter_source_records(source: DataSource, kind: str) -> Iterator[dict]:
+def iter_source_records(entry: DataSource, kind: str) -> Iterator[dict]:
     """The rows of one source as `kind` records, one at a time (a file larger than memory streams through)."""
-    for unit, rows in iter_source(source.path, source.split, source.name):
+    for unit, rows in iter_source(entry.path, entry.split, entry.name):
         fmt = None
         source_name = Path(unit).stem if Path(unit).suffix else unit.split("/")[-1]
         for index, (loc, row) in enumerate(rows):
@@ -93,7 +98,7 @@ def iter_source_records(source: DataSource, kind: str) -> Iterator[dict]:
             elif row_fmt is None or FORMAT_KINDS[row_fmt] != FORMAT_KINDS[fmt]:
                 # Same-kind formats may mix in one file (messages and ShareGPT rows, say); other rows are errors.
                 raise loc.error(f"row does not match this file's format ({fmt}): " + describe_unknown(row))
-            record = normalise_row(loc, row, row_fmt, source_name=source_name, index=index, default_lang=source.lang)
+            record = normalise_row(loc, row, row_fmt, source_name=source_name, index=index, default_lang=entry.lang)
             yield to_kind(record, kind)
         if fmt is None:
             raise InputError(unit, "no records")
@@ -110,30 +115,30 @@ def apply_weight(records: list[dict], weight: float, seed: int) -> list[dict]:
     return out
 
 
-def load_records(dataset: Any, kind: str, *, seed: int = 0) -> list[dict]:
-    """Read every source of a recipe's `dataset` entry, weighted, as canonical `kind` records."""
-    sources = dataset if isinstance(dataset, list) and dataset and all(isinstance(s, DataSource) for s in dataset) \
-        else parse_sources(dataset)
+def load_records(dataset: Any, kind: str, *, seed: int = 0, source: str | None = None,
+                 key: str = "dataset") -> list[dict]:
+    """Read every source of a recipe's `dataset` entry, weighted, as canonical `kind` records (`source`, `key`: where
+    the entry was written, for its errors)."""
+    sources = parse_sources(dataset, source, key)
     records: list[dict] = []
-    for i, source in enumerate(sources):
-        rows = read_source(source, kind)
-        records += apply_weight(rows, source.weight, seed + i)
+    for i, entry in enumerate(sources):
+        records += apply_weight(read_source(entry, kind), entry.weight, seed + i)
     if not records:
         raise InputError(", ".join(s.path for s in sources), "no records after weighting")
     return records
 
 
-def iter_records(dataset: Any, kind: str, *, seed: int = 0) -> Iterator[dict]:
+def iter_records(dataset: Any, kind: str, *, seed: int = 0, source: str | None = None,
+                 key: str = "dataset") -> Iterator[dict]:
     """`load_records` one record at a time: sources of weight 1 stream row by row (a weighted source is read whole,
     since its seeded sample needs its size). Records come in the order `load_records` returns them."""
-    sources = dataset if isinstance(dataset, list) and dataset and all(isinstance(s, DataSource) for s in dataset) \
-        else parse_sources(dataset)
+    sources = parse_sources(dataset, source, key)
     count = 0
-    for i, source in enumerate(sources):
-        if source.weight == 1:
-            rows = iter_source_records(source, kind)
+    for i, entry in enumerate(sources):
+        if entry.weight == 1:
+            rows = iter_source_records(entry, kind)
         else:
-            rows = iter(apply_weight(read_source(source, kind), source.weight, seed + i))
+            rows = iter(apply_weight(read_source(entry, kind), entry.weight, seed + i))
         for record in rows:
             count += 1
             yield record

@@ -148,7 +148,8 @@ def iter_dataset(name: str, split: str = "train", config_name: str | None = None
     except FileNotFoundError as e:
         raise InputError(name, f"not a file, a folder, or a dataset that `datasets` can load ({e})") from None
     except Exception as e:  # network refusal, missing config, bad cache: all surface to the user the same way
-        raise InputError(label, f"could not be loaded: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(label, f"could not be loaded: {type(e).__name__}: {first_line}") from None
     for i, item in enumerate(data, start=1):
         yield Location(label, row=i), item
 

@@ -5,7 +5,7 @@ A step has up to three parts, which `align.data.curate` schedules:
   pure parts run together in one `datasets.map` over `num_proc` processes.
 - `feature(record)` + `decide(records, features)`: a pure per-record feature (a text hash, a MinHash signature),
   computed in the same parallel pass, then a sequential keep/drop decision against what was kept before
-  (exact and MinHash dedup).
+  (exact and MinHash dedup: `DedupStep`).
 - `process(records)`: a block of records at once in this process (semantic dedup, IFD: model-based), or, for
   steps marked `whole_set`, every record at once (IFD with `top_percent`, mix).
 """
@@ -21,8 +21,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from .clean import MERGED_ACTIONS, TEXT_CLEANERS, CleanArgs, clean_messages
-from .dedup import (DEFAULT_EMBEDDER, TEXT_FIELDS, ExactIndex, MinHasher, NearDuplicateIndex, exact_key, plain_text,
-                    record_text)
+from .dedup import (DEFAULT_EMBEDDER, TEXT_FIELDS, ExactIndex, MinHasher, NearDuplicateIndex, dedup_text, exact_key,
+                    plain_text)
 from .languages import UnknownLanguage, detect_language, normalize_lang
 
 PROVENANCES = ("native", "machine-translated", "synthetic")
@@ -44,14 +44,25 @@ class Step:
     args_cls: type = object
     whole_set = False  # needs every record at once (cannot stream)
     name = ""
+    has_apply = has_feature = has_process = False
+    fractions: tuple[str, ...] = ()  # options that must be numbers between 0 and 1
+    counts: tuple[str, ...] = ()  # options that must be at least 1
 
     def __init__(self, args, label: str, where: str, source: str | None):
         self.args, self.label, self.where, self.source = args, label, where, source
 
-    has_apply = has_feature = has_process = False
-
     def validate(self) -> None:
-        pass
+        """Check the options steps share (`on`, `fractions`, `counts`); a subclass checks its own after these and
+        builds what it needs."""
+        if hasattr(self.args, "on") and self.args.on not in TEXT_FIELDS:
+            raise self.error("on", f"expected one of {', '.join(TEXT_FIELDS)}, got {self.args.on!r}")
+        for key in self.fractions:
+            value = getattr(self.args, key)
+            if value is None or not math.isfinite(value) or not 0 <= value <= 1:
+                raise self.error(key, f"must be a number between 0 and 1, got {value!r}")
+        for key in self.counts:
+            if getattr(self.args, key) < 1:
+                raise self.error(key, f"must be at least 1, got {getattr(self.args, key)}")
 
     def prepare(self) -> None:
         """Called once in the main process before the first record (load a model, warm a detector)."""
@@ -64,16 +75,26 @@ class Step:
         return []
 
 
-def _check_on(step: Step, value: str) -> None:
-    if value not in TEXT_FIELDS:
-        raise step.error("on", f"expected one of {', '.join(TEXT_FIELDS)}, got {value!r}")
+class DedupStep(Step):
+    """A dedup step whose per-record feature is computed in the parallel pass and checked, in input order, against
+    an index of the records kept before: `duplicate(feature, id)` says what a record duplicates, or None (and the
+    index keeps it)."""
 
+    has_feature = True
+    reason = ""  # the drop reason counted in the report
 
-def _check_fraction(step: Step, key: str, value: float | None, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or not math.isfinite(value) or not 0 <= value <= 1:
-        raise step.error(key, f"must be a number between 0 and 1, got {value!r}")
+    def duplicate(self, feature: bytes, rid: str) -> str | None:
+        raise NotImplementedError
+
+    def decide(self, records: list[dict], features: list) -> list[Verdict]:
+        out = []
+        for record, feature in zip(records, features):
+            detail = self.duplicate(feature, record["id"])
+            out.append(Verdict(record) if detail is None else Verdict(None, self.reason, detail))
+        return out
+
+    def __getstate__(self):  # workers compute the feature: they need what computes it, not the index
+        return {k: v for k, v in self.__dict__.items() if k != "index"}
 
 
 # ------------------------------------------------------------------------------------------------ clean
@@ -88,6 +109,7 @@ class CleanStep(Step):
     name, args_cls, has_apply = "clean", CleanStepArgs, True
 
     def validate(self):
+        super().validate()
         if self.args.merged_dialogues not in MERGED_ACTIONS:
             raise self.error("merged_dialogues", f"expected one of {', '.join(MERGED_ACTIONS)}, got "
                                                  f"{self.args.merged_dialogues!r}")
@@ -116,26 +138,19 @@ class ExactDedupArgs:
     enabled: bool = True
 
 
-class ExactDedupStep(Step):
-    name, args_cls, has_feature = "exact_dedup", ExactDedupArgs, True
+class ExactDedupStep(DedupStep):
+    name, args_cls, reason = "exact_dedup", ExactDedupArgs, "exact_duplicate"
 
     def validate(self):
-        _check_on(self, self.args.on)
+        super().validate()
         self.index = ExactIndex()
 
     def feature(self, record: dict) -> bytes:
         return exact_key(record, self.args.on).encode()
 
-    def decide(self, records: list[dict], features: list) -> list[Verdict]:
-        out = []
-        for record, key in zip(records, features):
-            first = self.index.check(key, record["id"])
-            out.append(Verdict(record) if first is None
-                       else Verdict(None, "exact_duplicate", f"duplicate of {first}"))
-        return out
-
-    def __getstate__(self):  # workers need the key function, not the index
-        return {k: v for k, v in self.__dict__.items() if k != "index"}
+    def duplicate(self, feature: bytes, rid: str) -> str | None:
+        first = self.index.check(feature, rid)
+        return None if first is None else f"duplicate of {first}"
 
 
 # ------------------------------------------------------------------------------------------------ MinHash
@@ -151,32 +166,23 @@ class MinHashDedupArgs:
     enabled: bool = True
 
 
-class MinHashDedupStep(Step):
-    name, args_cls, has_feature = "minhash_dedup", MinHashDedupArgs, True
+class MinHashDedupStep(DedupStep):
+    name, args_cls, reason = "minhash_dedup", MinHashDedupArgs, "near_duplicate"
+    fractions, counts = ("threshold",), ("ngram",)
 
     def validate(self):
-        _check_on(self, self.args.on)
-        _check_fraction(self, "threshold", self.args.threshold)
+        super().validate()
         if not 16 <= self.args.num_perm <= 1024:
             raise self.error("num_perm", f"must be between 16 and 1024, got {self.args.num_perm}")
-        if self.args.ngram < 1:
-            raise self.error("ngram", f"must be at least 1, got {self.args.ngram}")
         self.hasher = MinHasher(self.args.num_perm, self.args.ngram, self.args.seed)
         self.index = NearDuplicateIndex(self.args.threshold, self.args.num_perm, self.args.seed)
 
     def feature(self, record: dict) -> bytes:
-        return self.hasher.signature(record_text(record, self.args.on)).astype(np.uint32).tobytes()
+        return self.hasher.signature(dedup_text(record, self.args.on)).astype(np.uint32).tobytes()
 
-    def decide(self, records: list[dict], features: list) -> list[Verdict]:
-        out = []
-        for record, raw in zip(records, features):
-            hit = self.index.check(np.frombuffer(raw, dtype=np.uint32), record["id"])
-            out.append(Verdict(record) if hit is None else
-                       Verdict(None, "near_duplicate", f"near-duplicate of {hit[0]} (Jaccard ~{hit[1]:.2f})"))
-        return out
-
-    def __getstate__(self):  # workers need the hasher, not the index
-        return {k: v for k, v in self.__dict__.items() if k != "index"}
+    def duplicate(self, feature: bytes, rid: str) -> str | None:
+        hit = self.index.check(np.frombuffer(feature, dtype=np.uint32), rid)
+        return None if hit is None else f"near-duplicate of {hit[0]} (Jaccard ~{hit[1]:.2f})"
 
 
 # ------------------------------------------------------------------------------------------------ semantic dedup
@@ -200,15 +206,12 @@ class SemanticDedupArgs:
 
 class SemanticDedupStep(Step):
     name, args_cls, has_process = "semantic_dedup", SemanticDedupArgs, True
+    fractions, counts = ("threshold",), ("batch_size", "max_length", "block_size")
 
     def validate(self):
         from .dedup import SemanticIndex
 
-        _check_on(self, self.args.on)
-        _check_fraction(self, "threshold", self.args.threshold)
-        for key in ("batch_size", "max_length", "block_size"):
-            if getattr(self.args, key) < 1:
-                raise self.error(key, f"must be at least 1, got {getattr(self.args, key)}")
+        super().validate()
         value = self.args.languages
         if isinstance(value, str) and value not in ("auto", "all"):
             raise self.error("languages", f"expected auto, all or a list of languages, got {value!r}")
@@ -228,7 +231,7 @@ class SemanticDedupStep(Step):
         try:
             self.embedder = Embedder(self.args.model, batch_size=self.args.batch_size, max_length=self.args.max_length)
         except ConfigError as e:
-            raise self.error("model", str(e).split(": ", 2)[-1]) from None
+            raise self.error("model", e.message) from None
 
     def process(self, records: list[dict]) -> list[Verdict]:
         judged = [i for i, r in enumerate(records) if self.judged(r)]
@@ -236,7 +239,7 @@ class SemanticDedupStep(Step):
         verdicts = [Verdict(r) for r in records]
         if not judged:
             return verdicts
-        vectors = self.embedder([record_text(records[i], self.args.on) for i in judged])
+        vectors = self.embedder([dedup_text(records[i], self.args.on) for i in judged])
         groups = [records[i]["lang"] if self.args.per_language else "all" for i in judged]
         hits = self.index.add_block(vectors, [records[i]["id"] for i in judged], groups)
         for i, hit in zip(judged, hits):
@@ -288,12 +291,7 @@ class LanguageFilterArgs:
 
 class LanguageFilterStep(Step):
     name, args_cls, has_apply = "language_filter", LanguageFilterArgs, True
-
-    def validate(self):
-        _check_on(self, self.args.on)
-        _check_fraction(self, "min_confidence", self.args.min_confidence)
-        if self.args.max_chars < 1:
-            raise self.error("max_chars", f"must be at least 1, got {self.args.max_chars}")
+    fractions, counts = ("min_confidence",), ("max_chars",)
 
     def prepare(self):
         # Lingua loads its models on first use: do it here, once, before worker processes fork.
@@ -334,8 +332,10 @@ class IFDArgs:
 
 class IFDStep(Step):
     name, args_cls, has_process = "ifd", IFDArgs, True
+    counts = ("max_length", "batch_tokens")
 
     def validate(self):
+        super().validate()
         a = self.args
         for key in ("max_ifd", "min_ifd"):
             value = getattr(a, key)
@@ -345,9 +345,6 @@ class IFDStep(Step):
             raise self.error("min_ifd", f"must be below max_ifd ({a.max_ifd}), got {a.min_ifd}")
         if a.top_percent is not None and not 0 < a.top_percent <= 100:
             raise self.error("top_percent", f"must be in (0, 100], got {a.top_percent}")
-        for key in ("max_length", "batch_tokens"):
-            if getattr(a, key) < 1:
-                raise self.error(key, f"must be at least 1, got {getattr(a, key)}")
         self.whole_set = a.top_percent is not None
 
     def prepare(self):
@@ -415,6 +412,7 @@ class ProvenanceStep(Step):
     name, args_cls, has_apply = "provenance", ProvenanceArgs, True
 
     def validate(self):
+        super().validate()
         if self.args.default is not None and self.args.default not in PROVENANCES:
             raise self.error("default", f"expected one of {', '.join(PROVENANCES)}, got {self.args.default!r}")
         for key, value in (self.args.sources or {}).items():
@@ -452,6 +450,7 @@ class MixStep(Step):
     def validate(self):
         from .mix import MixArgs, plan_mix
 
+        super().validate()
         a = self.args
         plan_mix({}, MixArgs(a.multipliers, a.tiers, a.temperature, a.total, a.seed), self.source, f"{self.where}.")
 
