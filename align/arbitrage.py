@@ -20,7 +20,7 @@ from typing import Any
 
 from reward.spec import RankerSpec, parse_ranker
 
-from .config import build_dataclass
+from .config import build_dataclass, require
 from .console import print_table
 from .data import load_records
 from .data.languages import UnknownLanguage, normalize_lang
@@ -75,10 +75,8 @@ class ArbitrageJob:
 
 def parse_arbitrage_config(raw: dict, source: str | None = None) -> ArbitrageJob:
     args = build_dataclass(ArbitrageArgs, raw, source)
-    if not args.output_dir:
-        raise ConfigError(source, "output_dir", "missing: where to write candidates, SFT records and pairs")
-    if args.prompts is None:
-        raise ConfigError(source, "prompts", "missing: a prompt dataset (any format polyalign reads)")
+    require(args, source, output_dir="where to write candidates, SFT records and pairs",
+            prompts="a prompt dataset (any format polyalign reads)")
     if not isinstance(args.teachers, list) or not args.teachers:
         raise ConfigError(source, "teachers", "the pool is empty: list at least one teacher {name, model}")
     teachers = []

@@ -194,6 +194,13 @@ def build_dataclass(cls, data: dict, source: str | None, prefix: str = ""):
         raise ConfigError(source, prefix.rstrip(".") or None, str(e)) from None
 
 
+def require(args, source: str | None, **missing: str) -> None:
+    """Refuse a config that leaves a required key unset: `require(args, source, output_dir="where to write ...")`."""
+    for key, help_text in missing.items():
+        if getattr(args, key) in (None, ""):
+            raise ConfigError(source, key, f"missing: {help_text}")
+
+
 def dotted_keys(data: dict, prefix: str = "") -> set[str]:
     """Every key path of a nested mapping ("lora", "lora.r"): which keys the command line set."""
     keys = set()

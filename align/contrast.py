@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import build_dataclass
+from .config import build_dataclass, require
 from .console import print_table
 from .data import load_records
 from .data.languages import detect_language, language_name
@@ -121,10 +121,8 @@ def check_template(template: str, key: str, source: str | None, fields: set[str]
 
 def parse_contrast_config(raw: dict, source: str | None = None) -> ContrastJob:
     args = build_dataclass(ContrastArgs, raw, source)
-    if not args.output_dir:
-        raise ConfigError(source, "output_dir", "missing: where to write pairs.jsonl")
-    if args.prompts is None:
-        raise ConfigError(source, "prompts", "missing: a prompt dataset in the target languages")
+    require(args, source, output_dir="where to write pairs.jsonl",
+            prompts="a prompt dataset in the target languages")
     strong, weak = _role(args.strong, "strong", source), _role(args.weak, "weak", source)
     translator = _role(args.translator, "translator", source)
     if args.english_prompt not in ENGLISH_PROMPT_MODES:

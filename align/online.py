@@ -28,7 +28,7 @@ from typing import Any
 
 from reward.spec import parse_ranker
 
-from .config import build_dataclass
+from .config import build_dataclass, require
 from .data import load_records
 from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
@@ -69,10 +69,8 @@ class IterateArgs(LoadingArgs, DecodingArgs):
 
 def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: bool = False) -> IterateArgs:
     args = build_dataclass(IterateArgs, raw, source)
-    if not args.output_dir:
-        raise ConfigError(source, "output_dir", "missing: where the iterations go")
-    if args.prompts is None:
-        raise ConfigError(source, "prompts", "missing: the prompts to sample from (any format polyalign reads)")
+    require(args, source, output_dir="where the iterations go",
+            prompts="the prompts to sample from (any format polyalign reads)")
     if args.iterations < 1 or args.samples < 2:
         raise ConfigError(source, "iterations" if args.iterations < 1 else "samples",
                           "need at least 1 iteration and 2 samples per prompt (a pair needs two)")

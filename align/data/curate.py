@@ -28,7 +28,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..config import build_dataclass
+from ..config import build_dataclass, require
 from ..console import print_table
 from ..errors import ConfigError
 from ..io import save_figure, write_jsonl
@@ -102,10 +102,8 @@ def parse_steps(value: Any, source: str | None) -> tuple[list[Step], list[str]]:
 
 def parse_curate_config(raw: dict, source: str | None = None) -> CurateJob:
     args = build_dataclass(CurateArgs, raw, source)
-    if not args.output_dir:
-        raise ConfigError(source, "output_dir", "missing: where to write curated.jsonl and the report")
-    if args.dataset is None:
-        raise ConfigError(source, "dataset", "missing: the data to curate (any format polyalign reads)")
+    require(args, source, output_dir="where to write curated.jsonl and the report",
+            dataset="the data to curate (any format polyalign reads)")
     sources = parse_sources(args.dataset, source)
     if args.num_proc < 1:
         raise ConfigError(source, "num_proc", f"must be at least 1, got {args.num_proc}")

@@ -122,12 +122,10 @@ class IFDScorer:
         return scores
 
 
-def load_scorer(model: str, *, dtype: str = "auto", attn_implementation: str = "auto",
-                trust_remote_code: bool = False, max_length: int = 1024, batch_tokens: int = 4096) -> IFDScorer:
-    from ..models import ModelArgs, load_model, load_tokenizer, to_gpu_if_available
+def load_scorer(args, *, max_length: int = 1024, batch_tokens: int = 4096) -> IFDScorer:
+    """The IFD scorer on `args` (align.models.ModelArgs), on the GPU when there is one."""
+    from ..models import load_model, load_tokenizer, to_gpu_if_available
 
-    args = ModelArgs(model=model, dtype=dtype, attn_implementation=attn_implementation,
-                     trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(args)
     lm = to_gpu_if_available(load_model(args))
     return IFDScorer(lm, tokenizer, max_length=max_length, batch_tokens=batch_tokens)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..models import LoadingArgs
 from .clean import MERGED_ACTIONS, TEXT_CLEANERS, CleanArgs, clean_messages
 from .dedup import (DEFAULT_EMBEDDER, TEXT_FIELDS, ExactIndex, MinHasher, NearDuplicateIndex, dedup_text, exact_key,
                     plain_text)
@@ -316,7 +317,7 @@ class LanguageFilterStep(Step):
 
 
 @dataclass
-class IFDArgs:
+class IFDArgs(LoadingArgs):
     model: str = "smollm2-135m"  # any causal LM: alias, path or hub id
     max_ifd: float | None = 1.0  # drop records at or above it (the instruction does not help); null: no bound
     min_ifd: float | None = None  # drop records below it (too easy given the instruction)
@@ -324,9 +325,6 @@ class IFDArgs:
     per_language: bool = True  # top_percent within each language, so the language mix is kept
     max_length: int = 1024
     batch_tokens: int = 4096  # tokens per forward pass (bounds the logits' memory)
-    dtype: str = "auto"
-    attn_implementation: str = "auto"
-    trust_remote_code: bool = False
     enabled: bool = True
 
 
@@ -353,9 +351,7 @@ class IFDStep(Step):
 
         a = self.args
         try:
-            self.scorer = load_scorer(a.model, dtype=a.dtype, attn_implementation=a.attn_implementation,
-                                      trust_remote_code=a.trust_remote_code, max_length=a.max_length,
-                                      batch_tokens=a.batch_tokens)
+            self.scorer = load_scorer(a.model_args(a.model), max_length=a.max_length, batch_tokens=a.batch_tokens)
         except (OSError, PolyalignError) as e:
             raise self.error("model", f"cannot load {a.model!r} ({str(e).splitlines()[0]})") from None
 
