@@ -149,7 +149,8 @@ def main(argv=None) -> int:
         base_tf = measure([sys.executable, "-c", "import torch, transformers.modeling_utils"], env)[1]
         # What each tool pays before merging anything: its imports (median of 3, warm file cache).
         imports = {name: [measure([sys.executable, "-c", code], env) for _ in range(3)]
-                   for name, code in (("polyalign merge", "import torch, merge.api, merge.linear"),
+                   for name, code in (("polyalign merge",
+                                       "import torch, align.runs, merge.api, merge.engines, merge.linear"),
                                       ("mergekit-yaml", "import mergekit.merge, mergekit.options"))}
         imports = {name: (statistics.median(r[0] for r in runs), statistics.median(r[2] for r in runs))
                    for name, runs in imports.items()}

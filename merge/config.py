@@ -9,11 +9,14 @@ Nothing here opens a model: checkpoints are resolved and compared in `merge.inpu
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from align.config import load_yaml
 from align.errors import ConfigError, PolyalignError
@@ -23,12 +26,14 @@ KEYS = ("merge_method", "models", "base_model", "parameters", "dtype", "out_dtyp
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "half": "float16", "float64": "float64", "fp64": "float64"}
 COMMON_PARAMETERS = ("weight", "normalize", "t", "density", "epsilon", "lambda", "rescale", "int8_mask")
-# polyalign's own streamed average takes exactly these parameters; anything else is a typo or a mergekit method.
+# mergekit's linear takes exactly these parameters (and so does polyalign's streamed one): anything else is a typo
+# or another method's.
 LINEAR_PARAMETERS = ("weight", "normalize")
 # Task-vector methods add weighted (model - base) differences: a negative weight subtracts a task, which is a
 # legitimate use (task negation), so only these accept negative weights.
 TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
                        "della", "della_linear")
+TOKENIZER_KEYWORDS = ("base", "union")  # tokenizer sources that name no checkpoint
 
 
 class MergeError(PolyalignError):
@@ -48,6 +53,9 @@ class ModelSpec:
         return self.parameters.get("weight")
 
 
+Site = tuple  # where a model reference is written in the config: ("slices", 0, "sources", 1, "model")
+
+
 @dataclass
 class MergeSpec:
     method: str
@@ -60,8 +68,10 @@ class MergeSpec:
     tokenizer: dict | None = None
     chat_template: str | None = None
     layered: bool = False  # `slices` or `modules`: layer-wise recipes that only mergekit runs
-    raw: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)  # the config as given, paths as strings, `models` entries as mappings
     source: str | None = None
+    sites: list[tuple[Site, str]] = field(default_factory=list)  # every model reference and where it is written
+    layered_weights: list[tuple[str, str, Any]] = field(default_factory=list)  # (key, model, weight) of a recipe
 
     @property
     def normalize(self) -> Any:
@@ -79,9 +89,24 @@ class MergeSpec:
         """Every model reference the config names, once each (tokenizer donors included)."""
         refs = [m.ref for m in self.inputs()]
         donor = self.tokenizer_source if self.tokenizer is None else (self.tokenizer or {}).get("source")
-        if isinstance(donor, str) and donor not in ("base", "union"):
+        if isinstance(donor, str) and donor not in TOKENIZER_KEYWORDS:
             refs.append(donor)
         return list(dict.fromkeys(refs))
+
+    def weight(self, model: ModelSpec) -> Any:
+        """A model's weight as written: its own, else the top-level parameters.weight."""
+        return model.weight if model.weight is not None else self.parameters.get("weight")
+
+    def scalar_weights(self) -> list[float] | None:
+        """One number per input, in inputs() order; None when any weight is missing, a gradient or a filter list."""
+        weights = [self.weight(m) for m in self.inputs()]
+        if not all(is_scalar(w) or _float_string(w) for w in weights):
+            return None
+        return [float(w) for w in weights]
+
+    def to_yaml(self) -> str:
+        """The config as given, which `polyalign merge` and `mergekit-yaml` both accept."""
+        return yaml.safe_dump(self.raw, sort_keys=False, allow_unicode=True)
 
 
 def load_config(path: str | Path) -> MergeSpec:
@@ -92,6 +117,37 @@ def parse_config(raw: dict, source: str | None = None) -> MergeSpec:
     source = source or "merge config"  # a dict from the Python API has no file to name
     if not isinstance(raw, dict):
         raise ConfigError(source, None, "expected a mapping of keys to values at the top level")
+    _check_keys(raw, source)
+    method = raw.get("merge_method")
+    if not isinstance(method, str) or not method:
+        raise ConfigError(source, "merge_method", "missing: name a merge method (linear, slerp, ties, ...)")
+    raw = json.loads(json.dumps(raw, default=str))  # a copy the walk may tidy, paths as strings
+    walk = _Walk(source)
+    walk.inputs(raw)
+    tokenizer = _tokenizer(raw.get("tokenizer"), source)
+    if isinstance((tokenizer or {}).get("source"), str):
+        walk.reference(tokenizer, ("tokenizer", "source"))
+    spec = MergeSpec(
+        method=method.strip(),
+        models=walk.models,
+        base_model=walk.reference(raw, ("base_model",)),
+        parameters=_parameters(raw.get("parameters"), "parameters", source),
+        dtype=_dtype(raw.get("dtype"), "dtype", source),
+        out_dtype=_dtype(raw.get("out_dtype"), "out_dtype", source),
+        tokenizer_source=walk.reference(raw, ("tokenizer_source",)),
+        tokenizer=tokenizer,
+        chat_template=raw.get("chat_template"),
+        layered=walk.layered,
+        raw=raw,
+        source=source,
+        sites=walk.sites,
+        layered_weights=walk.weights,
+    )
+    _check_spec(spec)
+    return spec
+
+
+def _check_keys(raw: dict, source: str) -> None:
     for key in raw:
         if key not in KEYS:
             # method parameters at the top level are a common slip: point them to `parameters:`
@@ -99,32 +155,12 @@ def parse_config(raw: dict, source: str | None = None) -> MergeSpec:
             close = difflib.get_close_matches(str(key), list(candidates), n=1)
             hint = f" (did you mean '{candidates[close[0]]}'?)" if close else f" (expected one of {', '.join(KEYS)})"
             raise ConfigError(source, str(key), f"unknown key in a merge config{hint}")
-    method = raw.get("merge_method")
-    if not isinstance(method, str) or not method:
-        raise ConfigError(source, "merge_method", "missing: name a merge method (linear, slerp, ties, ...)")
-    layered = bool(raw.get("slices") or raw.get("modules"))
-    models_raw = raw.get("models")
-    if layered and models_raw:
-        raise ConfigError(source, "models", "give either models or slices/modules, not both")
-    models = [_model(entry, i, source) for i, entry in enumerate(models_raw or [])]
-    if layered:
-        models = _slice_models(raw, source)
-    if not models:
+
+
+def _check_spec(spec: MergeSpec) -> None:
+    source = spec.source
+    if not spec.models:
         raise ConfigError(source, "models", "no input models: list at least one under models")
-    spec = MergeSpec(
-        method=method.strip(),
-        models=models,
-        base_model=_reference(raw.get("base_model"), "base_model", source),
-        parameters=_parameters(raw.get("parameters"), "parameters", source),
-        dtype=_dtype(raw.get("dtype"), "dtype", source),
-        out_dtype=_dtype(raw.get("out_dtype"), "out_dtype", source),
-        tokenizer_source=_reference(raw.get("tokenizer_source"), "tokenizer_source", source),
-        tokenizer=_tokenizer(raw.get("tokenizer"), source),
-        chat_template=raw.get("chat_template"),
-        layered=layered,
-        raw=raw,
-        source=source,
-    )
     if spec.tokenizer is not None and spec.tokenizer_source is not None:
         raise ConfigError(source, "tokenizer", "give tokenizer_source or tokenizer, not both")
     if spec.chat_template is not None and not isinstance(spec.chat_template, str):
@@ -138,43 +174,92 @@ def parse_config(raw: dict, source: str | None = None) -> MergeSpec:
     duplicate = next((r for r in refs if refs.count(r) > 1), None)
     if duplicate is not None:
         raise ConfigError(source, "models", f"'{duplicate}' is listed twice: give it once with the summed weight")
-    return spec
 
 
-def _model(entry: Any, index: int, source: str | None) -> ModelSpec:
-    where = f"models[{index}]"
-    if isinstance(entry, (str, Path)):
-        entry = {"model": str(entry)}
-    if not isinstance(entry, dict):
-        raise ConfigError(source, where, "expected {model: PATH, parameters: {weight: W}}")
-    unknown = set(entry) - {"model", "parameters"}
-    if unknown:
-        raise ConfigError(source, f"{where}.{sorted(unknown)[0]}", "unknown key (expected model, parameters)")
-    ref = _reference(entry.get("model"), f"{where}.model", source)
-    if ref is None:
-        raise ConfigError(source, f"{where}.model", "missing: the path of a checkpoint or adapter directory")
-    return ModelSpec(ref, _parameters(entry.get("parameters"), f"{where}.parameters", source), where)
+def key_of(site: Site) -> str:
+    """("slices", 0, "sources", 1, "model") → 'slices[0].sources[1].model', as errors name a key."""
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(site))
 
 
-def _slice_models(raw: dict, source: str | None) -> list[ModelSpec]:
-    """The checkpoints a layer-wise (slices/modules) recipe reads, so they are resolved and checked like models."""
-    refs: list[str] = []
+@dataclass
+class _Walk:
+    """The one pass over a config's model references: the checkpoints the merge reads (`models`), every place a
+    reference is written (`sites`, swapped for the resolved directory before mergekit runs), and the weights of a
+    layer-wise recipe (checked like models' weights)."""
 
-    def walk(slices: Any, where: str) -> None:
-        for i, s in enumerate(slices or []):
-            for j, src in enumerate((s or {}).get("sources") or []):
-                ref = _reference((src or {}).get("model"), f"{where}[{i}].sources[{j}].model", source)
-                if ref and ref not in refs:
-                    refs.append(ref)
+    source: str
+    models: list[ModelSpec] = field(default_factory=list)
+    sites: list[tuple[Site, str]] = field(default_factory=list)
+    weights: list[tuple[str, str, Any]] = field(default_factory=list)
+    layered: bool = False
 
-    walk(raw.get("slices"), "slices")
-    for name, module in (raw.get("modules") or {}).items():
-        walk((module or {}).get("slices"), f"modules.{name}.slices")
-        for i, m in enumerate((module or {}).get("models") or []):
-            spec = _model(m, i, source)
-            if spec.ref not in refs:
-                refs.append(spec.ref)
-    return [ModelSpec(r, {}, "slices") for r in refs]
+    def inputs(self, raw: dict) -> None:
+        self.layered = bool(raw.get("slices") or raw.get("modules"))
+        if not self.layered:
+            self.entries(raw, ("models",))
+            return
+        if raw.get("models"):
+            raise ConfigError(self.source, "models", "give either models or slices/modules, not both")
+        groups = [(raw, ())]
+        modules = self.mapping(raw.get("modules"), ("modules",))
+        groups += [(self.mapping(modules[name], ("modules", name)), ("modules", name)) for name in modules]
+        for parent, prefix in groups:
+            site = (*prefix, "slices")
+            for i, piece in enumerate(self.sequence(parent, site)):
+                piece = self.mapping(piece, (*site, i))
+                if piece.get("base_model") is not None:
+                    self.add(self.reference(piece, (*site, i, "base_model")))
+                self.entries(piece, (*site, i, "sources"))
+            if prefix:
+                self.entries(parent, (*prefix, "models"))
+
+    def entries(self, parent: dict, site: Site) -> None:
+        """A `models` list or a slice's `sources`: {model, parameters} each (a bare path stands for {model})."""
+        entries = self.sequence(parent, site)
+        for i, entry in enumerate(entries):
+            if isinstance(entry, str):
+                entry = entries[i] = {"model": entry}
+            if not isinstance(entry, dict):
+                raise ConfigError(self.source, key_of((*site, i)), "expected {model: PATH, parameters: {weight: W}}")
+            unknown = sorted(set(entry) - {"model", "parameters"})
+            if unknown and site[-1] == "models":  # (slice sources also have layer_range)
+                raise ConfigError(self.source, key_of((*site, i, unknown[0])),
+                                  "unknown key (expected model, parameters)")
+            ref = self.reference(entry, (*site, i, "model"))
+            if ref is None:
+                raise ConfigError(self.source, key_of((*site, i, "model")),
+                                  "missing: the path of a checkpoint or adapter directory")
+            parameters = _parameters(entry.get("parameters"), key_of((*site, i, "parameters")), self.source)
+            if not self.layered:
+                self.models.append(ModelSpec(ref, parameters, key_of((*site, i))))
+                continue
+            self.add(ref)
+            if parameters.get("weight") is not None:
+                self.weights.append((key_of((*site, i, "parameters", "weight")), ref, parameters["weight"]))
+
+    def add(self, ref: str) -> None:
+        """A checkpoint of a layer-wise recipe, read (and checked) once however many slices name it."""
+        if ref not in {m.ref for m in self.models}:
+            self.models.append(ModelSpec(ref, {}, "slices"))
+
+    def reference(self, parent: dict, site: Site) -> str | None:
+        ref = _reference(parent.get(site[-1]), key_of(site), self.source)
+        if ref is not None:
+            parent[site[-1]] = ref
+            if not (site[-1] in ("tokenizer_source", "source") and ref in TOKENIZER_KEYWORDS):
+                self.sites.append((site, ref))
+        return ref
+
+    def sequence(self, parent: dict, site: Site) -> list:
+        value = parent.get(site[-1])
+        if value is not None and not isinstance(value, list):
+            raise ConfigError(self.source, key_of(site), f"expected a list, got {value!r}")
+        return value or []
+
+    def mapping(self, value: Any, site: Site) -> dict:
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(self.source, key_of(site), f"expected a mapping, got {value!r}")
+        return value or {}
 
 
 def _reference(value: Any, key: str, source: str | None) -> str | None:
@@ -209,7 +294,7 @@ def _tokenizer(value: Any, source: str | None) -> dict | None:
         return None
     if not isinstance(value, dict):
         raise ConfigError(source, "tokenizer", "expected a mapping (source, tokens, pad_to_multiple_of)")
-    return dict(value)
+    return value
 
 
 def is_scalar(value: Any) -> bool:
@@ -224,10 +309,9 @@ def check_weights(spec: MergeSpec) -> None:
     task_vectors = spec.method in TASK_VECTOR_METHODS
     top = spec.parameters.get("weight")
     if spec.layered:  # weights live on slice sources; mergekit resolves which apply where
-        for where, ref, value in _layered_weights(spec.raw):
+        for where, ref, value in spec.layered_weights:
             _check_numbers(spec, value, where, ref, task_vectors)
         return
-    scalars: list[tuple[str, float]] = []
     for model in spec.inputs():
         value, where = model.weight, f"{model.where}.parameters.weight"
         if value is None:
@@ -244,12 +328,10 @@ def check_weights(spec: MergeSpec) -> None:
                                   "(or one top-level parameters.weight for all)")
             continue
         _check_numbers(spec, value, where, model.ref, task_vectors)
-        if is_scalar(value) or _float_string(value):
-            scalars.append((model.ref, float(value)))
-    if scalars and len(scalars) == len(spec.inputs()) and not task_vectors:  # (task vectors may cancel out)
-        if math.isclose(sum(w for _, w in scalars), 0.0, abs_tol=1e-12):
-            raise ConfigError(spec.source, "models", f"the weights sum to zero ({', '.join(f'{w:g}' for _, w in scalars)}): "
-                              "give at least one model a positive weight")
+    weights = spec.scalar_weights()
+    if weights and not task_vectors and math.isclose(sum(weights), 0.0, abs_tol=1e-12):  # task vectors may cancel
+        raise ConfigError(spec.source, "models", f"the weights sum to zero ({', '.join(f'{w:g}' for w in weights)}): "
+                          "give at least one model a positive weight")
 
 
 def _check_numbers(spec: MergeSpec, value: Any, where: str, ref: str, task_vectors: bool) -> None:
@@ -260,20 +342,6 @@ def _check_numbers(spec: MergeSpec, value: Any, where: str, ref: str, task_vecto
             raise ConfigError(spec.source, where,
                               f"weight of '{ref}' is negative ({number}): {spec.method} needs weights >= 0 "
                               f"(negative weights only make sense for {', '.join(TASK_VECTOR_METHODS[:3])}, ...)")
-
-
-def _layered_weights(raw: dict):
-    """(where, model, weight) for every weight given in a slices/modules recipe."""
-    def sources(slices, where):
-        for i, s in enumerate(slices or []):
-            for j, src in enumerate((s or {}).get("sources") or []):
-                weight = ((src or {}).get("parameters") or {}).get("weight")
-                if weight is not None:
-                    yield f"{where}[{i}].sources[{j}].parameters.weight", str(src.get("model")), weight
-
-    yield from sources(raw.get("slices"), "slices")
-    for name, module in (raw.get("modules") or {}).items():
-        yield from sources((module or {}).get("slices"), f"modules.{name}.slices")
 
 
 def _numbers(value: Any, key: str, source: str | None) -> list[float]:
@@ -295,18 +363,6 @@ def _numbers(value: Any, key: str, source: str | None) -> list[float]:
     raise ConfigError(source, key, f"expected a number, got {value!r}")
 
 
-def own_linear(spec: MergeSpec) -> bool:
-    """Whether polyalign's streamed average runs this config (otherwise mergekit's linear does).
-
-    mergekit keeps what polyalign does not re-implement: layer-wise recipes, per-layer weight gradients or filters,
-    and building a new vocabulary (`tokenizer_source: union`, a `tokenizer:` block).
-    """
-    if spec.method != "linear" or spec.layered or spec.tokenizer is not None or spec.tokenizer_source == "union":
-        return False
-    weights = [m.weight if m.weight is not None else spec.parameters.get("weight") for m in spec.inputs()]
-    return all(is_scalar(w) or _float_string(w) for w in weights)
-
-
 def check_linear_parameters(spec: MergeSpec) -> None:
     for where, params in [("parameters", spec.parameters)] + [(f"{m.where}.parameters", m.parameters)
                                                              for m in spec.models]:
@@ -314,11 +370,6 @@ def check_linear_parameters(spec: MergeSpec) -> None:
             if key not in LINEAR_PARAMETERS:
                 raise ConfigError(spec.source, f"{where}.{key}",
                                   f"unknown parameter for linear (expected {', '.join(LINEAR_PARAMETERS)})")
-
-
-def weight_of(spec: MergeSpec, model: ModelSpec) -> float:
-    value = model.weight if model.weight is not None else spec.parameters.get("weight")
-    return float(value)
 
 
 def _float_string(value: Any) -> bool:

@@ -3,7 +3,7 @@
 Everything here runs before the first byte of output is written: a directory that is missing, holds only pickled
 weights, or disagrees with the others in architecture, vocabulary, tensor names or shapes stops the merge with one
 line that names the checkpoint and what to do about it. Tensor shapes and dtypes come from the safetensors headers
-(`safe_open` + `get_slice`), so checking a 70B model costs milliseconds.
+(`safe_open` + `get_slice`), so the checks read no tensor data, whatever the model's size.
 """
 
 from __future__ import annotations

@@ -11,16 +11,28 @@ one division by the summed weights, the result cast back to the inputs' dtype an
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .config import MergeError
-from .inputs import Checkpoint, layout
+from .inputs import Checkpoint, Layout, layout
 from .writer import TORCH_DTYPES, Entry, ShardWriter
+
+
+@dataclass(frozen=True)
+class Step:
+    """One output tensor: what is written, the tensor read from each input, and the dtype they are cast to."""
+
+    entry: Entry
+    sources: list[str]
+    aligned: torch.dtype
+    floating: bool
 
 
 def merge_linear(ckpts: list[Checkpoint], weights: list[float], out_dir: Path, *, normalize: bool = True,
@@ -33,64 +45,77 @@ def merge_linear(ckpts: list[Checkpoint], weights: list[float], out_dir: Path, *
     """
     if len(weights) != len(ckpts):
         raise ValueError("one weight per checkpoint")
+    tensors = layout(ckpts)
+    steps = plan_steps(ckpts, tensors, dtype, out_dtype)
+    average = Averager(ckpts, weights, normalize, max((math.prod(s.entry.shape) for s in steps), default=0))
+    writer = ShardWriter(out_dir, [s.entry for s in steps], max_shard_bytes)
+    try:
+        for step in tqdm(steps, desc="linear merge", unit="tensor", disable=not progress):
+            if step.floating:
+                writer.write(step.entry.name, average(step))
+            else:
+                writer.write(step.entry.name, _same_everywhere(step.entry.name, ckpts, step.sources))
+        weight_map = writer.finish()
+    finally:
+        writer.close()
+    counts = Counter(s.entry.dtype for s in steps if s.floating)
+    out_name = str(counts.most_common(1)[0][0]).removeprefix("torch.") if counts else None
+    return {"dtype": out_name, "weight_map": weight_map, "shards": len(writer.shards), "tied": tensors.tied}
+
+
+def plan_steps(ckpts: list[Checkpoint], tensors: Layout, dtype: str | None, out_dtype: str | None) -> list[Step]:
+    """Each output tensor's dtypes, from the headers: inputs promoted to a common dtype (or cast to `dtype`), the
+    result cast to `out_dtype`; non-floating tensors keep theirs."""
     cast = getattr(torch, dtype) if dtype else None
     final = getattr(torch, out_dtype) if out_dtype else None
-    tensors = layout(ckpts)
-    plan = []
+    steps = []
     for name in tensors.names:
         sources = [s[name] for s in tensors.sources]
-        in_dtypes = [TORCH_DTYPES[c.tensors[s].dtype] for c, s in zip(ckpts, sources)]
-        aligned = in_dtypes[0]
-        for d in in_dtypes[1:]:
-            aligned = torch.promote_types(aligned, d)
+        aligned = functools.reduce(torch.promote_types,
+                                   [TORCH_DTYPES[c.tensors[s].dtype] for c, s in zip(ckpts, sources)])
         floating = aligned.is_floating_point
         if floating and cast is not None:
             aligned = cast
         out = (final or aligned) if floating else aligned
-        plan.append((Entry(name, out, ckpts[0].tensors[sources[0]].shape), sources, aligned, floating))
+        steps.append(Step(Entry(name, out, ckpts[0].tensors[sources[0]].shape), sources, aligned, floating))
+    return steps
 
-    coefficients = {d: torch.tensor(weights, dtype=d) for d in (torch.float32, torch.float64)}
-    writer = ShardWriter(out_dir, [p[0] for p in plan], max_shard_bytes)
-    # One accumulator buffer, sized for the largest tensor and reused: allocating (and page-faulting) a fresh one
-    # per tensor cost more than the arithmetic. The writer is done with a result before the next tensor starts.
-    scratch: dict[torch.dtype, torch.Tensor] = {}
-    try:
-        for entry, sources, aligned, floating in tqdm(plan, desc="linear merge", unit="tensor", disable=not progress):
-            if not floating:
-                writer.write(entry.name, _same_everywhere(entry.name, ckpts, sources))
-                continue
-            acc_dtype = torch.float64 if aligned == torch.float64 else torch.float32
-            w = coefficients[acc_dtype]
-            numel = math.prod(entry.shape)
-            if acc_dtype not in scratch:
-                scratch[acc_dtype] = torch.empty(max(math.prod(e.shape) for e, *_ in plan), dtype=acc_dtype)
-            acc = scratch[acc_dtype][:numel].view(entry.shape).zero_()
-            for i, (ckpt, source) in enumerate(zip(ckpts, sources)):
-                tensor = read_tensor(ckpt, source)
-                if tensor.dtype != aligned:
-                    tensor = tensor.to(aligned)
-                acc.addcmul_(tensor, w[i])
-                del tensor
-            if normalize:
-                acc.div_(w.sum())
-            result = acc.to(aligned).to(entry.dtype)
-            del acc
-            writer.write(entry.name, result)
-            del result
-        weight_map = writer.finish()
-    finally:
-        writer.close()
-    counts = Counter(e.dtype for e, _, _, floating in plan if floating)
-    out_name = str(counts.most_common(1)[0][0]).removeprefix("torch.") if counts else None
-    return {"dtype": out_name, "weight_map": weight_map, "shards": len(writer.shards), "tied": tensors.tied}
+
+class Averager:
+    """The weighted average of one floating tensor across the inputs, read one input at a time.
+
+    One accumulator buffer per accumulation dtype, sized for the largest tensor and reused, so that each tensor
+    does not allocate (and page-fault) a fresh one; the writer is done with a result before the next tensor starts.
+    """
+
+    def __init__(self, ckpts: list[Checkpoint], weights: list[float], normalize: bool, largest: int):
+        self.ckpts, self.normalize, self.largest = ckpts, normalize, largest
+        self.coefficients = {d: torch.tensor(weights, dtype=d) for d in (torch.float32, torch.float64)}
+        self.scratch: dict[torch.dtype, torch.Tensor] = {}
+
+    def __call__(self, step: Step) -> torch.Tensor:
+        acc_dtype = torch.float64 if step.aligned == torch.float64 else torch.float32
+        w = self.coefficients[acc_dtype]
+        if acc_dtype not in self.scratch:
+            self.scratch[acc_dtype] = torch.empty(self.largest, dtype=acc_dtype)
+        acc = self.scratch[acc_dtype][:math.prod(step.entry.shape)].view(step.entry.shape).zero_()
+        for i, (ckpt, source) in enumerate(zip(self.ckpts, step.sources)):
+            tensor = read_tensor(ckpt, source)
+            if tensor.dtype != step.aligned:
+                tensor = tensor.to(step.aligned)
+            acc.addcmul_(tensor, w[i])
+            del tensor
+        if self.normalize:
+            acc.div_(w.sum())
+        return acc.to(step.aligned).to(step.entry.dtype)
 
 
 def read_tensor(ckpt: Checkpoint, name: str) -> torch.Tensor:
     """One tensor, through a `safe_open` handle opened for this read only.
 
-    A handle maps its whole file, and every page a tensor read through it touched stays in this process's resident
-    memory until the handle closes: with handles kept open for the whole merge, the peak grew by the size of every
-    input (1.6 GB for three 135M fp32 models). Reopening costs a header parse (microseconds) per read.
+    A handle maps its whole file, and every page read through it stays in this process's resident memory until the
+    handle closes; a handle per read keeps resident only the tensor being read, for the cost of parsing the header
+    again (BENCHMARKS.md, merging).
     """
     from safetensors import safe_open
 

@@ -7,26 +7,17 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from align.io import write_json
+
 from .config import MergeError, MergeSpec
 
 
-def write_config(donor: Path, out: Path, *, dtype: str | None, tied: bool | None) -> None:
-    """config.json of the donor (base or first model) with the output's dtype and embedding tying."""
-    config = json.loads((donor / "config.json").read_text(encoding="utf-8"))
+def write_config(source: Path, out: Path, *, dtype: str | None, tied: bool | None) -> None:
+    """config.json of `source` (the donor, or the output itself when mergekit wrote it: mergekit keeps the donor's
+    dtype key and tying as they were) with the output's dtype and embedding tying."""
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
     update_config(config, dtype=dtype, tied=tied)
     write_json(out / "config.json", config)
-
-
-def fix_config(out: Path, *, dtype: str | None, tied: bool | None) -> None:
-    """Correct a config.json that mergekit wrote (it keeps the donor's dtype key and tying as they were)."""
-    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    update_config(config, dtype=dtype, tied=tied)
-    write_json(out / "config.json", config)
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Plain writes: these files are built inside the merge's partial directory, which appears whole or not at all."""
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def update_config(config: dict, *, dtype: str | None, tied: bool | None) -> None:
@@ -121,3 +112,25 @@ def write_card(out: Path, spec: MergeSpec, rows: list[dict], *, title: str, engi
 
 def _template_note(value: str) -> str:
     return f"`{value}`" if "{" not in value else "a custom Jinja template (chat_template.jinja)"
+
+
+def write_record(plan, out: Path, *, title: str, engine: str, dtype: str | None, command: str) -> None:
+    """README.md and merge_config.yaml of a merged model (`plan`: the engines' Plan)."""
+    spec = plan.spec
+    weights = spec.scalar_weights() if spec.method == "linear" else None
+    total = sum(weights) if weights else None
+    rows = []
+    for i, (model, ckpt) in enumerate(zip(spec.inputs(), plan.inputs)):
+        notes = []
+        if model.where == "base_model" or model.ref == spec.base_model:
+            notes.append("base model")
+        if ckpt.adapter is not None:
+            notes.append(f"LoRA adapter merged into its base `{ckpt.base_ref}` (peft merge_and_unload) before merging")
+        elif str(ckpt.path) != model.ref:
+            notes.append(f"`{ckpt.path}`")
+        share = None if not weights else weights[i] / total if spec.normalize else weights[i]
+        rows.append({"ref": model.ref, "weight": spec.weight(model), "share": share, "note": "; ".join(notes)})
+    tokenizer_from = plan.tokenizer_ref or str(spec.tokenizer_source or (spec.tokenizer or {}).get("source"))
+    write_card(out, spec, rows, title=title, engine=engine, dtype=dtype, tokenizer_from=tokenizer_from,
+               config_from=plan.donor.ref, command=command, config_text=spec.to_yaml())
+    (out / "merge_config.yaml").write_text(spec.to_yaml(), encoding="utf-8")

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from align.cli import main
+from align.errors import ConfigError
 from conftest import build_tiny_llama
 from merge import MergeError, soup
 
@@ -249,3 +250,56 @@ def test_writer_output_reads_back_with_safe_open(zoo, tmp_path):
         assert f.metadata() == {"format": "pt"}
     with pytest.raises(RuntimeError, match="does not match the planned"):
         ShardWriter(tmp_path / "x", [Entry("a", torch.float32, (3, 5))], 60).write("a", torch.zeros(5, 3))
+
+
+@pytest.mark.parametrize("config, vocab, engine", [
+    ({}, (100, 100), "StreamedLinear"),
+    ({"tokenizer_source": "base", "base_model": "a"}, (100, 100), "StreamedLinear"),  # one vocabulary: nothing to map
+    ({"tokenizer_source": "base", "base_model": "a"}, (100, 120), "Mergekit"),  # re-mapped onto a's tokenizer
+    ({}, (100, 120), "StreamedLinear"),  # (refused by the compatibility check: nothing to map the vocabularies onto)
+    ({"tokenizer_source": "union"}, (100, 100), "Mergekit"),
+    ({"merge_method": "ties", "base_model": "a"}, (100, 100), "Mergekit"),
+    ({"parameters": {"weight": [0.2, 0.8]}}, (100, 100), "Mergekit"),  # a per-layer gradient
+], ids=["plain", "base-tokenizer-same-vocab", "base-tokenizer-other-vocab", "no-tokenizer-other-vocab", "union",
+        "ties", "gradient"])
+def test_one_rule_chooses_the_engine(config, vocab, engine):
+    from merge.config import parse_config
+    from merge.engines import choose_engine
+    from merge.inputs import Checkpoint
+
+    models = [{"model": "a", "parameters": {"weight": 1}}, {"model": "b", "parameters": {"weight": 1}}]
+    if "weight" in config.get("parameters", {}):
+        models = [{"model": m["model"]} for m in models]
+    spec = parse_config({"merge_method": "linear", "models": models, **config})
+    inputs = [Checkpoint(ref, Path(ref), {"vocab_size": size}) for ref, size in zip("ab", vocab)]
+    assert type(choose_engine(spec, inputs)).__name__ == engine
+
+
+def test_every_reference_is_found_once_and_swapped_for_mergekit():
+    """One walk over a layer-wise recipe: slice sources, a slice's base_model and a module's models are inputs, their
+    weights are checked, and mergekit gets the resolved directory wherever a reference is written."""
+    from merge.config import check_weights, parse_config
+    from merge.methods import mergekit_config
+
+    recipe = {"merge_method": "slerp", "parameters": {"t": 0.5}, "modules": {
+        "text": {"slices": [{"base_model": "c", "sources": [
+            {"model": "a", "layer_range": [0, 2], "parameters": {"weight": 0.5}},
+            {"model": "b", "layer_range": [0, 2]}]}]},
+        "vision": {"models": ["d"]}}}
+    spec = parse_config(recipe, "recipe.yaml")
+    assert [m.ref for m in spec.models] == ["c", "a", "b", "d"] and spec.layered
+    assert spec.layered_weights == [("modules.text.slices[0].sources[0].parameters.weight", "a", 0.5)]
+    config = mergekit_config(spec, {ref: f"/resolved/{ref}" for ref in "abcd"})
+    text = config.modules["text"].slices[0]
+    assert str(text.base_model) == "/resolved/c" and [str(s.model) for s in text.sources] == ["/resolved/a",
+                                                                                             "/resolved/b"]
+    assert str(config.modules["vision"].models[0].model) == "/resolved/d"
+    assert recipe["modules"]["vision"]["models"] == ["d"]  # the caller's dict is left as it was
+    recipe["modules"]["text"]["slices"][0]["sources"][1]["parameters"] = {"weight": -1}
+    with pytest.raises(ConfigError, match=r"recipe.yaml: 'modules.text.slices\[0\].sources\[1\].parameters.weight': "
+                                          r"weight of 'b' is negative"):
+        check_weights(parse_config(recipe, "recipe.yaml"))
+    with pytest.raises(ConfigError, match=r"recipe.yaml: 'modules.text.slices\[0\].sources\[0\].layer_range': "
+                                          "not a valid mergekit config"):
+        recipe["modules"]["text"]["slices"][0]["sources"][0]["layer_range"] = "all"
+        mergekit_config(parse_config(recipe, "recipe.yaml"), {})

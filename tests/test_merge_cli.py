@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from align.cli import main
+from align.runs import OWNER_MARKER
 from conftest import build_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,9 +178,9 @@ def test_a_running_merge_into_the_same_output_is_not_clobbered(pair, tmp_path, c
     partial.mkdir()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (partial / ".pid").write_text(str(sleeper.pid))
+        (partial / OWNER_MARKER).write_text(f"{socket.gethostname()}:{sleeper.pid}")
         msg = refused(capsys, str(write_config(tmp_path / "c.yaml", list(pair), [1, 1])), str(out))
-        assert f"another merge into {out} is running (pid {sleeper.pid})" in msg
+        assert f"another run is building {out} (pid {sleeper.pid})" in msg
         assert partial.is_dir() and not out.exists()
     finally:
         sleeper.kill()
@@ -239,7 +241,7 @@ def test_killed_merge_leaves_no_output(pair, tmp_path):
             assert time.monotonic() < deadline, "the merge never reached its first shard"
             time.sleep(0.1)
         partial = tmp_path / ".out.partial"
-        shards = list((partial / "model").glob("model-*.safetensors"))
+        shards = list(partial.glob("model-*.safetensors"))
         assert shards and shards[0].stat().st_size > 1_000_000  # really mid-merge: a full shard is on disk
     finally:
         proc.send_signal(signal.SIGKILL)
