@@ -90,9 +90,9 @@ def batch_seed(seed: int, index: int) -> int:
 # this bounds only the KV cache; on CUDA a batch is prefilled padded.
 DEFAULT_BATCH_TOKENS = {"cpu": 16384, "cuda": 65536}
 # A decoding step's fixed cost (reading every weight once, shared by the batch) in units of its per-row cost of
-# attending over one cached token. CPU: measured for SmolLM2-135M on 2 cores, 45 ms per step + 3.75 us per row and
-# cached token, so 12k; the plan is insensitive to it within 6k..100k (bench/generate.py's prompts). CUDA: padding
-# is nearly free next to a step's kernel launches (not measured per token), so the plan makes the fewest batches.
+# attending over one cached token. CPU: fitted to profiled step times of the embedded model (BENCHMARKS.md), and the
+# plan barely depends on it. CUDA: padding is nearly free next to a step's kernel launches, so the plan makes the
+# fewest batches.
 STEP_COST_TOKENS = {"cpu": 12_000, "cuda": 1_000_000}
 
 
@@ -114,9 +114,7 @@ def plan_batches(prompts: list[Messages], tokenizer, batch_size: int, max_batch_
     tokens (prompts x `samples` x its longest prompt), but always at least one prompt. Of all the ways to cut the
     sorted prompts into such batches, the cheapest to decode is chosen: per step, each batch costs `step_cost` (by
     default `STEP_COST_TOKENS` of this machine's device) plus its rows x padded width. Filling batches greedily
-    instead pads seven short prompts to one long one, or leaves a last batch of one. On 32 MT-Bench prompts in 7
-    languages (52 to 4026 tokens) this plan makes batches of 1, 7, 8, 8 and 8 prompts at batch size 8 (2, 14 and 16
-    at batch size 16), where greedy filling under a 4096-token cap made 1, 3, 4, 8, 8 and 8.
+    instead pads seven short prompts to one long one, or leaves a last batch of one (BENCHMARKS.md compares them).
     """
     lengths = [len(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=False))
                for p in prompts]
@@ -161,8 +159,8 @@ class TransformersBackend:
         prompt (the rows `generate` would make for num_return_sequences), with room for `room` new tokens.
 
         One forward pass computes it over the prompts packed into one row (position ids restart per prompt and
-        `sdpa_packed` keeps them apart): nothing spent on padding, and on CPU 1.2x the throughput of one pass per
-        prompt for prompts of 100-200 tokens (bench/generate_parts.py; no gain on long prompts)."""
+        `sdpa_packed` keeps them apart): nothing is spent on padding, and short prompts share one pass (the gain over
+        one pass per prompt is in BENCHMARKS.md, bench/generate_parts.py)."""
         from transformers import DynamicCache
 
         from .kv_cache import unpack_to_batch

@@ -1,9 +1,8 @@
 """A left-padded KV cache for batched decoding, with the room for the new tokens allocated up front.
 
-transformers' DynamicCache grows by `torch.cat` at every decoding step, copying every layer's whole cache each time.
-At batch 8 with 4,100 cached tokens (SmolLM2-135M, fp32, 2 CPU cores) that made a step 321-569 ms; writing each new
-token into room allocated up front made it 203-235 ms, with identical outputs (bench/generate_parts.py). The cache
-stays a DynamicCache, so `generate` treats it as it treats its own.
+transformers' DynamicCache grows by `torch.cat` at every decoding step, copying every layer's whole cache each time;
+writing each new token into room allocated up front avoids that copy with identical outputs (measured in
+BENCHMARKS.md, bench/generate_parts.py). The cache stays a DynamicCache, so `generate` treats it as it treats its own.
 """
 
 from __future__ import annotations

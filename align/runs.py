@@ -9,16 +9,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import socket
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 from .config import build_dataclass, config_hash, split_known
+from .console import print_rows
+from .data import language_mix, load_records
 from .errors import ConfigError, PolyalignError
-from .io import partial_dir, promote, write_json
+from .io import partial_dir, promote, relocate_paths, write_json
+from .models import LoraArgs, ModelArgs
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +33,34 @@ HASH_MARKER = "polyalign_config_hash"
 OWNER_MARKER = "polyalign_owner"
 
 
+@dataclass
+class TrainingArgs(ModelArgs):
+    """The keys every training stage has; a stage's own Args add to them, and every other recipe key is a field of
+    the stage's trl config."""
+
+    dataset: Any = None
+    output_dir: str | None = None
+    overwrite: bool = False
+    lora: dict | bool | None = None  # true for the defaults, or {r, alpha, dropout, target_modules, ...}
+    save_merged: bool = False  # with LoRA: also write the adapter merged into its base under <output_dir>/merged
+    keep_checkpoints: bool = False
+
+
+@dataclass
+class TrainingJob:
+    """A training stage's parsed recipe: polyalign's keys, the trl config, LoRA, and where the recipe was written."""
+
+    args: TrainingArgs
+    training: Any  # the stage's trl config (SFTConfig, DPOConfig, RewardConfig)
+    lora: LoraArgs | None
+    raw: dict = field(default_factory=dict)
+    source: str | None = None
+
+
 def parse_training_keys(raw: dict, source: str | None, own_cls, trl_cls, *, dataset_help: str,
                         output_help: str = "where to write the trained model"):
     """The config steps every training stage shares: polyalign's keys vs the trl config's, the required keys, and
     LoRA (a 4/8-bit base trains only through adapters). Returns (own args, trl kwargs, LoraArgs or None)."""
-    from .models import LoraArgs
-
     own, trl_kwargs = split_known(raw, own_cls, trl_cls, source)
     args = build_dataclass(own_cls, own, source)
     if not args.output_dir:
@@ -41,18 +70,79 @@ def parse_training_keys(raw: dict, source: str | None, own_cls, trl_cls, *, data
     lora = None
     if args.lora not in (None, False):
         lora = build_dataclass(LoraArgs, {} if args.lora is True else args.lora, source, prefix="lora.")
+        check_values(LORA_RULES, vars(lora), source, prefix="lora.")
     elif args.load_in_4bit or args.load_in_8bit:
         raise ConfigError(source, "load_in_4bit" if args.load_in_4bit else "load_in_8bit",
                           "a 4/8-bit base can only be trained through LoRA adapters: add `lora: true`")
     return args, trl_kwargs, lora
 
 
-def build_trl_config(trl_cls, kwargs: dict, args, source: str | None):
-    """The trl config of a stage: bf16 only where the hardware has it; without CUDA a gloo CPU group (so several
-    processes work under torchrun / `accelerate launch --multi_gpu`); checkpoints in the partial directory."""
-    from .models import cuda_available
+class Rule(NamedTuple):
+    """A value a key must have; `when` (given the config's values) says whether the key is used at all."""
 
-    kwargs = dict(kwargs)
+    key: str
+    test: Callable[[Any], bool]
+    message: str
+    when: Callable[[dict], bool] = lambda values: True
+
+
+def _steps_or_ratio(value) -> bool:
+    """A whole number of steps, or below 1 a ratio of the total steps (as transformers reads these values)."""
+    return value >= 0 and (value < 1 or value == int(value))
+
+
+def _by_steps(what: str) -> Callable[[dict], bool]:
+    """Whether `<what>_strategy` is "steps" (trl's strategies are str enums)."""
+    return lambda values: str(getattr(values[f"{what}_strategy"], "value", values[f"{what}_strategy"])) == "steps"
+
+
+STEPS_OR_RATIO = "must be a whole number of steps > 0, or a ratio of the total steps in (0, 1)"
+# Values that trl or torch accept while the config is built and refuse (or misread) only once training starts:
+# checked while the recipe is read, so that the error names the key and where it was written, before any model loads.
+TRAINING_RULES = (
+    Rule("learning_rate", lambda v: v >= 0, "must be >= 0"),
+    Rule("num_train_epochs", lambda v: v > 0, "must be > 0", lambda values: values["max_steps"] == -1),
+    Rule("max_steps", lambda v: v == -1 or v >= 1, "must be -1 (train for num_train_epochs) or at least 1"),
+    *(Rule(key, lambda v: v >= 1, "must be at least 1") for key in (
+        "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "max_length")),
+    Rule("warmup_steps", _steps_or_ratio, "must be a whole number of steps, or a ratio of the total steps in [0, 1)"),
+    Rule("weight_decay", lambda v: v >= 0, "must be >= 0"),
+    Rule("max_grad_norm", lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
+    *(Rule(f"{what}_steps", lambda v: v > 0 and _steps_or_ratio(v), STEPS_OR_RATIO, _by_steps(what))
+      for what in ("logging", "save", "eval")),
+    Rule("beta", lambda v: v > 0, "must be > 0"),  # DPO
+)
+# LoraArgs' values, checked where the stage reads them (peft refuses them only when the model is wrapped).
+LORA_RULES = (
+    Rule("r", lambda v: v >= 1, "must be at least 1"),
+    Rule("alpha", lambda v: v > 0, "must be > 0"),
+    Rule("dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+)
+
+
+def check_values(rules, values: dict, source: str | None, prefix: str = "") -> None:
+    """Every rule whose key `values` sets (to other than None) and uses: a ConfigError naming the first broken one."""
+    for rule in rules:
+        value = values.get(rule.key)
+        if value is not None and rule.when(values) and not rule.test(value):
+            raise ConfigError(source, f"{prefix}{rule.key}", f"{rule.message}, got {value!r}")
+
+
+# trl defaults that polyalign changes: never report to a tracker nobody configured, and save checkpoints often
+# enough to resume after a kill.
+TRAINING_DEFAULTS = {"report_to": "none", "logging_steps": 10, "save_strategy": "steps", "save_steps": 200,
+                     "save_total_limit": 2}
+
+
+def build_trl_config(trl_cls, kwargs: dict, args, source: str | None):
+    """The trl config of a stage: polyalign's defaults, then the recipe's values checked (TRAINING_RULES); bf16 only
+    where the hardware has it (trl defaults to bf16, which a CPU run cannot use); without CUDA a gloo CPU group (so
+    several processes work under torchrun / `accelerate launch --multi_gpu`); checkpoints in the partial directory."""
+    from .models import cuda_available  # looked up per call: tests stand in a machine without CUDA
+
+    kwargs = {**TRAINING_DEFAULTS, **kwargs}
+    defaults = {f.name: f.default for f in dataclasses.fields(trl_cls) if f.default is not dataclasses.MISSING}
+    check_values(TRAINING_RULES, {**defaults, **kwargs}, source)
     kwargs.setdefault("bf16", cuda_available() and args.dtype in ("auto", "bf16", "bfloat16"))
     kwargs.setdefault("use_cpu", not cuda_available())
     kwargs["output_dir"] = str(partial_dir(args.output_dir))
@@ -167,6 +257,9 @@ class StageRun:
         if metrics is not None:
             write_json(self.partial / "metrics.json", metrics)
         write_json(self.partial / "polyalign_recipe.json", self.recipe())
+        relocate_paths(self.partial, self.partial.resolve(), self.final.resolve())
+        if not self.partial.is_absolute():
+            relocate_paths(self.partial, self.partial, self.final)
         promote(self.partial, self.final, overwrite=self.overwrite)
         return self.final
 
@@ -209,6 +302,111 @@ class TrainingRun(StageRun):
         """Drop checkpoints (unless kept) and the pickled training arguments (not ours to ship), then promote."""
         return super().finish(metrics, drop=(*drop, "training_args.bin", *(() if keep_checkpoints
                                                                          else ("checkpoint-*",))))
+
+
+class TrainingStage:
+    """A training stage's run, in the order every training stage follows. A subclass per stage (as trl pairs each
+    config with its trainer) brings what is its own: `build` (the trainer), `metrics` and `rows` (what metrics.json
+    and the summary add to the common ones), and where it differs from the default: `load` (`dataset`, read as `kind`
+    records), `starting` (the line printed before training), `train`, `save` (the model or adapter, and with
+    `save_merged` the adapter merged into its base under merged/).
+
+        SFTStage(parse_sft_config(raw, source)).run()    # records=[...]: train on these instead of `dataset`
+    """
+
+    stage = label = kind = noun = ""  # the recipe's stage, the summary's title, load_records' kind, what a record is
+
+    def __init__(self, job: TrainingJob, records: list[dict] | None = None):
+        self.job, self.records = job, records
+        self.wall = 0.0
+
+    def run(self) -> Path:
+        from accelerate import PartialState
+
+        job = self.job
+        state = PartialState(cpu=job.training.use_cpu)
+        main = state.is_main_process
+        run = TrainingRun(job.args.output_dir, job.raw, stage=self.stage, overwrite=job.args.overwrite,
+                          source=job.source, is_main=main)  # an existing output is refused before any work
+        described = self.load()
+        if main:
+            print(described, flush=True)
+        resume = run.prepare()
+        state.wait_for_everyone()
+        with run.building():
+            trainer = self.build()
+        if main and (line := self.starting(resume)):
+            print(line, flush=True)
+        result = self.train(trainer, resume)
+        lora = hasattr(trainer.model, "peft_config")
+        self.save(trainer, run.partial, main)
+        state.wait_for_everyone()
+        if main:
+            common = training_metrics(trainer, result, self.wall, state.num_processes, lora, resume)
+            metrics = self.metrics(trainer, result, common)
+            run.finish(metrics, keep_checkpoints=job.args.keep_checkpoints)
+            print_rows(f"{self.label} summary", [*self.rows(metrics), ("output", str(run.final))])
+        state.wait_for_everyone()
+        barrier()
+        return run.final
+
+    def load(self) -> str:
+        """Read and check the data (what can fail on bad input fails before any model loads); the line that says
+        what it holds."""
+        if self.records is None:
+            self.records = load_records(self.job.args.dataset, self.kind, seed=self.job.training.seed)
+        return f"{self.label} data: {len(self.records)} {self.noun} in {describe_languages(self.records)}"
+
+    def build(self):
+        raise NotImplementedError
+
+    def starting(self, resume: str | None) -> str | None:
+        return f"Resuming from {resume}" if resume else None
+
+    def train(self, trainer, resume: str | None):
+        start = time.time()
+        result = trainer.train(resume_from_checkpoint=resume)
+        self.wall = time.time() - start
+        return result
+
+    def save(self, trainer, directory: Path, is_main: bool) -> None:
+        trainer.save_model(str(directory))
+        if is_main and self.job.args.save_merged and hasattr(trainer.model, "peft_config"):
+            save_merged(trainer, directory / "merged")
+
+    def metrics(self, trainer, result, common: dict) -> dict:
+        return common
+
+    def rows(self, metrics: dict) -> list[tuple[str, object]]:
+        return [("steps", metrics["steps"]), ("train loss", f"{metrics['train_loss']:.4f}")]
+
+
+def describe_languages(records: list[dict]) -> str:
+    """`3 languages: fr 2, de 1, ja 1`."""
+    mix = language_mix(records)
+    return f"{len(mix)} languages: " + ", ".join(f"{lang} {n}" for lang, n in mix.items())
+
+
+def save_merged(trainer, directory: Path) -> None:
+    """The trained adapter merged into its base, with the tokenizer: a model that loads without peft."""
+    merged = trainer.model.merge_and_unload()
+    merged.save_pretrained(directory, safe_serialization=True)
+    trainer.processing_class.save_pretrained(directory)
+
+
+def training_metrics(trainer, result, wall: float, processes: int, lora: bool, resume: str | None) -> dict:
+    """What every training stage's metrics.json says about the run itself."""
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "processes": processes,
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0, 4),
+        "train_loss": result.training_loss,
+        "final_logged_loss": history[-1]["loss"] if history else None,
+        "train_runtime_s": round(result.metrics.get("train_runtime", wall), 2),
+        "resumed_from": Path(resume).name if resume else None,
+        "lora": lora,
+    }
 
 
 def barrier() -> None:

@@ -14,17 +14,16 @@ import json
 import logging
 import math
 import random
-import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from align.data import language_mix, load_records
+from align.data import load_records
 from align.errors import ConfigError, InputError
-from align.models import LoraArgs, ModelArgs, load_reward_model, load_reward_tokenizer, \
-    reward_lora_config
-from align.runs import TrainingRun, barrier, build_trl_config, parse_training_keys
+from align.models import load_reward_model, load_reward_tokenizer, reward_lora_config
+from align.runs import (TrainingArgs, TrainingJob, TrainingStage, build_trl_config, describe_languages,
+                        parse_training_keys, save_merged)
 
 from .rank import PairEncoder, RewardRanker, pairwise_accuracy, score_sharded
 
@@ -32,24 +31,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RewardArgs(ModelArgs):
+class RewardArgs(TrainingArgs):
     """polyalign's own reward keys; every other recipe key is a trl RewardConfig field."""
 
-    dataset: Any = None
     eval_dataset: Any = None  # held-out preference data; when absent, `eval_fraction` of `dataset` is held out
     eval_fraction: float = 0.1
-    output_dir: str | None = None
-    overwrite: bool = False
-    lora: dict | bool | None = None  # true for the defaults, or {r, alpha, dropout, target_modules, ...}
     margin_from_scores: bool = False  # Llama-2 style margin loss: margin = chosen_score - rejected_score
     eval_batch_size: int = 16  # pairs per scoring batch for the held-out accuracy
-    keep_checkpoints: bool = False
+    # A LoRA reward model is always merged, so that AutoModelForSequenceClassification loads the output; the adapter
+    # is kept under <output_dir>/adapter.
+    save_merged: bool = True
 
 
-# trl defaults that polyalign changes: never report to a tracker nobody configured, bf16 only where the hardware
-# has it, checkpoints often enough to resume.
-REWARD_DEFAULTS = {"report_to": "none", "logging_steps": 10, "save_strategy": "steps", "save_steps": 200,
-                   "save_total_limit": 2}
 # RewardConfig fields that would make trl tokenise or load differently from what polyalign does.
 REFUSED = {"chat_template_path": "set the chat template in the model's tokenizer instead",
            "model_init_kwargs": "use polyalign's model keys (dtype, attn_implementation, trust_remote_code, revision)",
@@ -57,15 +50,7 @@ REFUSED = {"chat_template_path": "set the chat template in the model's tokenizer
            "eos_token": "polyalign scores the text exactly as the chat template renders it"}
 
 
-@dataclass
-class RewardJob:
-    args: RewardArgs
-    training: Any  # trl.RewardConfig
-    lora: LoraArgs | None
-    raw: dict = field(default_factory=dict)
-
-
-def parse_reward_config(raw: dict, source: str | None = None) -> RewardJob:
+def parse_reward_config(raw: dict, source: str | None = None) -> TrainingJob:
     from trl import RewardConfig
 
     args, trl_kwargs, lora = parse_training_keys(raw, source, RewardArgs, RewardConfig, dataset_help="preference "
@@ -73,11 +58,15 @@ def parse_reward_config(raw: dict, source: str | None = None) -> RewardJob:
                                                  "a list of them)", output_help="where to write the reward model")
     if not 0 <= args.eval_fraction < 1:
         raise ConfigError(source, "eval_fraction", f"must be in [0, 1), got {args.eval_fraction}")
+    if args.eval_batch_size < 1:
+        raise ConfigError(source, "eval_batch_size", f"must be at least 1, got {args.eval_batch_size}")
+    if lora and not args.save_merged:
+        raise ConfigError(source, "save_merged", "a LoRA reward model is always saved merged into its base (the "
+                          "adapter beside it, under adapter/)")
     for key, why in REFUSED.items():
         if key in trl_kwargs:
             raise ConfigError(source, key, f"not supported by polyalign reward: {why}")
-    training = build_trl_config(RewardConfig, {**REWARD_DEFAULTS, **trl_kwargs}, args, source)
-    return RewardJob(args, training, lora, raw)
+    return TrainingJob(args, build_trl_config(RewardConfig, trl_kwargs, args, source), lora, raw, source)
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -147,106 +136,79 @@ def heldout_accuracy(model, tokenizer, records: list[dict], max_length: int | No
 # ---------------------------------------------------------------------------------------------------- stage
 
 
+class RewardStage(TrainingStage):
+    stage, label = "reward", "Reward model"
+
+    def __init__(self, job: TrainingJob, *, callbacks: list | None = None):
+        super().__init__(job)
+        self.callbacks = callbacks
+
+    def load(self) -> str:
+        """The training and held-out pairs, tokenised by the ranker's encoder (how the trained model is scored)."""
+        job, seed = self.job, self.job.training.seed
+        records = load_records(job.args.dataset, "preference", seed=seed)
+        if job.args.eval_dataset is not None:
+            self.records, self.eval_records = records, load_records(job.args.eval_dataset, "preference", seed=seed)
+        else:
+            self.records, self.eval_records = split_heldout(records, job.args.eval_fraction, seed)
+        if not self.records:
+            raise ConfigError(job.source, "eval_fraction", "nothing left to train on after holding out the eval split")
+        self.tokenizer = load_reward_tokenizer(job.args)
+        encoder = PairEncoder(self.tokenizer, job.training.max_length)
+        self.train_data, self.stats = encode_pairs(self.records, encoder, job.args.margin_from_scores)
+        self.eval_data, self.eval_stats = encode_pairs(self.eval_records, encoder, job.args.margin_from_scores) \
+            if self.eval_records else (None, {"pairs": 0, "truncated": 0})
+        truncated = self.stats["truncated"] + self.eval_stats["truncated"]
+        return (f"Reward data: {len(self.records)} training pairs in {describe_languages(self.records)}; "
+                f"{len(self.eval_records)} held out, {truncated} truncated to {job.training.max_length} tokens")
+
+    def build(self):
+        from trl import RewardTrainer
+
+        job = self.job
+        model = load_reward_model(job.args, new_head=True, pad_token_id=self.tokenizer.pad_token_id,
+                                  seed=job.training.seed)
+        return RewardTrainer(model=model, args=job.training, train_dataset=self.train_data,
+                             eval_dataset=self.eval_data, processing_class=self.tokenizer, callbacks=self.callbacks,
+                             peft_config=reward_lora_config(job.lora, model) if job.lora else None)
+
+    def train(self, trainer, resume: str | None):
+        """Trained between two held-out accuracies: the untrained model's and the trained one's."""
+        self.before = self._accuracy(trainer)
+        result = super().train(trainer, resume)
+        self.after = self._accuracy(trainer)
+        return result
+
+    def _accuracy(self, trainer) -> dict | None:
+        return heldout_accuracy(trainer.model, self.tokenizer, self.eval_records, self.job.training.max_length,
+                                self.job.args.eval_batch_size)
+
+    def save(self, trainer, directory: Path, is_main: bool) -> None:
+        if self.job.lora is None:
+            trainer.save_model(str(directory))
+        elif is_main:
+            trainer.model.save_pretrained(directory / "adapter", safe_serialization=True)
+            save_merged(trainer, directory)
+
+    def metrics(self, trainer, result, common: dict) -> dict:
+        stats, held = self.stats, self.eval_stats
+        return {"train_pairs": stats["pairs"], "eval_pairs": held["pairs"],
+                "truncated": stats["truncated"] + held["truncated"], "tokens": stats["tokens"],
+                "pairs_per_language": stats["pairs_per_language"], **common, "lora": self.job.lora is not None,
+                "eval": self.after, "eval_untrained": self.before}
+
+    def rows(self, m: dict) -> list[tuple[str, object]]:
+        def accuracy(block):
+            return f"{block['accuracy']:.1%}" if block else "-"
+
+        rows = [("training pairs", m["train_pairs"]), ("held-out pairs", m["eval_pairs"]),
+                ("truncated", m["truncated"]), *super().rows(m),
+                ("held-out accuracy", f"{accuracy(m['eval'])} (untrained {accuracy(m['eval_untrained'])})")]
+        if m["eval"]:
+            rows.append(("per language", ", ".join(f"{lang} {v:.0%}" for lang, v in m["eval"]["per_language"].items())))
+        return rows
+
+
 def run_reward(raw: dict, source: str | None = None, *, callbacks: list | None = None) -> Path:
     """The `reward` stage: returns the output directory. `callbacks` go to the trainer (tests, extensions)."""
-    from accelerate import PartialState
-    from trl import RewardTrainer
-
-    job = parse_reward_config(raw, source)
-    state = PartialState(cpu=job.training.use_cpu)
-    final = Path(job.args.output_dir)
-
-    # Everything that can fail on bad input happens before anything is written.
-    records = load_records(job.args.dataset, "preference", seed=job.training.seed)
-    if job.args.eval_dataset is not None:
-        train_records, eval_records = records, load_records(job.args.eval_dataset, "preference", seed=job.training.seed)
-    else:
-        train_records, eval_records = split_heldout(records, job.args.eval_fraction, job.training.seed)
-    if not train_records:
-        raise ConfigError(source, "eval_fraction", "nothing left to train on after holding out the eval split")
-    tokenizer = load_reward_tokenizer(job.args)
-    encoder = PairEncoder(tokenizer, job.training.max_length)
-    train_data, stats = encode_pairs(train_records, encoder, job.args.margin_from_scores)
-    eval_data, eval_stats = encode_pairs(eval_records, encoder, job.args.margin_from_scores) if eval_records \
-        else (None, {"pairs": 0, "truncated": 0})
-    if state.is_main_process:
-        mix = language_mix(train_records)
-        print(f"Reward data: {len(train_records)} training pairs in {len(mix)} languages ("
-              + ", ".join(f"{lang} {n}" for lang, n in mix.items()) + f"), {len(eval_records)} held out; "
-              f"{stats['truncated'] + eval_stats['truncated']} truncated to {job.training.max_length} tokens", flush=True)
-
-    run = TrainingRun(final, job.raw, stage="reward", overwrite=job.args.overwrite, source=source,
-                      is_main=state.is_main_process)
-    partial = run.partial
-    resume = run.prepare()
-    state.wait_for_everyone()
-    with run.building():
-        model = load_reward_model(job.args, new_head=True, pad_token_id=tokenizer.pad_token_id, seed=job.training.seed)
-        trainer = RewardTrainer(model=model, args=job.training, train_dataset=train_data, eval_dataset=eval_data,
-                                processing_class=tokenizer, callbacks=callbacks,
-                                peft_config=reward_lora_config(job.lora, model) if job.lora else None)
-    if resume and state.is_main_process:
-        print(f"Resuming from {resume}", flush=True)
-
-    batch = job.args.eval_batch_size
-    before = heldout_accuracy(trainer.model, tokenizer, eval_records, job.training.max_length, batch)
-    start = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
-    wall = time.time() - start
-    after = heldout_accuracy(trainer.model, tokenizer, eval_records, job.training.max_length, batch)
-
-    lora = job.lora is not None
-    if lora:
-        if state.is_main_process:
-            trainer.model.save_pretrained(partial / "adapter", safe_serialization=True)
-            merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(partial, safe_serialization=True)
-            tokenizer.save_pretrained(partial)
-    else:
-        trainer.save_model(str(partial))
-    state.wait_for_everyone()
-    if state.is_main_process:
-        metrics = _summarise(trainer, result, stats, eval_stats, before, after, wall, state.num_processes, lora, resume)
-        run.finish(metrics, keep_checkpoints=job.args.keep_checkpoints)
-        _print_summary(final, metrics)
-    state.wait_for_everyone()
-    barrier()
-    return final
-
-
-def _summarise(trainer, result, stats, eval_stats, before, after, wall, processes, lora, resume) -> dict:
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    runtime = result.metrics.get("train_runtime", wall)
-    return {
-        "train_pairs": stats["pairs"],
-        "eval_pairs": eval_stats["pairs"],
-        "truncated": stats["truncated"] + eval_stats["truncated"],
-        "tokens": stats["tokens"],
-        "pairs_per_language": stats["pairs_per_language"],
-        "processes": processes,
-        "steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0, 4),
-        "train_loss": result.training_loss,
-        "final_logged_loss": history[-1]["loss"] if history else None,
-        "train_runtime_s": round(runtime, 2),
-        "resumed_from": Path(resume).name if resume else None,
-        "lora": lora,
-        "eval": after,
-        "eval_untrained": before,
-    }
-
-
-def _print_summary(final: Path, m: dict) -> None:
-    def acc(block):
-        return f"{block['accuracy']:.1%}" if block else "-"
-
-    rows = [("training pairs", m["train_pairs"]), ("held-out pairs", m["eval_pairs"]), ("truncated", m["truncated"]),
-            ("steps", m["steps"]), ("train loss", f"{m['train_loss']:.4f}"),
-            ("held-out accuracy", f"{acc(m['eval'])} (untrained {acc(m['eval_untrained'])})")]
-    if m["eval"]:
-        rows.append(("per language", ", ".join(f"{lang} {v:.0%}" for lang, v in m["eval"]["per_language"].items())))
-    rows.append(("output", str(final)))
-    width = max(len(k) for k, _ in rows)
-    print("\nReward model summary", flush=True)
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}", flush=True)
+    return RewardStage(parse_reward_config(raw, source), callbacks=callbacks).run()

@@ -306,3 +306,84 @@ def test_cli_missing_config_file(tmp_path, capsys):
     assert rc == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         f"polyalign sft: error: {tmp_path / 'nope.yaml'}: no such config file"
+
+
+# ------------------------------------------------------------------------------------------------ training values
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("learning_rate", -1, "must be >= 0, got -1.0"),
+    ("num_train_epochs", 0, "must be > 0, got 0.0"),
+    ("max_steps", 0, "must be -1 (train for num_train_epochs) or at least 1, got 0"),
+    ("per_device_train_batch_size", 0, "must be at least 1, got 0"),
+    ("per_device_eval_batch_size", -2, "must be at least 1, got -2"),
+    ("gradient_accumulation_steps", 0, "must be at least 1, got 0"),
+    ("warmup_steps", -5, "must be a whole number of steps, or a ratio of the total steps in [0, 1), got -5.0"),
+    ("warmup_steps", 2.5, "must be a whole number of steps, or a ratio of the total steps in [0, 1), got 2.5"),
+    ("weight_decay", -0.1, "must be >= 0, got -0.1"),
+    ("max_grad_norm", -1, "must be >= 0 (0 turns clipping off), got -1.0"),
+    ("logging_steps", 0, "must be a whole number of steps > 0, or a ratio of the total steps in (0, 1), got 0.0"),
+    ("save_steps", -1, "must be a whole number of steps > 0, or a ratio of the total steps in (0, 1), got -1.0"),
+    ("max_length", 0, "must be at least 1, got 0"),
+    ("lora", {"r": 0}, "must be at least 1, got 0"),
+    ("lora", {"alpha": 0}, "must be > 0, got 0"),
+    ("lora", {"dropout": 1}, "must be in [0, 1), got 1.0"),
+])
+def test_training_values_are_checked_when_the_recipe_is_read(tmp_path, key, value, message):
+    named = f"lora.{next(iter(value))}" if key == "lora" else key
+    assert config_error(tmp_path, "r.yaml", **{key: value}) == f"r.yaml: '{named}': {message}"
+
+
+def test_training_values_in_range_pass(tmp_path):
+    job = parse(tmp_path, learning_rate=0, warmup_steps=0.1, max_grad_norm=0, max_steps=-1, max_length=None,
+                lora={"r": 1, "dropout": 0})
+    assert (job.training.warmup_steps, job.training.max_grad_norm, job.lora.r) == (pytest.approx(0.1), 0, 1)
+    # a steps key is checked only where its strategy uses it; max_steps overrides num_train_epochs
+    assert parse(tmp_path, save_strategy="no", save_steps=0, max_steps=3, num_train_epochs=0).training.max_steps == 3
+
+
+def test_dpo_and_reward_values_are_checked(tmp_path):
+    from align.dpo import parse_dpo_config
+    from reward.train import parse_reward_config
+
+    raw = {"dataset": "pairs.jsonl", "output_dir": str(tmp_path / "out")}
+    for parse_config, key, value, message in [(parse_dpo_config, "beta", 0, "must be > 0, got 0.0"),
+                                              (parse_dpo_config, "max_length", 0, "must be at least 1, got 0"),
+                                              (parse_reward_config, "learning_rate", -1, "must be >= 0, got -1.0"),
+                                              (parse_reward_config, "eval_batch_size", 0, "must be at least 1, got 0")]:
+        with pytest.raises(ConfigError) as info:
+            parse_config({**raw, key: value}, "r.yaml")
+        assert str(info.value) == f"r.yaml: '{key}': {message}"
+
+
+def run_cli_quietly(argv: list[str]) -> int:
+    from align.cli import main
+
+    import align.sft  # noqa: F401  (import the heavy libraries before capturing stderr)
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return main(argv)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_bad_training_value_stops_before_anything_loads_naming_where_it_was_written(tmp_path, capsys):
+    """The model and the data do not exist: had either been loaded first, the error would be about them."""
+    recipe = tmp_path / "x.yaml"
+    recipe.write_text(f"model: {tmp_path / 'no-model'}\ndataset: {tmp_path / 'no-data.jsonl'}\n"
+                      f"output_dir: {tmp_path / 'out'}\nlearning_rate: -1\n")
+    capsys.readouterr()
+    assert run_cli_quietly(["sft", "--config", str(recipe)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == \
+        [f"polyalign sft: error: {recipe}: 'learning_rate': must be >= 0, got -1.0"]
+    recipe.write_text(recipe.read_text().replace("learning_rate: -1", "learning_rate: 1e-5"))
+    assert run_cli_quietly(["sft", "--config", str(recipe), "--learning_rate", "-1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == \
+        ["polyalign sft: error: command line: 'learning_rate': must be >= 0, got -1.0"]
+    assert run_cli_quietly(["sft", "--config", str(recipe), "--lora.r", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == \
+        ["polyalign sft: error: command line: 'lora.r': must be at least 1, got 0"]
+    assert [p.name for p in tmp_path.iterdir()] == ["x.yaml"]

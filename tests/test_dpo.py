@@ -90,3 +90,9 @@ def test_full_fine_tuning_without_precompute_gets_a_frozen_copy(tiny_model_dir, 
 def test_bad_dpo_config_names_the_key(tmp_path, capsys):
     assert main(["dpo", "--dataset", "x.jsonl", "--output_dir", str(tmp_path / "o"), "--betta", "0.2"]) == 2
     assert "'betta': unknown key" in capsys.readouterr().err
+
+
+def test_bad_dpo_value_names_the_key_and_where_it_was_written(tmp_path, capsys):
+    assert main(["dpo", "--dataset", "x.jsonl", "--output_dir", str(tmp_path / "o"), "--beta", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == \
+        ["polyalign dpo: error: command line: 'beta': must be > 0, got 0.0"]

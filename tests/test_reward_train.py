@@ -246,3 +246,14 @@ def test_bad_input_stops_with_one_line_naming_file_line_and_field(tiny_model_dir
     assert main(["reward", "--model", str(tiny_model_dir), "--dataset", str(good), "--output_dir", str(out),
                  "--eval_fraction", "1.5"]) == 2
     assert "'eval_fraction': must be in [0, 1)" in _error_line(capsys)
+
+
+def test_bad_training_values_stop_before_the_model_loads(tmp_path, capsys):
+    good = write_jsonl(tmp_path / "good.jsonl", preference_rows(4, seed=6))
+    common = ["reward", "--model", str(tmp_path / "no-model"), "--dataset", str(good), "--output_dir",
+              str(tmp_path / "rm")]
+    assert main([*common, "--learning_rate", "-1"]) == 2
+    assert _error_line(capsys) == "polyalign reward: error: command line: 'learning_rate': must be >= 0, got -1.0"
+    assert main([*common, "--lora", "true", "--save_merged", "false"]) == 2
+    assert "'save_merged': a LoRA reward model is always saved merged" in _error_line(capsys)
+    assert not (tmp_path / "rm").exists() and not (tmp_path / ".rm.partial").exists()

@@ -128,3 +128,19 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, chat_file, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 12
     assert not partial.exists()
+
+
+def test_packed_attention_errors_name_the_recipe(tiny_model_dir, chat_file, tmp_path):
+    from align.data import load_records
+    from align.errors import ConfigError
+    from align.sft import build_trainer, parse_sft_config
+
+    raw = {"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / "out"),
+           "dtype": "fp32", "attn_implementation": "eager", "packed_attention": "segments"}
+    with pytest.raises(ConfigError) as info:
+        parse_sft_config({**raw, "packed_attention": "diagonal"}, "r.yaml")
+    assert str(info.value) == "r.yaml: 'packed_attention': expected one of auto, segments, rows, got 'diagonal'"
+    job = parse_sft_config(raw, "r.yaml")  # the backend is known only once the model is loaded
+    with pytest.raises(ConfigError) as info:
+        build_trainer(job, load_records(job.args.dataset, "sft"))
+    assert str(info.value) == "r.yaml: 'packed_attention': packed_attention 'segments' runs on sdpa, not eager"
