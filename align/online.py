@@ -110,6 +110,15 @@ def hold_out_by_id(prompts: list[dict], fraction: float, seed: int) -> tuple[lis
     return [p for p in prompts if id(p) not in held_ids], held
 
 
+def iteration_model(out: Path, i: int, *, merged: bool, lora: bool) -> str:
+    """Iteration i's final policy in the loop's output `out`: its soup with the previous policy when it merges, else
+    its DPO model (the adapter merged into its base, with LoRA)."""
+    if merged:
+        return str(out / f"iter_{i}" / "merged")
+    model = out / f"iter_{i}" / "model"
+    return str(model / "merged" if lora else model)
+
+
 class Loop:
     """State shared by the steps of every iteration."""
 
@@ -136,10 +145,8 @@ class Loop:
         """The policy that iteration i samples from: the start, or iteration i-1's final model."""
         if i == 1:
             return self.args.model
-        previous = self.out / f"iter_{i - 1}"
-        if (previous / "merged").is_dir() and self.args.merge_with_previous is not None:
-            return str(previous / "merged")
-        return str(previous / "model" / "merged") if self.args.lora else str(previous / "model")
+        return iteration_model(self.out, i - 1, merged=self.args.merge_with_previous is not None,
+                               lora=bool(self.args.lora))
 
     def generate(self, policy: str, prompts: list[dict], path: Path, args: GenerationArgs, desc: str) -> list[dict]:
         """Answers of `policy` to `prompts`, streamed into `path` and resumed from it."""

@@ -212,6 +212,8 @@ def _add_online(b: Builder) -> None:
 
 def _add_evaluate(b: Builder) -> None:
     """Evaluation of every stage's model against the base."""
+    from .online import iteration_model
+
     run_dir, stages = b.pipe.run_dir, {s.name: s for s in b.pipe.stages}
     models, reads = {"base": b.base, "sft": str(run_dir / "sft" / "merged")}, ["sft/merged"]
     if "dpo" in b.raw:
@@ -220,7 +222,8 @@ def _add_evaluate(b: Builder) -> None:
     if "online" in stages:
         online = stages["online"].config
         for i in range(1, int(online.get("iterations", 3)) + 1):
-            models[f"online-{i}"] = _online_policy(run_dir / "dpo" / "online", i, online)
+            models[f"online-{i}"] = iteration_model(run_dir / "dpo" / "online", i, lora=bool(online.get("lora")),
+                                                    merged=online.get("merge_with_previous") is not None)
         reads.append("online")
     out = run_dir / "eval"
     cfg = {**b.common, "max_new_tokens": 128, **b.section("evaluate"), "models": models, "baseline": "base",
@@ -229,13 +232,6 @@ def _add_evaluate(b: Builder) -> None:
         raise ConfigError(b.pipe.source, "evaluate.judge", "missing: {judge: model} or {reward_model: path} (by "
                                                           "default not the reward model the recipe trained with)")
     b.pipe.add("evaluate", out, reads, cfg, lambda: _call("align.evaluate:run_evaluate", cfg, b.pipe.source))
-
-
-def _online_policy(out: Path, i: int, cfg: dict) -> str:
-    if cfg.get("merge_with_previous") is not None:
-        return str(out / f"iter_{i}" / "merged")
-    model = out / f"iter_{i}" / "model"
-    return str(model / "merged" if cfg.get("lora") else model)
 
 
 def _trained(out: Path, cfg: dict) -> Path:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from .config import build_dataclass, config_hash, split_known
+from .config import build_dataclass, config_hash, require, split_known
 from .console import print_rows
 from .data import language_mix, load_records
 from .errors import ConfigError, PolyalignError
@@ -63,10 +63,7 @@ def parse_training_keys(raw: dict, source: str | None, own_cls, trl_cls, *, data
     LoRA (a 4/8-bit base trains only through adapters). Returns (own args, trl kwargs, LoraArgs or None)."""
     own, trl_kwargs = split_known(raw, own_cls, trl_cls, source)
     args = build_dataclass(own_cls, own, source)
-    if not args.output_dir:
-        raise ConfigError(source, "output_dir", f"missing: {output_help}")
-    if args.dataset is None:
-        raise ConfigError(source, "dataset", f"missing: {dataset_help}")
+    require(args, source, output_dir=output_help, dataset=dataset_help)
     lora = None
     if args.lora not in (None, False):
         lora = build_dataclass(LoraArgs, {} if args.lora is True else args.lora, source, prefix="lora.")
@@ -354,7 +351,8 @@ class TrainingStage:
         """Read and check the data (what can fail on bad input fails before any model loads); the line that says
         what it holds."""
         if self.records is None:
-            self.records = load_records(self.job.args.dataset, self.kind, seed=self.job.training.seed)
+            self.records = load_records(self.job.args.dataset, self.kind, seed=self.job.training.seed,
+                                        source=self.job.source)
         return f"{self.label} data: {len(self.records)} {self.noun} in {describe_languages(self.records)}"
 
     def build(self):

@@ -146,9 +146,10 @@ class RewardStage(TrainingStage):
     def load(self) -> str:
         """The training and held-out pairs, tokenised by the ranker's encoder (how the trained model is scored)."""
         job, seed = self.job, self.job.training.seed
-        records = load_records(job.args.dataset, "preference", seed=seed)
+        records = load_records(job.args.dataset, "preference", seed=seed, source=job.source)
         if job.args.eval_dataset is not None:
-            self.records, self.eval_records = records, load_records(job.args.eval_dataset, "preference", seed=seed)
+            self.records, self.eval_records = records, load_records(job.args.eval_dataset, "preference", seed=seed,
+                                                                        source=job.source, key="eval_dataset")
         else:
             self.records, self.eval_records = split_heldout(records, job.args.eval_fraction, seed)
         if not self.records:
