@@ -390,7 +390,7 @@ def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
           f"{args.samples} samples each, reference: {args.reference}" + (" (resuming)" if resumed else ""), flush=True)
     summary = Loop(args, run.partial, source, ranker=ranker).run_all(train, heldout)
     run.finish(summary)
-    print_table(summary)
+    print_table(json.loads((run.final / "metrics.json").read_text()))  # its paths now point into the output
     return run.final
 
 
