@@ -60,6 +60,8 @@ class LoadingArgs:
                          trust_remote_code=self.trust_remote_code)
 
 
+# Not trl's ModelConfig: its keys (model_name_or_path, use_peft, lora_r, ...) would rename every recipe's `model` and
+# nested `lora:`, and it knows no embedded aliases.
 @dataclass
 class ModelArgs(LoadingArgs):
     model: str = DEFAULT_MODEL
