@@ -186,12 +186,14 @@ def score_candidates(job: ArbitrageJob, prompts: list[dict], shard: list[int], p
     if not chunks:
         return
     from reward import load_ranker
+    from reward.rules import rank_in_languages
 
     ranker = load_ranker(job.ranker.as_dict(), job.args.model_args())
     with AppendLog(partial / f"scores.rank{rank}.jsonl", key=lambda r: r["index"]) as out:
         for indices in tqdm(chunks, desc="Scoring", disable=not is_main, unit="chunk"):
-            rankings = ranker.rank_many([prompts[i]["prompt"] for i in indices],
-                                        [[c for _, _, c in candidates[i]] for i in indices])
+            rankings = rank_in_languages(ranker, [prompts[i]["prompt"] for i in indices],
+                                         [[c for _, _, c in candidates[i]] for i in indices],
+                                         [prompts[i]["lang"] for i in indices])
             for i, ranking in zip(indices, rankings):
                 if i not in done:
                     out.append({"index": i, "scores": ranking.scores})

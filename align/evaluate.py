@@ -1,209 +1,320 @@
-"""Per-language evaluation: win/loss/tie of each model against a baseline on held-out prompts, and chrF++.
+"""Per-language evaluation of every stage: pairwise win-rates against the baseline and the stage before, single-answer
+grades, language fidelity, chrF++ against references and lm-eval benchmarks, each with a bootstrap 95% interval.
 
 Every model answers the same held-out prompts greedily; the answers are logged in the stage's partial directory, keyed
 by the model and generation settings, so a killed run resumes them (align.runs), and end up in `answers/<name>.jsonl`.
-A judge LM compares each answer with the baseline's in both orders (a verdict only when the orders agree, else a
-tie); a reward model compares their scores (use one that did not train the models: it would grade its own
-homework). Prompts with a `reference` (or `references`) also get chrF++ (sacrebleu). The report, `report.md` with
-`winrate_by_stage.png` and `winrate_by_language.png`, has the shape of Aya Expanse's step-by-step figure.
+A `models` entry may also be a JSONL of answers (`{"id", "completion"}`, matched to the prompts by id): a competitor's
+answers are judged without generating. A judge LM compares two answers in both orders (a verdict only when the orders
+agree; the share that disagree is its position bias); a reward model compares their scores (use one that did not
+train the models: it would grade its own homework). The report (`report.md` and charts) marks every difference whose
+interval holds "no difference" as within noise.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reward.spec import RankerSpec, parse_ranker
+from reward.rules import score_in_languages
+from reward.spec import parse_ranker
 
-from .config import build_dataclass, config_hash
+from .config import build_dataclass, config_hash, require
 from .data import load_records
-from .errors import ConfigError
-from .generate import DecodingArgs, GenerationArgs, choose_backend, generate_logged, load_backend
+from .errors import ConfigError, InputError
+from .generate import DecodingArgs, choose_backend, generate_logged, load_backend
 from .io import safe_name, write_jsonl
 from .models import LoadingArgs
 from .pairs import outcome_of_scores, outcome_of_winner, tally_with_rates
 from .runs import StageRun
+from .stats import mean_interval, statistic_interval, within_noise
 
 log = logging.getLogger(__name__)
+POINTS = {"win": 1.0, "tie": 0.5, "loss": 0.0}  # a win-rate is the mean of these
 
 
 @dataclass
 class EvaluateArgs(LoadingArgs, DecodingArgs):
     """Evaluation's own keys; the generation keys (greedy by default) and model-loading keys are shared."""
 
-    models: Any = None  # {name: model} in report order, or a list of models (named by their path)
+    models: Any = None  # {name: checkpoint or answers JSONL} in report order, or a list of them (named by path)
     baseline: str | None = None  # a name in `models` (default: the first)
     prompts: Any = None
     output_dir: str | None = None
-    judge: dict = field(default_factory=dict)  # {judge: model} or {reward_model: path}, plus batch_size, max_length
+    judge: dict = field(default_factory=dict)  # pairwise: {judge: model} or {reward_model: path}, plus settings
+    grader: dict = field(default_factory=dict)  # single-answer grades: {judge: model, scale: 10 | 5, ...}
+    benchmarks: list = field(default_factory=list)  # lm-eval task names or task YAML paths
+    benchmark_limit: int | None = None  # examples per benchmark task (None: all)
+    benchmark_fewshot: int | None = None
+    resamples: int = 1000  # bootstrap resamples per interval
     max_prompts: int | None = None
     overwrite: bool = False
     seed: int = 0
     max_new_tokens: int = 256
 
 
-def parse_evaluate_config(raw: dict, source: str | None = None) -> tuple[EvaluateArgs, dict[str, str]]:
+@dataclass(frozen=True)
+class Entry:
+    """One model of the evaluation: a checkpoint that answers, or a file of answers."""
+
+    name: str
+    model: str | None = None
+    answers: str | None = None
+
+    @property
+    def described(self) -> str:
+        return self.model or f"answers {self.answers}"
+
+
+def parse_evaluate_config(raw: dict, source: str | None = None) -> tuple[EvaluateArgs, list[Entry]]:
     args = build_dataclass(EvaluateArgs, raw, source)
-    for key in ("models", "prompts", "output_dir"):
-        if not getattr(args, key):
-            raise ConfigError(source, key, "missing")
-    models = args.models if isinstance(args.models, dict) else {str(m): str(m) for m in args.models}
-    if len(models) < 2:
+    require(args, source, models="{name: checkpoint or answers JSONL}", prompts="the held-out prompts",
+            output_dir="where to write the report")
+    entries = [_entry(str(k), v, source) for k, v in (args.models.items() if isinstance(args.models, dict)
+                                                      else ((str(m), m) for m in args.models))]
+    if len(entries) < 2:
         raise ConfigError(source, "models", "give at least two models: a baseline and one to compare with it")
-    baseline = args.baseline or next(iter(models))
-    if baseline not in models:
-        raise ConfigError(source, "baseline", f"{baseline!r} is not one of the models ({', '.join(models)})")
-    args.judge = parse_ranker(args.judge, source, "judge", backend=args.backend)
-    args.baseline = baseline
-    return args, {str(k): str(v) for k, v in models.items()}
+    names = [e.name for e in entries]
+    args.baseline = args.baseline or names[0]
+    if args.baseline not in names:
+        raise ConfigError(source, "baseline", f"{args.baseline!r} is not one of the models ({', '.join(names)})")
+    if args.judge:
+        args.judge = parse_ranker(args.judge, source, "judge", backend=args.backend)
+        if args.judge.language_penalty:
+            raise ConfigError(source, "judge.language_penalty", "evaluation measures language fidelity on its own; "
+                                                                "remove the penalty from the judge")
+    if args.grader:
+        args.grader = _grader_spec(args.grader, source, args.backend)
+    if args.resamples < 100:
+        raise ConfigError(source, "resamples", f"at least 100 for a 95% interval, got {args.resamples}")
+    return args, entries
 
 
-def answer(args: EvaluateArgs, name: str, model: str, prompts: list[dict], directory: Path) -> list[str]:
+def _entry(name: str, value: Any, source: str | None) -> Entry:
+    if isinstance(value, dict):
+        if set(value) != {"answers"}:
+            raise ConfigError(source, f"models.{name}", "expected a checkpoint, or {answers: path to a JSONL}")
+        return Entry(name, answers=str(value["answers"]))
+    value = str(value)
+    return Entry(name, answers=value) if Path(value).is_file() else Entry(name, model=value)
+
+
+def _grader_spec(value: dict, source: str | None, backend: str) -> dict:
+    from reward.grading import SCALES
+
+    scale = value.get("scale", 10)
+    if scale not in SCALES:
+        raise ConfigError(source, "grader.scale", f"expected one of {', '.join(map(str, SCALES))}, got {scale!r}")
+    spec = parse_ranker({k: v for k, v in value.items() if k != "scale"}, source, "grader", backend=backend)
+    if not spec.judge:
+        raise ConfigError(source, "grader", "grades come from a judge LM: give grader.judge")
+    return {**spec.as_dict(), "scale": scale}
+
+
+# ------------------------------------------------------------------------------------------------ answers
+
+
+def answer(args: EvaluateArgs, entry: Entry, prompts: list[dict], directory: Path) -> list[str]:
     """Greedy answers of one model, streamed into a log keyed by the model and the generation settings that produce
-    them (a log is never read back for another model or setting), and resumed from it."""
+    them (a log is never read back for another model or setting), and resumed from it; or the entry's answers file."""
+    if entry.answers:
+        return read_answers(entry.answers, prompts)
     gen = args.generation()
-    key = config_hash({"model": model, "generation": gen.__dict__, "prompts": [p["id"] for p in prompts]})
-    records = generate_logged(directory / f"{safe_name(name)}.{key}.jsonl", [p["prompt"] for p in prompts], gen,
-                              lambda: load_backend(args.model_args(model), choose_backend(args.backend)),
-                              desc=f"Answering ({name})")
+    key = config_hash({"model": entry.model, "generation": gen.__dict__, "prompts": [p["id"] for p in prompts]})
+    records = generate_logged(directory / f"{safe_name(entry.name)}.{key}.jsonl", [p["prompt"] for p in prompts],
+                              gen, lambda: load_backend(args.model_args(entry.model), choose_backend(args.backend)),
+                              desc=f"Answering ({entry.name})")
     return [r["completions"][0] for r in records]
 
 
-def outcomes(judge: RankerSpec, prompts: list[dict], answers: list[str], baseline: list[str], scorer) -> list[str]:
-    """'win' / 'loss' / 'tie' of `answers` against `baseline`, one per prompt."""
-    texts = [p["prompt"] for p in prompts]
-    if judge.reward_model:
-        ours, theirs = scorer.score(texts, answers), scorer.score(texts, baseline)
-        return [outcome_of_scores(a, b) for a, b in zip(ours, theirs)]
-    return [outcome_of_winner(v.winner) for v in scorer.compare(texts, answers, baseline)]
+def read_answers(path: str, prompts: list[dict]) -> list[str]:
+    """The answers of a JSONL file, one per prompt, matched by `id`."""
+    by_id: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(path, f"not JSON ({e.msg})", line=line_number) from None
+            if not isinstance(row, dict) or not isinstance(row.get("completion"), str):
+                raise InputError(path, "expected a string", line=line_number, field="completion")
+            by_id[str(row.get("id"))] = row["completion"]
+    missing = [p["id"] for p in prompts if str(p["id"]) not in by_id]
+    if missing:
+        raise InputError(path, f"no answer for prompt id {missing[0]!r} ({len(missing)} of {len(prompts)} missing)",
+                         field="id")
+    return [by_id[str(p["id"])] for p in prompts]
 
 
-def chrf(prompts: list[dict], answers: list[str]) -> dict[str, float]:
-    """chrF++ per language (and 'all') over the prompts that carry references."""
-    from sacrebleu.metrics import CHRF
-
-    by_lang: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
-    for prompt, text in zip(prompts, answers):
-        refs = prompt.get("references") or ([prompt["reference"]] if prompt.get("reference") else None)
-        if not refs:
-            continue
-        for lang in (prompt["lang"], "all"):
-            by_lang[lang][0].append(text)
-            by_lang[lang][1].append(refs[0] if isinstance(refs, list) else refs)
-    metric = CHRF(word_order=2)
-    return {lang: round(metric.corpus_score(hyps, [refs]).score, 2) for lang, (hyps, refs) in sorted(by_lang.items())}
+# ------------------------------------------------------------------------------------------------ measures
 
 
-def score_models(args: EvaluateArgs, models: dict[str, str], prompts: list[dict], answers: dict) -> dict:
-    """metrics.json: every model's mean length, chrF++, and win/loss/tie per language against the baseline."""
+def with_intervals(outcomes: list[str], langs: list[str], args: EvaluateArgs) -> dict:
+    """Win/loss/tie per language with the win-rate's interval, and whether it holds 0.5 (no difference)."""
+    table = tally_with_rates(outcomes, langs)
+    for lang, row in table.items():
+        points = [POINTS[o] for o, l in zip(outcomes, langs) if lang == "all" or (l or "?") == lang]
+        row["interval"] = mean_interval(points, resamples=args.resamples, seed=args.seed)
+        row["within_noise"] = within_noise(row["interval"], 0.5)
+    return table
+
+
+def compare(args: EvaluateArgs, scorer, prompts: list[dict], ours: list[str], theirs: list[str]) -> dict:
+    """Our answers against theirs, per language; a judge LM also reports how often its two orders disagree."""
+    texts, langs = [p["prompt"] for p in prompts], [p["lang"] for p in prompts]
+    if not hasattr(scorer, "compare"):  # a reward model or a rule: absolute scores
+        a, b = (score_in_languages(scorer, texts, answers, langs) for answers in (ours, theirs))
+        return with_intervals([outcome_of_scores(x, y) for x, y in zip(a, b)], langs, args)
+    judgements = scorer.compare(texts, ours, theirs)
+    table = with_intervals([outcome_of_winner(j.winner) for j in judgements], langs, args)
+    table["all"]["orders_disagree"] = round(sum(j.orders_disagree for j in judgements) / max(len(judgements), 1), 4)
+    return table
+
+
+def comparisons(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict) -> dict:
+    """{model: {vs_baseline, vs_previous}}: every stage against the baseline and against the stage before it."""
     from reward import load_ranker
 
     scorer = load_ranker(args.judge.as_dict(), args.model_args())
+    out: dict[str, dict] = {}
+    for k, entry in enumerate(entries):
+        if entry.name == args.baseline:
+            continue
+        out[entry.name] = {"vs_baseline": compare(args, scorer, prompts, answers[entry.name], answers[args.baseline])}
+        previous = entries[k - 1].name if k else None
+        if previous not in (None, args.baseline):
+            out[entry.name]["vs_previous"] = {"model": previous, **compare(args, scorer, prompts, answers[entry.name],
+                                                                           answers[previous])}
+    return out
+
+
+def per_language(values: list[float | None], langs: list[str], args: EvaluateArgs) -> dict[str, dict]:
+    """Mean and interval of per-answer values (None left out), per language and overall."""
+    table = {}
+    for lang in sorted(set(langs)) + ["all"]:
+        kept = [v for v, l in zip(values, langs) if (lang == "all" or l == lang) and v is not None]
+        table[lang] = {"mean": round(sum(kept) / len(kept), 4) if kept else None, "n": len(kept),
+                       "interval": mean_interval(kept, resamples=args.resamples, seed=args.seed)}
+    return table
+
+
+def grades(args: EvaluateArgs, prompts: list[dict], answers: dict) -> dict:
+    """Single-answer grades per model and language; reference-guided where a prompt has a reference."""
+    from reward import load_ranker
+    from reward.grading import Grader
+
+    judge = load_ranker({k: v for k, v in args.grader.items() if k != "scale"}, args.model_args())
+    grader = Grader(ask=judge.ask, scale=args.grader["scale"], explain=args.grader.get("explain", True))
+    langs, refs = [p["lang"] for p in prompts], [reference_of(p) for p in prompts]
+    out = {}
+    for name, texts in answers.items():
+        graded = grader.grade([p["prompt"] for p in prompts], texts, refs)
+        table = per_language([g.rating for g in graded], langs, args)
+        table["all"]["unparsable"] = sum(g.rating is None for g in graded)
+        out[name] = table
+    return out
+
+
+def reference_of(prompt: dict) -> str | None:
+    refs = prompt.get("references") or prompt.get("reference")
+    return (refs[0] if isinstance(refs, list) else refs) or None
+
+
+def chrf(prompts: list[dict], answers: list[str]) -> dict[str, dict]:
+    """chrF++ per language (and 'all') over the prompts that carry references, with sacrebleu's bootstrap interval."""
+    from sacrebleu.metrics import CHRF
+
+    groups: dict[str, tuple[list, list]] = {}
+    for prompt, text in zip(prompts, answers):
+        reference = reference_of(prompt)
+        if reference:
+            for lang in (prompt["lang"], "all"):
+                groups.setdefault(lang, ([], []))[0].append(text)
+                groups[lang][1].append(reference)
+    metric, out = CHRF(word_order=2), {}
+    for lang, (hyps, refs) in sorted(groups.items()):
+        score = metric.corpus_score(hyps, [refs], n_bootstrap=1000) if len(hyps) > 1 else metric.corpus_score(hyps,
+                                                                                                             [refs])
+        ci = getattr(score, "_ci", None)
+        out[lang] = {"score": round(score.score, 2), "n": len(hyps),
+                     "interval": (round(score._mean - ci, 2), round(score._mean + ci, 2)) if ci is not None else None}
+    return out
+
+
+def fidelity(prompts: list[dict], texts: list[str], args: EvaluateArgs) -> dict[str, dict]:
+    """Language fidelity per language: line, word and overall pass rates (their harmonic mean), with intervals."""
+    from .fidelity import fidelity_flags, fidelity_rates, fidelity_table
+
     langs = [p["lang"] for p in prompts]
-    results = {"baseline": args.baseline, "judged_by": args.judge.as_dict(), "prompts": len(prompts),
-               "languages": dict(Counter(langs).most_common()), "models": {}}
-    for name in models:
-        entry: dict = {"model": models[name], "mean_words": round(sum(len(a.split()) for a in answers[name])
-                                                                  / max(len(prompts), 1), 2)}
-        if name != args.baseline:
-            entry["vs_baseline"] = tally_with_rates(outcomes(args.judge, prompts, answers[name],
-                                                             answers[args.baseline], scorer), langs)
-        scores = chrf(prompts, answers[name])
+    table, flags = fidelity_table(texts, langs), fidelity_flags(texts, langs)
+    for lang, rates in table.items():
+        rows = [f for f, l in zip(flags, langs) if lang == "all" or l == lang]
+        rates["pass_rate_interval"] = statistic_interval(len(rows), lambda draw: fidelity_rates([rows[i] for i in draw])[2],
+                                                         resamples=args.resamples, seed=args.seed)
+    return table
+
+
+# ------------------------------------------------------------------------------------------------ stage
+
+
+def measure(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict, partial: Path) -> dict:
+    """metrics.json: everything measured, per model and language."""
+    langs = [p["lang"] for p in prompts]
+    results: dict = {"baseline": args.baseline, "prompts": len(prompts), "languages": dict(Counter(langs).most_common()),
+                     "judged_by": args.judge.as_dict() if args.judge else None, "graded_by": args.grader or None,
+                     "models": {e.name: {"model": e.described, "mean_words": round(
+                         sum(len(a.split()) for a in answers[e.name]) / max(len(prompts), 1), 2)} for e in entries}}
+    if args.judge:
+        for name, entry in comparisons(args, entries, prompts, answers).items():
+            results["models"][name].update(entry)
+    for e in entries:
+        scores = chrf(prompts, answers[e.name])
         if scores:
-            entry["chrf++"] = scores
-        results["models"][name] = entry
+            results["models"][e.name]["chrf++"] = scores
+    results["language_fidelity"] = {e.name: fidelity(prompts, answers[e.name], args) for e in entries}
+    if args.grader:
+        results["grades"] = grades(args, prompts, answers)
+    if args.benchmarks:
+        results["benchmarks"] = benchmarks(args, entries, partial)
     return results
 
 
+def benchmarks(args: EvaluateArgs, entries: list[Entry], partial: Path) -> dict:
+    """lm-eval's own metrics per model and task (a checkpoint's; an answers file has no model to run)."""
+    from .benchmarks import run_benchmarks
+
+    out = {}
+    for entry in entries:
+        if entry.model:
+            out[entry.name] = run_benchmarks(entry.model, args.benchmarks, model_args=args.model_args(entry.model),
+                                             limit=args.benchmark_limit, num_fewshot=args.benchmark_fewshot,
+                                             batch_size=args.batch_size, backend=args.backend,
+                                             log_dir=partial / "benchmarks" / safe_name(entry.name))
+    return out
+
+
 def run_evaluate(raw: dict, source: str | None = None) -> Path:
-    """The `evaluate` stage: every model against the baseline, per language; returns the output directory."""
-    args, models = parse_evaluate_config(raw, source)
+    """The `evaluate` stage: every model against the baseline and its predecessor, per language."""
+    from .eval_report import print_summary, write_report
+
+    args, entries = parse_evaluate_config(raw, source)
     run = StageRun(args.output_dir, raw, stage="evaluate", overwrite=args.overwrite, source=source)
-    prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source, key="prompts")[: args.max_prompts or None]
+    prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source,
+                           key="prompts")[: args.max_prompts or None]
+    answers = {e.name: read_answers(e.answers, prompts) for e in entries if e.answers}  # bad files fail first
     run.prepare()
-    logs = run.partial / "generations"
-    answers = {name: answer(args, name, model, prompts, logs) for name, model in models.items()}
-    results = score_models(args, models, prompts, answers)
-    for name in models:
-        write_jsonl(run.partial / "answers" / f"{safe_name(name)}.jsonl",
+    answers = {e.name: answers.get(e.name) or answer(args, e, prompts, run.partial / "generations") for e in entries}
+    results = measure(args, entries, prompts, answers, run.partial)
+    for e in entries:
+        write_jsonl(run.partial / "answers" / f"{safe_name(e.name)}.jsonl",
                     [{"id": p["id"], "lang": p["lang"], "prompt": p["prompt"], "completion": a}
-                     for p, a in zip(prompts, answers[name])])
+                     for p, a in zip(prompts, answers[e.name])])
     write_report(results, run.partial)
-    run.finish(results, drop=("generations",))
+    run.finish(results, drop=("generations", "benchmarks"))
     print_summary(results, run.final)
     return run.final
-
-
-def write_report(results: dict, directory: Path) -> None:
-    """report.md with the win-rate tables, and the two charts."""
-    compared = {n: m for n, m in results["models"].items() if "vs_baseline" in m}
-    langs = sorted({lang for m in compared.values() for lang in m["vs_baseline"] if lang != "all"})
-    lines = [f"# Evaluation against {results['baseline']}", "",
-             f"{results['prompts']} held-out prompts in {len(results['languages'])} languages; judged by "
-             f"{results['judged_by']}. Win-rate counts a tie as half a win.", "",
-             "| model | win | loss | tie | win-rate | " + " | ".join(langs) + " | words |",
-             "|---|---:|---:|---:|---:|" + "---:|" * len(langs) + "---:|"]
-    for name, m in compared.items():
-        overall = m["vs_baseline"]["all"]
-        per = [f"{m['vs_baseline'][lang]['win_rate']:.0%}" if lang in m["vs_baseline"] else "-" for lang in langs]
-        lines.append(f"| {name} | {overall['win']} | {overall['loss']} | {overall['tie']} | "
-                     f"{overall['win_rate']:.0%} | " + " | ".join(per) + f" | {m['mean_words']} |")
-    chrf_rows = [(n, m["chrf++"]) for n, m in results["models"].items() if "chrf++" in m]
-    if chrf_rows:
-        lines += ["", "## chrF++ against the references", "", "| model | all | " + " | ".join(langs) + " |",
-                  "|---|---:|" + "---:|" * len(langs)]
-        for name, scores in chrf_rows:
-            lines.append(f"| {name} | {scores.get('all', '-')} | " + " | ".join(str(scores.get(l, "-")) for l in langs)
-                         + " |")
-    lines += ["", "![win-rate by stage](winrate_by_stage.png)", "", "![win-rate by language](winrate_by_language.png)",
-              ""]
-    (directory / "report.md").write_text("\n".join(lines), encoding="utf-8")
-    plot_winrates(results, compared, langs, directory)
-
-
-def plot_winrates(results: dict, compared: dict, langs: list[str], directory: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(compared)
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 4))
-    rates = [compared[n]["vs_baseline"]["all"]["win_rate"] for n in names]
-    ax.bar(names, rates, color="tab:blue")
-    ax.axhline(0.5, color="gray", linestyle=":")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel(f"win-rate vs {results['baseline']}")
-    ax.set_title("Win-rate of each stage against the baseline")
-    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
-    fig.tight_layout()
-    fig.savefig(directory / "winrate_by_stage.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(langs) + 2), 4))
-    width = 0.8 / max(len(names), 1)
-    for k, name in enumerate(names):
-        ax.bar([x + k * width for x in range(len(langs))],
-               [compared[name]["vs_baseline"].get(lang, {}).get("win_rate", 0) for lang in langs], width, label=name)
-    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(langs))], langs)
-    ax.axhline(0.5, color="gray", linestyle=":")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel(f"win-rate vs {results['baseline']}")
-    ax.set_title("Win-rate per language")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(directory / "winrate_by_language.png", dpi=120)
-    plt.close(fig)
-
-
-def print_summary(results: dict, out: Path) -> None:
-    print(f"\nEvaluation against {results['baseline']} ({results['prompts']} prompts)", flush=True)
-    for name, m in results["models"].items():
-        if "vs_baseline" in m:
-            a = m["vs_baseline"]["all"]
-            print(f"  {name:<24} win {a['win']:>3}  loss {a['loss']:>3}  tie {a['tie']:>3}  win-rate "
-                  f"{a['win_rate']:.0%}", flush=True)
-    print(f"  report: {out / 'report.md'}", flush=True)

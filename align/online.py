@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reward.rules import rank_in_languages, score_in_languages
 from reward.spec import parse_ranker
 
 from .config import build_dataclass, require
@@ -163,8 +164,8 @@ class Loop:
             for group in chunks:
                 if all(r["index"] in out.done for r in group):
                     continue
-                rankings = self.ranker().rank_many([prompts[r["index"]]["prompt"] for r in group],
-                                                   [r["completions"] for r in group])
+                rankings = rank_in_languages(self.ranker(), [prompts[r["index"]]["prompt"] for r in group],
+                                             [r["completions"] for r in group], [prompts[r["index"]]["lang"] for r in group])
                 for r, ranking in zip(group, rankings):
                     if r["index"] not in out.done:
                         out.append({"index": r["index"], "scores": ranking.scores})
@@ -180,7 +181,8 @@ class Loop:
             ranker = self.ranker()
             texts = [a["completions"][0] for a in answers]
             # An absolute reward where the ranker has one (a reward model); a judge only compares (see versus()).
-            scores = ranker.score([heldout[a["index"]]["prompt"] for a in answers], texts) \
+            scores = score_in_languages(ranker, [heldout[a["index"]]["prompt"] for a in answers], texts,
+                                        [heldout[a["index"]]["lang"] for a in answers]) \
                 if hasattr(ranker, "score") else [None] * len(answers)
             write_jsonl(path, [{**a, "completion": t, "score": s} for a, t, s in zip(answers, texts, scores)])
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -189,8 +191,9 @@ class Loop:
         """'win' / 'loss' / 'tie' of each current held-out answer against the previous policy's, by the ranker
         (a judge compares them in both orders and gives 1 point to the winner, 1/2 each for a tie)."""
         old = {h["index"]: h["completion"] for h in previous}
-        rankings = self.ranker().rank_many([heldout[h["index"]]["prompt"] for h in current],
-                                           [[h["completion"], old[h["index"]]] for h in current])
+        rankings = rank_in_languages(self.ranker(), [heldout[h["index"]]["prompt"] for h in current],
+                                     [[h["completion"], old[h["index"]]] for h in current],
+                                     [heldout[h["index"]]["lang"] for h in current])
         return [outcome_of_scores(*r.scores) for r in rankings]
 
     def run_iteration(self, i: int, train: list[dict], heldout: list[dict], previous_heldout: list[dict]) -> dict:

@@ -228,9 +228,6 @@ def _add_evaluate(b: Builder) -> None:
     out = run_dir / "eval"
     cfg = {**b.common, "max_new_tokens": 128, **b.section("evaluate"), "models": models, "baseline": "base",
            "prompts": b.raw.get("heldout", b.raw["prompts"]), "output_dir": str(out)}
-    if "judge" not in cfg:
-        raise ConfigError(b.pipe.source, "evaluate.judge", "missing: {judge: model} or {reward_model: path} (by "
-                                                          "default not the reward model the recipe trained with)")
     b.pipe.add("evaluate", out, reads, cfg, lambda: _call("align.evaluate:run_evaluate", cfg, b.pipe.source))
 
 

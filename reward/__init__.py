@@ -2,14 +2,24 @@
 
 
 def load_ranker(spec: dict, model_args=None):
-    """A recipe's ranker: `{reward_model: path}` (a RewardRanker) or `{judge: model}` (a PairwiseJudge), with
-    batch_size, max_length (reward model), max_new_tokens, explain and backend (judge: auto, transformers or vllm).
-    Arbitrage, online DPO and evaluation all build theirs here."""
-    from .judge import PairwiseJudge
-    from .rank import RewardRanker
+    """A recipe's ranker: `{reward_model: path}` (a RewardRanker), `{judge: model}` (a PairwiseJudge) or
+    `{rule: language}` (a LanguageRanker), with batch_size, max_length (reward model), max_new_tokens, explain and
+    backend (judge: auto, transformers or vllm). A positive `language_penalty` wraps a reward model or a judge in
+    WithLanguagePenalty. Arbitrage, online DPO and evaluation all build theirs here."""
+    from .rules import LanguageRanker, WithLanguagePenalty
 
     spec = {"batch_size": 16, "max_length": 1024, "max_new_tokens": 256, "explain": True, "backend": "auto",
             **{k: v for k, v in spec.items() if v is not None}}
+    if spec.get("rule"):
+        return LanguageRanker(penalty=spec.get("language_penalty", 1.0))
+    ranker = _model_ranker(spec, model_args)
+    return WithLanguagePenalty(ranker, spec["language_penalty"]) if spec.get("language_penalty") else ranker
+
+
+def _model_ranker(spec: dict, model_args):
+    from .judge import PairwiseJudge
+    from .rank import RewardRanker
+
     if spec.get("reward_model"):
         return RewardRanker(spec["reward_model"], batch_size=spec["batch_size"], max_length=spec["max_length"],
                             model_args=model_args)

@@ -115,6 +115,11 @@ class Judgement:
     second: str | None
     raw: tuple[str, str]
 
+    @property
+    def orders_disagree(self) -> bool:
+        """The two orders name different outcomes: the judge's position bias (or its noise) decided, not the answers."""
+        return {"A": "a", "B": "b"}.get(self.first or "", "tie") != {"A": "b", "B": "a"}.get(self.second or "", "tie")
+
 
 def combine(first: str | None, second: str | None) -> str:
     """Order 1 shows (a, b) as (A, B); order 2 shows (b, a). A winner only when both orders name the same answer."""

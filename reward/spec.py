@@ -1,5 +1,7 @@
-"""A recipe's ranker, `{reward_model: path}` or `{judge: model}` with its settings: validated here for every stage
-that ranks or judges (arbitrage, online DPO, evaluation), then built by `reward.load_ranker`."""
+"""A recipe's ranker, `{reward_model: path}`, `{judge: model}` or `{rule: language}` with its settings: validated
+here for every stage that ranks or judges (arbitrage, online DPO, evaluation), then built by `reward.load_ranker`.
+`language_penalty` takes that much off a reward model's or a judge's score per failed language-fidelity check
+(reward.rules), so that in-language answers win."""
 
 from __future__ import annotations
 
@@ -9,13 +11,17 @@ from dataclasses import dataclass
 from align.config import build_dataclass
 from align.errors import ConfigError
 
+RULES = ("language",)  # reward.rules.LanguageRanker: answers in the prompt's language win
+
 
 @dataclass
 class RankerSpec:
-    """Exactly one of a reward model (any one-output sequence classifier) or a judge LM."""
+    """Exactly one of a reward model (any one-output sequence classifier), a judge LM or a rule (RULES)."""
 
     reward_model: str | None = None
     judge: str | None = None
+    rule: str | None = None
+    language_penalty: float | None = None  # per failed fidelity check; a rule ranker's own penalty (default 1)
     batch_size: int = 16
     max_length: int = 1024  # reward model: tokens per (prompt, completion)
     max_new_tokens: int = 256  # judge: tokens per verdict
@@ -29,11 +35,15 @@ class RankerSpec:
 def parse_ranker(value, source: str | None, key: str = "ranker", *, backend: str | None = None) -> RankerSpec:
     """The spec under `key`, with `backend` (the stage's) for a judge that names none."""
     if not isinstance(value, dict):
-        raise ConfigError(source, key, "expected a mapping: {reward_model: path} or {judge: model}")
+        raise ConfigError(source, key, "expected a mapping: {reward_model: path}, {judge: model} or {rule: language}")
     spec = build_dataclass(RankerSpec, value, source, prefix=f"{key}.")
-    if (spec.reward_model is None) == (spec.judge is None):
-        raise ConfigError(source, key, f"give exactly one of {key}.reward_model (a reward model) and {key}.judge "
-                                       "(a judge LM)")
+    if sum(v is not None for v in (spec.reward_model, spec.judge, spec.rule)) != 1:
+        raise ConfigError(source, key, f"give exactly one of {key}.reward_model (a reward model), {key}.judge "
+                                       f"(a judge LM) and {key}.rule ({' or '.join(RULES)}: a rule)")
+    if spec.rule is not None and spec.rule not in RULES:
+        raise ConfigError(source, f"{key}.rule", f"unknown rule {spec.rule!r} (expected {', '.join(RULES)})")
+    if spec.language_penalty is not None and not spec.language_penalty >= 0:
+        raise ConfigError(source, f"{key}.language_penalty", f"must be at least 0, got {spec.language_penalty}")
     if spec.batch_size < 1 or spec.max_length < 8 or spec.max_new_tokens < 1:
         bad = "batch_size" if spec.batch_size < 1 else "max_length" if spec.max_length < 8 else "max_new_tokens"
         raise ConfigError(source, f"{key}.{bad}", f"out of range: {getattr(spec, bad)}")

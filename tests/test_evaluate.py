@@ -41,7 +41,7 @@ def test_rerun_after_a_changed_max_new_tokens_regenerates_the_answers(tmp_path, 
 
     # A run killed after answering, before judging: its answers (2 new tokens) are in the partial directory.
     with monkeypatch.context() as patch:
-        patch.setattr(align.evaluate, "score_models", killed)
+        patch.setattr(align.evaluate, "measure", killed)
         with pytest.raises(KeyboardInterrupt):
             run_evaluate(config(tmp_path, models))
     assert (tmp_path / ".eval.partial").is_dir() and not (tmp_path / "eval").exists()
@@ -56,5 +56,64 @@ def test_rerun_after_a_changed_max_new_tokens_regenerates_the_answers(tmp_path, 
     counts = metrics["models"]["tuned"]["vs_baseline"]
     assert sum(counts["all"][k] for k in ("win", "loss", "tie")) == len(PROMPTS)
     assert sum(counts[lang]["win"] for lang in ("fr", "de", "en", "es")) == counts["all"]["win"]
-    assert sorted(p.name for p in out.iterdir()) == ["answers", "metrics.json", "polyalign_recipe.json", "report.md",
-                                                     "winrate_by_language.png", "winrate_by_stage.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["answers", "fidelity_by_language.png", "metrics.json",
+                                                     "polyalign_recipe.json", "report.md", "winrate_by_language.png",
+                                                     "winrate_by_stage.png"]
+
+
+def test_answers_files_as_a_model_and_as_the_baseline(tmp_path, models):
+    """Competitor answers are judged without generating; an answers file can be the baseline too."""
+    base = config(tmp_path, models)
+    rows = [{"id": f"p{i}", "completion": text} for i, text in
+            enumerate(["La capitale est Paris.", "Zwei plus drei ist fünf.", "Rayleigh scattering.", "Cincuenta y seis."])]
+    answers = write_jsonl(tmp_path / "competitor.jsonl", list(reversed(rows)))  # matched by id, not by order
+    out = run_evaluate({**base, "models": {"competitor": str(answers), "tuned": str(models["tuned"]),
+                                           "again": {"answers": str(answers)}}})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["baseline"] == "competitor"
+    written = [json.loads(line)["completion"] for line in (out / "answers" / "competitor.jsonl").read_text().splitlines()]
+    assert written == [r["completion"] for r in rows]
+    # The same answers as the baseline: every comparison a tie, and the win-rate within noise.
+    again = metrics["models"]["again"]["vs_baseline"]["all"]
+    assert (again["win"], again["loss"], again["tie"]) == (0, 0, len(PROMPTS)) and again["within_noise"]
+    assert metrics["models"]["again"]["vs_previous"]["model"] == "tuned"  # each stage against the one before
+    assert metrics["language_fidelity"]["competitor"]["fr"]["line_pass_rate"] == 1.0
+
+
+def test_an_answers_file_missing_a_prompt_is_one_line(tmp_path, models, capsys):
+    from align.cli import main
+    import yaml
+
+    answers = write_jsonl(tmp_path / "partial.jsonl", [{"id": "p0", "completion": "Paris."}])
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump({**config(tmp_path, models), "models": {"a": str(answers), "b": str(models["base"])}}))
+    assert main(["evaluate", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "partial.jsonl: field 'id': no answer for prompt id 'p1'" in err
+    assert not (tmp_path / "eval").exists() and not (tmp_path / ".eval.partial").exists()
+
+
+@pytest.mark.parametrize("reply, scale, rating", [
+    ("[[7]]", 10, 7.0), ("The answer is fine. Rating: [[8]]", 10, 8.0), ("Rating: 4", 5, 4.0),
+    ("Score: 8/10", 10, 8.0), ('Format "[[rating]]", e.g. "Rating: [[5]]". My rating: [[2]]', 10, 2.0),
+    ("[[6]]", 5, None), ("I cannot rate this.", 10, None), ("", 10, None), ("[[3.5]]", 5, 3.5),
+])
+def test_single_answer_ratings_are_parsed(reply, scale, rating):
+    from reward.grading import parse_rating
+
+    assert parse_rating(reply, scale) == rating
+
+
+def test_grades_count_unparsable_replies_and_use_references():
+    from reward.grading import Grader
+
+    seen = []
+
+    def judge(chats):
+        seen.extend(chats)
+        return ["Rating: [[9]]", "no idea", "[[2]]"]
+
+    grades = Grader(ask=judge, scale=10).grade(["q1", "q2", "q3"], ["a1", "a2", "a3"], ["ref", None, None])
+    assert [g.rating for g in grades] == [9.0, None, 2.0]
+    assert "Reference Answer]\nref" in seen[0][1]["content"] and "Reference" not in seen[1][1]["content"]
+    assert "scale of 1 to 10" in seen[0][0]["content"]
