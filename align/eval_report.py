@@ -101,6 +101,12 @@ def write_report(results: dict, directory: Path) -> None:
     if results.get("grades"):
         lines += by_language(results, "Grades (single-answer, judge), per language",
                              lambda n, lang: _grade_cell(results["grades"][n].get(lang)))
+    if results.get("second_turns"):
+        lines += ["", "## Second turns (multi-turn prompts, judged as two-turn transcripts)", "",
+                  "| model | prompts | win-rate vs baseline | language fidelity |", "|---|---:|---|---|"]
+        for name, m in results["second_turns"].items():
+            lines.append(f"| {name} | {m['prompts']} | {_rate((m.get('vs_baseline') or {}).get('all')) if name != results['baseline'] else 'baseline'} "
+                         f"| {_fidelity_cell(m['language_fidelity'].get('all'))} |")
     lines += benchmark_table(results)
     lines += ["", "![win-rate by stage](winrate_by_stage.png)", "", "![win-rate by language](winrate_by_language.png)",
               "", "![language fidelity](fidelity_by_language.png)", ""]

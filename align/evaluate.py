@@ -130,6 +130,28 @@ def answer(args: EvaluateArgs, entry: Entry, prompts: list[dict], directory: Pat
     return [r["completions"][0] for r in records]
 
 
+def second_turns(args: EvaluateArgs, entry: Entry, prompts: list[dict], first: list[str],
+                 directory: Path) -> list[str] | None:
+    """A checkpoint's answers to the second user turn of multi-turn (MT-Bench) prompts, with its own first answer in
+    context; None for an answers file, or when no prompt has a second turn."""
+    followed = [(p, a) for p, a in zip(prompts, first) if len(p.get("turns") or []) > 1]
+    if entry.answers or not followed:
+        return None
+    chats = [[*p["prompt"], {"role": "assistant", "content": a}, {"role": "user", "content": p["turns"][1]}]
+             for p, a in followed]
+    gen = args.generation()
+    key = config_hash({"model": entry.model, "generation": gen.__dict__, "chats": chats})
+    records = generate_logged(directory / f"{safe_name(entry.name)}.turn2.{key}.jsonl", chats, gen,
+                              lambda: load_backend(args.model_args(entry.model), choose_backend(args.backend)),
+                              desc=f"Second turns ({entry.name})")
+    return [r["completions"][0] for r in records]
+
+
+def transcript(texts: list[str]) -> str:
+    """Two turns as one text, the shape a judge reads a multi-turn conversation in."""
+    return "\n\n".join(f"[Turn {k}]\n{t}" for k, t in enumerate(texts, 1))
+
+
 def read_answers(path: str, prompts: list[dict]) -> list[str]:
     """The answers of a JSONL file, one per prompt, matched by `id`."""
     by_id: dict[str, str] = {}
@@ -277,11 +299,38 @@ def measure(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answe
         if scores:
             results["models"][e.name]["chrf++"] = scores
     results["language_fidelity"] = {e.name: fidelity(prompts, answers[e.name], args) for e in entries}
+    if args.judge and any(len(p.get("turns") or []) > 1 for p in prompts):
+        results["second_turns"] = second_turn_measures(args, entries, prompts, answers, partial)
     if args.grader:
         results["grades"] = grades(args, prompts, answers)
     if args.benchmarks:
         results["benchmarks"] = benchmarks(args, entries, partial)
     return results
+
+
+def second_turn_measures(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict,
+                         partial: Path) -> dict:
+    """Second turns of multi-turn prompts: each checkpoint's two-turn conversation against the baseline's, judged as
+    transcripts of both turns, and the fidelity of the second answers."""
+    from reward import load_ranker
+
+    multi = [p for p in prompts if len(p.get("turns") or []) > 1]
+    firsts = {e.name: [a for p, a in zip(prompts, answers[e.name]) if len(p.get("turns") or []) > 1] for e in entries}
+    seconds = {e.name: second_turns(args, e, prompts, answers[e.name], partial / "generations") for e in entries}
+    if seconds[args.baseline] is None:
+        return {}
+    scorer = load_ranker(args.judge.as_dict(), args.model_args())
+    asked = [{**p, "prompt": [{"role": "user", "content": transcript(p["turns"][:2])}]} for p in multi]
+    talks = {n: [transcript([a, b]) for a, b in zip(firsts[n], s)] for n, s in seconds.items() if s is not None}
+    out = {}
+    for name, talk in talks.items():
+        write_jsonl(partial / "answers" / f"{safe_name(name)}.turn2.jsonl",
+                    [{"id": p["id"], "lang": p["lang"], "turns": p["turns"][:2], "completions": [a, b]}
+                     for p, a, b in zip(multi, firsts[name], seconds[name])])
+        out[name] = {"prompts": len(multi), "language_fidelity": fidelity(multi, seconds[name], args)}
+        if name != args.baseline:
+            out[name]["vs_baseline"] = compare(args, scorer, asked, talk, talks[args.baseline])
+    return out
 
 
 def benchmarks(args: EvaluateArgs, entries: list[Entry], partial: Path) -> dict:

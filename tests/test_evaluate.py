@@ -117,3 +117,30 @@ def test_grades_count_unparsable_replies_and_use_references():
     assert [g.rating for g in grades] == [9.0, None, 2.0]
     assert "Reference Answer]\nref" in seen[0][1]["content"] and "Reference" not in seen[1][1]["content"]
     assert "scale of 1 to 10" in seen[0][0]["content"]
+
+
+def test_second_turns_are_answered_with_the_first_answer_in_context(tmp_path, models):
+    rows = [{"turns": ["Quelle est la capitale de la France ?", "Et celle de l'Allemagne ?"], "lang": "fr", "id": "m0"},
+            {"turns": ["Was ist zwei plus drei?", "Und mal zwei?"], "lang": "de", "id": "m1"},
+            {"turns": ["Explain why the sky is blue."], "lang": "en", "id": "m2"}]
+    prompts = write_jsonl(tmp_path / "mt.jsonl", rows)
+    out = run_evaluate({**config(tmp_path, models), "prompts": str(prompts)})
+    metrics = json.loads((out / "metrics.json").read_text())
+    second = metrics["second_turns"]
+    assert second["tuned"]["prompts"] == 2
+    counts = second["tuned"]["vs_baseline"]["all"]
+    assert counts["win"] + counts["loss"] + counts["tie"] == 2
+    talk = [json.loads(line) for line in (out / "answers" / "tuned.turn2.jsonl").read_text().splitlines()]
+    first = [json.loads(line) for line in (out / "answers" / "tuned.jsonl").read_text().splitlines()]
+    assert [t["completions"][0] for t in talk] == [f["completion"] for f in first[:2]]
+
+    # The second answer is generated with the model's own first answer in context: recompute it.
+    from align.generate import GenerationArgs, generate
+    from align.models import ModelArgs, load_model, load_tokenizer
+
+    args = ModelArgs(model=str(models["tuned"]), dtype="fp32")
+    chat = [{"role": "user", "content": rows[0]["turns"][0]}, {"role": "assistant", "content": talk[0]["completions"][0]},
+            {"role": "user", "content": rows[0]["turns"][1]}]
+    expected = generate(load_model(args), load_tokenizer(args), [chat], GenerationArgs(max_new_tokens=2), progress=False)
+    assert talk[0]["completions"][1] == expected[0]
+    assert "Second turns" in (out / "report.md").read_text()
