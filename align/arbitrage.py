@@ -39,7 +39,8 @@ class TeacherSpec:
     """One teacher of the pool. Unset generation keys take the stage's values."""
 
     name: str
-    model: str
+    model: str | None = None  # a checkpoint (alias, path or hub id) ...
+    api: dict | None = None  # ... or an OpenAI-compatible endpoint: {base_url, model, api_key_env, max_concurrency}
     adapter: str | None = None  # a LoRA adapter served on `model`
     languages: list[str] | None = None  # the languages it answers (all when unset)
     samples: int = 1
@@ -83,10 +84,16 @@ def parse_arbitrage_config(raw: dict, source: str | None = None) -> ArbitrageJob
     for i, item in enumerate(args.teachers):
         if not isinstance(item, dict):
             raise ConfigError(source, f"teachers[{i}]", "expected a mapping with name and model")
-        for key in ("name", "model"):
-            if not item.get(key):
-                raise ConfigError(source, f"teachers[{i}].{key}", "missing")
+        if not item.get("name"):
+            raise ConfigError(source, f"teachers[{i}].name", "missing")
+        if bool(item.get("model")) == bool(item.get("api")):
+            raise ConfigError(source, f"teachers[{i}].model", "missing: give the teacher a model or an api endpoint"
+                              if not item.get("api") else "give a model or an api endpoint, not both")
         teacher = build_dataclass(TeacherSpec, item, source, prefix=f"teachers[{i}].")
+        if teacher.api is not None:
+            from .api import APISpec
+
+            build_dataclass(APISpec, teacher.api, source, prefix=f"teachers[{i}].api.")
         if teacher.samples < 1:
             raise ConfigError(source, f"teachers[{i}].samples", f"must be at least 1, got {teacher.samples}")
         if teacher.languages is not None:
@@ -107,10 +114,12 @@ def parse_arbitrage_config(raw: dict, source: str | None = None) -> ArbitrageJob
 
 def named_models(job: ArbitrageJob) -> list[tuple[str, str, str | None]]:
     """(config key, model, adapter) of every model the stage will load."""
-    models = [(f"teachers[{i}].model", t.model, t.adapter) for i, t in enumerate(job.teachers)]
+    models = [(f"teachers[{i}].model", t.model, t.adapter) for i, t in enumerate(job.teachers) if t.model]
     ranker = job.ranker
-    return [*models, ("ranker.reward_model" if ranker.reward_model else "ranker.judge",
-                      ranker.reward_model or ranker.judge, None)]
+    if ranker.reward_model or ranker.judge:
+        models.append(("ranker.reward_model" if ranker.reward_model else "ranker.judge",
+                       ranker.reward_model or ranker.judge, None))
+    return models
 
 
 # ------------------------------------------------------------------------------------------------ generation
@@ -133,6 +142,16 @@ def generation_args(job: ArbitrageJob, teacher: TeacherSpec):
                         top_p=a.top_p if teacher.top_p is None else teacher.top_p, num_samples=teacher.samples)
 
 
+def load_teacher(job: ArbitrageJob, teacher: TeacherSpec, backend: str, api_log: Path):
+    """(generation backend, tokenizer) of a teacher: a checkpoint, or an endpoint (its responses logged, so a resumed
+    run pays for none twice; no tokenizer: batches are planned by characters)."""
+    if teacher.api is not None:
+        from .api import APIBackend, APISpec
+
+        return APIBackend(APISpec(**teacher.api), log=api_log), None
+    return load_backend(job.args.model_args(teacher.model), backend, teacher.adapter)
+
+
 def read_logs(partial: Path, pattern: str) -> list[dict]:
     """Every record of every process's log matching `pattern` (a resumed run may have another process count)."""
     records = []
@@ -150,12 +169,13 @@ def generate_candidates(job: ArbitrageJob, prompts: list[dict], shard: list[int]
         eligible = [i for i in shard if serves(teacher, prompts[i]["lang"])]
         todo = [i for i in eligible if i not in done]
         if todo and is_main:
-            print(f"Teacher {teacher.name} ({teacher.model}): {len(todo)} of {len(eligible)} prompts to answer",
+            print(f"Teacher {teacher.name} ({teacher.model or teacher.api['base_url']}): {len(todo)} of "
+                  f"{len(eligible)} prompts to answer",
                   flush=True)
         generate_logged(partial / f"generations.{t}.rank{rank}.jsonl",
                         [teacher_prompt(teacher, prompts[i]["prompt"]) for i in eligible],
                         generation_args(job, teacher),
-                        lambda: load_backend(job.args.model_args(teacher.model), backend, teacher.adapter),
+                        lambda: load_teacher(job, teacher, backend, partial / f"api.{t}.rank{rank}.jsonl"),
                         keys=eligible, extra=lambda j: {"teacher": teacher.name}, done=done,
                         desc=f"Generating ({teacher.name})", progress=is_main)
 
@@ -188,7 +208,7 @@ def score_candidates(job: ArbitrageJob, prompts: list[dict], shard: list[int], p
     from reward import load_ranker
     from reward.rules import rank_in_languages
 
-    ranker = load_ranker(job.ranker.as_dict(), job.args.model_args())
+    ranker = load_ranker(job.ranker.as_dict(), job.args.model_args(), log_dir=partial / f"api.rank{rank}")
     with AppendLog(partial / f"scores.rank{rank}.jsonl", key=lambda r: r["index"]) as out:
         for indices in tqdm(chunks, desc="Scoring", disable=not is_main, unit="chunk"):
             rankings = rank_in_languages(ranker, [prompts[i]["prompt"] for i in indices],
@@ -331,7 +351,7 @@ def run_arbitrage(raw: dict, source: str | None = None) -> Path:
     state.wait_for_everyone()
     if state.is_main_process:
         metrics, routing = assemble(job, prompts, run.partial)
-        run.finish(metrics, drop=("generations.*.jsonl", "scores.*.jsonl"))
+        run.finish(metrics, drop=("generations.*.jsonl", "scores.*.jsonl", "api.*"))
         print_summary(routing, metrics, run.final)
     state.wait_for_everyone()
     return run.final

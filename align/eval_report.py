@@ -108,6 +108,8 @@ def write_report(results: dict, directory: Path) -> None:
             lines.append(f"| {name} | {m['prompts']} | {_rate((m.get('vs_baseline') or {}).get('all')) if name != results['baseline'] else 'baseline'} "
                          f"| {_fidelity_cell(m['language_fidelity'].get('all'))} |")
     lines += benchmark_table(results)
+    if results.get("seconds"):
+        lines += ["", "Time per part (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["seconds"].items()) + "."]
     lines += ["", "![win-rate by stage](winrate_by_stage.png)", "", "![win-rate by language](winrate_by_language.png)",
               "", "![language fidelity](fidelity_by_language.png)", ""]
     (directory / "report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -31,6 +31,7 @@ from .models import LoadingArgs
 from .pairs import outcome_of_scores, outcome_of_winner, tally_with_rates
 from .runs import StageRun
 from .stats import mean_interval, statistic_interval, within_noise
+from .timing import Stopwatch
 
 log = logging.getLogger(__name__)
 POINTS = {"win": 1.0, "tie": 0.5, "loss": 0.0}  # a win-rate is the mean of these
@@ -50,6 +51,7 @@ class EvaluateArgs(LoadingArgs, DecodingArgs):
     benchmark_limit: int | None = None  # examples per benchmark task (None: all)
     benchmark_fewshot: int | None = None
     resamples: int = 1000  # bootstrap resamples per interval
+    tasks: Any = field(default=None, init=False, repr=False)  # the benchmarks, resolved by lm-eval
     max_prompts: int | None = None
     overwrite: bool = False
     seed: int = 0
@@ -109,8 +111,8 @@ def _grader_spec(value: dict, source: str | None, backend: str) -> dict:
     if scale not in SCALES:
         raise ConfigError(source, "grader.scale", f"expected one of {', '.join(map(str, SCALES))}, got {scale!r}")
     spec = parse_ranker({k: v for k, v in value.items() if k != "scale"}, source, "grader", backend=backend)
-    if not spec.judge:
-        raise ConfigError(source, "grader", "grades come from a judge LM: give grader.judge")
+    if not (spec.judge or spec.api):
+        raise ConfigError(source, "grader", "grades come from a judge: give grader.judge (a model) or grader.api")
     return {**spec.as_dict(), "scale": scale}
 
 
@@ -198,11 +200,11 @@ def compare(args: EvaluateArgs, scorer, prompts: list[dict], ours: list[str], th
     return table
 
 
-def comparisons(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict) -> dict:
+def comparisons(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict, partial: Path) -> dict:
     """{model: {vs_baseline, vs_previous}}: every stage against the baseline and against the stage before it."""
     from reward import load_ranker
 
-    scorer = load_ranker(args.judge.as_dict(), args.model_args())
+    scorer = load_ranker(args.judge.as_dict(), args.model_args(), log_dir=partial / "api")
     out: dict[str, dict] = {}
     for k, entry in enumerate(entries):
         if entry.name == args.baseline:
@@ -225,12 +227,13 @@ def per_language(values: list[float | None], langs: list[str], args: EvaluateArg
     return table
 
 
-def grades(args: EvaluateArgs, prompts: list[dict], answers: dict) -> dict:
+def grades(args: EvaluateArgs, prompts: list[dict], answers: dict, partial: Path) -> dict:
     """Single-answer grades per model and language; reference-guided where a prompt has a reference."""
     from reward import load_ranker
     from reward.grading import Grader
 
-    judge = load_ranker({k: v for k, v in args.grader.items() if k != "scale"}, args.model_args())
+    judge = load_ranker({k: v for k, v in args.grader.items() if k != "scale"}, args.model_args(),
+                        log_dir=partial / "api" / "grader")
     grader = Grader(ask=judge.ask, scale=args.grader["scale"], explain=args.grader.get("explain", True))
     langs, refs = [p["lang"] for p in prompts], [reference_of(p) for p in prompts]
     out = {}
@@ -291,20 +294,28 @@ def measure(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answe
                      "judged_by": args.judge.as_dict() if args.judge else None, "graded_by": args.grader or None,
                      "models": {e.name: {"model": e.described, "mean_words": round(
                          sum(len(a.split()) for a in answers[e.name]) / max(len(prompts), 1), 2)} for e in entries}}
+    clock = Stopwatch()
     if args.judge:
-        for name, entry in comparisons(args, entries, prompts, answers).items():
-            results["models"][name].update(entry)
-    for e in entries:
-        scores = chrf(prompts, answers[e.name])
-        if scores:
-            results["models"][e.name]["chrf++"] = scores
-    results["language_fidelity"] = {e.name: fidelity(prompts, answers[e.name], args) for e in entries}
+        with clock("pairwise"):
+            for name, entry in comparisons(args, entries, prompts, answers, partial).items():
+                results["models"][name].update(entry)
+    with clock("chrf"):
+        for e in entries:
+            scores = chrf(prompts, answers[e.name])
+            if scores:
+                results["models"][e.name]["chrf++"] = scores
+    with clock("language_fidelity"):
+        results["language_fidelity"] = {e.name: fidelity(prompts, answers[e.name], args) for e in entries}
     if args.judge and any(len(p.get("turns") or []) > 1 for p in prompts):
-        results["second_turns"] = second_turn_measures(args, entries, prompts, answers, partial)
+        with clock("second_turns"):
+            results["second_turns"] = second_turn_measures(args, entries, prompts, answers, partial)
     if args.grader:
-        results["grades"] = grades(args, prompts, answers)
+        with clock("grades"):
+            results["grades"] = grades(args, prompts, answers, partial)
     if args.benchmarks:
-        results["benchmarks"] = benchmarks(args, entries, partial)
+        with clock("benchmarks"):
+            results["benchmarks"] = benchmarks(args, entries, partial)
+    results["seconds"] = clock.seconds  # this run's time per part (answers resumed from a killed run count 0)
     return results
 
 
@@ -319,7 +330,7 @@ def second_turn_measures(args: EvaluateArgs, entries: list[Entry], prompts: list
     seconds = {e.name: second_turns(args, e, prompts, answers[e.name], partial / "generations") for e in entries}
     if seconds[args.baseline] is None:
         return {}
-    scorer = load_ranker(args.judge.as_dict(), args.model_args())
+    scorer = load_ranker(args.judge.as_dict(), args.model_args(), log_dir=partial / "api" / "turn2")
     asked = [{**p, "prompt": [{"role": "user", "content": transcript(p["turns"][:2])}]} for p in multi]
     talks = {n: [transcript([a, b]) for a, b in zip(firsts[n], s)] for n, s in seconds.items() if s is not None}
     out = {}
@@ -340,7 +351,7 @@ def benchmarks(args: EvaluateArgs, entries: list[Entry], partial: Path) -> dict:
     out = {}
     for entry in entries:
         if entry.model:
-            out[entry.name] = run_benchmarks(entry.model, args.benchmarks, model_args=args.model_args(entry.model),
+            out[entry.name] = run_benchmarks(entry.model, args.tasks, model_args=args.model_args(entry.model),
                                              limit=args.benchmark_limit, num_fewshot=args.benchmark_fewshot,
                                              batch_size=args.batch_size, backend=args.backend,
                                              log_dir=partial / "benchmarks" / safe_name(entry.name))
@@ -356,14 +367,22 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
     prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source,
                            key="prompts")[: args.max_prompts or None]
     answers = {e.name: read_answers(e.answers, prompts) for e in entries if e.answers}  # bad files fail first
+    if args.benchmarks:  # every task and its data resolved once, before any model runs: a missing one fails now
+        from .benchmarks import resolve_tasks
+
+        args.tasks = resolve_tasks(args.benchmarks, source)
     run.prepare()
-    answers = {e.name: answers.get(e.name) or answer(args, e, prompts, run.partial / "generations") for e in entries}
+    clock = Stopwatch()
+    with clock("answers"):
+        answers = {e.name: answers.get(e.name) or answer(args, e, prompts, run.partial / "generations")
+                   for e in entries}
     results = measure(args, entries, prompts, answers, run.partial)
+    results["seconds"] = {**clock.seconds, **results["seconds"]}
     for e in entries:
         write_jsonl(run.partial / "answers" / f"{safe_name(e.name)}.jsonl",
                     [{"id": p["id"], "lang": p["lang"], "prompt": p["prompt"], "completion": a}
                      for p, a in zip(prompts, answers[e.name])])
     write_report(results, run.partial)
-    run.finish(results, drop=("generations", "benchmarks"))
+    run.finish(results, drop=("generations", "benchmarks", "api"))
     print_summary(results, run.final)
     return run.final

@@ -106,6 +106,14 @@ def batch_token_budget(args: GenerationArgs) -> int:
     return DEFAULT_BATCH_TOKENS[_device()]
 
 
+def prompt_length(prompt: Messages, tokenizer) -> int:
+    """Tokens of the rendered prompt; with no tokenizer (an API backend: the server renders it), the characters of
+    its messages, which still sort prompts by length."""
+    if tokenizer is None:
+        return sum(len(str(m.get("role", ""))) + len(str(m.get("content", ""))) for m in prompt)
+    return len(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=False))
+
+
 def plan_batches(prompts: list[Messages], tokenizer, batch_size: int, max_batch_tokens: int | None = None,
                  samples: int = 1, step_cost: int | None = None) -> list[list[int]]:
     """Indices of the prompts, grouped into batches of similar length (longest first; ties keep input order).
@@ -115,9 +123,9 @@ def plan_batches(prompts: list[Messages], tokenizer, batch_size: int, max_batch_
     sorted prompts into such batches, the cheapest to decode is chosen: per step, each batch costs `step_cost` (by
     default `STEP_COST_TOKENS` of this machine's device) plus its rows x padded width. Filling batches greedily
     instead pads seven short prompts to one long one, or leaves a last batch of one (BENCHMARKS.md compares them).
+    With no tokenizer (an API backend), lengths are characters (`prompt_length`).
     """
-    lengths = [len(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=False))
-               for p in prompts]
+    lengths = [prompt_length(p, tokenizer) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
     step_cost = STEP_COST_TOKENS[_device()] if step_cost is None else step_cost
     # cost[end]: the cheapest plan for order[:end]; first[end]: where its last batch begins

@@ -38,6 +38,7 @@ from .io import AppendLog, save_figure, write_json, write_jsonl
 from .models import LoadingArgs, release_memory
 from .pairs import choose_pair, outcome_of_scores, preference_record, tally_with_rates
 from .runs import StageRun
+from .timing import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class Loop:
         if self._ranker is None:
             from reward import load_ranker
 
-            self._ranker = load_ranker(self.args.ranker, self.args.model_args())
+            self._ranker = load_ranker(self.args.ranker, self.args.model_args(), log_dir=self.out / "api")
         return self._ranker
 
     def release_ranker(self) -> None:
@@ -270,27 +271,6 @@ class Loop:
                 raw["ref_model"] = args.model
             run_dpo(raw, self.source, records=pairs)
             release_memory()
-
-
-class Stopwatch:
-    """Wall seconds per named step: `with clock("sampling"): ...`."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, name: str):
-        import contextlib
-        import time
-
-        @contextlib.contextmanager
-        def timed():
-            began = time.perf_counter()
-            try:
-                yield
-            finally:
-                self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - began, 3)
-
-        return timed()
 
 
 def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list[float]], min_margin: float):

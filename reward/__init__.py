@@ -1,25 +1,35 @@
 """Reward models for polyalign: Bradley-Terry training, ranking and LLM-as-judge."""
 
 
-def load_ranker(spec: dict, model_args=None):
+def load_ranker(spec: dict, model_args=None, *, log_dir=None):
     """A recipe's ranker: `{reward_model: path}` (a RewardRanker), `{judge: model}` (a PairwiseJudge) or
     `{rule: language}` (a LanguageRanker), with batch_size, max_length (reward model), max_new_tokens, explain and
     backend (judge: auto, transformers or vllm). A positive `language_penalty` wraps a reward model or a judge in
-    WithLanguagePenalty. Arbitrage, online DPO and evaluation all build theirs here."""
+    WithLanguagePenalty. `{api: {base_url, model, api_key_env, ...}}` is a judge behind an OpenAI-compatible endpoint;
+    its responses are logged under `log_dir` (the stage's partial directory), so a resumed run pays for none twice.
+    Arbitrage, online DPO and evaluation all build theirs here."""
     from .rules import LanguageRanker, WithLanguagePenalty
 
     spec = {"batch_size": 16, "max_length": 1024, "max_new_tokens": 256, "explain": True, "backend": "auto",
             **{k: v for k, v in spec.items() if v is not None}}
     if spec.get("rule"):
         return LanguageRanker(penalty=spec.get("language_penalty", 1.0))
-    ranker = _model_ranker(spec, model_args)
+    ranker = _model_ranker(spec, model_args, log_dir)
     return WithLanguagePenalty(ranker, spec["language_penalty"]) if spec.get("language_penalty") else ranker
 
 
-def _model_ranker(spec: dict, model_args):
+def _model_ranker(spec: dict, model_args, log_dir):
     from .judge import PairwiseJudge
     from .rank import RewardRanker
 
+    if spec.get("api"):
+        from pathlib import Path
+
+        from align.api import APISpec, api_judge_backend
+
+        log = Path(log_dir) / "judge_api.jsonl" if log_dir is not None else None
+        return PairwiseJudge(backend=api_judge_backend(APISpec(**spec["api"]), spec["max_new_tokens"], log=log),
+                             explain=spec["explain"])
     if spec.get("reward_model"):
         return RewardRanker(spec["reward_model"], batch_size=spec["batch_size"], max_length=spec["max_length"],
                             model_args=model_args)

@@ -1,4 +1,4 @@
-"""A recipe's ranker, `{reward_model: path}`, `{judge: model}` or `{rule: language}` with its settings: validated
+"""A recipe's ranker, `{reward_model: path}`, `{judge: model}`, `{api: endpoint}` or `{rule: language}`, with its settings: validated
 here for every stage that ranks or judges (arbitrage, online DPO, evaluation), then built by `reward.load_ranker`.
 `language_penalty` takes that much off a reward model's or a judge's score per failed language-fidelity check
 (reward.rules), so that in-language answers win."""
@@ -20,6 +20,7 @@ class RankerSpec:
 
     reward_model: str | None = None
     judge: str | None = None
+    api: dict | None = None  # a judge behind an OpenAI-compatible endpoint: {base_url, model, api_key_env, ...}
     rule: str | None = None
     language_penalty: float | None = None  # per failed fidelity check; a rule ranker's own penalty (default 1)
     batch_size: int = 16
@@ -37,9 +38,14 @@ def parse_ranker(value, source: str | None, key: str = "ranker", *, backend: str
     if not isinstance(value, dict):
         raise ConfigError(source, key, "expected a mapping: {reward_model: path}, {judge: model} or {rule: language}")
     spec = build_dataclass(RankerSpec, value, source, prefix=f"{key}.")
-    if sum(v is not None for v in (spec.reward_model, spec.judge, spec.rule)) != 1:
+    if sum(v is not None for v in (spec.reward_model, spec.judge, spec.api, spec.rule)) != 1:
         raise ConfigError(source, key, f"give exactly one of {key}.reward_model (a reward model), {key}.judge "
-                                       f"(a judge LM) and {key}.rule ({' or '.join(RULES)}: a rule)")
+                                       f"(a judge LM), {key}.api (a judge behind an OpenAI-compatible endpoint) and "
+                                       f"{key}.rule ({' or '.join(RULES)}: a rule)")
+    if spec.api is not None:
+        from align.api import APISpec
+
+        build_dataclass(APISpec, spec.api if isinstance(spec.api, dict) else {}, source, prefix=f"{key}.api.")
     if spec.rule is not None and spec.rule not in RULES:
         raise ConfigError(source, f"{key}.rule", f"unknown rule {spec.rule!r} (expected {', '.join(RULES)})")
     if spec.language_penalty is not None and not spec.language_penalty >= 0:

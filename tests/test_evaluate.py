@@ -144,3 +144,31 @@ def test_second_turns_are_answered_with_the_first_answer_in_context(tmp_path, mo
     expected = generate(load_model(args), load_tokenizer(args), [chat], GenerationArgs(max_new_tokens=2), progress=False)
     assert talk[0]["completions"][1] == expected[0]
     assert "Second turns" in (out / "report.md").read_text()
+
+
+def test_benchmarks_run_on_every_checkpoint_through_lm_eval(tmp_path, models):
+    from test_benchmarks import write_task
+
+    rows = [{"question": q, "choices": ["Paris", "Berlin", "Roma"], "label": i % 3}
+            for i, q in enumerate(["La capitale est", "Die Hauptstadt ist", "The capital is", "La capital es"])]
+    task = write_task(tmp_path, "local_capitals", rows)
+    answers = write_jsonl(tmp_path / "competitor.jsonl", [{"id": f"p{i}", "completion": "Paris."} for i in range(4)])
+    out = run_evaluate({**config(tmp_path, models), "benchmarks": [str(task)],
+                        "models": {"base": str(models["base"]), "competitor": str(answers)}})
+    scores = json.loads((out / "metrics.json").read_text())["benchmarks"]
+    assert set(scores) == {"base"}  # an answers file has no model to run
+    assert 0.0 <= scores["base"]["local_capitals"]["acc"] <= 1.0 and "acc_stderr" in scores["base"]["local_capitals"]
+    assert "local_capitals acc" in (out / "report.md").read_text()
+
+
+def test_a_benchmark_that_cannot_load_fails_before_any_answer(tmp_path, models, capsys):
+    import yaml
+
+    from align.cli import main
+
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump({**config(tmp_path, models), "benchmarks": ["no_such_task_anywhere"]}))
+    assert main(["evaluate", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no_such_task_anywhere" in err and "'benchmarks'" in err
+    assert not (tmp_path / ".eval.partial").exists()
