@@ -49,7 +49,8 @@ class RoleSpec:
     """One model of the pipeline. Unset generation keys take the stage's values ({language} in `system_prompt`
     becomes the prompt's language name)."""
 
-    model: str
+    model: str | None = None  # a checkpoint (alias, path or hub id) ...
+    api: dict | None = None  # ... or an OpenAI-compatible endpoint: {base_url, model, api_key_env, max_concurrency}
     name: str | None = None  # how chosen_by/rejected_by name it (default: the model)
     adapter: str | None = None  # a LoRA adapter served on `model`
     system_prompt: str | None = None
@@ -95,10 +96,15 @@ def _role(value: Any, key: str, source: str | None) -> RoleSpec:
         value = {"model": value}
     if not isinstance(value, dict):
         raise ConfigError(source, key, "missing: a model (alias, path or hub id) or {model, name, system_prompt, ...}")
-    if not value.get("model"):
-        raise ConfigError(source, f"{key}.model", "missing")
+    if bool(value.get("model")) == bool(value.get("api")):
+        raise ConfigError(source, f"{key}.model", "missing" if not value.get("api") else
+                          "give a model or an api endpoint, not both")
     role = build_dataclass(RoleSpec, value, source, prefix=f"{key}.")
-    role.name = role.name or role.model
+    if role.api is not None:
+        from .api import APISpec
+
+        build_dataclass(APISpec, role.api, source, prefix=f"{key}.api.")
+    role.name = role.name or role.model or role.api["model"]
     for field_name in ("temperature", "max_new_tokens", "top_p"):
         v = getattr(role, field_name)
         if v is not None and (v < 0 or (field_name != "temperature" and v <= 0)):
@@ -163,12 +169,17 @@ class ModelSlot:
         self.job, self.backend_name = job, backend_name
         self.key, self.loaded = None, None
 
-    def get(self, role: RoleSpec):
-        key = (role.model, role.adapter)
+    def get(self, role: RoleSpec, api_log: Path):
+        key = (role.model, role.adapter, str(role.api))
         if key != self.key:
             self.release()
-            model_args = self.job.args.model_args(role.model)
-            self.loaded, self.key = load_backend(model_args, self.backend_name, role.adapter), key
+            if role.api is not None:  # no tokenizer: batches are planned by characters
+                from .api import APIBackend, APISpec
+
+                self.loaded = APIBackend(APISpec(**role.api), log=api_log), None
+            else:
+                self.loaded = load_backend(self.job.args.model_args(role.model), self.backend_name, role.adapter)
+            self.key = key
         return self.loaded
 
     def release(self) -> None:
@@ -185,7 +196,7 @@ def run_phase(slot: ModelSlot, partial: Path, phase: str, role: RoleSpec, reques
     """
     def load():
         print(f"{phase}: {role.name} answers", flush=True)
-        return slot.get(role)
+        return slot.get(role, partial / f"api.{phase}.jsonl")
 
     records = generate_logged(partial / f"{phase}.jsonl", [chat for _, chat in requests], gen, load,
                               keys=[key for key, _ in requests], desc=f"{phase} ({role.name})")
@@ -286,7 +297,7 @@ def run_contrast(raw: dict, source: str | None = None) -> Path:
     job = parse_contrast_config(raw, source)
     run = StageRun(job.args.output_dir, raw, stage="contrast", overwrite=job.args.overwrite, source=source)
     check_models([(f"{key}.model", role.model, role.adapter) for key, role in
-                  (("strong", job.strong), ("weak", job.weak), ("translator", job.translator))], source,
+                  (("strong", job.strong), ("weak", job.weak), ("translator", job.translator)) if role.model], source,
                  trust_remote_code=job.args.trust_remote_code)
     prompts, skipped = read_prompts(job, source)
     resumed = run.prepare()
@@ -300,6 +311,7 @@ def run_contrast(raw: dict, source: str | None = None) -> Path:
             "model must answer in the prompt's language and the translator translate into it")
     write_jsonl(run.partial / "pairs.jsonl", rows)
     metrics = contrast_metrics(job, prompts, rows, drops, skipped)
-    run.finish(metrics, drop=("chosen.jsonl", "prompt_english.jsonl", "weak_english.jsonl", "rejected.jsonl"))
+    run.finish(metrics, drop=("chosen.jsonl", "prompt_english.jsonl", "weak_english.jsonl", "rejected.jsonl",
+                              "api.*.jsonl"))
     print_summary(metrics, run.final)
     return run.final

@@ -338,3 +338,19 @@ def test_an_api_judge_in_evaluation(spec, proxy, tmp_path):
     counts = json.loads((out / "metrics.json").read_text())["models"]["a"]["vs_baseline"]["all"]
     assert counts["win"] + counts["loss"] + counts["tie"] == 1
     assert sum(asked(proxy).values()) == 2  # both orders, each asked once
+
+
+def test_an_api_translator_in_contrast(spec, proxy, tmp_path, tokenizer):
+    from align.contrast import run_contrast
+    from conftest import scaled_teacher, write_jsonl
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Quelle est la capitale de la France ?", "lang": "fr",
+                                                  "id": "q"}])
+    local = str(scaled_teacher(tmp_path / "t", tokenizer, seed=1))
+    out = run_contrast({"prompts": str(prompts), "output_dir": str(tmp_path / "contrast"), "strong": local,
+                        "weak": local, "translator": {"api": api_config(spec), "name": "endpoint"},
+                        "english_prompt": "instruct", "check_language": False, "max_new_tokens": 8,
+                        "dtype": "fp32"})
+    pair = json.loads((out / "pairs.jsonl").read_text().splitlines()[0])
+    assert pair["translated_by"] == "endpoint" and pair["rejected"][0]["content"]
+    assert sum(asked(proxy).values()) == 1  # the weak answer translated once
