@@ -46,7 +46,7 @@ def overview(results: dict) -> list[str]:
         lines.append(" | ".join([
             f"| {name}", "baseline" if name == results["baseline"] else _rate((m.get("vs_baseline") or {}).get("all")),
             f"{_rate(previous.get('all'))} (vs {previous['model']})" if previous else "-",
-            f"{grade['mean']:.2f}{_ci(grade['interval'], 2, False)}" if grade and grade["mean"] is not None else "-",
+            _grade_cell(grade),
             f"{fid['pass_rate']:.0%}{_ci(fid.get('pass_rate_interval'))}",
             f"{chrf['score']}{_ci(chrf['interval'], 1, False)}" if chrf else "-", f"{m['mean_words']} |"]))
     return lines
@@ -134,7 +134,10 @@ def _chrf_cell(row: dict | None) -> str:
 
 
 def _grade_cell(row: dict | None) -> str:
-    return f"{row['mean']:.2f}{_ci(row['interval'], 2, False)}" if row and row["mean"] is not None else "-"
+    if not row:
+        return "-"
+    unreadable = f" ({row['unparsable']} unparsable)" if row.get("unparsable") else ""
+    return (f"{row['mean']:.2f}{_ci(row['interval'], 2, False)}" if row["mean"] is not None else "-") + unreadable
 
 
 def plot_stages(results: dict, path: Path) -> None:

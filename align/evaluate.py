@@ -30,7 +30,7 @@ from .io import safe_name, write_jsonl
 from .models import LoadingArgs
 from .pairs import outcome_of_scores, outcome_of_winner, tally_with_rates
 from .runs import StageRun
-from .stats import mean_interval, statistic_interval, within_noise
+from .stats import MIN_SAMPLE, mean_interval, statistic_interval, within_noise
 from .timing import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -263,11 +263,12 @@ def chrf(prompts: list[dict], answers: list[str]) -> dict[str, dict]:
                 groups[lang][1].append(reference)
     metric, out = CHRF(word_order=2), {}
     for lang, (hyps, refs) in sorted(groups.items()):
-        score = metric.corpus_score(hyps, [refs], n_bootstrap=1000) if len(hyps) > 1 else metric.corpus_score(hyps,
-                                                                                                             [refs])
-        ci = getattr(score, "_ci", None)
+        if len(hyps) < MIN_SAMPLE:
+            out[lang] = {"score": round(metric.corpus_score(hyps, [refs]).score, 2), "n": len(hyps), "interval": None}
+            continue
+        score = metric.corpus_score(hyps, [refs], n_bootstrap=1000)  # sacrebleu: mean ± the 95% half-width
         out[lang] = {"score": round(score.score, 2), "n": len(hyps),
-                     "interval": (round(score._mean - ci, 2), round(score._mean + ci, 2)) if ci is not None else None}
+                     "interval": (round(float(score._mean - score._ci), 2), round(float(score._mean + score._ci), 2))}
     return out
 
 

@@ -22,7 +22,7 @@ def models(tmp_path_factory, tokenizer):
 
 
 def config(tmp_path, models, **overrides) -> dict:
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "lang": lang, "id": f"p{i}"}
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "lang": lang, "id": f"p{i}", "reference": p}
                                                        for i, (p, lang) in enumerate(PROMPTS)])
     return {"models": {"base": str(models["base"]), "tuned": str(models["tuned"])}, "prompts": str(prompts),
             "output_dir": str(tmp_path / "eval"), "judge": {"reward_model": str(models["judge"])}, "dtype": "fp32",
@@ -78,6 +78,9 @@ def test_answers_files_as_a_model_and_as_the_baseline(tmp_path, models):
     assert (again["win"], again["loss"], again["tie"]) == (0, 0, len(PROMPTS)) and again["within_noise"]
     assert metrics["models"]["again"]["vs_previous"]["model"] == "tuned"  # each stage against the one before
     assert metrics["language_fidelity"]["competitor"]["fr"]["line_pass_rate"] == 1.0
+    chrf = metrics["models"]["competitor"]["chrf++"]
+    assert chrf["all"]["n"] == len(PROMPTS) and chrf["all"]["interval"] is None  # under 5 prompts: no interval
+    json.dumps(metrics)  # plain JSON types throughout
 
 
 def test_an_answers_file_missing_a_prompt_is_one_line(tmp_path, models, capsys):
@@ -172,3 +175,13 @@ def test_a_benchmark_that_cannot_load_fails_before_any_answer(tmp_path, models, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no_such_task_anywhere" in err and "'benchmarks'" in err
     assert not (tmp_path / ".eval.partial").exists()
+
+
+def test_chrf_has_an_interval_from_five_prompts(tmp_path):
+    from align.evaluate import chrf
+
+    prompts = [{"lang": "fr", "reference": f"La réponse numéro {i} est ici.", "prompt": []} for i in range(6)]
+    answers = ["La réponse numéro 0 est ici.", "Rien.", "La réponse 2 est là.", "Hallo Welt", "numéro 4", "ici."]
+    scores = chrf(prompts, answers)
+    low, high = scores["all"]["interval"]
+    assert isinstance(low, float) and low < scores["all"]["score"] < high and high - low > 5
