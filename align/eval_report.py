@@ -52,6 +52,28 @@ def overview(results: dict) -> list[str]:
     return lines
 
 
+def differences_table(results: dict) -> list[str]:
+    """Each model minus the baseline, with paired intervals: a difference whose interval holds 0 is within noise."""
+    rows = [(n, m["vs_baseline_difference"]) for n, m in results["models"].items() if "vs_baseline_difference" in m]
+    if not rows:
+        return []
+
+    def cell(d: dict | None, percent: bool) -> str:
+        if not d:
+            return "-"
+        value = f"{d['difference']:+.0%}" if percent else f"{d['difference']:+.2f}"
+        bounds = d.get("interval")
+        shown = (f" [{bounds[0]:+.0%}, {bounds[1]:+.0%}]" if percent else f" [{bounds[0]:+.1f}, {bounds[1]:+.1f}]") \
+            if bounds else " (n<5)"
+        return value + shown + (" within noise" if d.get("within_noise") else "")
+
+    lines = ["", f"Differences from {results['baseline']} (paired bootstrap over the same prompts):", "",
+             "| model | language fidelity | chrF++ |", "|---|---|---|"]
+    for name, d in rows:
+        lines.append(f"| {name} | {cell(d.get('language_fidelity'), True)} | {cell(d.get('chrf++'), False)} |")
+    return lines
+
+
 def by_language(results: dict, title: str, cell) -> list[str]:
     """One table: a row per model, a column per language, `cell(model, lang)` in each."""
     langs = _languages(results)
@@ -86,6 +108,7 @@ def write_report(results: dict, directory: Path) -> None:
              "win. Brackets hold 95% bootstrap intervals over the prompts (none under 5 prompts); `~` marks a "
              "win-rate whose interval holds 50%, or that has too few prompts: within noise, not a result.", "",
              *overview(results)]
+    lines += differences_table(results)
     disagree = {n: m["vs_baseline"]["all"].get("orders_disagree") for n, m in models.items() if "vs_baseline" in m}
     if any(v is not None for v in disagree.values()):
         lines += ["", "Share of comparisons whose two orders disagreed (the judge's position bias): "

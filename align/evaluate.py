@@ -272,6 +272,43 @@ def chrf(prompts: list[dict], answers: list[str]) -> dict[str, dict]:
     return out
 
 
+def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict) -> dict[str, dict]:
+    """Each model minus the baseline, overall, with a paired bootstrap interval (the same resampled prompts for both):
+    language fidelity's pass rate, and chrF++ where prompts carry references. An interval holding 0 is noise."""
+    import numpy as np
+    from sacrebleu.metrics import CHRF
+
+    from .fidelity import fidelity_flags, fidelity_rates
+
+    langs, refs = [p["lang"] for p in prompts], [reference_of(p) for p in prompts]
+    flags = {e.name: fidelity_flags(answers[e.name], langs) for e in entries}
+    judged = [i for i, r in enumerate(refs) if r]
+    metric = CHRF(word_order=2)
+    # sentence statistics once per model; a resample's corpus score sums them (what sacrebleu's bootstrap does)
+    stats = {e.name: np.array(metric._extract_corpus_statistics([answers[e.name][i] for i in judged],
+                                                                [[refs[i] for i in judged]])) for e in entries} \
+        if judged else {}
+    out = {}
+    for e in entries:
+        if e.name == args.baseline:
+            continue
+        ours, base = flags[e.name], flags[args.baseline]
+        fid = statistic_interval(len(prompts), lambda d: fidelity_rates([ours[i] for i in d])[2]
+                                 - fidelity_rates([base[i] for i in d])[2], resamples=args.resamples, seed=args.seed)
+        out[e.name] = {"language_fidelity": {"difference": round(fidelity_rates(ours)[2] - fidelity_rates(base)[2], 4),
+                                             "interval": fid, "within_noise": within_noise(fid, 0.0)}}
+        if judged:
+            def chrf_of(name, draw):
+                return metric._compute_score_from_stats(stats[name][draw].sum(0).tolist()).score
+
+            every = np.arange(len(judged))
+            bounds = statistic_interval(len(judged), lambda d: chrf_of(e.name, d) - chrf_of(args.baseline, d),
+                                        resamples=args.resamples, seed=args.seed)
+            out[e.name]["chrf++"] = {"difference": round(chrf_of(e.name, every) - chrf_of(args.baseline, every), 2),
+                                     "interval": bounds, "within_noise": within_noise(bounds, 0.0)}
+    return out
+
+
 def fidelity(prompts: list[dict], texts: list[str], args: EvaluateArgs) -> dict[str, dict]:
     """Language fidelity per language: line, word and overall pass rates (their harmonic mean), with intervals."""
     from .fidelity import fidelity_flags, fidelity_rates, fidelity_table
@@ -307,6 +344,9 @@ def measure(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answe
                 results["models"][e.name]["chrf++"] = scores
     with clock("language_fidelity"):
         results["language_fidelity"] = {e.name: fidelity(prompts, answers[e.name], args) for e in entries}
+    with clock("differences"):
+        for name, difference in differences(args, entries, prompts, answers).items():
+            results["models"][name]["vs_baseline_difference"] = difference
     if args.judge and any(len(p.get("turns") or []) > 1 for p in prompts):
         with clock("second_turns"):
             results["second_turns"] = second_turn_measures(args, entries, prompts, answers, partial)

@@ -185,3 +185,21 @@ def test_chrf_has_an_interval_from_five_prompts(tmp_path):
     scores = chrf(prompts, answers)
     low, high = scores["all"]["interval"]
     assert isinstance(low, float) and low < scores["all"]["score"] < high and high - low > 5
+
+
+def test_differences_from_the_baseline_are_paired_and_say_when_they_are_noise():
+    from align.evaluate import Entry, EvaluateArgs, differences
+
+    prompts = [{"lang": "fr", "id": str(i), "prompt": [], "reference": "Les plantes ont besoin de lumière et d'eau."}
+               for i in range(40)]
+    french = "Les plantes ont besoin de lumière, d'eau et de terre pour bien pousser."
+    english = "Plants need light, water and soil to grow well in the garden."
+    args = EvaluateArgs(baseline="base", resamples=500)
+    entries = [Entry("base", model="b"), Entry("better", model="x"), Entry("same", model="y")]
+    answers = {"base": [english] * 30 + [french] * 10, "better": [french] * 40, "same": [english] * 30 + [french] * 10}
+    out = differences(args, entries, prompts, answers)
+    better = out["better"]["language_fidelity"]
+    assert better["difference"] > 0.5 and better["interval"][0] > 0 and not better["within_noise"]
+    assert out["better"]["chrf++"]["difference"] > 0 and not out["better"]["chrf++"]["within_noise"]
+    same = out["same"]["language_fidelity"]
+    assert same["difference"] == 0 and same["within_noise"] and out["same"]["chrf++"]["within_noise"]
