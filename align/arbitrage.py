@@ -41,6 +41,7 @@ class TeacherSpec:
     name: str
     model: str | None = None  # a checkpoint (alias, path or hub id) ...
     api: dict | None = None  # ... or an OpenAI-compatible endpoint: {base_url, model, api_key_env, max_concurrency}
+    completions: str | None = None  # ... or a JSONL of answers that exist ({"id", "completion"}): the prompts it has
     adapter: str | None = None  # a LoRA adapter served on `model`
     languages: list[str] | None = None  # the languages it answers (all when unset)
     samples: int = 1
@@ -86,14 +87,22 @@ def parse_arbitrage_config(raw: dict, source: str | None = None) -> ArbitrageJob
             raise ConfigError(source, f"teachers[{i}]", "expected a mapping with name and model")
         if not item.get("name"):
             raise ConfigError(source, f"teachers[{i}].name", "missing")
-        if bool(item.get("model")) == bool(item.get("api")):
-            raise ConfigError(source, f"teachers[{i}].model", "missing: give the teacher a model or an api endpoint"
-                              if not item.get("api") else "give a model or an api endpoint, not both")
+        kinds = [k for k in ("model", "api", "completions") if item.get(k)]
+        if len(kinds) != 1:
+            raise ConfigError(source, f"teachers[{i}].{kinds[1] if kinds else 'model'}",
+                              "give exactly one of model, api (an endpoint) and completions (a file of answers)"
+                              if kinds else "missing: give the teacher a model, an api endpoint or completions")
         teacher = build_dataclass(TeacherSpec, item, source, prefix=f"teachers[{i}].")
         if teacher.api is not None:
             from .api import APISpec
 
             build_dataclass(APISpec, teacher.api, source, prefix=f"teachers[{i}].api.")
+        if teacher.completions is not None:
+            if not Path(teacher.completions).is_file():
+                raise ConfigError(source, f"teachers[{i}].completions", f"no such file: {teacher.completions}")
+            from .data.completions import read_completions
+
+            read_completions(teacher.completions)  # a malformed line fails now, before any teacher has answered
         if teacher.samples < 1:
             raise ConfigError(source, f"teachers[{i}].samples", f"must be at least 1, got {teacher.samples}")
         if teacher.languages is not None:
@@ -135,6 +144,19 @@ def serves(teacher: TeacherSpec, lang: str | None) -> bool:
     return teacher.languages is None or lang in teacher.languages
 
 
+def answered_from_file(teacher: TeacherSpec, prompts: list[dict], eligible: list[int], log: Path,
+                       done: set) -> None:
+    """A dataset teacher: its answers to the prompts it has (by id) go into its log as if it had generated them;
+    the prompts it lacks are left to the other teachers, and the languages it covers follow from that."""
+    from .data.completions import read_completions
+
+    answers = read_completions(teacher.completions)
+    with AppendLog(log, key=lambda r: r["index"]) as out:
+        for i in eligible:
+            if i not in done and str(prompts[i]["id"]) in answers:
+                out.append({"index": i, "teacher": teacher.name, "completions": [answers[str(prompts[i]["id"])]]})
+
+
 def generation_args(job: ArbitrageJob, teacher: TeacherSpec):
     a = job.args
     return a.generation(max_new_tokens=teacher.max_new_tokens or a.max_new_tokens,
@@ -167,6 +189,9 @@ def generate_candidates(job: ArbitrageJob, prompts: list[dict], shard: list[int]
     for t, teacher in enumerate(job.teachers):
         done = {r["index"] for r in read_logs(partial, f"generations.{t}.*.jsonl")}
         eligible = [i for i in shard if serves(teacher, prompts[i]["lang"])]
+        if teacher.completions:
+            answered_from_file(teacher, prompts, eligible, partial / f"generations.{t}.rank{rank}.jsonl", done)
+            continue
         todo = [i for i in eligible if i not in done]
         if todo and is_main:
             print(f"Teacher {teacher.name} ({teacher.model or teacher.api['base_url']}): {len(todo)} of "

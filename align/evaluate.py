@@ -156,18 +156,9 @@ def transcript(texts: list[str]) -> str:
 
 def read_answers(path: str, prompts: list[dict]) -> list[str]:
     """The answers of a JSONL file, one per prompt, matched by `id`."""
-    by_id: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(path, f"not JSON ({e.msg})", line=line_number) from None
-            if not isinstance(row, dict) or not isinstance(row.get("completion"), str):
-                raise InputError(path, "expected a string", line=line_number, field="completion")
-            by_id[str(row.get("id"))] = row["completion"]
+    from .data.completions import read_completions
+
+    by_id = read_completions(path)
     missing = [p["id"] for p in prompts if str(p["id"]) not in by_id]
     if missing:
         raise InputError(path, f"no answer for prompt id {missing[0]!r} ({len(missing)} of {len(prompts)} missing)",

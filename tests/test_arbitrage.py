@@ -179,3 +179,36 @@ def test_no_pair_of_equal_scores_or_identical_texts_at_zero_margin(tmp_path, poo
     assert metrics["pairs"] == 0 and metrics["pairs_below_margin"] == len(PROMPTS)
     assert sum(metrics["pairs_dropped"].get(k, 0) for k in ("tie", "identical")) == len(PROMPTS)
     assert len(read(out / "sft.jsonl")) == len(PROMPTS)  # the SFT records still take the best answer
+
+
+def test_a_dataset_teacher_is_routed_like_a_model(tmp_path, pool):
+    """A file of existing answers is a teacher: it answers the prompts it has (by id), the model answers the rest
+    alone, and the ranker routes between both kinds per language."""
+    answers = write_jsonl(tmp_path / "human.jsonl", [
+        {"id": "p0", "completion": "La capitale de la France est Paris."},
+        {"id": "p1", "completion": "Zwei plus drei ist fünf."},
+        {"id": "p6", "completion": "Une année bissextile compte 366 jours."}])
+    teachers = [{"name": "human", "completions": str(answers)}, {"name": "a", "model": str(pool["a"])}]
+    assert main(["arbitrage", "--config", str(recipe(tmp_path, pool, teachers=teachers))]) == 0
+    out = tmp_path / "arbitrage"
+    candidates = read(out / "candidates.jsonl")
+    human = {c["id"]: c["completion"] for c in candidates if c["model"] == "human"}
+    assert human == {"p0": "La capitale de la France est Paris.", "p1": "Zwei plus drei ist fünf.",
+                     "p6": "Une année bissextile compte 366 jours."}
+    assert {c["id"] for c in candidates if c["model"] == "a"} == {f"p{i}" for i in range(len(PROMPTS))}
+    sft = {r["id"]: r for r in read(out / "sft.jsonl")}
+    assert all(sft[f"p{i}"]["teacher"] == "a" for i in (2, 3, 4, 5, 7))  # the file does not cover these
+    routing = json.loads((out / "routing.json").read_text())
+    assert routing["ja"]["teachers"]["human"]["candidates"] == 0
+    assert routing["fr"]["teachers"]["human"]["candidates"] == 2
+    assert sum(routing["all"]["teachers"][t]["wins"] for t in ("human", "a")) == len(PROMPTS)
+
+
+@pytest.mark.parametrize("teacher, message", [
+    ({"name": "x", "completions": "/no/such/file.jsonl"}, "'teachers[0].completions': no such file"),
+    ({"name": "x", "model": "m", "completions": "f.jsonl"}, "give exactly one of model, api"),
+])
+def test_bad_dataset_teachers_are_one_line(tmp_path, pool, capsys, teacher, message):
+    assert main(["arbitrage", "--config", str(recipe(tmp_path, pool, teachers=[teacher]))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
