@@ -12,7 +12,6 @@ interval holds "no difference" as within noise.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
