@@ -162,7 +162,7 @@ def test_language_mix_largest_first():
 AYA_EXPANSE = ["ar", "zh", "cs", "nl", "en", "fr", "de", "el", "he", "hi", "id", "it", "ja", "ko", "fa", "pl", "pt",
                "ro", "ru", "es", "tr", "uk", "vi"]
 MARCO_LLM = ["en", "zh", "ar", "de", "es", "fr", "ko", "ja", "ru", "tr", "it", "pt", "nl", "pl", "vi", "th", "id",
-             "ms", "he", "bn", "ur", "ne", "kk", "uk", "cs", "ro", "hu", "el", "tl"]
+             "ms", "he", "bn", "ur", "ne", "kk", "uk", "cs", "ro", "hu", "el", "az"]
 
 
 def test_every_language_has_a_family_including_the_aya_and_marco_sets():
