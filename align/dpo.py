@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import language_mix
-from .models import load_model, load_tokenizer, lora_config
+from .models import load_model, load_tokenizer, lora_config, match_embeddings
 from .runs import TrainingArgs, TrainingJob, TrainingStage, build_trl_config, parse_training_keys
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def build_dpo_trainer(job: TrainingJob, records: list[dict]):
     from trl import DPOTrainer
 
     tokenizer = load_tokenizer(job.args)
-    policy = load_model(job.args)
+    policy = match_embeddings(load_model(job.args), tokenizer)
     if hasattr(policy, "peft_config"):  # an adapter directory as `model`: keep training that adapter
         for name, parameter in policy.named_parameters():
             parameter.requires_grad = "lora_" in name
@@ -73,7 +73,7 @@ def build_dpo_trainer(job: TrainingJob, records: list[dict]):
     if job.args.ref_model:
         ref = load_model(dataclasses.replace(job.args, model=job.args.ref_model))
     elif not job.lora and not hasattr(policy, "peft_config") and not job.training.precompute_ref_log_probs:
-        ref = load_model(job.args)
+        ref = match_embeddings(load_model(job.args), tokenizer)
     if ref is not None:
         ref.requires_grad_(False).eval()
     kind = reference_kind(job, policy)

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, PolyalignError
 from .io import AppendLog
-from .models import ModelArgs, adapter_base, cuda_available, load_model, load_tokenizer, model_path, release_memory, to_gpu_if_available
+from .models import (ModelArgs, adapter_base, cuda_available, load_model, load_tokenizer, match_embeddings, model_path,
+                     release_memory, to_gpu_if_available)
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ def load_backend(model_args: ModelArgs, backend: str, adapter: str | None = None
             adapter, path = path, model_path(base)
         return VLLMBackend(path, dtype=model_args.dtype, trust_remote_code=model_args.trust_remote_code,
                            adapter=model_path(adapter) if adapter else None), tokenizer
-    model = load_model(model_args)
+    model = match_embeddings(load_model(model_args), tokenizer)
     if adapter:
         from peft import PeftModel
 

@@ -66,6 +66,7 @@ class LoadingArgs:
 class ModelArgs(LoadingArgs):
     model: str = DEFAULT_MODEL
     revision: str | None = None
+    chat_template: str | None = None  # for a model without one: a known name (chatml, llama3, gemma, ...), a file
     load_in_4bit: bool = False
     load_in_8bit: bool = False
     bnb_4bit_quant_type: str = "nf4"
@@ -158,12 +159,30 @@ def _auto_tokenizer(args: ModelArgs):
 
 def load_tokenizer(args: ModelArgs):
     tokenizer = _auto_tokenizer(args)
+    if args.chat_template:
+        from .templates import apply
+
+        apply(tokenizer, args.chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
-        raise PolyalignError(f"model '{args.model}': its tokenizer has no chat template; "
-                             "use an instruct/chat model or add a chat_template to tokenizer_config.json")
+        raise PolyalignError(f"model '{args.model}': its tokenizer has no chat template; give one with "
+                             "`chat_template:` (chatml, llama3, gemma, ... or a Jinja file), or use an instruct model")
     return tokenizer
+
+
+def match_embeddings(model, tokenizer):
+    """A model whose tokenizer gained tokens (a chat template's) gets embeddings for them, and stops generating at the
+    tokenizer's EOS (a template's end of turn)."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    config = model.generation_config
+    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+        config.eos_token_id = [e for e in eos if e is not None] + [tokenizer.eos_token_id]
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    return model
 
 
 def load_model(args: ModelArgs, *, device_map=None):

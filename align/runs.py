@@ -62,6 +62,11 @@ def parse_training_keys(raw: dict, source: str | None, own_cls, trl_cls, *, data
     """The config steps every training stage shares: polyalign's keys vs the trl config's, the required keys, and
     LoRA (a 4/8-bit base trains only through adapters). Returns (own args, trl kwargs, LoraArgs or None)."""
     own, trl_kwargs = split_known(raw, own_cls, trl_cls, source)
+    if trl_kwargs.get("chat_template_path"):  # trl's key for the same thing: polyalign applies it (align.templates)
+        if own.get("chat_template"):
+            raise ConfigError(source, "chat_template_path", "give chat_template or chat_template_path, not both")
+        own["chat_template"] = trl_kwargs.pop("chat_template_path")
+    trl_kwargs.pop("chat_template_path", None)
     args = build_dataclass(own_cls, own, source)
     require(args, source, output_dir=output_help, dataset=dataset_help)
     lora = None

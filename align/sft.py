@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .chat import IGNORE_INDEX, tokenize_chat
 from .errors import ConfigError
-from .models import cuda_available, load_model, load_tokenizer, lora_config
+from .models import cuda_available, load_model, load_tokenizer, lora_config, match_embeddings
 from .packing import LAYOUTS, PackRowsCollator, choose_layout
 from .runs import TrainingArgs, TrainingJob, TrainingStage, build_trl_config, parse_training_keys
 
@@ -122,7 +122,7 @@ def build_trainer(job: SFTJob, records: list[dict]):
                                       num_proc=job.training.dataset_num_proc)
     if len(dataset) == 0:
         raise ConfigError(job.source, "dataset", "no example has an assistant token left to train on")
-    model = load_model(job.args)
+    model = match_embeddings(load_model(job.args), tokenizer)
     layout = None
     if job.training.packing:
         layout = packing_layout(job, model)
