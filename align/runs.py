@@ -62,11 +62,6 @@ def parse_training_keys(raw: dict, source: str | None, own_cls, trl_cls, *, data
     """The config steps every training stage shares: polyalign's keys vs the trl config's, the required keys, and
     LoRA (a 4/8-bit base trains only through adapters). Returns (own args, trl kwargs, LoraArgs or None)."""
     own, trl_kwargs = split_known(raw, own_cls, trl_cls, source)
-    if trl_kwargs.get("chat_template_path"):  # trl's key for the same thing: polyalign applies it (align.templates)
-        if own.get("chat_template"):
-            raise ConfigError(source, "chat_template_path", "give chat_template or chat_template_path, not both")
-        own["chat_template"] = trl_kwargs.pop("chat_template_path")
-    trl_kwargs.pop("chat_template_path", None)
     args = build_dataclass(own_cls, own, source)
     require(args, source, output_dir=output_help, dataset=dataset_help)
     lora = None
@@ -77,6 +72,15 @@ def parse_training_keys(raw: dict, source: str | None, own_cls, trl_cls, *, data
         raise ConfigError(source, "load_in_4bit" if args.load_in_4bit else "load_in_8bit",
                           "a 4/8-bit base can only be trained through LoRA adapters: add `lora: true`")
     return args, trl_kwargs, lora
+
+
+def take_chat_template_path(args, trl_kwargs: dict, source: str | None) -> None:
+    """trl's `chat_template_path` is polyalign's `chat_template` (align.templates applies it before tokenising)."""
+    path = trl_kwargs.pop("chat_template_path", None)
+    if path:
+        if args.chat_template:
+            raise ConfigError(source, "chat_template_path", "give chat_template or chat_template_path, not both")
+        args.chat_template = path
 
 
 class Rule(NamedTuple):

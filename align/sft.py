@@ -19,7 +19,8 @@ from .chat import IGNORE_INDEX, tokenize_chat
 from .errors import ConfigError
 from .models import cuda_available, load_model, load_tokenizer, lora_config, match_embeddings
 from .packing import LAYOUTS, PackRowsCollator, choose_layout
-from .runs import TrainingArgs, TrainingJob, TrainingStage, build_trl_config, parse_training_keys
+from .runs import (TrainingArgs, TrainingJob, TrainingStage, build_trl_config, parse_training_keys,
+                   take_chat_template_path)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def parse_sft_config(raw: dict, source: str | None = None) -> SFTJob:
 
     args, trl_kwargs, lora = parse_training_keys(raw, source, SFTArgs, SFTConfig, dataset_help="a file, folder, "
                                                  "or datasets name (or a list of them)")
+    take_chat_template_path(args, trl_kwargs, source)
     if args.packed_attention not in LAYOUTS:
         raise ConfigError(source, "packed_attention", f"expected one of {', '.join(LAYOUTS)}, got "
                           f"{args.packed_attention!r}")

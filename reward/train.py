@@ -66,6 +66,8 @@ def parse_reward_config(raw: dict, source: str | None = None) -> TrainingJob:
     for key, why in REFUSED.items():
         if key in trl_kwargs:
             raise ConfigError(source, key, f"not supported by polyalign reward: {why}")
+    if args.chat_template:  # the reward model reads text with its own tokenizer's template, or as plain text
+        raise ConfigError(source, "chat_template", f"not supported by polyalign reward: {REFUSED['chat_template_path']}")
     return TrainingJob(args, build_trl_config(RewardConfig, trl_kwargs, args, source), lora, raw, source)
 
 

@@ -73,3 +73,15 @@ def test_sft_on_a_base_model_with_chatml_saves_a_model_that_generates(tmp_path, 
     assert main(["generate", "--model", str(out), "--dtype", "fp32", "--max_new_tokens", "4",
                  "--prompt", "Bonjour !"]) == 0
     assert "Bonjour !" in capsys.readouterr().out
+
+
+def test_trls_chat_template_path_is_the_same_key_and_reward_refuses_both(tmp_path):
+    from align.sft import parse_sft_config
+    from reward.train import parse_reward_config
+
+    job = parse_sft_config({"dataset": "d.jsonl", "output_dir": str(tmp_path / "o"), "chat_template_path": "chatml"})
+    assert job.args.chat_template == "chatml"
+    with pytest.raises(ConfigError, match="give chat_template or chat_template_path, not both"):
+        parse_sft_config({"dataset": "d", "output_dir": "o", "chat_template": "chatml", "chat_template_path": "x"})
+    with pytest.raises(ConfigError, match="'chat_template': not supported by polyalign reward"):
+        parse_reward_config({"dataset": "d", "output_dir": "o", "chat_template": "chatml"})
