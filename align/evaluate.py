@@ -24,6 +24,7 @@ from reward.spec import parse_ranker
 from .config import build_dataclass, config_hash, require
 from .data import load_records
 from .errors import ConfigError, InputError
+from .fidelity import fidelity_flags
 from .generate import DecodingArgs, choose_backend, generate_logged, load_backend
 from .io import safe_name, write_jsonl
 from .models import LoadingArgs
@@ -262,16 +263,18 @@ def chrf(prompts: list[dict], answers: list[str]) -> dict[str, dict]:
     return out
 
 
-def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict) -> dict[str, dict]:
+def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict,
+                flags: dict[str, list] | None = None) -> dict[str, dict]:
     """Each model minus the baseline, overall, with a paired bootstrap interval (the same resampled prompts for both):
     language fidelity's pass rate, and chrF++ where prompts carry references. An interval holding 0 is noise."""
     import numpy as np
     from sacrebleu.metrics import CHRF
 
-    from .fidelity import fidelity_flags, fidelity_rates
+    from .fidelity import fidelity_rates
 
-    langs, refs = [p["lang"] for p in prompts], [reference_of(p) for p in prompts]
-    flags = {e.name: fidelity_flags(answers[e.name], langs) for e in entries}
+    refs = [reference_of(p) for p in prompts]
+    if flags is None:
+        flags = {e.name: fidelity_flags(answers[e.name], [p["lang"] for p in prompts]) for e in entries}
     judged = [i for i, r in enumerate(refs) if r]
     metric = CHRF(word_order=2)
     # sentence statistics once per model; a resample's corpus score sums them (what sacrebleu's bootstrap does)
@@ -299,14 +302,16 @@ def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], a
     return out
 
 
-def fidelity(prompts: list[dict], texts: list[str], args: EvaluateArgs) -> dict[str, dict]:
-    """Language fidelity per language: line, word and overall pass rates (their harmonic mean), with intervals."""
-    from .fidelity import fidelity_flags, fidelity_rates, fidelity_table
+def fidelity(prompts: list[dict], flags: list[tuple[bool, bool]], args: EvaluateArgs) -> dict[str, dict]:
+    """Language fidelity per language from the answers' flags (align.fidelity.fidelity_flags): line, word and overall
+    pass rates (their harmonic mean), with intervals."""
+    from .data.languages import normalize_lang
+    from .fidelity import fidelity_rates, rates_table
 
     langs = [p["lang"] for p in prompts]
-    table, flags = fidelity_table(texts, langs), fidelity_flags(texts, langs)
+    table = rates_table(flags, langs)
     for lang, rates in table.items():
-        rows = [f for f, l in zip(flags, langs) if lang == "all" or l == lang]
+        rows = [f for f, l in zip(flags, langs) if lang == "all" or normalize_lang(l) == lang]
         rates["pass_rate_interval"] = statistic_interval(len(rows), lambda draw: fidelity_rates([rows[i] for i in draw])[2],
                                                          resamples=args.resamples, seed=args.seed)
     return table
@@ -333,9 +338,10 @@ def measure(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answe
             if scores:
                 results["models"][e.name]["chrf++"] = scores
     with clock("language_fidelity"):
-        results["language_fidelity"] = {e.name: fidelity(prompts, answers[e.name], args) for e in entries}
+        flags = {e.name: fidelity_flags(answers[e.name], langs) for e in entries}
+        results["language_fidelity"] = {e.name: fidelity(prompts, flags[e.name], args) for e in entries}
     with clock("differences"):
-        for name, difference in differences(args, entries, prompts, answers).items():
+        for name, difference in differences(args, entries, prompts, answers, flags).items():
             results["models"][name]["vs_baseline_difference"] = difference
     if args.judge and any(len(p.get("turns") or []) > 1 for p in prompts):
         with clock("second_turns"):
@@ -369,7 +375,8 @@ def second_turn_measures(args: EvaluateArgs, entries: list[Entry], prompts: list
         write_jsonl(partial / "answers" / f"{safe_name(name)}.turn2.jsonl",
                     [{"id": p["id"], "lang": p["lang"], "turns": p["turns"][:2], "completions": [a, b]}
                      for p, a, b in zip(multi, firsts[name], seconds[name])])
-        out[name] = {"prompts": len(multi), "language_fidelity": fidelity(multi, seconds[name], args)}
+        out[name] = {"prompts": len(multi), "language_fidelity": fidelity(
+            multi, fidelity_flags(seconds[name], [p["lang"] for p in multi]), args)}
         if name != args.baseline:
             out[name]["vs_baseline"] = compare(args, scorer, asked, talk, talks[args.baseline])
     return out

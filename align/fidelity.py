@@ -126,7 +126,11 @@ def fidelity_rates(flags: Sequence[tuple[bool, bool]]) -> tuple[float, float, fl
 
 def fidelity_table(answers: Sequence[str], langs: Sequence[str]) -> dict[str, dict]:
     """Per language (sorted) and "all": {answers, line_pass_rate, word_pass_rate, pass_rate}, rates to 4 decimals."""
-    flags = fidelity_flags(answers, langs)
+    return rates_table(fidelity_flags(answers, langs), langs)
+
+
+def rates_table(flags: Sequence[tuple[bool, bool]], langs: Sequence[str]) -> dict[str, dict]:
+    """`fidelity_table` of answers already checked (their flags): detection, the costly part, runs once."""
     groups: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     for flag, lang in zip(flags, langs):
         groups[normalize_lang(lang)].append(flag)
