@@ -124,10 +124,9 @@ def parse_arbitrage_config(raw: dict, source: str | None = None) -> ArbitrageJob
 def named_models(job: ArbitrageJob) -> list[tuple[str, str, str | None]]:
     """(config key, model, adapter) of every model the stage will load."""
     models = [(f"teachers[{i}].model", t.model, t.adapter) for i, t in enumerate(job.teachers) if t.model]
-    ranker = job.ranker
-    if ranker.reward_model or ranker.judge:
-        models.append(("ranker.reward_model" if ranker.reward_model else "ranker.judge",
-                       ranker.reward_model or ranker.judge, None))
+    loaded = job.ranker.loaded_model()
+    if loaded:
+        models.append((f"ranker.{loaded[0]}", loaded[1], None))
     return models
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reward.spec import describe_ranker
+
 from .io import save_figure
 
 NOISE = " ~"  # marks a win-rate whose interval holds 0.5
@@ -22,12 +24,6 @@ def _rate(row: dict | None) -> str:
         return "-"
     bounds = row.get("interval")
     return f"{row['win_rate']:.0%}{_ci(bounds) if bounds else ' (n<5)'}{NOISE if row.get('within_noise') else ''}"
-
-
-def _judge(spec: dict | None) -> str:
-    if not spec:
-        return "none"
-    return f"reward model `{spec['reward_model']}`" if spec.get("reward_model") else f"judge LM `{spec.get('judge')}`"
 
 
 def _languages(results: dict) -> list[str]:
@@ -104,7 +100,7 @@ def write_report(results: dict, directory: Path) -> None:
     models = results["models"]
     lines = [f"# Evaluation against {results['baseline']}", "",
              f"{results['prompts']} held-out prompts in {len(results['languages'])} languages. Pairwise: "
-             f"{_judge(results.get('judged_by'))}; grades: {_judge(results.get('graded_by'))}. A tie counts as half a "
+             f"{describe_ranker(results.get('judged_by'))}; grades: {describe_ranker(results.get('graded_by'))}. A tie counts as half a "
              "win. Brackets hold 95% bootstrap intervals over the prompts (none under 5 prompts); `~` marks a "
              "win-rate whose interval holds 50%, or that has too few prompts: within noise, not a result.", "",
              *overview(results)]

@@ -36,6 +36,9 @@ class LoraArgs:
     target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
     bias: str = "none"
     modules_to_save: list[str] | None = None
+    # peft's: adapt only these decoder layers (e.g. the top few); backward then stops at the lowest of them, which
+    # makes a reward model trainable on a CPU in minutes.
+    layers_to_transform: list[int] | None = None
 
 
 @dataclass
@@ -219,7 +222,8 @@ def lora_config(lora: LoraArgs):
     from peft import LoraConfig
 
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                      bias=lora.bias, modules_to_save=lora.modules_to_save, task_type="CAUSAL_LM")
+                      bias=lora.bias, modules_to_save=lora.modules_to_save,
+                      layers_to_transform=lora.layers_to_transform, task_type="CAUSAL_LM")
 
 
 # ---------------------------------------------------------------------------------------------------- reward models
@@ -342,7 +346,8 @@ def reward_lora_config(lora: LoraArgs, model):
     if targets == default and not any(name.split(".")[-1] in default for name, _ in model.named_modules()):
         targets = None
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                      bias=lora.bias, modules_to_save=lora.modules_to_save, task_type="SEQ_CLS")
+                      bias=lora.bias, modules_to_save=lora.modules_to_save,
+                      layers_to_transform=lora.layers_to_transform, task_type="SEQ_CLS")
 
 
 def to_gpu_if_available(model):

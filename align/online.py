@@ -55,7 +55,7 @@ class IterateArgs(LoadingArgs, DecodingArgs):
     overwrite: bool = False
     iterations: int = 3
     samples: int = 4  # k completions per prompt
-    ranker: dict = field(default_factory=dict)  # {reward_model | judge, batch_size, max_length}
+    ranker: dict = field(default_factory=dict)  # {reward_model | likelihood | judge, batch_size, max_length}
     min_margin: float = 0.0
     reference: str = "start"  # start | previous
     beta: Any = 0.1  # one value, or one per iteration

@@ -131,8 +131,8 @@ def _add_ranker(pipe: Pipeline, base: str, common: dict) -> Builder:
         pipe.add("reward", reward_dir, [], cfg, lambda: _call("reward.train:run_reward", cfg, source))
         ranker = {**ranker, "reward_model": str(reward_dir)}
     if not ranker:
-        raise ConfigError(source, "ranker", "missing: a `reward` stage to train one, or ranker: {reward_model: path} "
-                                            "or {judge: model}")
+        raise ConfigError(source, "ranker", "missing: a `reward` stage to train one, or ranker: {reward_model: path}, "
+                                            "{likelihood: model} or {judge: model}")
     return Builder(pipe, base, common, ranker, ["reward"] if "reward" in raw else [])
 
 

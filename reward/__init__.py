@@ -2,7 +2,8 @@
 
 
 def load_ranker(spec: dict, model_args=None, *, log_dir=None):
-    """A recipe's ranker: `{reward_model: path}` (a RewardRanker), `{judge: model}` (a PairwiseJudge) or
+    """A recipe's ranker: `{reward_model: path}` (a RewardRanker), `{likelihood: model}` (a LikelihoodRanker, no
+    training needed), `{judge: model}` (a PairwiseJudge) or
     `{rule: language}` (a LanguageRanker), with batch_size, max_length (reward model), max_new_tokens, explain and
     backend (judge: auto, transformers or vllm). A positive `language_penalty` wraps a reward model or a judge in
     WithLanguagePenalty. `{api: {base_url, model, api_key_env, ...}}` is a judge behind an OpenAI-compatible endpoint;
@@ -20,6 +21,7 @@ def load_ranker(spec: dict, model_args=None, *, log_dir=None):
 
 def _model_ranker(spec: dict, model_args, log_dir):
     from .judge import PairwiseJudge
+    from .likelihood import LikelihoodRanker
     from .rank import RewardRanker
 
     if spec.get("api"):
@@ -33,6 +35,9 @@ def _model_ranker(spec: dict, model_args, log_dir):
     if spec.get("reward_model"):
         return RewardRanker(spec["reward_model"], batch_size=spec["batch_size"], max_length=spec["max_length"],
                             model_args=model_args)
+    if spec.get("likelihood"):
+        return LikelihoodRanker(spec["likelihood"], batch_size=spec["batch_size"], max_length=spec["max_length"],
+                                model_args=model_args)
     return PairwiseJudge(model=spec["judge"], batch_size=spec["batch_size"], model_args=model_args,
                          max_new_tokens=spec["max_new_tokens"], explain=spec["explain"],
                          backend_name=spec["backend"])

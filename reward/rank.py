@@ -139,6 +139,18 @@ def ranking_from_scores(scores: Sequence[float]) -> Ranking:
     return Ranking(best, worst, float(scores[best] - scores[worst]), [float(s) for s in scores])
 
 
+def rank_by_scores(score, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]]) -> list[Ranking]:
+    """Rankings from a pointwise scorer `score(prompts, completions)`, called once on every pair of every prompt."""
+    if len(prompts) != len(candidates):
+        raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
+    flat = score([p for p, group in zip(prompts, candidates) for _ in group], [c for group in candidates for c in group])
+    out, at = [], 0
+    for group in candidates:
+        out.append(ranking_from_scores(flat[at: at + len(group)]))
+        at += len(group)
+    return out
+
+
 def pairwise_accuracy(chosen: Sequence[float], rejected: Sequence[float], langs: Sequence[str | None]) -> dict:
     """Share of pairs whose chosen completion scores strictly above the rejected one, overall and per language."""
     hits: dict[str, list[bool]] = {}
@@ -260,15 +272,7 @@ class RewardRanker:
 
     def rank_many(self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]]) -> list[Ranking]:
         """Rank each prompt's candidates; every pair of every prompt is scored in one length-sorted pass."""
-        if len(prompts) != len(candidates):
-            raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
-        flat_prompts = [p for p, group in zip(prompts, candidates) for _ in group]
-        flat = self.score(flat_prompts, [c for group in candidates for c in group])
-        out, at = [], 0
-        for group in candidates:
-            out.append(ranking_from_scores(flat[at: at + len(group)]))
-            at += len(group)
-        return out
+        return rank_by_scores(self.score, prompts, candidates)
 
     def rank(self, prompt: Text, candidates: Sequence[Text]) -> Ranking:
         return self.rank_many([prompt], [candidates])[0]

@@ -60,14 +60,15 @@ def trained(tmp_path_factory, tokenizer) -> dict:
     train = write_jsonl(root / "train.jsonl", preference_rows(240, seed=0))
     held = write_jsonl(root / "eval.jsonl", preference_rows(60, seed=1))
     out = root / "rm"
+    # 120 steps at 3e-3: at 60 steps and 6e-3 the held-out accuracy swung from 0.78 to 0.95 between CPUs.
     assert main(["reward", "--model", str(base), "--dataset", str(train), "--eval_dataset", str(held),
-                 "--output_dir", str(out), "--learning_rate", "6e-3", "--max_steps", "60", *FAST]) == 0
+                 "--output_dir", str(out), "--learning_rate", "3e-3", "--max_steps", "120", *FAST]) == 0
     return {"out": out, "eval": held, "base": base, "metrics": json.loads((out / "metrics.json").read_text())}
 
 
 def test_training_raises_heldout_accuracy_well_above_the_untrained_model(trained):
     m = trained["metrics"]
-    assert m["train_pairs"] == 240 and m["eval_pairs"] == 60 and m["steps"] == 60 and m["truncated"] == 0
+    assert m["train_pairs"] == 240 and m["eval_pairs"] == 60 and m["steps"] == 120 and m["truncated"] == 0
     after, before = m["eval"], m["eval_untrained"]
     assert set(after["per_language"]) == set(before["per_language"]) == set(LANGS)
     assert after["pairs_per_language"] == {lang: 10 for lang in LANGS}
