@@ -31,42 +31,52 @@ def _languages(results: dict) -> list[str]:
 
 
 def overview(results: dict) -> list[str]:
-    models = results["models"]
-    lines = ["| model | win-rate vs baseline | vs previous stage | grade | language fidelity | chrF++ | words |",
-             "|---|---|---|---|---|---|---:|"]
+    """One row per model; the win-rate and grade columns only when a judge or a grader ran."""
+    models, judged, graded = results["models"], bool(results.get("judged_by")), bool(results.get("grades"))
+    header = ["model"] + (["win-rate vs baseline", "vs previous stage"] if judged else []) + (["grade"] if graded else []) \
+        + ["language fidelity", "chrF++", "words"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * (len(header) - 1) + "---:|"]
     for name, m in models.items():
-        grade = (results.get("grades") or {}).get(name, {}).get("all")
         fid = results["language_fidelity"][name]["all"]
         chrf = (m.get("chrf++") or {}).get("all")
         previous = m.get("vs_previous")
-        lines.append(" | ".join([
-            f"| {name}", "baseline" if name == results["baseline"] else _rate((m.get("vs_baseline") or {}).get("all")),
-            f"{_rate(previous.get('all'))} (vs {previous['model']})" if previous else "-",
-            _grade_cell(grade),
-            f"{fid['pass_rate']:.0%}{_ci(fid.get('pass_rate_interval'))}",
-            f"{chrf['score']}{_ci(chrf['interval'], 1, False)}" if chrf else "-", f"{m['mean_words']} |"]))
+        cells = [name]
+        if judged:
+            cells += ["baseline" if name == results["baseline"] else _rate((m.get("vs_baseline") or {}).get("all")),
+                      f"{_rate(previous.get('all'))} (vs {previous['model']})" if previous else "-"]
+        if graded:
+            cells.append(_grade_cell(results["grades"].get(name, {}).get("all")))
+        cells += [f"{fid['pass_rate']:.0%}{_ci(fid.get('pass_rate_interval'))}",
+                  f"{chrf['score']}{_ci(chrf['interval'], 1, False)}" if chrf else "-", str(m["mean_words"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
+def _difference_cell(d: dict | None, percent: bool) -> str:
+    if not d:
+        return "-"
+    value = f"{d['difference']:+.0%}" if percent else f"{d['difference']:+.2f}"
+    bounds = d.get("interval")
+    shown = (f" [{bounds[0]:+.0%}, {bounds[1]:+.0%}]" if percent else f" [{bounds[0]:+.1f}, {bounds[1]:+.1f}]") \
+        if bounds else " (n<5)"
+    return value + shown + (" within noise" if bounds and d.get("within_noise") else "")
+
+
 def differences_table(results: dict) -> list[str]:
-    """Each model minus the baseline, with paired intervals: a difference whose interval holds 0 is within noise."""
-    rows = [(n, m["vs_baseline_difference"]) for n, m in results["models"].items() if "vs_baseline_difference" in m]
+    """Each model minus the baseline and minus the stage before it, with paired intervals: a difference whose
+    interval holds 0 is within noise (what a stage added on top of the last one is the second pair of columns)."""
+    rows = [(n, m["vs_baseline_difference"], m.get("vs_previous_difference"))
+            for n, m in results["models"].items() if "vs_baseline_difference" in m]
     if not rows:
         return []
-
-    def cell(d: dict | None, percent: bool) -> str:
-        if not d:
-            return "-"
-        value = f"{d['difference']:+.0%}" if percent else f"{d['difference']:+.2f}"
-        bounds = d.get("interval")
-        shown = (f" [{bounds[0]:+.0%}, {bounds[1]:+.0%}]" if percent else f" [{bounds[0]:+.1f}, {bounds[1]:+.1f}]") \
-            if bounds else " (n<5)"
-        return value + shown + (" within noise" if d.get("within_noise") else "")
-
-    lines = ["", f"Differences from {results['baseline']} (paired bootstrap over the same prompts):", "",
-             "| model | language fidelity | chrF++ |", "|---|---|---|"]
-    for name, d in rows:
-        lines.append(f"| {name} | {cell(d.get('language_fidelity'), True)} | {cell(d.get('chrf++'), False)} |")
+    lines = ["", "Differences (paired bootstrap over the same prompts):", "",
+             f"| model | fidelity vs {results['baseline']} | chrF++ vs {results['baseline']} | previous stage "
+             "| fidelity vs previous | chrF++ vs previous |", "|---|---|---|---|---|---|"]
+    for name, base, previous in rows:
+        lines.append(f"| {name} | {_difference_cell(base.get('language_fidelity'), True)} "
+                     f"| {_difference_cell(base.get('chrf++'), False)} | {previous['model'] if previous else '-'} "
+                     f"| {_difference_cell((previous or {}).get('language_fidelity'), True)} "
+                     f"| {_difference_cell((previous or {}).get('chrf++'), False)} |")
     return lines
 
 
@@ -98,20 +108,22 @@ def benchmark_table(results: dict) -> list[str]:
 def write_report(results: dict, directory: Path) -> None:
     """report.md and the charts."""
     models = results["models"]
-    lines = [f"# Evaluation against {results['baseline']}", "",
-             f"{results['prompts']} held-out prompts in {len(results['languages'])} languages. Pairwise: "
-             f"{describe_ranker(results.get('judged_by'))}; grades: {describe_ranker(results.get('graded_by'))}. A tie counts as half a "
-             "win. Brackets hold 95% bootstrap intervals over the prompts (none under 5 prompts); `~` marks a "
-             "win-rate whose interval holds 50%, or that has too few prompts: within noise, not a result.", "",
-             *overview(results)]
+    judged = bool(results.get("judged_by"))
+    intro = f"{results['prompts']} held-out prompts in {len(results['languages'])} languages. Pairwise: " \
+        f"{describe_ranker(results.get('judged_by'))}; grades: {describe_ranker(results.get('graded_by'))}. " \
+        "Brackets hold 95% bootstrap intervals over the prompts (none under 5 prompts)"
+    intro += "; a tie counts as half a win, and `~` marks a win-rate whose interval holds 50%, or that has too few " \
+        "prompts: within noise, not a result." if judged else "; a difference whose interval holds 0 is within noise."
+    lines = [f"# Evaluation against {results['baseline']}", "", intro, "", *overview(results)]
     lines += differences_table(results)
     disagree = {n: m["vs_baseline"]["all"].get("orders_disagree") for n, m in models.items() if "vs_baseline" in m}
     if any(v is not None for v in disagree.values()):
         lines += ["", "Share of comparisons whose two orders disagreed (the judge's position bias): "
                   + ", ".join(f"{n} {v:.0%}" for n, v in disagree.items() if v is not None) + "."]
-    lines += by_language(results, "Win-rate vs the baseline, per language",
-                         lambda n, lang: _rate((models[n].get("vs_baseline") or {}).get(lang))
-                         if n != results["baseline"] else "baseline")
+    if judged:
+        lines += by_language(results, "Win-rate vs the baseline, per language",
+                             lambda n, lang: _rate((models[n].get("vs_baseline") or {}).get(lang))
+                             if n != results["baseline"] else "baseline")
     lines += by_language(results, "Language fidelity (line and word pass rates, harmonic mean), per language",
                          lambda n, lang: _fidelity_cell(results["language_fidelity"][n].get(lang)))
     if any("chrf++" in m for m in models.values()):
@@ -129,13 +141,17 @@ def write_report(results: dict, directory: Path) -> None:
     lines += benchmark_table(results)
     if results.get("seconds"):
         lines += ["", "Time per part (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["seconds"].items()) + "."]
-    lines += ["", "![win-rate by stage](winrate_by_stage.png)", "", "![win-rate by language](winrate_by_language.png)",
-              "", "![language fidelity](fidelity_by_language.png)", ""]
-    (directory / "report.md").write_text("\n".join(lines), encoding="utf-8")
-    plot_stages(results, directory / "winrate_by_stage.png")
-    plot_languages(results, directory / "winrate_by_language.png",
-                   lambda n, lang: (models[n].get("vs_baseline") or {}).get(lang, {}).get("win_rate", 0),
-                   f"win-rate vs {results['baseline']}", "Win-rate per language", compared_only=True)
+    charts = ["scores_by_stage"] + (["winrate_by_stage", "winrate_by_language"] if judged else []) \
+        + ["fidelity_by_language"]
+    for chart in charts:
+        lines += ["", f"![{chart.replace('_', ' ')}]({chart}.png)"]
+    (directory / "report.md").write_text("\n".join(lines + [""]), encoding="utf-8")
+    plot_scores(results, directory / "scores_by_stage.png")
+    if judged:
+        plot_stages(results, directory / "winrate_by_stage.png")
+        plot_languages(results, directory / "winrate_by_language.png",
+                       lambda n, lang: (models[n].get("vs_baseline") or {}).get(lang, {}).get("win_rate", 0),
+                       f"win-rate vs {results['baseline']}", "Win-rate per language", compared_only=True)
     plot_languages(results, directory / "fidelity_by_language.png",
                    lambda n, lang: results["language_fidelity"][n].get(lang, {}).get("pass_rate", 0),
                    "language fidelity (pass rate)", "Answers in the prompt's language, per language")
@@ -157,6 +173,32 @@ def _grade_cell(row: dict | None) -> str:
         return "-"
     unreadable = f" ({row['unparsable']} unparsable)" if row.get("unparsable") else ""
     return (f"{row['mean']:.2f}{_ci(row['interval'], 2, False)}" if row["mean"] is not None else "-") + unreadable
+
+
+def plot_scores(results: dict, path: Path) -> None:
+    """Every model's language fidelity and chrF++ (where there are references), each with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["models"])
+    fidelity = [results["language_fidelity"][n]["all"] for n in names]
+    panels = [("language fidelity (pass rate)", [f["pass_rate"] for f in fidelity],
+               [f.get("pass_rate_interval") for f in fidelity], (0, 1))]
+    chrf = [(results["models"][n].get("chrf++") or {}).get("all") for n in names]
+    if all(chrf):
+        panels.append(("chrF++ against the references", [c["score"] for c in chrf], [c["interval"] for c in chrf], None))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5, 1.1 * len(names) + 2) * len(panels), 4), squeeze=False)
+    for ax, (label, values, bounds, limits) in zip(axes[0], panels):
+        errors = [[v - (b or (v, v))[0] for v, b in zip(values, bounds)], [(b or (v, v))[1] - v for v, b in zip(values, bounds)]]
+        ax.bar(names, values, yerr=errors, capsize=4, color=["tab:gray"] + ["tab:blue"] * (len(names) - 1))
+        if limits:
+            ax.set_ylim(*limits)
+        ax.set_ylabel(f"{label} (95% interval)")
+        plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    fig.suptitle("Each stage on the held-out prompts")
+    save_figure(fig, path)
 
 
 def plot_stages(results: dict, path: Path) -> None:
@@ -207,6 +249,9 @@ def print_summary(results: dict, out: Path) -> None:
           flush=True)
     for name, m in results["models"].items():
         fid = results["language_fidelity"][name]["all"]["pass_rate"]
-        rate = _rate((m.get("vs_baseline") or {}).get("all")) if "vs_baseline" in m else "baseline"
-        print(f"  {name:<24} win-rate {rate:<22} language fidelity {fid:.0%}", flush=True)
+        chrf = (m.get("chrf++") or {}).get("all")
+        rate = (_rate((m.get("vs_baseline") or {}).get("all")) if "vs_baseline" in m else "baseline") \
+            if results.get("judged_by") else ""
+        print(f"  {name:<24}" + (f" win-rate {rate:<22}" if rate else "") + f" language fidelity {fid:.0%}"
+              + (f"  chrF++ {chrf['score']}{_ci(chrf['interval'], 1, False)}" if chrf else ""), flush=True)
     print(f"  report: {out / 'report.md'}", flush=True)

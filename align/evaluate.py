@@ -265,8 +265,9 @@ def chrf(prompts: list[dict], answers: list[str]) -> dict[str, dict]:
 
 def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict,
                 flags: dict[str, list] | None = None) -> dict[str, dict]:
-    """Each model minus the baseline, overall, with a paired bootstrap interval (the same resampled prompts for both):
-    language fidelity's pass rate, and chrF++ where prompts carry references. An interval holding 0 is noise."""
+    """{model: {vs_baseline, vs_previous}}: each model minus the baseline and minus the stage before it, with paired
+    bootstrap intervals (the same resampled prompts for both): language fidelity's pass rate, and chrF++ where
+    prompts carry references. An interval holding 0 is noise."""
     import numpy as np
     from sacrebleu.metrics import CHRF
 
@@ -281,24 +282,32 @@ def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], a
     stats = {e.name: np.array(metric._extract_corpus_statistics([answers[e.name][i] for i in judged],
                                                                 [[refs[i] for i in judged]])) for e in entries} \
         if judged else {}
+
+    def chrf_of(name, draw):
+        return metric._compute_score_from_stats(stats[name][draw].sum(0).tolist()).score
+
+    def paired(ours: str, theirs: str) -> dict:
+        a, b = flags[ours], flags[theirs]
+        fid = statistic_interval(len(prompts), lambda d: fidelity_rates([a[i] for i in d])[2]
+                                 - fidelity_rates([b[i] for i in d])[2], resamples=args.resamples, seed=args.seed)
+        out = {"language_fidelity": {"difference": round(fidelity_rates(a)[2] - fidelity_rates(b)[2], 4),
+                                     "interval": fid, "within_noise": within_noise(fid, 0.0)}}
+        if judged:
+            every = np.arange(len(judged))
+            bounds = statistic_interval(len(judged), lambda d: chrf_of(ours, d) - chrf_of(theirs, d),
+                                        resamples=args.resamples, seed=args.seed)
+            out["chrf++"] = {"difference": round(chrf_of(ours, every) - chrf_of(theirs, every), 2),
+                             "interval": bounds, "within_noise": within_noise(bounds, 0.0)}
+        return out
+
     out = {}
-    for e in entries:
+    for k, e in enumerate(entries):
         if e.name == args.baseline:
             continue
-        ours, base = flags[e.name], flags[args.baseline]
-        fid = statistic_interval(len(prompts), lambda d: fidelity_rates([ours[i] for i in d])[2]
-                                 - fidelity_rates([base[i] for i in d])[2], resamples=args.resamples, seed=args.seed)
-        out[e.name] = {"language_fidelity": {"difference": round(fidelity_rates(ours)[2] - fidelity_rates(base)[2], 4),
-                                             "interval": fid, "within_noise": within_noise(fid, 0.0)}}
-        if judged:
-            def chrf_of(name, draw):
-                return metric._compute_score_from_stats(stats[name][draw].sum(0).tolist()).score
-
-            every = np.arange(len(judged))
-            bounds = statistic_interval(len(judged), lambda d: chrf_of(e.name, d) - chrf_of(args.baseline, d),
-                                        resamples=args.resamples, seed=args.seed)
-            out[e.name]["chrf++"] = {"difference": round(chrf_of(e.name, every) - chrf_of(args.baseline, every), 2),
-                                     "interval": bounds, "within_noise": within_noise(bounds, 0.0)}
+        out[e.name] = {"vs_baseline": paired(e.name, args.baseline)}
+        previous = entries[k - 1].name if k else None
+        if previous not in (None, args.baseline):
+            out[e.name]["vs_previous"] = {"model": previous, **paired(e.name, previous)}
     return out
 
 
@@ -341,8 +350,10 @@ def measure(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answe
         flags = {e.name: fidelity_flags(answers[e.name], langs) for e in entries}
         results["language_fidelity"] = {e.name: fidelity(prompts, flags[e.name], args) for e in entries}
     with clock("differences"):
-        for name, difference in differences(args, entries, prompts, answers, flags).items():
-            results["models"][name]["vs_baseline_difference"] = difference
+        for name, paired in differences(args, entries, prompts, answers, flags).items():
+            results["models"][name]["vs_baseline_difference"] = paired["vs_baseline"]
+            if "vs_previous" in paired:
+                results["models"][name]["vs_previous_difference"] = paired["vs_previous"]
     if args.judge and any(len(p.get("turns") or []) > 1 for p in prompts):
         with clock("second_turns"):
             results["second_turns"] = second_turn_measures(args, entries, prompts, answers, partial)

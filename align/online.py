@@ -30,7 +30,7 @@ from reward.rules import rank_in_languages, score_in_languages
 from reward.spec import parse_ranker
 
 from .config import build_dataclass, require
-from .data import load_records
+from .data import hold_out_by_id, load_records
 from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
 from .generate import DecodingArgs, GenerationArgs, choose_backend, generate_logged, load_backend
@@ -97,19 +97,6 @@ def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: 
             raise ConfigError(source, f"dpo.{key}", "set by the loop itself; remove it from dpo")
     parse_dpo_config({**args.dpo, "dataset": "-", "output_dir": "-"}, source)  # DPOConfig fields, checked now
     return args
-
-
-def hold_out_by_id(prompts: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """A stable split: a prompt is held out by a seeded hash of its id, whatever the order or count of the rest."""
-    import hashlib
-
-    if fraction == 0:
-        return prompts, []
-    def bucket(record):
-        return int(hashlib.sha256(f"{seed}:{record['id']}".encode()).hexdigest()[:8], 16) / 16 ** 8
-    held = [p for p in prompts if bucket(p) < fraction] or prompts[-1:]
-    held_ids = {id(p) for p in held}
-    return [p for p in prompts if id(p) not in held_ids], held
 
 
 def iteration_model(out: Path, i: int, *, merged: bool, lora: bool) -> str:

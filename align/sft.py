@@ -14,13 +14,15 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .chat import IGNORE_INDEX, tokenize_chat
 from .errors import ConfigError
 from .models import cuda_available, load_model, load_tokenizer, lora_config, match_embeddings
 from .packing import LAYOUTS, PackRowsCollator, choose_layout
-from .runs import (TrainingArgs, TrainingJob, TrainingStage, build_trl_config, parse_training_keys,
-                   take_chat_template_path)
+from .data import hold_out_by_id, load_records
+from .runs import (TrainingArgs, TrainingJob, TrainingStage, build_trl_config, describe_languages,
+                   parse_training_keys, take_chat_template_path)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,11 @@ class SFTArgs(TrainingArgs):
     """polyalign's own SFT keys; every other recipe key is a trl SFTConfig field."""
 
     packed_attention: str = "auto"  # auto | segments | rows: how packs are laid out for sdpa (align.packing)
+    # Held-out records (a file, folder or datasets name, like `dataset`), or a seeded fraction of `dataset` held out
+    # by id: their loss is measured at every save, and the output is the checkpoint with the lowest one unless
+    # `load_best_model_at_end: false` (Chen et al.'s protocol: train long, keep the best by held-out perplexity).
+    eval_dataset: Any = None
+    eval_fraction: float | None = None
 
 
 @dataclass
@@ -46,6 +53,7 @@ def parse_sft_config(raw: dict, source: str | None = None) -> SFTJob:
     if args.packed_attention not in LAYOUTS:
         raise ConfigError(source, "packed_attention", f"expected one of {', '.join(LAYOUTS)}, got "
                           f"{args.packed_attention!r}")
+    evaluation_keys(args, trl_kwargs, source)
     # Our labels already mask everything but assistant turns; trl must not re-derive them.
     assistant_only = trl_kwargs.pop("assistant_only_loss", True)
     # polyalign packs unless told not to, and counts the tokens seen for the summary's tokens/s.
@@ -56,6 +64,29 @@ def parse_sft_config(raw: dict, source: str | None = None) -> SFTJob:
                           "across boundaries; polyalign packs with 'bfd' (default) or 'bfd_split'")
     training = build_trl_config(SFTConfig, kwargs, args, source)
     return SFTJob(args, training, lora, raw, source, assistant_only_loss=assistant_only)
+
+
+def evaluation_keys(args: SFTArgs, trl_kwargs: dict, source: str | None) -> None:
+    """With held-out records: evaluate at every save and keep the best checkpoint (trl's keys override); without
+    them, an evaluation key is an error now rather than the Trainer's once the model has loaded."""
+    from .runs import TRAINING_DEFAULTS
+
+    if args.eval_dataset is not None and args.eval_fraction is not None:
+        raise ConfigError(source, "eval_fraction", "give eval_dataset or eval_fraction, not both")
+    if args.eval_fraction is not None and not 0 < args.eval_fraction < 1:
+        raise ConfigError(source, "eval_fraction", f"must be in (0, 1), got {args.eval_fraction!r}")
+    if args.eval_dataset is None and args.eval_fraction is None:
+        for key in ("eval_strategy", "load_best_model_at_end"):
+            if trl_kwargs.get(key) not in (None, False, "no"):
+                raise ConfigError(source, key, "needs held-out records: add eval_dataset or eval_fraction")
+        return
+    save_strategy = trl_kwargs.get("save_strategy", TRAINING_DEFAULTS["save_strategy"])
+    trl_kwargs.setdefault("eval_strategy", save_strategy)
+    if str(trl_kwargs["eval_strategy"]) == "steps":
+        trl_kwargs.setdefault("eval_steps", trl_kwargs.get("save_steps", TRAINING_DEFAULTS["save_steps"]))
+    trl_kwargs.setdefault("load_best_model_at_end", save_strategy != "no")
+    if trl_kwargs["load_best_model_at_end"]:
+        trl_kwargs.setdefault("metric_for_best_model", "eval_loss")
 
 
 def tokenize_records(records: list[dict], tokenizer, max_length: int | None, *, assistant_only: bool = True,
@@ -114,22 +145,31 @@ def packing_layout(job: SFTJob, model) -> str:
     return layout
 
 
-def build_trainer(job: SFTJob, records: list[dict]):
+def build_trainer(job: SFTJob, records: list[dict], eval_records: list[dict] | None = None):
     """Tokenise, load the model and build the SFTTrainer: shared by the stage, the tests and the benchmark."""
     from trl import SFTTrainer
 
     tokenizer = load_tokenizer(job.args)
-    dataset, stats = tokenize_records(records, tokenizer, job.training.max_length,
-                                      assistant_only=job.assistant_only_loss,
-                                      num_proc=job.training.dataset_num_proc)
+
+    def tokenize(rows):
+        return tokenize_records(rows, tokenizer, job.training.max_length, assistant_only=job.assistant_only_loss,
+                                num_proc=job.training.dataset_num_proc)
+
+    dataset, stats = tokenize(records)
     if len(dataset) == 0:
         raise ConfigError(job.source, "dataset", "no example has an assistant token left to train on")
+    eval_dataset = None
+    if eval_records:
+        eval_dataset, eval_stats = tokenize(eval_records)
+        if len(eval_dataset) == 0:
+            raise ConfigError(job.source, "eval_dataset", "no held-out example has an assistant token to score")
+        stats["eval_examples"] = len(eval_dataset)
     model = match_embeddings(load_model(job.args), tokenizer)
     layout = None
     if job.training.packing:
         layout = packing_layout(job, model)
-    trainer = SFTTrainer(model=model, args=job.training, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora_config(job.lora) if job.lora else None)
+    trainer = SFTTrainer(model=model, args=job.training, train_dataset=dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, peft_config=lora_config(job.lora) if job.lora else None)
     if layout == "rows":
         trainer.data_collator = PackRowsCollator(tokenizer.pad_token_id, job.training.pad_to_multiple_of)
     if layout:  # varlen and segments keep trl's flattened padding-free collator (cu_seqlens, first tokens unlabelled)
@@ -140,14 +180,32 @@ def build_trainer(job: SFTJob, records: list[dict]):
 class SFTStage(TrainingStage):
     stage, label, kind, noun = "sft", "SFT", "sft", "examples"
 
+    eval_records: list[dict] | None = None
+
+    def load(self) -> str:
+        described = super().load()
+        args = self.job.args
+        if args.eval_fraction is not None:
+            self.records, self.eval_records = hold_out_by_id(self.records, args.eval_fraction, self.job.training.seed)
+            if not self.records:
+                raise ConfigError(self.job.source, "eval_fraction", "holds out every record; nothing is left to "
+                                  "train on")
+            described = f"{self.label} data: {len(self.records)} {self.noun} in {describe_languages(self.records)}"
+        elif args.eval_dataset is not None:
+            self.eval_records = load_records(args.eval_dataset, self.kind, seed=self.job.training.seed,
+                                             source=self.job.source)
+        if self.eval_records is not None:
+            described += f"; held out: {len(self.eval_records)} in {describe_languages(self.eval_records)}"
+        return described
+
     def build(self):
-        trainer, self.stats = build_trainer(self.job, self.records)
+        trainer, self.stats = build_trainer(self.job, self.records, self.eval_records)
         return trainer
 
     def metrics(self, trainer, result, common: dict) -> dict:
         tokens_seen = trainer.state.num_input_tokens_seen or 0
         runtime = result.metrics.get("train_runtime", self.wall)
-        return {**self.stats, **common, "tokens_seen": tokens_seen,
+        return {**self.stats, **common, **held_out_metrics(trainer), "tokens_seen": tokens_seen,
                 "tokens_per_second": round(tokens_seen / runtime, 1) if runtime and tokens_seen else None}
 
     def rows(self, m: dict) -> list[tuple[str, object]]:
@@ -156,7 +214,23 @@ class SFTStage(TrainingStage):
                 ("trained (assistant) tokens", m["trained_tokens"]), ("packs", m.get("packs", "-")),
                 ("packing efficiency", f"{m['packing_efficiency']:.1%}" if packed else "-"),
                 ("packed attention", m.get("packed_attention", "-")), *super().rows(m),
+                *([("held-out loss (best)", f"{m['best_eval_loss']:.4f} at step {m['best_step']}"
+                    + (", kept" if m["kept_best"] else ""))] if m.get("best_eval_loss") is not None else []),
                 ("tokens/s", m["tokens_per_second"])]
+
+
+def held_out_metrics(trainer) -> dict:
+    """The held-out loss at each evaluation, and the best one (with its perplexity and step): empty without an
+    eval set."""
+    import math
+
+    history = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in trainer.state.log_history if "eval_loss" in h]
+    if not history:
+        return {}
+    best = min(history, key=lambda h: h["eval_loss"])
+    return {"eval_loss_history": history, "best_eval_loss": best["eval_loss"], "best_step": best["step"],
+            "best_eval_perplexity": round(math.exp(best["eval_loss"]), 4),
+            "kept_best": bool(trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint)}
 
 
 def run_sft(raw: dict, source: str | None = None) -> Path:

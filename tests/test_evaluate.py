@@ -57,8 +57,8 @@ def test_rerun_after_a_changed_max_new_tokens_regenerates_the_answers(tmp_path, 
     assert sum(counts["all"][k] for k in ("win", "loss", "tie")) == len(PROMPTS)
     assert sum(counts[lang]["win"] for lang in ("fr", "de", "en", "es")) == counts["all"]["win"]
     assert sorted(p.name for p in out.iterdir()) == ["answers", "fidelity_by_language.png", "metrics.json",
-                                                     "polyalign_recipe.json", "report.md", "winrate_by_language.png",
-                                                     "winrate_by_stage.png"]
+                                                     "polyalign_recipe.json", "report.md", "scores_by_stage.png",
+                                                     "winrate_by_language.png", "winrate_by_stage.png"]
 
 
 def test_answers_files_as_a_model_and_as_the_baseline(tmp_path, models):
@@ -81,6 +81,27 @@ def test_answers_files_as_a_model_and_as_the_baseline(tmp_path, models):
     chrf = metrics["models"]["competitor"]["chrf++"]
     assert chrf["all"]["n"] == len(PROMPTS) and chrf["all"]["interval"] is None  # under 5 prompts: no interval
     json.dumps(metrics)  # plain JSON types throughout
+
+
+def test_without_a_judge_the_report_shows_the_measured_columns_and_differences_only(tmp_path, models):
+    """No judge: no empty win-rate columns or charts; each stage's chrF++ and fidelity against the base and the stage
+    before it."""
+    base = config(tmp_path, models)
+    del base["judge"]
+    texts = {"a": ["Paris.", "Cinco.", "Scattering.", "Cincuenta y seis."],
+             "b": ["La capitale est Paris.", "Zwei plus drei ist fünf.", "Rayleigh scattering.", "Cincuenta y seis."]}
+    files = {name: str(write_jsonl(tmp_path / f"{name}.jsonl", [{"id": f"p{i}", "completion": t}
+                                                                  for i, t in enumerate(rows)])) for name, rows in texts.items()}
+    out = run_evaluate({**base, "models": {"base": files["a"], "better": files["b"], "same": files["a"]}})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "vs_baseline" not in metrics["models"]["better"]
+    assert metrics["models"]["better"]["vs_baseline_difference"]["chrf++"]["difference"] > 0
+    assert metrics["models"]["same"]["vs_previous_difference"]["model"] == "better"
+    assert metrics["models"]["same"]["vs_previous_difference"]["chrf++"]["difference"] < 0
+    report = (out / "report.md").read_text()
+    assert "win-rate" not in report and "| same | +0% (n<5) | +0.00 (n<5) | better |" in report
+    assert sorted(p.name for p in out.iterdir()) == ["answers", "fidelity_by_language.png", "metrics.json",
+                                                     "polyalign_recipe.json", "report.md", "scores_by_stage.png"]
 
 
 def test_an_answers_file_missing_a_prompt_is_one_line(tmp_path, models, capsys):
@@ -187,7 +208,7 @@ def test_chrf_has_an_interval_from_five_prompts(tmp_path):
     assert isinstance(low, float) and low < scores["all"]["score"] < high and high - low > 5
 
 
-def test_differences_from_the_baseline_are_paired_and_say_when_they_are_noise():
+def test_differences_from_the_baseline_and_the_previous_stage_are_paired_and_say_when_they_are_noise():
     from align.evaluate import Entry, EvaluateArgs, differences
 
     prompts = [{"lang": "fr", "id": str(i), "prompt": [], "reference": "Les plantes ont besoin de lumière et d'eau."}
@@ -198,8 +219,12 @@ def test_differences_from_the_baseline_are_paired_and_say_when_they_are_noise():
     entries = [Entry("base", model="b"), Entry("better", model="x"), Entry("same", model="y")]
     answers = {"base": [english] * 30 + [french] * 10, "better": [french] * 40, "same": [english] * 30 + [french] * 10}
     out = differences(args, entries, prompts, answers)
-    better = out["better"]["language_fidelity"]
+    better = out["better"]["vs_baseline"]["language_fidelity"]
     assert better["difference"] > 0.5 and better["interval"][0] > 0 and not better["within_noise"]
-    assert out["better"]["chrf++"]["difference"] > 0 and not out["better"]["chrf++"]["within_noise"]
-    same = out["same"]["language_fidelity"]
-    assert same["difference"] == 0 and same["within_noise"] and out["same"]["chrf++"]["within_noise"]
+    assert out["better"]["vs_baseline"]["chrf++"]["difference"] > 0
+    assert not out["better"]["vs_baseline"]["chrf++"]["within_noise"] and "vs_previous" not in out["better"]
+    same = out["same"]["vs_baseline"]["language_fidelity"]
+    assert same["difference"] == 0 and same["within_noise"] and out["same"]["vs_baseline"]["chrf++"]["within_noise"]
+    worse = out["same"]["vs_previous"]  # the stage before "same" is "better": the loss shows, beyond noise
+    assert worse["model"] == "better" and worse["language_fidelity"]["difference"] < -0.5
+    assert worse["language_fidelity"]["interval"][1] < 0 and not worse["chrf++"]["within_noise"]

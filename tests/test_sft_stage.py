@@ -144,3 +144,57 @@ def test_packed_attention_errors_name_the_recipe(tiny_model_dir, chat_file, tmp_
     with pytest.raises(ConfigError) as info:
         build_trainer(job, load_records(job.args.dataset, "sft"))
     assert str(info.value) == "r.yaml: 'packed_attention': packed_attention 'segments' runs on sdpa, not eager"
+
+
+def test_with_an_eval_set_the_output_is_the_checkpoint_with_the_lowest_held_out_loss(tiny_model_dir, chat_file,
+                                                                                     tmp_path):
+    from safetensors.torch import load_file
+
+    from conftest import CHATS, write_jsonl
+
+    # Held out: the training prompts with other answers, so that fitting the training answers soon costs held-out loss.
+    held = write_jsonl(tmp_path / "held.jsonl", [
+        {**chat, "messages": [*chat["messages"][:-1], {"role": "assistant", "content": "Je ne sais pas, désolé."}]}
+        for chat in CHATS])
+    out = tmp_path / "sft"
+    assert run_cli("--model", str(tiny_model_dir), "--dataset", str(chat_file), "--eval_dataset", str(held),
+                   "--output_dir", str(out), "--max_steps", "12", "--save_steps", "2", "--learning_rate", "3e-2",
+                   "--per_device_train_batch_size", "2", "--dtype", "fp32", "--keep_checkpoints", "true",
+                   *QUIET) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = metrics["eval_loss_history"]
+    assert [h["step"] for h in history] == [2, 4, 6, 8, 10, 12] and metrics["eval_examples"] == len(CHATS)
+    best = min(history, key=lambda h: h["eval_loss"])
+    assert metrics["best_step"] == best["step"] != 12 and metrics["kept_best"]
+    kept = load_file(out / "model.safetensors")
+    for step, same in ((best["step"], True), (12, False)):
+        saved = load_file(out / f"checkpoint-{step}" / "model.safetensors")
+        assert all(torch.equal(kept[k], saved[k]) for k in kept) == same
+
+
+def test_eval_fraction_holds_records_out_of_training(tiny_model_dir, chat_file, tmp_path):
+    from align.sft import SFTStage, parse_sft_config
+
+    job = parse_sft_config({"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / "o"),
+                            "eval_fraction": 0.3, "save_steps": 4}, "r.yaml")
+    assert (job.training.eval_strategy, job.training.eval_steps, job.training.load_best_model_at_end) == \
+        ("steps", 4, True)
+    stage = SFTStage(job)
+    stage.load()
+    train_ids, held_ids = {r["id"] for r in stage.records}, {r["id"] for r in stage.eval_records}
+    assert held_ids and train_ids and not train_ids & held_ids and len(train_ids | held_ids) == 6
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"eval_strategy": "steps"}, "'eval_strategy': needs held-out records: add eval_dataset or eval_fraction"),
+    ({"eval_fraction": 1.0}, "'eval_fraction': must be in (0, 1), got 1.0"),
+    ({"eval_fraction": 0.1, "eval_dataset": "x.jsonl"}, "'eval_fraction': give eval_dataset or eval_fraction, not both"),
+])
+def test_eval_keys_are_checked_with_the_recipe(tiny_model_dir, chat_file, tmp_path, extra, message):
+    from align.errors import ConfigError
+    from align.sft import parse_sft_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_sft_config({"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / "o"),
+                          **extra}, "r.yaml")
+    assert str(info.value) == f"r.yaml: {message}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -149,3 +150,18 @@ def iter_records(dataset: Any, kind: str, *, seed: int = 0, source: str | None =
 def language_mix(records: list[dict]) -> dict[str, int]:
     """Records per language, largest first: printed before training so the mix is never a surprise."""
     return dict(Counter(r["lang"] for r in records).most_common())
+
+
+def hold_out_by_id(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A stable split (kept, held out): a record is held out by a seeded hash of its id, whatever the order or count
+    of the rest; at least one record is held out when `fraction` > 0."""
+
+    if fraction == 0:
+        return records, []
+
+    def bucket(record):
+        return int(hashlib.sha256(f"{seed}:{record['id']}".encode()).hexdigest()[:8], 16) / 16 ** 8
+
+    held = [r for r in records if bucket(r) < fraction] or records[-1:]
+    held_ids = {id(r) for r in held}
+    return [r for r in records if id(r) not in held_ids], held
