@@ -191,6 +191,12 @@ def compare(args: EvaluateArgs, scorer, prompts: list[dict], ours: list[str], th
     return table
 
 
+def previous_stage(entries: list[Entry], k: int) -> str | None:
+    """The stage before entry k: the nearest earlier model that is not one cluster's part of a merge (`sft/europe`),
+    so that a merged stage is compared with the stage it started from."""
+    return next((e.name for e in reversed(entries[:k]) if "/" not in e.name), None)
+
+
 def comparisons(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict, partial: Path) -> dict:
     """{model: {vs_baseline, vs_previous}}: every stage against the baseline and against the stage before it."""
     from reward import load_ranker
@@ -201,7 +207,7 @@ def comparisons(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], a
         if entry.name == args.baseline:
             continue
         out[entry.name] = {"vs_baseline": compare(args, scorer, prompts, answers[entry.name], answers[args.baseline])}
-        previous = entries[k - 1].name if k else None
+        previous = previous_stage(entries, k)
         if previous not in (None, args.baseline):
             out[entry.name]["vs_previous"] = {"model": previous, **compare(args, scorer, prompts, answers[entry.name],
                                                                            answers[previous])}
@@ -305,7 +311,7 @@ def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], a
         if e.name == args.baseline:
             continue
         out[e.name] = {"vs_baseline": paired(e.name, args.baseline)}
-        previous = entries[k - 1].name if k else None
+        previous = previous_stage(entries, k)
         if previous not in (None, args.baseline):
             out[e.name]["vs_previous"] = {"model": previous, **paired(e.name, previous)}
     return out

@@ -6,7 +6,9 @@ done, so a killed run restarts at the first unfinished step of the unfinished it
     samples.jsonl   k completions per prompt from the current policy (appended and flushed prompt by prompt)
     scores.jsonl    the ranker's score of every sample (appended chunk by chunk)
     pairs.jsonl     best vs worst where the margin clears `min_margin` and the two differ
-    model/          DPO from the current policy (align.dpo: resumes from its last checkpoint)
+    model/          DPO from the current policy (align.dpo: resumes from its last checkpoint); with `clusters`, the
+                    weighted soup of clusters/<name>/, one DPO model per language cluster trained on its languages'
+                    pairs (Aya Expanse §2.3: cluster models merged at each iteration of preference training)
     merged/         optional linear soup with the previous policy (merge.soup)
     heldout.jsonl   greedy answers to held-out prompts, with their scores
     metrics.json    sample reward mean and spread, mean length, pairs, held-out reward and win-rate vs the previous
@@ -34,7 +36,7 @@ from .data import hold_out_by_id, load_records
 from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
 from .generate import DecodingArgs, GenerationArgs, choose_backend, generate_logged, load_backend
-from .io import AppendLog, save_figure, write_json, write_jsonl
+from .io import AppendLog, safe_name, save_figure, write_json, write_jsonl
 from .models import LoadingArgs, release_memory
 from .pairs import choose_pair, outcome_of_scores, preference_record, tally_with_rates
 from .runs import StageRun
@@ -61,6 +63,8 @@ class IterateArgs(LoadingArgs, DecodingArgs):
     beta: Any = 0.1  # one value, or one per iteration
     lora: Any = None  # true or {r, alpha, ...}: each iteration trains an adapter and merges it for the next
     merge_with_previous: float | None = None  # weight of the new policy in a linear soup with the previous one
+    clusters: dict | None = None  # {name: [languages]}: one DPO model per cluster each iteration, then their soup
+    cluster_weights: Any = "equal"  # the soup's weights: equal, languages, or {cluster: weight} (merge.weighting)
     dpo: dict = field(default_factory=dict)  # trl DPOConfig fields for every iteration's training
     length_warning: float = 0.2  # warn when mean length grows more than this fraction while reward rises
     seed: int = 0
@@ -88,6 +92,14 @@ def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: 
         with_previous("previous", "new", args.merge_with_previous, source=source)  # checks the weight
     if not 0 <= args.heldout_fraction < 1:
         raise ConfigError(source, "heldout_fraction", "must be in [0, 1)")
+    if args.clusters is not None:
+        from merge.weighting import cluster_weights
+
+        if not isinstance(args.clusters, dict) or not args.clusters or not all(
+                isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in args.clusters.values()):
+            raise ConfigError(source, "clusters", "expected a mapping of cluster name to a list of language codes")
+        args.cluster_weights = cluster_weights(args.cluster_weights, args.clusters, source=source,
+                                               key="cluster_weights")
     if not ranker_given:
         args.ranker = parse_ranker(args.ranker, source, backend=args.backend).as_dict()
     from .dpo import parse_dpo_config
@@ -99,12 +111,18 @@ def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: 
     return args
 
 
-def iteration_model(out: Path, i: int, *, merged: bool, lora: bool) -> str:
+def iteration_model(out: Path, i: int, *, merged: bool, lora: bool, clusters: bool = False) -> str:
     """Iteration i's final policy in the loop's output `out`: its soup with the previous policy when it merges, else
-    its DPO model (the adapter merged into its base, with LoRA)."""
+    its DPO model (the adapter merged into its base, with LoRA; the soup of the cluster models, with clusters)."""
     if merged:
         return str(out / f"iter_{i}" / "merged")
     model = out / f"iter_{i}" / "model"
+    return str(model / "merged" if lora and not clusters else model)
+
+
+def cluster_model(out: Path, i: int, cluster: str, *, lora: bool) -> str:
+    """Iteration i's DPO model of one cluster, before the merge (a full model, with LoRA too)."""
+    model = out / f"iter_{i}" / "clusters" / safe_name(cluster)
     return str(model / "merged" if lora else model)
 
 
@@ -135,7 +153,7 @@ class Loop:
         if i == 1:
             return self.args.model
         return iteration_model(self.out, i - 1, merged=self.args.merge_with_previous is not None,
-                               lora=bool(self.args.lora))
+                               lora=bool(self.args.lora), clusters=self.args.clusters is not None)
 
     def generate(self, policy: str, prompts: list[dict], path: Path, args: GenerationArgs, desc: str) -> list[dict]:
         """Answers of `policy` to `prompts`, streamed into `path` and resumed from it."""
@@ -205,10 +223,8 @@ class Loop:
             raise ConfigError(self.source, "min_margin", f"iteration {i}: no prompt's best and worst samples differ "
                               f"by {args.min_margin} or more: lower min_margin, raise temperature or samples")
 
-        model_dir = directory / "model"
         with clock("training"):
-            self.train(i, policy, model_dir, pairs)
-        trained = str(model_dir / "merged") if args.lora else str(model_dir)
+            trained, training = self.train(i, policy, pairs)
         final = trained
         if args.merge_with_previous is not None:
             final = str(directory / "merged")
@@ -220,8 +236,8 @@ class Loop:
         with clock("heldout"):
             current = self.heldout(i, final, heldout) if heldout else []
             outcomes = self.versus(heldout, previous_heldout, current) if heldout else []
-        metrics = iteration_metrics(i, samples, scores, pairs, current, previous_heldout, outcomes,
-                                    json.loads((model_dir / "metrics.json").read_text()), final, args)
+        metrics = iteration_metrics(i, samples, scores, pairs, current, previous_heldout, outcomes, training, final,
+                                    args)
         metrics["seconds"] = clock.seconds  # this process's time per step (steps done before a resume count 0)
         write_json(metrics_path, metrics)
         self.release_ranker()
@@ -244,8 +260,37 @@ class Loop:
         plot_iterations(history, start_metrics, self.out / "iterations.png")
         return {"start": start_metrics, "iterations": history, "final_model": history[-1]["policy"]}
 
-    def train(self, i: int, policy: str, model_dir: Path, pairs: list[dict]) -> None:
-        args, directory = self.args, model_dir.parent
+    def train(self, i: int, policy: str, pairs: list[dict]) -> tuple[str, dict]:
+        """DPO from `policy` on the iteration's pairs: one model, or one per cluster and their soup. Returns the trained
+        policy and its training metrics (per cluster, with the soup's weights)."""
+        args, directory = self.args, self.out / f"iter_{i}"
+        if args.clusters is None:
+            model_dir = directory / "model"
+            self.train_one(i, policy, model_dir, pairs)
+            return iteration_model(self.out, i, merged=False, lora=bool(args.lora)), training_keys(model_dir)
+        trained, weights = {}, {}
+        for name, languages in args.clusters.items():
+            own = [p for p in pairs if p["lang"] in languages]
+            if not own or not args.cluster_weights[name]:
+                log.warning("iteration %d: cluster %s has %s; it sits this iteration out", i, name,
+                            "no pair" if not own else "weight 0")
+                continue
+            print(f"Iteration {i}: DPO for cluster {name} on {len(own)} pairs ({', '.join(languages)})", flush=True)
+            self.train_one(i, policy, directory / "clusters" / safe_name(name), own)
+            trained[name] = cluster_model(self.out, i, name, lora=bool(args.lora))
+            weights[name] = args.cluster_weights[name]
+        if not trained:
+            raise ConfigError(self.source, "clusters", f"iteration {i}: no cluster has a pair in its languages")
+        soup_dir = Path(iteration_model(self.out, i, merged=False, lora=bool(args.lora), clusters=True))
+        if not soup_dir.exists():
+            from merge import soup
+
+            soup([(trained[n], weights[n]) for n in trained], soup_dir, progress=False)
+        training = {n: training_keys(directory / "clusters" / safe_name(n)) for n in trained}
+        return str(soup_dir), {"clusters": training, "weights": weights}
+
+    def train_one(self, i: int, policy: str, model_dir: Path, pairs: list[dict]) -> None:
+        args, directory = self.args, self.out / f"iter_{i}"
         if not model_dir.exists():
             from .dpo import run_dpo
 
@@ -258,6 +303,13 @@ class Loop:
                 raw["ref_model"] = args.model
             run_dpo(raw, self.source, records=pairs)
             release_memory()
+
+
+def training_keys(model_dir: Path) -> dict:
+    """What an iteration's metrics keep of a DPO run's metrics.json."""
+    training = json.loads((model_dir / "metrics.json").read_text())
+    return {k: training.get(k) for k in ("steps", "train_loss", "final_reward_accuracy", "final_reward_margin",
+                                         "reference")}
 
 
 def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list[float]], min_margin: float):
@@ -288,8 +340,7 @@ def iteration_metrics(i, samples, scores, pairs, heldout, previous, outcomes, tr
         "sample_reward_std": round(statistics.pstdev(flat), 4),
         "sample_mean_words": round(statistics.fmean(lengths), 2),
         "pairs": len(pairs), "pairs_dropped": len(samples) - len(pairs),
-        "training": {k: training.get(k) for k in ("steps", "train_loss", "final_reward_accuracy",
-                                                  "final_reward_margin", "reference")},
+        "training": training,
     }
     if heldout:
         metrics["heldout_reward_mean"] = _mean(h["score"] for h in heldout)  # None when ranked by a judge

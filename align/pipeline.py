@@ -202,31 +202,47 @@ def _add_offline_dpo(b: Builder) -> None:
 
 
 def _add_online(b: Builder) -> None:
-    """Online iterations, each followed by a merge with the previous policy when the recipe asks."""
+    """Online iterations, each followed by a merge with the previous policy when the recipe asks; with `per_cluster`,
+    each iteration trains one model per cluster and merges them with the pipeline's merge weights (Aya Expanse §2.3)."""
     out = b.pipe.run_dir / "dpo" / "online"
-    cfg = {**b.common, **b.section("online"), "model": str(b.policy), "prompts": b.raw["prompts"],
+    section = b.section("online")
+    if section.pop("per_cluster", False):
+        section.update(clusters=b.clusters, cluster_weights=b.section("merge").get("weights", "equal"))
+    cfg = {**b.common, **section, "model": str(b.policy), "prompts": b.raw["prompts"],
            "ranker": b.ranker, "output_dir": str(out)}
     b.pipe.add("online", out, [b.policy_stage, *b.ranker_reads], cfg,
                lambda: _call("align.online:run_iterate", cfg, b.pipe.source))
 
 
 def _add_evaluate(b: Builder) -> None:
-    """Evaluation of every stage's model against the base."""
-    from .online import iteration_model
+    """Evaluation of every stage's model against the base; with `unmerged: true`, each cluster model before its merge
+    too (`sft/<cluster>` ...), so that the merge's own gain is visible."""
+    from .online import cluster_model, iteration_model
 
     run_dir, stages = b.pipe.run_dir, {s.name: s for s in b.pipe.stages}
-    models, reads = {"base": b.base, "sft": str(run_dir / "sft" / "merged")}, ["sft/merged"]
+    section = b.section("evaluate")
+    unmerged = bool(section.pop("unmerged", False))
+    models, reads = {"base": b.base}, ["sft/merged"]
+    if unmerged:
+        models.update({f"sft/{c}": str(run_dir / "sft" / safe_name(c)) for c in b.clusters})
+    models["sft"] = str(run_dir / "sft" / "merged")
     if "dpo" in b.raw:
+        if unmerged and "dpo/merged" in stages:
+            models.update({f"dpo-offline/{c}": str(_trained(stages[f"dpo/{c}"].output, stages[f"dpo/{c}"].config))
+                           for c in b.clusters})
         models["dpo-offline"] = str(b.policy)
         reads.append("dpo/merged" if "dpo/merged" in stages else "dpo")
     if "online" in stages:
-        online = stages["online"].config
+        online, out = stages["online"].config, run_dir / "dpo" / "online"
+        lora, clusters = bool(online.get("lora")), online.get("clusters")
         for i in range(1, int(online.get("iterations", 3)) + 1):
-            models[f"online-{i}"] = iteration_model(run_dir / "dpo" / "online", i, lora=bool(online.get("lora")),
+            if unmerged and clusters:
+                models.update({f"online-{i}/{c}": cluster_model(out, i, c, lora=lora) for c in clusters})
+            models[f"online-{i}"] = iteration_model(out, i, lora=lora, clusters=clusters is not None,
                                                     merged=online.get("merge_with_previous") is not None)
         reads.append("online")
     out = run_dir / "eval"
-    cfg = {**b.common, "max_new_tokens": 128, **b.section("evaluate"), "models": models, "baseline": "base",
+    cfg = {**b.common, "max_new_tokens": 128, **section, "models": models, "baseline": "base",
            "prompts": b.raw.get("heldout", b.raw["prompts"]), "output_dir": str(out)}
     b.pipe.add("evaluate", out, reads, cfg, lambda: _call("align.evaluate:run_evaluate", cfg, b.pipe.source))
 

@@ -118,6 +118,11 @@ def test_config_checks(tmp_path, policy):
         parse_iterate_config(config(tmp_path, policy, samples=1), ranker_given=True)
     with pytest.raises(ConfigError, match="'ranker': give exactly one"):
         parse_iterate_config(config(tmp_path, policy))
+    with pytest.raises(ConfigError, match="'cluster_weights.asia': no cluster 'asia'"):
+        parse_iterate_config(config(tmp_path, policy, clusters={"europe": ["de"]}, cluster_weights={"asia": 1}),
+                             ranker_given=True)
+    with pytest.raises(ConfigError, match="'clusters': expected a mapping of cluster name to a list"):
+        parse_iterate_config(config(tmp_path, policy, clusters={"europe": "de"}), ranker_given=True)
     with pytest.raises(ConfigError, match="'dpo.beta': set by the loop itself"):
         parse_iterate_config(config(tmp_path, policy, dpo={"beta": 0.3}), ranker_given=True)
 
@@ -143,6 +148,36 @@ def test_lora_iterations_with_start_reference_per_iteration_beta_and_merging(tmp
     recipe = json.loads((out / "iter_2" / "model" / "polyalign_recipe.json").read_text())
     assert recipe["config"]["model"] == str(out / "iter_1" / "merged")  # iteration 2 starts from iteration 1's soup
     assert json.loads((out / "metrics.json").read_text())["final_model"] == str(out / "iter_2" / "merged")
+
+
+def test_per_cluster_iterations_merge_the_cluster_models_and_sample_from_the_merge(tmp_path, policy, reward):
+    from collections import Counter
+
+    from safetensors.torch import load_file
+
+    clusters = {"romance": ["fr", "es"], "other": ["de", "en"]}
+    cfg = config(tmp_path, policy, n=16, iterations=2, samples=2, max_new_tokens=4, clusters=clusters,
+                 cluster_weights={"romance": 3, "other": 1},
+                 dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4, "disable_tqdm": True})
+    out = run_iterate(cfg, ranker=reward)
+    for i in (1, 2):
+        directory = out / f"iter_{i}"
+        pairs = Counter(json.loads(line)["lang"] for line in (directory / "pairs.jsonl").read_text().splitlines())
+        for name, languages in clusters.items():  # each cluster trained on its own languages' pairs, from the policy
+            trained = json.loads((directory / "clusters" / name / "metrics.json").read_text())
+            assert trained["pairs_per_language"] == {lang: pairs[lang] for lang in languages if pairs[lang]}
+            recipe = json.loads((directory / "clusters" / name / "polyalign_recipe.json").read_text())
+            assert recipe["config"]["model"] == (str(policy) if i == 1 else str(out / "iter_1" / "model"))
+        parts = {name: load_file(directory / "clusters" / name / "model.safetensors") for name in clusters}
+        soup = load_file(directory / "model" / "model.safetensors")
+        key = next(k for k in soup if "q_proj" in k)
+        torch.testing.assert_close(soup[key], 0.75 * parts["romance"][key] + 0.25 * parts["other"][key])
+        metrics = json.loads((directory / "metrics.json").read_text())
+        assert metrics["training"]["weights"] == {"romance": 3.0, "other": 1.0}
+        assert metrics["policy"] == str(directory / "model")
+    samples = json.loads((out / "iter_2" / "samples.jsonl").read_text().splitlines()[0])
+    assert json.loads((out / "metrics.json").read_text())["final_model"] == str(out / "iter_2" / "model")
+    assert samples["completions"]  # iteration 2 sampled from iteration 1's soup (its cluster models start there)
 
 
 @pytest.mark.slow

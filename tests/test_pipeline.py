@@ -117,6 +117,36 @@ def test_pipeline_config_errors(tmp_path, models):
         build_pipeline(no_ranker, None)
 
 
+def test_per_cluster_preference_training_and_unmerged_rows_in_the_evaluation(tmp_path, models):
+    """dpo and online per cluster, merged at every iteration with the pipeline's merge weights; `unmerged: true`
+    evaluates each cluster model beside its merge."""
+    raw = recipe(tmp_path, models)
+    raw["clusters"] = {"germanic": ["Germanic"], "indic": ["Indo-Aryan"]}
+    raw["merge"] = {"weights": "languages"}
+    raw["dpo"] = {**raw["dpo"], "per_cluster": True}
+    raw["online"] = {**raw["online"], "per_cluster": True, "iterations": 2, "lora": True}
+    raw["evaluate"] = {**raw["evaluate"], "unmerged": True}
+    stages = {s.name: s for s in build_pipeline(raw, None).stages}
+    run = tmp_path / "run"
+    online = stages["online"].config
+    assert {c: sorted(langs) for c, langs in online["clusters"].items()} == {"germanic": ["de", "en", "es", "fr"],
+                                                                         "indic": ["en", "es", "fr", "hi"]}
+    assert online["cluster_weights"] == "languages" and online["model"] == str(run / "dpo" / "offline" / "merged")
+    models_evaluated = stages["evaluate"].config["models"]
+    assert list(models_evaluated) == ["base", "sft/germanic", "sft/indic", "sft", "dpo-offline/germanic",
+                                      "dpo-offline/indic", "dpo-offline", "online-1/germanic", "online-1/indic",
+                                      "online-1", "online-2/germanic", "online-2/indic", "online-2"]
+    assert models_evaluated["dpo-offline/indic"] == str(run / "dpo" / "offline" / "indic" / "merged")
+    assert models_evaluated["online-2/indic"] == str(run / "dpo" / "online" / "iter_2" / "clusters" / "indic" / "merged")
+    assert models_evaluated["online-2"] == str(run / "dpo" / "online" / "iter_2" / "model")
+    from align.evaluate import Entry, previous_stage
+
+    entries = [Entry(name, path) for name, path in models_evaluated.items()]
+    names = list(models_evaluated)
+    assert [previous_stage(entries, names.index(n)) for n in ("sft", "online-1/indic", "online-2")] == \
+        ["base", "dpo-offline", "online-1"]
+
+
 PARSERS = {"reward": "reward.train:parse_reward_config", "arbitrage": "align.arbitrage:parse_arbitrage_config",
            "sft": "align.sft:parse_sft_config", "dpo": "align.dpo:parse_dpo_config",
            "online": "align.online:parse_iterate_config", "evaluate": "align.evaluate:parse_evaluate_config"}
