@@ -269,11 +269,11 @@ def chrf(prompts: list[dict], answers: list[str]) -> dict[str, dict]:
     return out
 
 
-def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict,
-                flags: dict[str, list] | None = None) -> dict[str, dict]:
-    """{model: {vs_baseline, vs_previous}}: each model minus the baseline and minus the stage before it, with paired
-    bootstrap intervals (the same resampled prompts for both): language fidelity's pass rate, and chrF++ where
-    prompts carry references. An interval holding 0 is noise."""
+def paired_differences(args: EvaluateArgs, names: list[str], prompts: list[dict], answers: dict,
+                       flags: dict[str, list] | None = None):
+    """`paired(ours, theirs)` for any two of `names`: `ours` minus `theirs` with paired bootstrap intervals (the same
+    resampled prompts for both): language fidelity's pass rate, and chrF++ where prompts carry references. An interval
+    holding 0 is noise."""
     import numpy as np
     from sacrebleu.metrics import CHRF
 
@@ -281,12 +281,12 @@ def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], a
 
     refs = [reference_of(p) for p in prompts]
     if flags is None:
-        flags = {e.name: fidelity_flags(answers[e.name], [p["lang"] for p in prompts]) for e in entries}
+        flags = {name: fidelity_flags(answers[name], [p["lang"] for p in prompts]) for name in names}
     judged = [i for i, r in enumerate(refs) if r]
     metric = CHRF(word_order=2)
     # sentence statistics once per model; a resample's corpus score sums them (what sacrebleu's bootstrap does)
-    stats = {e.name: np.array(metric._extract_corpus_statistics([answers[e.name][i] for i in judged],
-                                                                [[refs[i] for i in judged]])) for e in entries} \
+    stats = {name: np.array(metric._extract_corpus_statistics([answers[name][i] for i in judged],
+                                                              [[refs[i] for i in judged]])) for name in names} \
         if judged else {}
 
     def chrf_of(name, draw):
@@ -306,6 +306,13 @@ def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], a
                              "interval": bounds, "within_noise": within_noise(bounds, 0.0)}
         return out
 
+    return paired
+
+
+def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict,
+                flags: dict[str, list] | None = None) -> dict[str, dict]:
+    """{model: {vs_baseline, vs_previous}}: each model minus the baseline and minus the stage before it."""
+    paired = paired_differences(args, [e.name for e in entries], prompts, answers, flags)
     out = {}
     for k, e in enumerate(entries):
         if e.name == args.baseline:

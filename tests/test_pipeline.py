@@ -178,3 +178,29 @@ def test_shipped_recipes_are_valid(path, tmp_path, monkeypatch):
         config = {k: v for k, v in stage.config.items() if k != "languages"}
         kwargs = {"ranker_given": True} if kind == "online" else {}
         getattr(importlib.import_module(module), name)(config, path, **kwargs)
+
+
+STAGE_RECIPES = {"recipes/demo/sft.yaml": "align.sft:parse_sft_config",
+                 "recipes/marco_llm/sft.yaml": "align.sft:parse_sft_config",
+                 "recipes/native_vs_translated/sft.yaml": "align.sft:parse_sft_config",
+                 "recipes/demo/curate.yaml": "align.data.curate:parse_curate_config",
+                 "recipes/marco_llm/curate.yaml": "align.data.curate:parse_curate_config"}
+
+
+@pytest.mark.parametrize("path", sorted(STAGE_RECIPES))
+def test_stage_recipes_are_valid(path):
+    """Every key of the shipped stage recipes parses (no model, no data is loaded)."""
+    import importlib
+    from pathlib import Path
+
+    from align.config import load_yaml
+
+    raw = load_yaml(Path(__file__).resolve().parents[1] / path)
+    module, _, name = STAGE_RECIPES[path].partition(":")
+    job = getattr(importlib.import_module(module), name)(raw, path)
+    if path.endswith("marco_llm/sft.yaml"):
+        assert (job.training.max_length, job.training.learning_rate, str(job.training.lr_scheduler_type.value)) == \
+            (16384, 6e-6, "cosine_with_min_lr") and job.training.lr_scheduler_kwargs == {"min_lr": 6e-7}
+    if path.endswith("native_vs_translated/sft.yaml"):
+        assert (job.lora.r, job.lora.alpha, job.lora.dropout, job.args.load_in_8bit) == (8, 16, 0.05, True)
+        assert job.training.load_best_model_at_end and str(job.training.eval_strategy.value) == "epoch"

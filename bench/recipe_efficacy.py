@@ -1,0 +1,204 @@
+"""The Aya Expanse staircase with its controls, on the demo recipe (recipes/demo/pipeline.yaml), per seed:
+
+1. data arbitrage: SFT on the best single teacher vs SFT on the arbitrage picks, both one global model on the same
+   prompts with the same SFT keys. The single teacher is the full-coverage teacher with the highest mean ranker score
+   over the prompts (chosen by the ranker, as arbitrage chooses; never by the evaluation). Its data is its own best
+   sample per prompt.
+2. merging: SFT per cluster merged (the pipeline's sft/merged) vs the best single cluster model on the average
+   language, held-out languages of that cluster included; and vs the global arbitrage SFT on the same data.
+3. offline DPO vs SFT; online iterations 1, 2, 3, each vs the one before (with mean length, to see length hacking).
+
+Every row is measured on the demo's 32 held-out prompts by align.evaluate (chrF++ against the references and language
+fidelity, with 95% bootstrap intervals), each comparison a paired bootstrap over the same prompts: an interval that
+holds 0 is noise. Everything is rerun per seed (the teachers' sampling, every stage's training, the online samples).
+
+    .venv/bin/python bench/recipe_efficacy.py --seeds 1 2 [--out runs/bench/efficacy] [--iterations 3]
+
+Writes <out>/seed-<s>/ (the pipeline's run directory, the controls and eval/) and <out>/efficacy.md, the tables that
+BENCHMARKS.md records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RECIPE = ROOT / "recipes" / "demo" / "pipeline.yaml"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def best_single_teacher(candidates: list[dict]) -> tuple[str, list[dict], dict[str, float]]:
+    """The teacher that answers every prompt with the highest mean ranker score, and SFT records of its best sample
+    per prompt."""
+    prompts = {c["id"] for c in candidates}
+    by_teacher: dict[str, dict[str, dict]] = {}
+    for c in candidates:
+        best = by_teacher.setdefault(c["model"], {}).get(c["id"])
+        if best is None or c["score"] > best["score"]:
+            by_teacher[c["model"]][c["id"]] = c
+    full = {t: picks for t, picks in by_teacher.items() if set(picks) == prompts}
+    means = {t: statistics.fmean(p["score"] for p in picks.values()) for t, picks in full.items()}
+    teacher = max(means, key=means.get)
+    records = [{"messages": [*c["prompt"], {"role": "assistant", "content": c["completion"]}], "lang": c["lang"],
+                "id": c["id"], "source": f"teacher:{teacher}"} for c in full[teacher].values()]
+    return teacher, records, {t: round(m, 4) for t, m in means.items()}
+
+
+def run_seed(seed: int, out: Path, iterations: int) -> dict:
+    from align.config import load_yaml
+    from align.evaluate import parse_evaluate_config, paired_differences
+    from align.io import write_jsonl
+    from align.pipeline import build_pipeline, run_pipeline
+    from align.sft import run_sft
+
+    raw = load_yaml(RECIPE)
+    run_dir = out / f"seed-{seed}"
+    raw.update(seed=seed, run_dir=str(run_dir))
+    raw["online"] = {**raw["online"], "iterations": iterations}
+    evaluate = raw.pop("evaluate")
+    began = time.time()
+    run_pipeline(raw, str(RECIPE))
+    seconds = {"pipeline": round(time.time() - began, 1)}
+
+    teacher, single, means = best_single_teacher(read_jsonl(run_dir / "arbitrage" / "candidates.jsonl"))
+    sft_keys = {"model": raw["model"], "seed": seed, **raw["sft"]}
+    controls = {f"sft-single ({teacher})": (run_dir / "controls" / "single.jsonl", single),
+                "sft-arbitrage (global)": (run_dir / "arbitrage" / "sft.jsonl", None)}
+    trained = {}
+    began = time.time()
+    for name, (data, records) in controls.items():
+        target = run_dir / "controls" / ("sft-single" if records else "sft-arbitrage")
+        if records:
+            write_jsonl(data, records)
+        if not target.exists():
+            run_sft({**sft_keys, "dataset": str(data), "output_dir": str(target)}, str(RECIPE))
+        trained[name] = str(target)
+    seconds["controls"] = round(time.time() - began, 1)
+
+    pipe = {s.name: s for s in build_pipeline({**raw, "evaluate": {**evaluate, "unmerged": True}},
+                                              str(RECIPE)).stages}
+    staged = pipe["evaluate"].config["models"]
+    clusters = [n for n in staged if n.startswith("sft/")]
+    models = {"base": staged["base"], **trained, **{n: staged[n] for n in clusters},
+              **{n: p for n, p in staged.items() if n == "sft" or n.startswith(("dpo-offline", "online-"))}}
+    eval_cfg = {**pipe["evaluate"].config, "models": models, "output_dir": str(run_dir / "eval"), "overwrite": True}
+    eval_dir = run_dir / "eval"
+    began = time.time()
+    if not (eval_dir / "metrics.json").exists():
+        from align.evaluate import run_evaluate
+
+        run_evaluate(eval_cfg, str(RECIPE))
+    seconds["evaluate"] = round(time.time() - began, 1)
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+
+    # The comparisons the staircase asks for, beyond each stage vs the one before (which the evaluation has).
+    args, entries = parse_evaluate_config(eval_cfg, str(RECIPE))
+    from align.data import load_records
+
+    prompts = load_records(args.prompts, "prompt", seed=args.seed, source=str(RECIPE), key="prompts")
+    written = {n: read_jsonl(eval_dir / "answers" / f"{safe(n)}.jsonl") for n in models}
+    assert all([r["id"] for r in rows] == [p["id"] for p in prompts] for rows in written.values())
+    answers = {n: [r["completion"] for r in rows] for n, rows in written.items()}
+    paired = paired_differences(args, list(models), prompts, answers)
+    best_cluster = max(clusters, key=lambda n: metrics["models"][n]["chrf++"]["all"]["score"])
+    single_name, arbitrage_name = list(trained)
+    comparisons = {
+        "arbitrage vs best single teacher (global SFT)": (arbitrage_name, single_name),
+        f"merged clusters vs best cluster model ({best_cluster})": ("sft", best_cluster),
+        "merged clusters vs global SFT on the same picks": ("sft", arbitrage_name),
+        "offline DPO vs SFT (merged)": ("dpo-offline", "sft"),
+        "online-1 vs offline DPO": ("online-1", "dpo-offline"),
+        **{f"online-{i} vs online-{i - 1}": (f"online-{i}", f"online-{i - 1}") for i in range(2, iterations + 1)},
+        "SFT (merged) vs base": ("sft", "base"),
+        f"online-{iterations} vs base": (f"online-{iterations}", "base"),
+    }
+    return {"seed": seed, "teacher": teacher, "teacher_mean_scores": means, "seconds": seconds,
+            "rows": {n: row(metrics, n) for n in models},
+            "comparisons": {label: {"ours": a, "theirs": b, **paired(a, b)} for label, (a, b) in comparisons.items()},
+            "per_language_chrf": {n: {lang: v["score"] for lang, v in metrics["models"][n]["chrf++"].items()
+                                      if lang != "all"} for n in models}}
+
+
+def safe(name: str) -> str:
+    from align.io import safe_name
+
+    return safe_name(name)
+
+
+def row(metrics: dict, name: str) -> dict:
+    m, fid = metrics["models"][name], metrics["language_fidelity"][name]["all"]
+    return {"chrf": m["chrf++"]["all"]["score"], "chrf_interval": m["chrf++"]["all"]["interval"],
+            "fidelity": fid["pass_rate"], "fidelity_interval": fid.get("pass_rate_interval"),
+            "words": m["mean_words"]}
+
+
+def interval(bounds, percent: bool = False) -> str:
+    if not bounds:
+        return ""
+    return f" [{bounds[0]:+.0%}, {bounds[1]:+.0%}]" if percent else f" [{bounds[0]:+.2f}, {bounds[1]:+.2f}]"
+
+
+def table(result: dict) -> list[str]:
+    lines = [f"### Seed {result['seed']} (single teacher: {result['teacher']}; mean ranker scores "
+             + ", ".join(f"{t} {s}" for t, s in result["teacher_mean_scores"].items()) + ")", "",
+             "| model | chrF++ [95%] | language fidelity [95%] | mean words |", "|---|---|---|---:|"]
+    for name, r in result["rows"].items():
+        ci = r["chrf_interval"]
+        fci = r["fidelity_interval"]
+        lines.append(f"| {name} | {r['chrf']:.2f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+                     + f" | {r['fidelity']:.0%}" + (f" [{fci[0]:.0%}, {fci[1]:.0%}]" if fci else "")
+                     + f" | {r['words']:.1f} |")
+    lines += ["", "| comparison (paired bootstrap) | chrF++ difference | fidelity difference | words |",
+              "|---|---|---|---|"]
+    for label, c in result["comparisons"].items():
+        ch, fi = c["chrf++"], c["language_fidelity"]
+        words = f"{result['rows'][c['ours']]['words']:.1f} vs {result['rows'][c['theirs']]['words']:.1f}"
+        lines.append(f"| {label} | {ch['difference']:+.2f}{interval(ch['interval'])}"
+                     + (" noise" if ch["within_noise"] else "") + f" | {fi['difference']:+.0%}"
+                     + interval(fi["interval"], True) + (" noise" if fi["within_noise"] else "") + f" | {words} |")
+    langs = sorted({lang for per in result["per_language_chrf"].values() for lang in per})
+    lines += ["", "chrF++ per language (4 prompts each: no interval)", "",
+              "| model | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
+    for name, per in result["per_language_chrf"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{per.get(lang, float('nan')):.1f}" for lang in langs) + " |")
+    lines += ["", "Seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()), ""]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--out", default="runs/bench/efficacy")
+    parser.add_argument("--iterations", type=int, default=3)
+    opts = parser.parse_args()
+    out = Path(opts.out)
+    results = []
+    for seed in opts.seeds:
+        results.append(run_seed(seed, out, opts.iterations))
+        (out / f"seed-{seed}" / "efficacy.json").write_text(json.dumps(results[-1], indent=2))
+    import torch
+
+    lines = [f"Recipe efficacy: `python bench/recipe_efficacy.py --seeds {' '.join(map(str, opts.seeds))} "
+             f"--iterations {opts.iterations}`", "",
+             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+             f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}; "
+             f"{datetime.date.today()}", ""]
+    for result in results:
+        lines += table(result)
+    (out / "efficacy.md").write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
