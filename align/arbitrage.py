@@ -182,14 +182,18 @@ def read_logs(partial: Path, pattern: str) -> list[dict]:
     return records
 
 
-def generate_candidates(job: ArbitrageJob, prompts: list[dict], shard: list[int], partial: Path, rank: int,
+def generate_candidates(job: ArbitrageJob, prompts: list[dict], partial: Path, rank: int, processes: int,
                         is_main: bool) -> None:
+    """Every teacher's answers, each process writing its own log: a model teacher's batches are planned over every
+    prompt it serves and dealt out to the processes (align.generate.iter_batches), so that the completions are those of
+    one process; a file teacher's records are dealt out by prompt."""
     backend = choose_backend(job.args.backend)
     for t, teacher in enumerate(job.teachers):
         done = {r["index"] for r in read_logs(partial, f"generations.{t}.*.jsonl")}
-        eligible = [i for i in shard if serves(teacher, prompts[i]["lang"])]
+        eligible = [i for i in range(len(prompts)) if serves(teacher, prompts[i]["lang"])]
         if teacher.completions:
-            answered_from_file(teacher, prompts, eligible, partial / f"generations.{t}.rank{rank}.jsonl", done)
+            answered_from_file(teacher, prompts, eligible[rank::processes],
+                               partial / f"generations.{t}.rank{rank}.jsonl", done)
             continue
         todo = [i for i in eligible if i not in done]
         if todo and is_main:
@@ -201,7 +205,7 @@ def generate_candidates(job: ArbitrageJob, prompts: list[dict], shard: list[int]
                         generation_args(job, teacher),
                         lambda: load_teacher(job, teacher, backend, partial / f"api.{t}.rank{rank}.jsonl"),
                         keys=eligible, extra=lambda j: {"teacher": teacher.name}, done=done,
-                        desc=f"Generating ({teacher.name})", progress=is_main)
+                        desc=f"Generating ({teacher.name})", progress=is_main, shard=(rank, processes))
 
 
 # ------------------------------------------------------------------------------------------------ ranking
@@ -217,15 +221,16 @@ def candidates_by_prompt(job: ArbitrageJob, partial: Path) -> dict[int, list[tup
     return out
 
 
-def score_candidates(job: ArbitrageJob, prompts: list[dict], shard: list[int], partial: Path, rank: int,
+def score_candidates(job: ArbitrageJob, prompts: list[dict], partial: Path, rank: int, processes: int,
                      is_main: bool, chunk: int = 32) -> None:
     from tqdm.auto import tqdm
 
     done = {r["index"] for r in read_logs(partial, "scores.*.jsonl")}
     candidates = candidates_by_prompt(job, partial)
-    # Fixed chunks over the whole shard: a cut chunk is rescored whole, as the uninterrupted run scored it.
-    served = [i for i in shard if i in candidates]
-    chunks = [served[k: k + chunk] for k in range(0, len(served), chunk)]
+    # Fixed chunks over every prompt, dealt out to the processes: each chunk is scored as one process scores it, and
+    # a cut chunk is rescored whole, as the uninterrupted run scored it.
+    served = [i for i in range(len(prompts)) if i in candidates]
+    chunks = [served[k: k + chunk] for k in range(0, len(served), chunk)][rank::processes]
     chunks = [c for c in chunks if any(i not in done for i in c)]
     if not chunks:
         return
@@ -367,11 +372,10 @@ def run_arbitrage(raw: dict, source: str | None = None) -> Path:
         print(f"Arbitrage: {len(prompts)} prompts, {len(job.teachers)} teachers"
               + (" (resuming)" if resumed else ""), flush=True)
     state.wait_for_everyone()
-    with state.split_between_processes(list(range(len(prompts)))) as shard:
-        shard = list(shard)
-    generate_candidates(job, prompts, shard, run.partial, state.process_index, state.is_main_process)
+    rank, processes = state.process_index, state.num_processes
+    generate_candidates(job, prompts, run.partial, rank, processes, state.is_main_process)
     state.wait_for_everyone()
-    score_candidates(job, prompts, shard, run.partial, state.process_index, state.is_main_process)
+    score_candidates(job, prompts, run.partial, rank, processes, state.is_main_process)
     state.wait_for_everyone()
     if state.is_main_process:
         metrics, routing = assemble(job, prompts, run.partial)

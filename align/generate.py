@@ -281,15 +281,19 @@ def load_backend(model_args: ModelArgs, backend: str, adapter: str | None = None
 
 
 def iter_batches(backend: Backend, tokenizer, prompts: list[Messages], args: GenerationArgs, *,
-                 skip: Callable[[int], bool] = lambda i: False, progress: bool = True,
-                 desc: str = "Generating") -> Iterator[list[tuple[int, list[str]]]]:
+                 skip: Callable[[int], bool] = lambda i: False, progress: bool = True, desc: str = "Generating",
+                 shard: tuple[int, int] = (0, 1)) -> Iterator[list[tuple[int, list[str]]]]:
     """Yield each planned batch's (prompt index, completions), skipping batches whose every prompt `skip`s.
 
     A batch with some prompts done is regenerated whole (same prompts, same seed, so the same completions) and only
-    its missing prompts are yielded: that is what makes a resumed run equal an uninterrupted one.
+    its missing prompts are yielded: that is what makes a resumed run equal an uninterrupted one. `shard` (rank,
+    processes) takes every processes-th batch of the plan over all prompts: each batch, and so each completion, is
+    the one a single process makes.
     """
+    rank, processes = shard
     batches = plan_batches(prompts, tokenizer, args.batch_size, batch_token_budget(args), args.num_samples)
-    todo = [(b, batch) for b, batch in enumerate(batches) if not all(skip(i) for i in batch)]
+    todo = [(b, batch) for b, batch in enumerate(batches)
+            if b % processes == rank and not all(skip(i) for i in batch)]
     bar = tqdm(total=sum(len(batch) for _, batch in todo), desc=desc, unit="prompt",
                disable=not progress or len(prompts) < 2)
     for b, batch in todo:
@@ -312,13 +316,15 @@ def complete(backend: Backend, tokenizer, prompts: list[Messages], args: Generat
 
 def generate_logged(path: str | Path, prompts: list[Messages], args: GenerationArgs, load: Callable[[], tuple], *,
                     keys: Sequence[Hashable] | None = None, extra: Callable[[int], dict] | None = None,
-                    done: set = frozenset(), desc: str = "Generating", progress: bool = True) -> list[dict]:
+                    done: set = frozenset(), desc: str = "Generating", progress: bool = True,
+                    shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """The one generation primitive of the stages: answer `prompts` into the append log at `path`, one flushed
     record per prompt, `{"index": key, **extra(i), "completions": [...]}`, and return the log's records in input order.
 
     A rerun resumes: prompts whose key is in the log (or in `done`, e.g. other processes' logs) are skipped, and
     `load()` (→ backend, tokenizer) is called only when something is left to answer. Batches are planned over every
-    prompt, done or not, so a cut batch is regenerated exactly as the uninterrupted run would have made it.
+    prompt, done or not, so a cut batch is regenerated exactly as the uninterrupted run would have made it. With
+    `shard` (rank, processes) this process answers its share of the batches (iter_batches) and returns its own.
     """
     keys = list(range(len(prompts))) if keys is None else list(keys)
     with AppendLog(path, key=lambda r: r["index"]) as log_file:
@@ -326,7 +332,7 @@ def generate_logged(path: str | Path, prompts: list[Messages], args: GenerationA
         if any(k not in finished for k in keys):
             backend, tokenizer = load()
             for chunk in iter_batches(backend, tokenizer, prompts, args, skip=lambda i: keys[i] in finished,
-                                      desc=desc, progress=progress):
+                                      desc=desc, progress=progress, shard=shard):
                 for i, completions in chunk:
                     log_file.append({"index": keys[i], **(extra(i) if extra else {}), "completions": completions})
             del backend, tokenizer

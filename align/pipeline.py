@@ -33,8 +33,12 @@ log = logging.getLogger(__name__)
 
 SECTIONS = ("reward", "arbitrage", "sft", "merge", "dpo", "online", "evaluate")
 TOP_KEYS = {"name", "run_dir", "model", "prompts", "heldout", "clusters", "shared_languages", "seed", "ranker",
-            "dtype", "attn_implementation", "trust_remote_code", *SECTIONS}
+            "dtype", "attn_implementation", "trust_remote_code", "launch", *SECTIONS}
 MODEL_KEYS = ("dtype", "attn_implementation", "trust_remote_code")
+# The `polyalign` subcommand of each stage function: what `launch` starts under accelerate.
+COMMAND_OF = {"reward.train:run_reward": "reward", "align.arbitrage:run_arbitrage": "arbitrage",
+              "align.sft:run_sft": "sft", "align.dpo:run_dpo": "dpo", "align.online:run_iterate": "iterate",
+              "align.evaluate:run_evaluate": "evaluate"}
 
 
 @dataclass
@@ -43,8 +47,22 @@ class Stage:
     output: Path
     reads: list[str]  # names of the stages whose outputs it reads
     config: dict  # what the stage's hash covers
-    run: Callable[[], None]
+    run: Callable[[], None]  # in the pipeline's own process
     hash: str = ""
+    launch: list[str] | None = None  # accelerate launch's flags: run as its own job instead (align.launch)
+    command: str | None = None  # the `polyalign` subcommand and config of that job, and what to write first
+    cfg: dict | None = None
+    before: Callable[[], None] | None = None
+
+    def execute(self, run_dir: Path) -> None:
+        if self.launch is None:
+            self.run()
+            return
+        from .launch import run_launched
+
+        if self.before:
+            self.before()
+        run_launched(self.name, self.command, self.cfg, self.launch, run_dir)
 
 
 @dataclass
@@ -54,19 +72,53 @@ class Pipeline:
     run_dir: Path
     stages: list[Stage] = field(default_factory=list)
 
-    def add(self, name: str, output: Path, reads: list[str], config: dict, run: Callable[[], None]) -> None:
+    def add(self, name: str, output: Path, reads: list[str], config: dict, run: Callable[[], None]) -> Stage:
+        """A stage; its hash covers its config and the hashes of what it reads (how it is launched is not part of
+        its result)."""
         known = {s.name: s for s in self.stages}
         upstream = [known[r].hash for r in reads]
         stage = Stage(name, output, reads, config, run)
         stage.hash = config_hash({"config": config, "reads": upstream})
         self.stages.append(stage)
+        return stage
+
+    def add_call(self, name: str, output: Path, reads: list[str], target: str, cfg: dict, section: str, *,
+                 hashed: dict | None = None, before: Callable[[], None] | None = None) -> None:
+        """A stage that calls `target(cfg)`: in this process, or as its own accelerate job when the recipe's
+        `launch` (top level, or the section's own) says so."""
+        def run():
+            if before:
+                before()
+            _call(target, cfg, self.source)
+
+        stage = self.add(name, output, reads, cfg if hashed is None else hashed, run)
+        stage.launch = _launch(self.raw, section, self.source)
+        stage.command, stage.cfg, stage.before = COMMAND_OF[target], cfg, before
 
 
 def _section(raw: dict, key: str, source: str | None) -> dict:
+    """A stage section's own keys (its `launch` is the pipeline's, not the stage's)."""
     value = raw.get(key) or {}
     if not isinstance(value, dict):
         raise ConfigError(source, key, "expected a mapping of that stage's keys")
-    return dict(value)
+    return {k: v for k, v in value.items() if k != "launch"}
+
+
+def _launch(raw: dict, key: str, source: str | None) -> list[str] | None:
+    """accelerate launch's flags for section `key`: the top-level `launch` updated by the section's (`launch: false`
+    runs that stage in the pipeline's process); None without either."""
+    from .launch import launch_flags
+
+    own = (raw.get(key) or {}).get("launch") if isinstance(raw.get(key), dict) else None
+    if own is False or (own is None and not raw.get("launch")):
+        return None
+    if own is not None and not isinstance(own, dict):
+        raise ConfigError(source, f"{key}.launch", "expected a mapping of accelerate launch options, or false")
+    top = raw.get("launch") or {}
+    if not isinstance(top, dict):
+        raise ConfigError(source, "launch", "expected a mapping of accelerate launch options (num_processes, "
+                                            "config_file, ...)")
+    return launch_flags({**top, **(own or {})}, source, f"{key}.launch" if own else "launch")
 
 
 def _model_keys(raw: dict) -> dict:
@@ -128,7 +180,7 @@ def _add_ranker(pipe: Pipeline, base: str, common: dict) -> Builder:
     if "reward" in raw:
         reward_dir = pipe.run_dir / "reward"
         cfg = {"model": base, **common, **_section(raw, "reward", source), "output_dir": str(reward_dir)}
-        pipe.add("reward", reward_dir, [], cfg, lambda: _call("reward.train:run_reward", cfg, source))
+        pipe.add_call("reward", reward_dir, [], "reward.train:run_reward", cfg, "reward")
         ranker = {**ranker, "reward_model": str(reward_dir)}
     if not ranker:
         raise ConfigError(source, "ranker", "missing: a `reward` stage to train one, or ranker: {reward_model: path}, "
@@ -141,8 +193,7 @@ def _add_arbitrage(b: Builder) -> None:
     out = b.pipe.run_dir / "arbitrage"
     cfg = {**b.common, **b.section("arbitrage"), "prompts": b.raw["prompts"], "ranker": b.ranker,
            "output_dir": str(out)}
-    b.pipe.add("arbitrage", out, b.ranker_reads, cfg, lambda: _call("align.arbitrage:run_arbitrage", cfg,
-                                                                     b.pipe.source))
+    b.pipe.add_call("arbitrage", out, b.ranker_reads, "align.arbitrage:run_arbitrage", cfg, "arbitrage")
 
 
 def _clusters(raw: dict, source: str | None) -> dict[str, list[str]]:
@@ -167,9 +218,9 @@ def _add_sft(b: Builder) -> None:
     for name, members in b.clusters.items():
         out, data = run_dir / "sft" / safe_name(name), run_dir / "sft" / ".data" / f"{safe_name(name)}.jsonl"
         cfg = {"model": b.base, **b.common, **section, "dataset": str(data), "output_dir": str(out)}
-        b.pipe.add(f"sft/{name}", out, ["arbitrage"], {**cfg, "languages": members},
-                   lambda cfg=cfg, members=members, data=data: _on_cluster("align.sft:run_sft", records, members,
-                                                                           data, cfg, b.pipe.source))
+        b.pipe.add_call(f"sft/{name}", out, ["arbitrage"], "align.sft:run_sft", cfg, "sft",
+                        hashed={**cfg, "languages": members},
+                        before=lambda members=members, data=data: _cluster_data(records, members, data, b.pipe.source))
         cluster_dirs[name] = out
     b.policy, b.policy_stage = run_dir / "sft" / "merged", "sft/merged"
     _add_merge(b, "sft/merged", b.policy, cluster_dirs, [f"sft/{n}" for n in b.clusters])
@@ -186,16 +237,15 @@ def _add_offline_dpo(b: Builder) -> None:
     if not per_cluster:
         out = run_dir / "dpo" / "offline"
         cfg = {"model": str(b.policy), **b.common, **section, "dataset": str(pairs), "output_dir": str(out)}
-        b.pipe.add("dpo", out, reads, cfg, lambda: _call("align.dpo:run_dpo", cfg, source))
+        b.pipe.add_call("dpo", out, reads, "align.dpo:run_dpo", cfg, "dpo")
         b.policy, b.policy_stage = _trained(out, cfg), "dpo"
         return
     dirs = {}
     for name, members in b.clusters.items():
         out, data = run_dir / "dpo" / "offline" / safe_name(name), run_dir / "dpo" / ".data" / f"{safe_name(name)}.jsonl"
         cfg = {"model": str(b.policy), **b.common, **section, "dataset": str(data), "output_dir": str(out)}
-        b.pipe.add(f"dpo/{name}", out, reads, {**cfg, "languages": members},
-                   lambda cfg=cfg, members=members, data=data: _on_cluster("align.dpo:run_dpo", pairs, members, data,
-                                                                           cfg, source))
+        b.pipe.add_call(f"dpo/{name}", out, reads, "align.dpo:run_dpo", cfg, "dpo", hashed={**cfg, "languages": members},
+                        before=lambda members=members, data=data: _cluster_data(pairs, members, data, source))
         dirs[name] = _trained(out, cfg)
     b.policy, b.policy_stage = run_dir / "dpo" / "offline" / "merged", "dpo/merged"
     _add_merge(b, "dpo/merged", b.policy, dirs, [f"dpo/{n}" for n in b.clusters])
@@ -210,8 +260,7 @@ def _add_online(b: Builder) -> None:
         section.update(clusters=b.clusters, cluster_weights=b.section("merge").get("weights", "equal"))
     cfg = {**b.common, **section, "model": str(b.policy), "prompts": b.raw["prompts"],
            "ranker": b.ranker, "output_dir": str(out)}
-    b.pipe.add("online", out, [b.policy_stage, *b.ranker_reads], cfg,
-               lambda: _call("align.online:run_iterate", cfg, b.pipe.source))
+    b.pipe.add_call("online", out, [b.policy_stage, *b.ranker_reads], "align.online:run_iterate", cfg, "online")
 
 
 def _add_evaluate(b: Builder) -> None:
@@ -244,7 +293,7 @@ def _add_evaluate(b: Builder) -> None:
     out = run_dir / "eval"
     cfg = {**b.common, "max_new_tokens": 128, **section, "models": models, "baseline": "base",
            "prompts": b.raw.get("heldout", b.raw["prompts"]), "output_dir": str(out)}
-    b.pipe.add("evaluate", out, reads, cfg, lambda: _call("align.evaluate:run_evaluate", cfg, b.pipe.source))
+    b.pipe.add_call("evaluate", out, reads, "align.evaluate:run_evaluate", cfg, "evaluate")
 
 
 def _trained(out: Path, cfg: dict) -> Path:
@@ -256,6 +305,9 @@ def _add_merge(b: Builder, name: str, out: Path, dirs: dict[str, Path], reads: l
     from merge.weighting import cluster_weights
 
     section = b.section("merge")
+    if "launch" in (b.raw.get("merge") or {}):
+        raise ConfigError(b.pipe.source, "merge.launch", "a merge runs in the pipeline's own process (streamed "
+                                                          "tensor by tensor, no GPU): remove launch")
     weights = cluster_weights(section.get("weights", "equal"), {c: b.clusters[c] for c in dirs},
                               source=b.pipe.source, key="merge.weights")
     models = [(str(path), weights[c]) for c, path in dirs.items()]
@@ -276,14 +328,14 @@ def _call(target: str, cfg: dict, source: str | None) -> None:
     getattr(importlib.import_module(module), name)(cfg, source)
 
 
-def _on_cluster(target: str, path: Path, members: list[str], data: Path, cfg: dict, source: str | None) -> None:
-    """Run a stage on the records of `path` (arbitrage SFT records or pairs) in the cluster's languages."""
+def _cluster_data(path: Path, members: list[str], data: Path, source: str | None) -> None:
+    """Write the records of `path` (arbitrage SFT records or pairs) in the cluster's languages to `data`, the
+    cluster stage's dataset."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     kept = [r for r in rows if r.get("lang") in members]
     if not kept:
         raise ConfigError(source, "clusters", f"{path} holds no record in {', '.join(members)}")
     write_jsonl(data, kept)
-    _call(target, cfg, source)
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -322,7 +374,8 @@ def print_plan(pipe: Pipeline, steps: list[tuple[Stage, str]]) -> None:
     width = max(len(s.name) for s, _ in steps)
     print(f"Pipeline {pipe.raw.get('name', pipe.run_dir.name)} in {pipe.run_dir}:", flush=True)
     for stage, action in steps:
-        print(f"  {stage.name:<{width}}  {action:<7} → {stage.output}", flush=True)
+        launched = f"  (accelerate launch {' '.join(stage.launch)})" if stage.launch else ""
+        print(f"  {stage.name:<{width}}  {action:<7} → {stage.output}{launched}", flush=True)
 
 
 def run_pipeline(raw: dict, source: str | None = None, *, start_from: str | None = None,
@@ -344,7 +397,7 @@ def run_pipeline(raw: dict, source: str | None = None, *, start_from: str | None
         write_json(pipe.run_dir / "state.json", state)
         print(f"\n=== {stage.name} ({action}) ===", flush=True)
         began = time.time()
-        stage.run()
+        stage.execute(pipe.run_dir)
         state["stages"][stage.name] = {"hash": stage.hash, "output": str(stage.output),
                                        "seconds": round(time.time() - began, 1),
                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -117,6 +117,52 @@ def test_pipeline_config_errors(tmp_path, models):
         build_pipeline(no_ranker, None)
 
 
+def launched_recipe(tmp_path, models, name: str, **extra) -> dict:
+    """Arbitrage and SFT per cluster only (the stages that run on several processes today), ranked by a reward
+    model given in the recipe."""
+    raw = {k: v for k, v in recipe(tmp_path, models).items() if k not in ("reward", "dpo", "online", "evaluate")}
+    return {**raw, "ranker": {"reward_model": str(models["judge"])}, "run_dir": str(tmp_path / name), **extra}
+
+
+def test_launched_stages_are_accelerate_jobs_with_the_outputs_of_one_process(tmp_path, models, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on two cores
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a gloo CPU group, as in CI, even where a GPU is present
+    one = run_pipeline(launched_recipe(tmp_path, models, "one"))
+    sft = {**recipe(tmp_path, models)["sft"], "launch": False}
+    two = run_pipeline(launched_recipe(tmp_path, models, "two", launch={"num_processes": 2},
+                                       sft={**sft, "launch": {"num_processes": 2}}))
+    printed = capsys.readouterr().out
+    assert "accelerate launch --num_machines 1 --mixed_precision no --dynamo_backend no --num_processes 2 " \
+           "--multi_gpu -m align.cli arbitrage" in printed
+    for name in ("candidates.jsonl", "pairs.jsonl", "sft.jsonl"):  # sharded over 2 processes, joined in input order
+        assert (two / "arbitrage" / name).read_bytes() == (one / "arbitrage" / name).read_bytes(), name
+    assert json.loads((two / "sft" / "Germanic" / "metrics.json").read_text())["processes"] == 2
+    assert json.loads((one / "sft" / "Germanic" / "metrics.json").read_text())["processes"] == 1
+    assert set(load_state(two)["stages"]) == set(load_state(one)["stages"])
+    assert (two / "logs" / "arbitrage.log").read_text().strip() and (two / "sft" / "merged" / "README.md").exists()
+
+
+def test_a_launched_stage_that_fails_names_itself_and_leaves_the_stages_before_it_done(tmp_path, models,
+                                                                                       monkeypatch, capsys):
+    from align.errors import PolyalignError
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    raw = launched_recipe(tmp_path, models, "run", launch={"num_processes": 1})
+    raw["sft"] = {**raw["sft"], "learning_rat": 1e-4}
+    with pytest.raises(PolyalignError) as info:
+        run_pipeline(raw)
+    log = tmp_path / "run" / "logs" / "sft_Germanic.log"
+    # accelerate launch exits 1 when its process fails (the stage itself exits 2, as on the command line)
+    assert str(info.value) == f"stage sft/Germanic exited with code 1 under accelerate launch (log: {log})"
+    assert "unknown key" in capsys.readouterr().err and "learning_rat" in log.read_text()
+    assert set(load_state(tmp_path / "run")["stages"]) == {"arbitrage"}
+    with pytest.raises(ConfigError, match="'launch': accelerate launch refuses it: unrecognized arguments: "
+                                          "--num_processez"):
+        build_pipeline({**raw, "launch": {"num_processez": 2}}, None)
+    with pytest.raises(ConfigError, match="'merge.launch': a merge runs in the pipeline's own process"):
+        build_pipeline({**raw, "merge": {"launch": {"num_processes": 2}}}, None)
+
+
 def test_per_cluster_preference_training_and_unmerged_rows_in_the_evaluation(tmp_path, models):
     """dpo and online per cluster, merged at every iteration with the pipeline's merge weights; `unmerged: true`
     evaluates each cluster model beside its merge."""
