@@ -26,7 +26,7 @@ from .data import load_records
 from .data.languages import UnknownLanguage, normalize_lang
 from .errors import ConfigError
 from .generate import DecodingArgs, check_models, choose_backend, generate_logged, load_backend
-from .io import AppendLog, save_figure, write_json, write_jsonl
+from .io import AppendLog, read_logs, save_figure, write_json, write_jsonl
 from .models import LoadingArgs, cuda_available, release_memory
 from .pairs import choose_pair, preference_record
 from .runs import StageRun
@@ -171,15 +171,6 @@ def load_teacher(job: ArbitrageJob, teacher: TeacherSpec, backend: str, api_log:
 
         return APIBackend(APISpec(**teacher.api), log=api_log), None
     return load_backend(job.args.model_args(teacher.model), backend, teacher.adapter)
-
-
-def read_logs(partial: Path, pattern: str) -> list[dict]:
-    """Every record of every process's log matching `pattern` (a resumed run may have another process count)."""
-    records = []
-    for path in sorted(partial.glob(pattern)):
-        with AppendLog(path, key=lambda r: r["index"]) as existing:
-            records += existing.records
-    return records
 
 
 def generate_candidates(job: ArbitrageJob, prompts: list[dict], partial: Path, rank: int, processes: int,

@@ -25,7 +25,7 @@ from .config import build_dataclass, config_hash, require
 from .data import load_records
 from .errors import ConfigError, InputError
 from .fidelity import fidelity_flags
-from .generate import DecodingArgs, choose_backend, generate_logged, load_backend
+from .generate import DecodingArgs, choose_backend, generate_logged, generate_sharded, load_backend
 from .io import safe_name, write_jsonl
 from .models import LoadingArgs
 from .pairs import outcome_of_scores, outcome_of_winner, tally_with_rates
@@ -119,16 +119,18 @@ def _grader_spec(value: dict, source: str | None, backend: str) -> dict:
 # ------------------------------------------------------------------------------------------------ answers
 
 
-def answer(args: EvaluateArgs, entry: Entry, prompts: list[dict], directory: Path) -> list[str]:
-    """Greedy answers of one model, streamed into a log keyed by the model and the generation settings that produce
-    them (a log is never read back for another model or setting), and resumed from it; or the entry's answers file."""
+def answer(args: EvaluateArgs, entry: Entry, prompts: list[dict], directory: Path, state) -> list[str]:
+    """Greedy answers of one model, streamed into logs keyed by the model and the generation settings that produce
+    them (a log is never read back for another model or setting), and resumed from them; or the entry's answers
+    file. Under several processes (`state`, accelerate's) each answers its share of the batches."""
     if entry.answers:
         return read_answers(entry.answers, prompts)
     gen = args.generation()
     key = config_hash({"model": entry.model, "generation": gen.__dict__, "prompts": [p["id"] for p in prompts]})
-    records = generate_logged(directory / f"{safe_name(entry.name)}.{key}.jsonl", [p["prompt"] for p in prompts],
-                              gen, lambda: load_backend(args.model_args(entry.model), choose_backend(args.backend)),
-                              desc=f"Answering ({entry.name})")
+    records = generate_sharded(directory, f"{safe_name(entry.name)}.{key}", [p["prompt"] for p in prompts], gen,
+                               lambda: load_backend(args.model_args(entry.model), choose_backend(args.backend)),
+                               rank=state.process_index, processes=state.num_processes,
+                               barrier=state.wait_for_everyone, desc=f"Answering ({entry.name})")
     return [r["completions"][0] for r in records]
 
 
@@ -421,11 +423,17 @@ def benchmarks(args: EvaluateArgs, entries: list[Entry], partial: Path) -> dict:
 
 
 def run_evaluate(raw: dict, source: str | None = None) -> Path:
-    """The `evaluate` stage: every model against the baseline and its predecessor, per language."""
+    """The `evaluate` stage: every model against the baseline and its predecessor, per language. Under `accelerate
+    launch` the processes share the answering; the main process measures and writes the report."""
+    from accelerate import PartialState
+
     from .eval_report import print_summary, write_report
+    from .models import cuda_available
 
     args, entries = parse_evaluate_config(raw, source)
-    run = StageRun(args.output_dir, raw, stage="evaluate", overwrite=args.overwrite, source=source)
+    state = PartialState(cpu=not cuda_available())
+    run = StageRun(args.output_dir, raw, stage="evaluate", overwrite=args.overwrite, source=source,
+                   is_main=state.is_main_process)
     prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source,
                            key="prompts")[: args.max_prompts or None]
     answers = {e.name: read_answers(e.answers, prompts) for e in entries if e.answers}  # bad files fail first
@@ -433,11 +441,16 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
         from .benchmarks import resolve_tasks
 
         args.tasks = resolve_tasks(args.benchmarks, source)
-    run.prepare()
+    if state.is_main_process:
+        run.prepare()
+    state.wait_for_everyone()
     clock = Stopwatch()
     with clock("answers"):
-        answers = {e.name: answers.get(e.name) or answer(args, e, prompts, run.partial / "generations")
+        answers = {e.name: answers.get(e.name) or answer(args, e, prompts, run.partial / "generations", state)
                    for e in entries}
+    if not state.is_main_process:
+        return run.final  # the main process measures, reports and moves the output into place (no barrier: a
+                          # judge may take longer than a collective's timeout)
     results = measure(args, entries, prompts, answers, run.partial)
     results["seconds"] = {**clock.seconds, **results["seconds"]}
     for e in entries:

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, PolyalignError
-from .io import AppendLog
+from .io import AppendLog, read_logs
 from .models import (ModelArgs, adapter_base, cuda_available, load_model, load_tokenizer, match_embeddings, model_path,
                      release_memory, to_gpu_if_available)
 
@@ -339,6 +339,20 @@ def generate_logged(path: str | Path, prompts: list[Messages], args: GenerationA
             release_memory()
         by_key = {r["index"]: r for r in log_file.records}
     return [by_key[k] for k in keys if k in by_key]
+
+
+def generate_sharded(directory: Path, stem: str, prompts: list[Messages], args: GenerationArgs,
+                     load: Callable[[], tuple], *, rank: int, processes: int, barrier: Callable[[], None],
+                     desc: str = "Generating") -> list[dict]:
+    """`generate_logged` on several processes: each answers its share of the batches into `<stem>.rank<r>.jsonl`
+    in `directory`; after `barrier`, every process returns all records in input order (those of one process)."""
+    pattern = f"{stem}.rank*.jsonl"
+    done = {r["index"] for r in read_logs(directory, pattern)}
+    generate_logged(Path(directory) / f"{stem}.rank{rank}.jsonl", prompts, args, load, done=done, desc=desc,
+                    progress=rank == 0, shard=(rank, processes))
+    barrier()
+    by_index = {r["index"]: r for r in read_logs(directory, pattern)}
+    return [by_index[i] for i in range(len(prompts))]
 
 
 def check_models(models: Sequence[tuple[str, str, str | None]], source: str | None, *,

@@ -104,6 +104,17 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False) -> Iterator
         raise
 
 
+def read_logs(directory: str | os.PathLike, pattern: str) -> list[dict]:
+    """The complete records of every append log in `directory` matching `pattern` (one per process; a resumed run
+    may have another process count). Read-only: a line another process is still writing is left alone."""
+    records = []
+    for path in sorted(Path(directory).glob(pattern)):
+        data = path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1].decode("utf-8")
+        records += [json.loads(line) for line in complete.splitlines() if line.strip()]
+    return records
+
+
 class AppendLog:
     """A JSONL file that a generation stage appends to one flushed record at a time, and a rerun continues.
 

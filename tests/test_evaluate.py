@@ -228,3 +228,29 @@ def test_differences_from_the_baseline_and_the_previous_stage_are_paired_and_say
     worse = out["same"]["vs_previous"]  # the stage before "same" is "better": the loss shows, beyond noise
     assert worse["model"] == "better" and worse["language_fidelity"]["difference"] < -0.5
     assert worse["language_fidelity"]["interval"][1] < 0 and not worse["chrf++"]["within_noise"]
+
+
+def test_two_processes_share_the_answering_and_give_the_results_of_one(tmp_path, models):
+    """Under accelerate launch each process answers its share of the batches; the main process measures: answers
+    byte-identical, every measure equal."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    cfg = config(tmp_path, models, max_new_tokens=8, batch_size=1)  # 4 batches: 2 per process
+    one = run_evaluate({**cfg, "output_dir": str(tmp_path / "one")})
+    recipe = tmp_path / "eval.json"
+    recipe.write_text(json.dumps({**cfg, "output_dir": str(tmp_path / "two")}))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "-m", "align.cli", "evaluate", "--config", str(recipe)]
+    result = subprocess.run(launch, env=subprocess_env(cpu=True), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = tmp_path / "two"
+    for name in ("base.jsonl", "tuned.jsonl"):
+        assert (two / "answers" / name).read_bytes() == (one / "answers" / name).read_bytes()
+    first, second = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    first.pop("seconds"), second.pop("seconds")
+    assert first == second
+    assert not list(two.glob("generations*")) and not (tmp_path / ".two.partial").exists()
