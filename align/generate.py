@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, PolyalignError
-from .io import AppendLog, read_logs
+from .io import AppendLog, join_logs, read_logs, shard_log
 from .models import (ModelArgs, adapter_base, cuda_available, load_model, load_tokenizer, match_embeddings, model_path,
                      release_memory, to_gpu_if_available)
 
@@ -343,15 +343,18 @@ def generate_logged(path: str | Path, prompts: list[Messages], args: GenerationA
 
 def generate_sharded(directory: Path, stem: str, prompts: list[Messages], args: GenerationArgs,
                      load: Callable[[], tuple], *, rank: int, processes: int, barrier: Callable[[], None],
-                     desc: str = "Generating") -> list[dict]:
-    """`generate_logged` on several processes: each answers its share of the batches into `<stem>.rank<r>.jsonl`
-    in `directory`; after `barrier`, every process returns all records in input order (those of one process)."""
-    pattern = f"{stem}.rank*.jsonl"
-    done = {r["index"] for r in read_logs(directory, pattern)}
-    generate_logged(Path(directory) / f"{stem}.rank{rank}.jsonl", prompts, args, load, done=done, desc=desc,
-                    progress=rank == 0, shard=(rank, processes))
+                     extra: Callable[[int], dict] | None = None, desc: str = "Generating") -> list[dict]:
+    """`generate_logged` on one or several processes: each answers its share of the batches into its own log
+    (align.io.shard_log), the main process joins them into `<stem>.jsonl`, and every process returns all records in
+    input order (those one process makes)."""
+    done = {r["index"] for pattern in (f"{stem}.jsonl", f"{stem}.rank*.jsonl") for r in read_logs(directory, pattern)}
+    generate_logged(shard_log(directory, stem, rank, processes), prompts, args, load, done=done, extra=extra,
+                    desc=desc, progress=rank == 0, shard=(rank, processes))
     barrier()
-    by_index = {r["index"]: r for r in read_logs(directory, pattern)}
+    if rank == 0:
+        join_logs(directory, stem, key=lambda r: r["index"])
+    barrier()
+    by_index = {r["index"]: r for r in read_logs(directory, f"{stem}.jsonl")}
     return [by_index[i] for i in range(len(prompts))]
 
 

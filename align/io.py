@@ -115,6 +115,27 @@ def read_logs(directory: str | os.PathLike, pattern: str) -> list[dict]:
     return records
 
 
+def shard_log(directory: str | os.PathLike, stem: str, rank: int, processes: int) -> Path:
+    """The append log of one process: `<stem>.jsonl` itself in a single process, else `<stem>.rank<r>.jsonl`,
+    joined into `<stem>.jsonl` by `join_logs` once every process is done."""
+    return Path(directory) / (f"{stem}.jsonl" if processes == 1 else f"{stem}.rank{rank}.jsonl")
+
+
+def join_logs(directory: str | os.PathLike, stem: str, key: Callable[[dict], Any]) -> list[dict]:
+    """Main process, after a barrier: `<stem>.jsonl` and the processes' `<stem>.rank*.jsonl` as one log in `key`
+    order (written whole, then the per-process logs removed); returns its records."""
+    directory = Path(directory)
+    shards = sorted(directory.glob(f"{stem}.rank*.jsonl"))
+    records = read_logs(directory, f"{stem}.jsonl") + read_logs(directory, f"{stem}.rank*.jsonl")
+    if shards:
+        unique = {key(r): r for r in records}
+        records = [unique[k] for k in sorted(unique)]
+        write_jsonl(directory / f"{stem}.jsonl", records)
+        for path in shards:
+            path.unlink()
+    return records
+
+
 class AppendLog:
     """A JSONL file that a generation stage appends to one flushed record at a time, and a rerun continues.
 

@@ -35,8 +35,8 @@ from .config import build_dataclass, require
 from .data import hold_out_by_id, load_records
 from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
-from .generate import DecodingArgs, GenerationArgs, choose_backend, generate_logged, load_backend
-from .io import AppendLog, safe_name, save_figure, write_json, write_jsonl
+from .generate import DecodingArgs, GenerationArgs, choose_backend, generate_sharded, load_backend
+from .io import AppendLog, join_logs, read_logs, safe_name, save_figure, shard_log, write_json, write_jsonl
 from .models import LoadingArgs, release_memory
 from .pairs import choose_pair, outcome_of_scores, preference_record, tally_with_rates
 from .runs import StageRun
@@ -127,12 +127,19 @@ def cluster_model(out: Path, i: int, cluster: str, *, lora: bool) -> str:
 
 
 class Loop:
-    """State shared by the steps of every iteration."""
+    """State shared by the steps of every iteration. Under several processes (`state`, accelerate's) they share
+    the sampling and the scoring (batches and chunks dealt out, so the records are those of one process) and train
+    each DPO step together (DDP, FSDP or ZeRO-3 from the accelerate config); the main process writes pairs, merges,
+    held-out scores and metrics, with a barrier before anyone reads them."""
 
-    def __init__(self, args: IterateArgs, out: Path, source: str | None, ranker=None):
-        self.args, self.out, self.source = args, out, source
+    def __init__(self, args: IterateArgs, out: Path, source: str | None, state, ranker=None):
+        self.args, self.out, self.source, self.state = args, out, source, state
+        self.rank, self.processes, self.main = state.process_index, state.num_processes, state.is_main_process
         self._given_ranker = ranker
         self._ranker = ranker
+
+    def barrier(self) -> None:
+        self.state.wait_for_everyone()
 
     # ---------------------------------------------------------------------------------------------- resources
 
@@ -140,7 +147,8 @@ class Loop:
         if self._ranker is None:
             from reward import load_ranker
 
-            self._ranker = load_ranker(self.args.ranker, self.args.model_args(), log_dir=self.out / "api")
+            log_dir = self.out / "api" / (f"rank{self.rank}" if self.processes > 1 else "")
+            self._ranker = load_ranker(self.args.ranker, self.args.model_args(), log_dir=log_dir)
         return self._ranker
 
     def release_ranker(self) -> None:
@@ -155,35 +163,43 @@ class Loop:
         return iteration_model(self.out, i - 1, merged=self.args.merge_with_previous is not None,
                                lora=bool(self.args.lora), clusters=self.args.clusters is not None)
 
-    def generate(self, policy: str, prompts: list[dict], path: Path, args: GenerationArgs, desc: str) -> list[dict]:
-        """Answers of `policy` to `prompts`, streamed into `path` and resumed from it."""
+    def generate(self, policy: str, prompts: list[dict], directory: Path, stem: str, args: GenerationArgs,
+                 desc: str) -> list[dict]:
+        """Answers of `policy` to `prompts`, streamed into `<directory>/<stem>.jsonl` and resumed from it."""
         def load():
             return load_backend(self.args.model_args(policy), choose_backend(self.args.backend))
 
-        return generate_logged(path, [p["prompt"] for p in prompts], args, load, desc=desc,
-                               extra=lambda j: {"id": prompts[j]["id"], "lang": prompts[j]["lang"]})
+        return generate_sharded(directory, stem, [p["prompt"] for p in prompts], args, load, rank=self.rank,
+                                processes=self.processes, barrier=self.barrier, desc=desc,
+                                extra=lambda j: {"id": prompts[j]["id"], "lang": prompts[j]["lang"]})
 
-    def score(self, prompts: list[dict], answers: list[dict], path: Path, chunk: int = 32) -> dict[int, list[float]]:
-        """The ranker's score of every completion, in fixed chunks (a cut chunk is rescored whole)."""
-        with AppendLog(path, key=lambda r: r["index"]) as out:
-            chunks = [answers[k: k + chunk] for k in range(0, len(answers), chunk)]
+    def score(self, prompts: list[dict], answers: list[dict], directory: Path, chunk: int = 32) -> dict[int, list[float]]:
+        """The ranker's score of every completion into `scores.jsonl`, in fixed chunks (a cut chunk is rescored
+        whole), dealt out to the processes."""
+        done = {r["index"] for pattern in ("scores.jsonl", "scores.rank*.jsonl") for r in read_logs(directory, pattern)}
+        with AppendLog(shard_log(directory, "scores", self.rank, self.processes), key=lambda r: r["index"]) as out:
+            chunks = [answers[k: k + chunk] for k in range(0, len(answers), chunk)][self.rank::self.processes]
             for group in chunks:
-                if all(r["index"] in out.done for r in group):
+                if all(r["index"] in done | out.done for r in group):
                     continue
                 rankings = rank_in_languages(self.ranker(), [prompts[r["index"]]["prompt"] for r in group],
                                              [r["completions"] for r in group], [prompts[r["index"]]["lang"] for r in group])
                 for r, ranking in zip(group, rankings):
-                    if r["index"] not in out.done:
+                    if r["index"] not in done | out.done:
                         out.append({"index": r["index"], "scores": ranking.scores})
-            return {r["index"]: r["scores"] for r in out.records}
+        self.barrier()
+        if self.main:
+            join_logs(directory, "scores", key=lambda r: r["index"])
+        self.barrier()
+        return {r["index"]: r["scores"] for r in read_logs(directory, "scores.jsonl")}
 
     def heldout(self, i: int, policy: str, heldout: list[dict]) -> list[dict]:
         """Greedy held-out answers of `policy` with their reward (iteration 0: the starting policy)."""
         directory = self.out / f"iter_{i}"
         path = directory / "heldout.jsonl"
         args = self.args.generation(temperature=0.0, top_p=1.0)
-        answers = self.generate(policy, heldout, directory / "heldout_answers.jsonl", args, f"Held-out (iter {i})")
-        if not path.exists():
+        answers = self.generate(policy, heldout, directory, "heldout_answers", args, f"Held-out (iter {i})")
+        if self.main and not path.exists():
             ranker = self.ranker()
             texts = [a["completions"][0] for a in answers]
             # An absolute reward where the ranker has one (a reward model); a judge only compares (see versus()).
@@ -191,6 +207,7 @@ class Loop:
                                         [heldout[a["index"]]["lang"] for a in answers]) \
                 if hasattr(ranker, "score") else [None] * len(answers)
             write_jsonl(path, [{**a, "completion": t, "score": s} for a, t, s in zip(answers, texts, scores)])
+        self.barrier()
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
     def versus(self, heldout: list[dict], previous: list[dict], current: list[dict]) -> list[str]:
@@ -208,15 +225,16 @@ class Loop:
         if metrics_path.exists():
             return json.loads(metrics_path.read_text())
         policy = self.policy(i)
-        print(f"\nIteration {i}/{args.iterations}: sampling {args.samples} per prompt from {policy}", flush=True)
+        if self.main:
+            print(f"\nIteration {i}/{args.iterations}: sampling {args.samples} per prompt from {policy}", flush=True)
         sampling = args.generation(seed=args.seed * 1000 + i, num_samples=args.samples)
         clock = Stopwatch()
         with clock("sampling"):
-            samples = self.generate(policy, train, directory / "samples.jsonl", sampling, f"Sampling (iter {i})")
+            samples = self.generate(policy, train, directory, "samples", sampling, f"Sampling (iter {i})")
         with clock("scoring"):
-            scores = self.score(train, samples, directory / "scores.jsonl")
-        pairs = build_pairs(train, samples, scores, args.min_margin)
-        if not (directory / "pairs.jsonl").exists():
+            scores = self.score(train, samples, directory)
+        pairs = build_pairs(train, samples, scores, args.min_margin)  # the same on every process
+        if self.main and not (directory / "pairs.jsonl").exists():
             write_jsonl(directory / "pairs.jsonl", pairs)
         self.release_ranker()
         if not pairs:
@@ -229,19 +247,22 @@ class Loop:
         if args.merge_with_previous is not None:
             final = str(directory / "merged")
             with clock("merging"):
-                if not Path(final).exists():
+                if self.main and not Path(final).exists():
                     from merge import soup, with_previous
 
                     soup(with_previous(policy, trained, args.merge_with_previous), final, progress=False)
+                self.barrier()
         with clock("heldout"):
             current = self.heldout(i, final, heldout) if heldout else []
-            outcomes = self.versus(heldout, previous_heldout, current) if heldout else []
-        metrics = iteration_metrics(i, samples, scores, pairs, current, previous_heldout, outcomes, training, final,
-                                    args)
-        metrics["seconds"] = clock.seconds  # this process's time per step (steps done before a resume count 0)
-        write_json(metrics_path, metrics)
+            outcomes = self.versus(heldout, previous_heldout, current) if heldout and self.main else []
+        if self.main:
+            metrics = iteration_metrics(i, samples, scores, pairs, current, previous_heldout, outcomes, training,
+                                        final, args)
+            metrics["seconds"] = clock.seconds  # this process's time per step (steps done before a resume count 0)
+            write_json(metrics_path, metrics)
         self.release_ranker()
-        return metrics
+        self.barrier()
+        return json.loads(metrics_path.read_text())
 
     def run_all(self, train: list[dict], heldout: list[dict]) -> dict:
         """Every iteration from the first unfinished one; the summary that becomes metrics.json."""
@@ -257,7 +278,8 @@ class Loop:
             if heldout:
                 previous = [json.loads(line) for line in
                             (self.out / f"iter_{i}" / "heldout.jsonl").read_text().splitlines()]
-        plot_iterations(history, start_metrics, self.out / "iterations.png")
+        if self.main:
+            plot_iterations(history, start_metrics, self.out / "iterations.png")
         return {"start": start_metrics, "iterations": history, "final_model": history[-1]["policy"]}
 
     def train(self, i: int, policy: str, pairs: list[dict]) -> tuple[str, dict]:
@@ -275,17 +297,20 @@ class Loop:
                 log.warning("iteration %d: cluster %s has %s; it sits this iteration out", i, name,
                             "no pair" if not own else "weight 0")
                 continue
-            print(f"Iteration {i}: DPO for cluster {name} on {len(own)} pairs ({', '.join(languages)})", flush=True)
+            if self.main:
+                print(f"Iteration {i}: DPO for cluster {name} on {len(own)} pairs ({', '.join(languages)})",
+                      flush=True)
             self.train_one(i, policy, directory / "clusters" / safe_name(name), own)
             trained[name] = cluster_model(self.out, i, name, lora=bool(args.lora))
             weights[name] = args.cluster_weights[name]
         if not trained:
             raise ConfigError(self.source, "clusters", f"iteration {i}: no cluster has a pair in its languages")
         soup_dir = Path(iteration_model(self.out, i, merged=False, lora=bool(args.lora), clusters=True))
-        if not soup_dir.exists():
+        if self.main and not soup_dir.exists():
             from merge import soup
 
             soup([(trained[n], weights[n]) for n in trained], soup_dir, progress=False)
+        self.barrier()
         training = {n: training_keys(directory / "clusters" / safe_name(n)) for n in trained}
         return str(soup_dir), {"clusters": training, "weights": weights}
 
@@ -394,24 +419,29 @@ def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
     """
     from accelerate import PartialState
 
+    from .models import cuda_available
+
     args = parse_iterate_config(raw, source, ranker_given=ranker is not None)
-    state = PartialState()
-    if state.num_processes > 1:
-        raise ConfigError(source, None, "iterate samples, scores and trains in one process; run each iteration's "
-                                        "DPO on many GPUs with `accelerate launch recipes/dpo.py` instead")
-    run = StageRun(args.output_dir, raw, stage="iterate", overwrite=args.overwrite, source=source)
+    state = PartialState(cpu=not cuda_available())
+    run = StageRun(args.output_dir, raw, stage="iterate", overwrite=args.overwrite, source=source,
+                   is_main=state.is_main_process)
     prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source, key="prompts")
     if args.heldout_prompts is not None:
         train, heldout = prompts, load_records(args.heldout_prompts, "prompt", seed=args.seed, source=source,
                                                   key="heldout_prompts")
     else:
         train, heldout = hold_out_by_id(prompts, args.heldout_fraction, args.seed)
-    resumed = run.prepare()
-    print(f"Online DPO: {args.iterations} iterations, {len(train)} prompts ({len(heldout)} held out), "
-          f"{args.samples} samples each, reference: {args.reference}" + (" (resuming)" if resumed else ""), flush=True)
-    summary = Loop(args, run.partial, source, ranker=ranker).run_all(train, heldout)
-    run.finish(summary)
-    print_table(json.loads((run.final / "metrics.json").read_text()))  # its paths now point into the output
+    if state.is_main_process:
+        resumed = run.prepare()
+        print(f"Online DPO: {args.iterations} iterations, {len(train)} prompts ({len(heldout)} held out), "
+              f"{args.samples} samples each, reference: {args.reference}" + (" (resuming)" if resumed else ""),
+              flush=True)
+    state.wait_for_everyone()
+    summary = Loop(args, run.partial, source, state, ranker=ranker).run_all(train, heldout)
+    if state.is_main_process:
+        run.finish(summary)
+        print_table(json.loads((run.final / "metrics.json").read_text()))  # its paths now point into the output
+    state.wait_for_everyone()
     return run.final
 
 

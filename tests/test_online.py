@@ -211,3 +211,33 @@ def test_killed_run_resumes_with_the_records_of_an_uninterrupted_run(tmp_path, p
     for name in ("samples.jsonl", "scores.jsonl", "pairs.jsonl", "heldout.jsonl"):
         lines = lambda run: sorted((tmp_path / run / "online" / "iter_1" / name).read_text().splitlines())
         assert lines("cut") == lines("whole"), name
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_two_processes_sample_and_score_as_one_and_train_together(tmp_path, policy, tokenizer, lora):
+    """Under accelerate launch the processes share the sampling and the scoring (their records are those of one
+    process) and train the DPO step together; the output has the shape of a one-process run."""
+    rm = tiny_reward_model(tmp_path / "rm", tokenizer)
+    cfg = config(tmp_path, policy, n=16, samples=2, batch_size=2, max_new_tokens=6, ranker={"reward_model": str(rm)},
+                 lora=lora, dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 2,
+                                 "disable_tqdm": True})
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        path = tmp_path / f"p{processes}.yaml"
+        path.write_text(yaml.safe_dump({**cfg, "output_dir": str(out)}))
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   *(["--multi_gpu"] if processes > 1 else []), "-m", "align.cli", "iterate", "--config", str(path)]
+        result = subprocess.run(command, env=subprocess_env(cpu=True), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[processes] = out
+    one, two = (runs[p] / "iter_1" for p in (1, 2))
+    for name in ("samples.jsonl", "scores.jsonl", "pairs.jsonl"):
+        assert sorted((two / name).read_text().splitlines()) == sorted((one / name).read_text().splitlines()), name
+    assert not list(two.glob("*.rank*.jsonl"))  # the processes' logs joined into one
+    trained = json.loads((two / "model" / "metrics.json").read_text())
+    assert trained["processes"] == 2 and trained["steps"] == 2
+    metrics = json.loads((runs[2] / "metrics.json").read_text())
+    assert metrics["final_model"] == str(two / "model" / "merged" if lora else two / "model")
+    assert (runs[2] / "iter_0" / "heldout.jsonl").read_text() == (runs[1] / "iter_0" / "heldout.jsonl").read_text()
