@@ -30,8 +30,8 @@ from .console import print_table
 from .data import load_records
 from .data.languages import detect_language, language_name
 from .errors import ConfigError, PolyalignError
-from .generate import DecodingArgs, GenerationArgs, check_models, choose_backend, generate_logged, load_backend
-from .io import write_jsonl
+from .generate import DecodingArgs, GenerationArgs, check_models, choose_backend, generate_sharded, load_backend
+from .io import shard_log, write_jsonl
 from .models import LoadingArgs, release_memory
 from .pairs import choose_pair, preference_record
 from .runs import StageRun
@@ -189,17 +189,22 @@ class ModelSlot:
 
 
 def run_phase(slot: ModelSlot, partial: Path, phase: str, role: RoleSpec, requests: list[tuple[str, list[dict]]],
-              gen: GenerationArgs) -> dict[str, str]:
-    """Answer every (key, chat) request with `role`'s model, appending to `<phase>.jsonl`; key → completion.
+              gen: GenerationArgs, state) -> dict[str, str]:
+    """Answer every (key, chat) request with `role`'s model into `<phase>.jsonl`, the processes of `state`
+    (accelerate's) sharing the batches; key → completion.
 
     The model is loaded only if some request is not answered yet (a resumed run skips finished phases).
     """
-    def load():
-        print(f"{phase}: {role.name} answers", flush=True)
-        return slot.get(role, partial / f"api.{phase}.jsonl")
+    rank, processes = state.process_index, state.num_processes
 
-    records = generate_logged(partial / f"{phase}.jsonl", [chat for _, chat in requests], gen, load,
-                              keys=[key for key, _ in requests], desc=f"{phase} ({role.name})")
+    def load():
+        if state.is_main_process:
+            print(f"{phase}: {role.name} answers", flush=True)
+        return slot.get(role, shard_log(partial, f"api.{phase}", rank, processes))
+
+    records = generate_sharded(partial, phase, [chat for _, chat in requests], gen, load, rank=rank,
+                               processes=processes, barrier=state.wait_for_everyone,
+                               keys=[key for key, _ in requests], desc=f"{phase} ({role.name})")
     return {r["index"]: r["completions"][0] for r in records}
 
 
@@ -255,20 +260,20 @@ def read_prompts(job: ContrastJob, source: str | None) -> tuple[list[dict], int]
     return prompts, sum(r["lang"] == "en" for r in records)
 
 
-def answer_phases(job: ContrastJob, prompts: list[dict], partial: Path) -> tuple[dict, dict, dict, dict]:
+def answer_phases(job: ContrastJob, prompts: list[dict], partial: Path, state) -> tuple[dict, dict, dict, dict]:
     """The four phases, one model loaded at a time: chosen, (prompts in English), weak English, rejected."""
     a = job.args
     slot = ModelSlot(job, choose_backend(a.backend))
     keys = [str(i) for i in range(len(prompts))]
     chosen = run_phase(slot, partial, "chosen", job.strong, [
         (k, with_system(job.strong, p["prompt"], p["lang"])) for k, p in zip(keys, prompts)],
-        generation_args(job, job.strong))
+        generation_args(job, job.strong), state)
     english_prompts: dict[str, list[dict]] = {}
     translator_gen = generation_args(job, job.translator, default_temperature=0.0)
     if a.english_prompt == "translate":
         requests = [(f"{k}.{m}", translation_request(job, job.translator, message["content"], p["lang"], "en"))
                     for k, p in zip(keys, prompts) for m, message in enumerate(p["prompt"])]
-        translated = run_phase(slot, partial, "prompt_english", job.translator, requests, translator_gen)
+        translated = run_phase(slot, partial, "prompt_english", job.translator, requests, translator_gen, state)
         for k, p in zip(keys, prompts):
             english_prompts[k] = [{"role": message["role"], "content": translated[f"{k}.{m}"]}
                                   for m, message in enumerate(p["prompt"])]
@@ -276,10 +281,10 @@ def answer_phases(job: ContrastJob, prompts: list[dict], partial: Path) -> tuple
     else:
         weak_requests = [(k, with_system(job.weak, p["prompt"], "en", override=a.english_instruction))
                          for k, p in zip(keys, prompts)]
-    weak = run_phase(slot, partial, "weak_english", job.weak, weak_requests, generation_args(job, job.weak))
+    weak = run_phase(slot, partial, "weak_english", job.weak, weak_requests, generation_args(job, job.weak), state)
     rejected = run_phase(slot, partial, "rejected", job.translator, [
         (k, translation_request(job, job.translator, weak[k], "en", p["lang"])) for k, p in zip(keys, prompts)],
-        translator_gen)
+        translator_gen, state)
     slot.release()
     return chosen, weak, rejected, english_prompts
 
@@ -294,16 +299,28 @@ def contrast_metrics(job: ContrastJob, prompts: list[dict], rows: list[dict], dr
 
 
 def run_contrast(raw: dict, source: str | None = None) -> Path:
+    """The `contrast` stage. Under `accelerate launch` the processes share each phase's batches; the main process
+    builds the pairs and writes the output."""
+    from accelerate import PartialState
+
+    from .models import cuda_available
+
     job = parse_contrast_config(raw, source)
-    run = StageRun(job.args.output_dir, raw, stage="contrast", overwrite=job.args.overwrite, source=source)
+    state = PartialState(cpu=not cuda_available())
+    run = StageRun(job.args.output_dir, raw, stage="contrast", overwrite=job.args.overwrite, source=source,
+                   is_main=state.is_main_process)
     check_models([(f"{key}.model", role.model, role.adapter) for key, role in
                   (("strong", job.strong), ("weak", job.weak), ("translator", job.translator)) if role.model], source,
                  trust_remote_code=job.args.trust_remote_code)
     prompts, skipped = read_prompts(job, source)
-    resumed = run.prepare()
-    print(f"Contrast: {len(prompts)} prompts; chosen by {job.strong.name}, rejected by {job.weak.name} in English "
-          f"translated by {job.translator.name}" + (" (resuming)" if resumed else ""), flush=True)
-    chosen, weak, rejected, english_prompts = answer_phases(job, prompts, run.partial)
+    if state.is_main_process:
+        resumed = run.prepare()
+        print(f"Contrast: {len(prompts)} prompts; chosen by {job.strong.name}, rejected by {job.weak.name} in "
+              f"English translated by {job.translator.name}" + (" (resuming)" if resumed else ""), flush=True)
+    state.wait_for_everyone()
+    chosen, weak, rejected, english_prompts = answer_phases(job, prompts, run.partial, state)
+    if not state.is_main_process:
+        return run.final
     rows, drops = build_pairs(job, prompts, chosen, weak, rejected, english_prompts)
     if not rows:
         raise PolyalignError("contrast: no pair survived (" + ", ".join(
@@ -312,6 +329,6 @@ def run_contrast(raw: dict, source: str | None = None) -> Path:
     write_jsonl(run.partial / "pairs.jsonl", rows)
     metrics = contrast_metrics(job, prompts, rows, drops, skipped)
     run.finish(metrics, drop=("chosen.jsonl", "prompt_english.jsonl", "weak_english.jsonl", "rejected.jsonl",
-                              "api.*.jsonl"))
+                              "api.*.jsonl", "*.rank*.jsonl"))
     print_summary(metrics, run.final)
     return run.final

@@ -343,19 +343,22 @@ def generate_logged(path: str | Path, prompts: list[Messages], args: GenerationA
 
 def generate_sharded(directory: Path, stem: str, prompts: list[Messages], args: GenerationArgs,
                      load: Callable[[], tuple], *, rank: int, processes: int, barrier: Callable[[], None],
-                     extra: Callable[[int], dict] | None = None, desc: str = "Generating") -> list[dict]:
+                     keys: Sequence[Hashable] | None = None, extra: Callable[[int], dict] | None = None,
+                     desc: str = "Generating") -> list[dict]:
     """`generate_logged` on one or several processes: each answers its share of the batches into its own log
     (align.io.shard_log), the main process joins them into `<stem>.jsonl`, and every process returns all records in
     input order (those one process makes)."""
+    keys = list(range(len(prompts))) if keys is None else list(keys)
     done = {r["index"] for pattern in (f"{stem}.jsonl", f"{stem}.rank*.jsonl") for r in read_logs(directory, pattern)}
-    generate_logged(shard_log(directory, stem, rank, processes), prompts, args, load, done=done, extra=extra,
-                    desc=desc, progress=rank == 0, shard=(rank, processes))
+    generate_logged(shard_log(directory, stem, rank, processes), prompts, args, load, keys=keys, done=done,
+                    extra=extra, desc=desc, progress=rank == 0, shard=(rank, processes))
     barrier()
     if rank == 0:
-        join_logs(directory, stem, key=lambda r: r["index"])
+        order = {k: n for n, k in enumerate(keys)}
+        join_logs(directory, stem, key=lambda r: order[r["index"]])
     barrier()
-    by_index = {r["index"]: r for r in read_logs(directory, f"{stem}.jsonl")}
-    return [by_index[i] for i in range(len(prompts))]
+    by_key = {r["index"]: r for r in read_logs(directory, f"{stem}.jsonl")}
+    return [by_key[k] for k in keys]
 
 
 def check_models(models: Sequence[tuple[str, str, str | None]], source: str | None, *,

@@ -122,14 +122,14 @@ def shard_log(directory: str | os.PathLike, stem: str, rank: int, processes: int
 
 
 def join_logs(directory: str | os.PathLike, stem: str, key: Callable[[dict], Any]) -> list[dict]:
-    """Main process, after a barrier: `<stem>.jsonl` and the processes' `<stem>.rank*.jsonl` as one log in `key`
-    order (written whole, then the per-process logs removed); returns its records."""
+    """Main process, after a barrier: `<stem>.jsonl` and the processes' `<stem>.rank*.jsonl` as one log (one record
+    per `index`) in `key` order (written whole, then the per-process logs removed); returns its records."""
     directory = Path(directory)
     shards = sorted(directory.glob(f"{stem}.rank*.jsonl"))
     records = read_logs(directory, f"{stem}.jsonl") + read_logs(directory, f"{stem}.rank*.jsonl")
     if shards:
-        unique = {key(r): r for r in records}
-        records = [unique[k] for k in sorted(unique)]
+        unique = {r["index"]: r for r in records}
+        records = sorted(unique.values(), key=key)
         write_jsonl(directory / f"{stem}.jsonl", records)
         for path in shards:
             path.unlink()

@@ -148,3 +148,23 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, capsys, overrides, key,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"'{key}'" in err and message in err
     assert not (tmp_path / "contrast").exists() and not (tmp_path / ".contrast.partial").exists()
+
+
+def test_two_processes_share_every_phase_and_give_the_pairs_of_one(tmp_path, tiny):
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    models = {"strong": tiny["strong"], "weak": tiny["weak"], "translator": tiny["translator"]}
+    one = recipe(tmp_path / "one", **models, batch_size=1, english_prompt="translate")
+    assert main(["contrast", "--config", str(one)]) == 0
+    two = recipe(tmp_path / "two", **models, batch_size=1, english_prompt="translate")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "-m", "align.cli", "contrast", "--config", str(two)]
+    result = subprocess.run(launch, env=subprocess_env(cpu=True), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = {name: tmp_path / name / "contrast" for name in ("one", "two")}
+    assert (out["two"] / "pairs.jsonl").read_bytes() == (out["one"] / "pairs.jsonl").read_bytes()
+    assert sorted(p.name for p in out["two"].iterdir()) == ["metrics.json", "pairs.jsonl", "polyalign_recipe.json"]
