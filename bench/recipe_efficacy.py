@@ -120,6 +120,7 @@ def run_seed(seed: int, out: Path, iterations: int) -> dict:
         "offline DPO vs SFT (merged)": ("dpo-offline", "sft"),
         "online-1 vs offline DPO": ("online-1", "dpo-offline"),
         **{f"online-{i} vs online-{i - 1}": (f"online-{i}", f"online-{i - 1}") for i in range(2, iterations + 1)},
+        f"preference training as a whole: online-{iterations} vs SFT (merged)": (f"online-{iterations}", "sft"),
         "SFT (merged) vs base": ("sft", "base"),
         f"online-{iterations} vs base": (f"online-{iterations}", "base"),
     }
