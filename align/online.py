@@ -25,6 +25,7 @@ import logging
 import math
 import statistics
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ from .runs import StageRun
 from .timing import Stopwatch
 
 log = logging.getLogger(__name__)
+# How long the other processes wait at a barrier while the main one merges or scores the held-out answers (a soup of
+# two 70B checkpoints takes a while); the collectives' default, 10 minutes under NCCL, is too short for that.
+BARRIER_TIMEOUT = timedelta(hours=3)
 
 
 @dataclass
@@ -422,7 +426,7 @@ def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
     from .models import cuda_available
 
     args = parse_iterate_config(raw, source, ranker_given=ranker is not None)
-    state = PartialState(cpu=not cuda_available())
+    state = PartialState(cpu=not cuda_available(), timeout=BARRIER_TIMEOUT)
     run = StageRun(args.output_dir, raw, stage="iterate", overwrite=args.overwrite, source=source,
                    is_main=state.is_main_process)
     prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source, key="prompts")
