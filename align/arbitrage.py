@@ -27,7 +27,7 @@ from .data.languages import UnknownLanguage, normalize_lang
 from .errors import ConfigError
 from .generate import DecodingArgs, check_models, choose_backend, generate_logged, load_backend
 from .io import AppendLog, read_logs, save_figure, write_json, write_jsonl
-from .models import LoadingArgs, cuda_available, release_memory
+from .models import LoadingArgs, process_state, release_memory
 from .pairs import choose_pair, preference_record
 from .runs import StageRun
 
@@ -350,19 +350,16 @@ def print_summary(routing: dict, metrics: dict, final: Path) -> None:
 
 
 def run_arbitrage(raw: dict, source: str | None = None) -> Path:
-    from accelerate import PartialState
-
     job = parse_arbitrage_config(raw, source)
-    state = PartialState(cpu=not cuda_available())
+    state = process_state()
     run = StageRun(job.args.output_dir, raw, stage="arbitrage", overwrite=job.args.overwrite, source=source,
                    is_main=state.is_main_process)
     check_models(named_models(job), source, trust_remote_code=job.args.trust_remote_code)
     prompts = load_records(job.args.prompts, "prompt", seed=job.args.seed, source=source, key="prompts")[: job.args.max_prompts or None]
+    resumed = run.prepare_shared(state)
     if state.is_main_process:
-        resumed = run.prepare()
         print(f"Arbitrage: {len(prompts)} prompts, {len(job.teachers)} teachers"
               + (" (resuming)" if resumed else ""), flush=True)
-    state.wait_for_everyone()
     rank, processes = state.process_index, state.num_processes
     generate_candidates(job, prompts, run.partial, rank, processes, state.is_main_process)
     state.wait_for_everyone()

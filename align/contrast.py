@@ -301,23 +301,20 @@ def contrast_metrics(job: ContrastJob, prompts: list[dict], rows: list[dict], dr
 def run_contrast(raw: dict, source: str | None = None) -> Path:
     """The `contrast` stage. Under `accelerate launch` the processes share each phase's batches; the main process
     builds the pairs and writes the output."""
-    from accelerate import PartialState
-
-    from .models import cuda_available
+    from .models import process_state
 
     job = parse_contrast_config(raw, source)
-    state = PartialState(cpu=not cuda_available())
+    state = process_state()
     run = StageRun(job.args.output_dir, raw, stage="contrast", overwrite=job.args.overwrite, source=source,
                    is_main=state.is_main_process)
     check_models([(f"{key}.model", role.model, role.adapter) for key, role in
                   (("strong", job.strong), ("weak", job.weak), ("translator", job.translator)) if role.model], source,
                  trust_remote_code=job.args.trust_remote_code)
     prompts, skipped = read_prompts(job, source)
+    resumed = run.prepare_shared(state)
     if state.is_main_process:
-        resumed = run.prepare()
         print(f"Contrast: {len(prompts)} prompts; chosen by {job.strong.name}, rejected by {job.weak.name} in "
               f"English translated by {job.translator.name}" + (" (resuming)" if resumed else ""), flush=True)
-    state.wait_for_everyone()
     chosen, weak, rejected, english_prompts = answer_phases(job, prompts, run.partial, state)
     if not state.is_main_process:
         return run.final

@@ -425,13 +425,11 @@ def benchmarks(args: EvaluateArgs, entries: list[Entry], partial: Path) -> dict:
 def run_evaluate(raw: dict, source: str | None = None) -> Path:
     """The `evaluate` stage: every model against the baseline and its predecessor, per language. Under `accelerate
     launch` the processes share the answering; the main process measures and writes the report."""
-    from accelerate import PartialState
-
     from .eval_report import print_summary, write_report
-    from .models import cuda_available
+    from .models import process_state
 
     args, entries = parse_evaluate_config(raw, source)
-    state = PartialState(cpu=not cuda_available())
+    state = process_state()
     run = StageRun(args.output_dir, raw, stage="evaluate", overwrite=args.overwrite, source=source,
                    is_main=state.is_main_process)
     prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source,
@@ -441,9 +439,7 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
         from .benchmarks import resolve_tasks
 
         args.tasks = resolve_tasks(args.benchmarks, source)
-    if state.is_main_process:
-        run.prepare()
-    state.wait_for_everyone()
+    run.prepare_shared(state)
     clock = Stopwatch()
     with clock("answers"):
         answers = {e.name: answers.get(e.name) or answer(args, e, prompts, run.partial / "generations", state)

@@ -357,6 +357,14 @@ def to_gpu_if_available(model):
     return model
 
 
+def process_state(**kwargs):
+    """accelerate's state of this process (`kwargs`: the process group's, e.g. `timeout`). Several processes under
+    `accelerate launch` without CUDA form a gloo group of CPU processes."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not cuda_available(), **kwargs)
+
+
 def release_memory() -> None:
     """Give back what a dropped model held (stages load models one at a time: teachers, policies, rankers)."""
     from accelerate.utils.memory import clear_device_cache

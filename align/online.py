@@ -421,12 +421,10 @@ def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
     `ranker` (Python callers) replaces the configured one with any object that has `rank_many(prompts, candidate
     lists) -> [Ranking]`, e.g. a rule-based verifier of math answers.
     """
-    from accelerate import PartialState
-
-    from .models import cuda_available
+    from .models import process_state
 
     args = parse_iterate_config(raw, source, ranker_given=ranker is not None)
-    state = PartialState(cpu=not cuda_available(), timeout=BARRIER_TIMEOUT)
+    state = process_state(timeout=BARRIER_TIMEOUT)
     run = StageRun(args.output_dir, raw, stage="iterate", overwrite=args.overwrite, source=source,
                    is_main=state.is_main_process)
     prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source, key="prompts")
@@ -435,12 +433,11 @@ def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
                                                   key="heldout_prompts")
     else:
         train, heldout = hold_out_by_id(prompts, args.heldout_fraction, args.seed)
+    resumed = run.prepare_shared(state)
     if state.is_main_process:
-        resumed = run.prepare()
         print(f"Online DPO: {args.iterations} iterations, {len(train)} prompts ({len(heldout)} held out), "
               f"{args.samples} samples each, reference: {args.reference}" + (" (resuming)" if resumed else ""),
               flush=True)
-    state.wait_for_everyone()
     summary = Loop(args, run.partial, source, state, ranker=ranker).run_all(train, heldout)
     if state.is_main_process:
         run.finish(summary)

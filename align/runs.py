@@ -224,6 +224,13 @@ class StageRun:
             (self.partial / OWNER_MARKER).write_text(f"{socket.gethostname()}:{os.getpid()}")
         return self.resumed
 
+    def prepare_shared(self, state) -> bool:
+        """`prepare` on the main process of accelerate's `state`, with every process waiting for it; True (on the
+        main process) when there is work to resume."""
+        resumed = self.prepare() if self.is_main else False
+        state.wait_for_everyone()
+        return resumed
+
     def _refuse_live_owner(self) -> None:
         try:
             host, pid = (self.partial / OWNER_MARKER).read_text().rsplit(":", 1)

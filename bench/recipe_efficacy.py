@@ -58,7 +58,7 @@ def best_single_teacher(candidates: list[dict]) -> tuple[str, list[dict], dict[s
 def run_seed(seed: int, out: Path, iterations: int) -> dict:
     from align.config import load_yaml
     from align.evaluate import parse_evaluate_config, paired_differences
-    from align.io import write_jsonl
+    from align.io import safe_name, write_jsonl
     from align.pipeline import build_pipeline, run_pipeline
     from align.sft import run_sft
 
@@ -107,7 +107,7 @@ def run_seed(seed: int, out: Path, iterations: int) -> dict:
     from align.data import load_records
 
     prompts = load_records(args.prompts, "prompt", seed=args.seed, source=str(RECIPE), key="prompts")
-    written = {n: read_jsonl(eval_dir / "answers" / f"{safe(n)}.jsonl") for n in models}
+    written = {n: read_jsonl(eval_dir / "answers" / f"{safe_name(n)}.jsonl") for n in models}
     assert all([r["id"] for r in rows] == [p["id"] for p in prompts] for rows in written.values())
     answers = {n: [r["completion"] for r in rows] for n, rows in written.items()}
     paired = paired_differences(args, list(models), prompts, answers)
@@ -129,12 +129,6 @@ def run_seed(seed: int, out: Path, iterations: int) -> dict:
             "comparisons": {label: {"ours": a, "theirs": b, **paired(a, b)} for label, (a, b) in comparisons.items()},
             "per_language_chrf": {n: {lang: v["score"] for lang, v in metrics["models"][n]["chrf++"].items()
                                       if lang != "all"} for n in models}}
-
-
-def safe(name: str) -> str:
-    from align.io import safe_name
-
-    return safe_name(name)
 
 
 def row(metrics: dict, name: str) -> dict:

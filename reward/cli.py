@@ -8,7 +8,7 @@ from typing import Any
 
 from align.config import build_dataclass
 from align.errors import ConfigError, InputError
-from align.models import ModelArgs, cuda_available
+from align.models import ModelArgs, cuda_available, process_state
 
 
 # ---------------------------------------------------------------------------------------------------- score
@@ -100,8 +100,6 @@ def _candidate_row(loc, row: dict, by_id: dict | None) -> tuple[list, list, Any]
 
 
 def cmd_score(args: argparse.Namespace, extra: list[str]) -> int:
-    from accelerate import PartialState
-
     from align.cli import stage_config
     from align.io import write_jsonl
 
@@ -110,7 +108,7 @@ def cmd_score(args: argparse.Namespace, extra: list[str]) -> int:
     raw, source = stage_config(args, extra)
     config = parse_score_config(raw, source)
     data = read_score_input(config.input, config.prompts)  # bad input stops before any model is loaded
-    state = PartialState(cpu=not cuda_available())
+    state = process_state()
     ranker = RewardRanker(config.model, batch_size=config.batch_size, max_length=config.max_length,
                           sort_by_length=config.sort_by_length, model_args=config,  # a ScoreArgs is a ModelArgs
                           device=state.device if cuda_available() else None)
