@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,7 +26,7 @@ from .console import print_rows
 from .data import language_mix, load_records
 from .errors import ConfigError, PolyalignError
 from .io import partial_dir, promote, relocate_paths, write_json
-from .models import LoraArgs, ModelArgs
+from .models import LoraArgs, ModelArgs, load_model
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +340,8 @@ class TrainingStage:
         job = self.job
         state = PartialState(cpu=job.training.use_cpu)
         main = state.is_main_process
+        if main:
+            warn_unsupported_engine(state)
         run = TrainingRun(job.args.output_dir, job.raw, stage=self.stage, overwrite=job.args.overwrite,
                           source=job.source, is_main=main)  # an existing output is refused before any work
         described = self.load()
@@ -384,9 +387,13 @@ class TrainingStage:
         return result
 
     def save(self, trainer, directory: Path, is_main: bool) -> None:
+        gather_on_save(trainer)
         trainer.save_model(str(directory))
-        if is_main and self.job.args.save_merged and hasattr(trainer.model, "peft_config"):
-            save_merged(trainer, directory / "merged")
+        if self.job.args.save_merged and hasattr(trainer.model, "peft_config"):
+            trainer.accelerator.wait_for_everyone()  # a sharded model is merged from the adapter on disk
+            if is_main:
+                save_merged(trainer, directory / "merged", adapter=directory,
+                            load=lambda path: load_model(self.job.args.model_args(path)))
 
     def metrics(self, trainer, result, common: dict) -> dict:
         return common
@@ -401,9 +408,45 @@ def describe_languages(records: list[dict]) -> str:
     return f"{len(mix)} languages: " + ", ".join(f"{lang} {n}" for lang, n in mix.items())
 
 
-def save_merged(trainer, directory: Path) -> None:
-    """The trained adapter merged into its base, with the tokenizer: a model that loads without peft."""
-    merged = trainer.model.merge_and_unload()
+def gather_on_save(trainer) -> None:
+    """A stage's output is one loadable model on every engine: under FSDP the final save gathers a full state dict (a
+    sharded one, right for resuming checkpoints, leaves no weights in the output). ZeRO-3 gathers when the accelerate
+    config sets zero3_save_16bit_model, as recipes/accelerate/deepspeed_zero3.yaml does."""
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+
+
+def is_sharded(trainer) -> bool:
+    """Whether no one process holds the whole model (FSDP, DeepSpeed ZeRO)."""
+    return trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+
+
+@contextlib.contextmanager
+def unpartitioned_loading(trainer):
+    """Under ZeRO-3 transformers partitions every model it loads across the processes, a collective call: the main
+    process loading a model alone must step outside it, or it waits forever for the others."""
+    if not trainer.is_deepspeed_enabled:
+        yield
+        return
+    from transformers.integrations import deepspeed
+
+    held = deepspeed._hf_deepspeed_config_weak_ref  # transformers' one switch for zero.Init; no public getter
+    deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        deepspeed._hf_deepspeed_config_weak_ref = held
+
+
+def save_merged(trainer, directory: Path, *, adapter: Path | None = None, load=None) -> None:
+    """The trained adapter merged into its base, with the tokenizer: a model that loads without peft. A sharded
+    model, whose parameters no one process holds, is merged on the CPU: `load(adapter)` reads the saved adapter on
+    its base."""
+    if is_sharded(trainer):
+        with unpartitioned_loading(trainer):
+            merged = load(str(adapter)).merge_and_unload()
+    else:
+        merged = trainer.model.merge_and_unload()
     merged.save_pretrained(directory, safe_serialization=True)
     trainer.processing_class.save_pretrained(directory)
 
@@ -413,6 +456,7 @@ def training_metrics(trainer, result, wall: float, processes: int, lora: bool, r
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "processes": processes,
+        "engine": training_engine(trainer),
         "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0, 4),
         "train_loss": result.training_loss,
@@ -421,6 +465,28 @@ def training_metrics(trainer, result, wall: float, processes: int, lora: bool, r
         "resumed_from": Path(resume).name if resume else None,
         "lora": lora,
     }
+
+
+def training_engine(trainer) -> str:
+    """What trained the model, as accelerate ran it: `single`, `DDP`, `FSDP2`, `DeepSpeed ZeRO-3`, ...; the proof that a
+    launch config took effect."""
+    accelerator = trainer.accelerator
+    if trainer.is_deepspeed_enabled:
+        stage = accelerator.state.deepspeed_plugin.zero_stage
+        return f"DeepSpeed ZeRO-{stage}"
+    if trainer.is_fsdp_enabled:
+        return f"FSDP{getattr(accelerator.state.fsdp_plugin, 'fsdp_version', 1)}"
+    return "DDP" if accelerator.num_processes > 1 else "single"
+
+
+def warn_unsupported_engine(state) -> None:
+    """accelerate applies an FSDP config only on accelerators; on CPUs it quietly trains with DDP over gloo."""
+    from accelerate.utils import DistributedType
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" \
+            and state.distributed_type == DistributedType.MULTI_CPU:
+        log.warning("FSDP was asked for, but accelerate runs FSDP only on GPUs: this run trains with DDP over gloo "
+                    "on the CPU (DeepSpeed ZeRO-3 does run on CPUs)")
 
 
 def barrier() -> None:

@@ -23,7 +23,7 @@ from align.data import load_records
 from align.errors import ConfigError, InputError
 from align.models import load_reward_model, load_reward_tokenizer, reward_lora_config
 from align.runs import (TrainingArgs, TrainingJob, TrainingStage, build_trl_config, describe_languages,
-                        parse_training_keys, save_merged)
+                        gather_on_save, is_sharded, parse_training_keys, save_merged)
 
 from .rank import PairEncoder, RewardRanker, pairwise_accuracy, score_sharded
 
@@ -188,7 +188,15 @@ class RewardStage(TrainingStage):
 
     def save(self, trainer, directory: Path, is_main: bool) -> None:
         if self.job.lora is None:
+            gather_on_save(trainer)
             trainer.save_model(str(directory))
+        elif is_sharded(trainer):
+            gather_on_save(trainer)
+            trainer.save_model(str(directory / "adapter"))
+            trainer.accelerator.wait_for_everyone()
+            if is_main:
+                save_merged(trainer, directory, adapter=directory / "adapter",
+                            load=lambda path: load_reward_model(self.job.args.model_args(path)))
         elif is_main:
             trainer.model.save_pretrained(directory / "adapter", safe_serialization=True)
             save_merged(trainer, directory)
