@@ -170,7 +170,8 @@ def load_teacher(job: ArbitrageJob, teacher: TeacherSpec, backend: str, api_log:
         from .api import APIBackend, APISpec
 
         return APIBackend(APISpec(**teacher.api), log=api_log), None
-    return load_backend(job.args.model_args(teacher.model), backend, teacher.adapter)
+    return load_backend(job.args.model_args(teacher.model), backend, teacher.adapter,
+                        tensor_parallel_size=job.args.tensor_parallel_size)
 
 
 def generate_candidates(job: ArbitrageJob, prompts: list[dict], partial: Path, rank: int, processes: int,

@@ -178,7 +178,8 @@ class ModelSlot:
 
                 self.loaded = APIBackend(APISpec(**role.api), log=api_log), None
             else:
-                self.loaded = load_backend(self.job.args.model_args(role.model), self.backend_name, role.adapter)
+                self.loaded = load_backend(self.job.args.model_args(role.model), self.backend_name, role.adapter,
+                                           tensor_parallel_size=self.job.args.tensor_parallel_size)
             self.key = key
         return self.loaded
 

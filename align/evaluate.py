@@ -128,10 +128,16 @@ def answer(args: EvaluateArgs, entry: Entry, prompts: list[dict], directory: Pat
     gen = args.generation()
     key = config_hash({"model": entry.model, "generation": gen.__dict__, "prompts": [p["id"] for p in prompts]})
     records = generate_sharded(directory, f"{safe_name(entry.name)}.{key}", [p["prompt"] for p in prompts], gen,
-                               lambda: load_backend(args.model_args(entry.model), choose_backend(args.backend)),
+                               entry_loader(args, entry),
                                rank=state.process_index, processes=state.num_processes,
                                barrier=state.wait_for_everyone, desc=f"Answering ({entry.name})")
     return [r["completions"][0] for r in records]
+
+
+def entry_loader(args: EvaluateArgs, entry: Entry):
+    """What loads the entry's model for generation (called only when something is left to answer)."""
+    return lambda: load_backend(args.model_args(entry.model), choose_backend(args.backend),
+                                tensor_parallel_size=args.tensor_parallel_size)
 
 
 def second_turns(args: EvaluateArgs, entry: Entry, prompts: list[dict], first: list[str],
@@ -146,7 +152,7 @@ def second_turns(args: EvaluateArgs, entry: Entry, prompts: list[dict], first: l
     gen = args.generation()
     key = config_hash({"model": entry.model, "generation": gen.__dict__, "chats": chats})
     records = generate_logged(directory / f"{safe_name(entry.name)}.turn2.{key}.jsonl", chats, gen,
-                              lambda: load_backend(args.model_args(entry.model), choose_backend(args.backend)),
+                              entry_loader(args, entry),
                               desc=f"Second turns ({entry.name})")
     return [r["completions"][0] for r in records]
 

@@ -8,6 +8,7 @@ uninterrupted one would have. Answers are returned in input order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -43,12 +44,18 @@ class DecodingArgs:
     # Cap on a batch's padded prompt tokens (prompts x samples x longest prompt); a longer prompt runs alone.
     # None: 16384 on CPU (prefill is packed there, so this bounds only the KV cache), 65536 on CUDA.
     max_batch_tokens: int | None = None
+    # vLLM: GPUs per engine (tensor parallelism: a model too large for one GPU). Under accelerate launch each process
+    # runs its own engine on its own GPUs (data parallelism), so processes per node x this must fit the node's GPUs.
+    tensor_parallel_size: int = 1
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ConfigError(None, "backend", f"unknown generation backend {self.backend!r} (expected "
                                                f"{', '.join(BACKENDS)})")
-        for key in ("max_new_tokens", "batch_size", "max_batch_tokens"):
+        if self.tensor_parallel_size > 1 and self.backend == "transformers":
+            raise ConfigError(None, "tensor_parallel_size", "tensor parallelism is vLLM's: use backend vllm (or auto "
+                                                            "on a machine with vLLM and CUDA)")
+        for key in ("max_new_tokens", "batch_size", "max_batch_tokens", "tensor_parallel_size"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(None, key, f"must be at least 1, got {getattr(self, key)}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -223,15 +230,28 @@ class TransformersBackend:
 
 
 class VLLMBackend:
-    """vLLM's offline engine: continuous batching and paged attention on CUDA. A LoRA adapter is served on its base."""
+    """vLLM's offline engine: continuous batching and paged attention on CUDA. A LoRA adapter is served on its base.
+
+    The engine runs in its own process (vLLM's default), on the GPUs `engine_gpus` gives this process: weights saved
+    by one online iteration reach the next iteration's engine by loading the checkpoint anew, and deleting the engine
+    frees its GPUs whole.
+    """
 
     def __init__(self, model_path: str, *, dtype: str = "auto", trust_remote_code: bool = False,
-                 adapter: str | None = None, gpu_memory_utilization: float = 0.85, max_model_len: int | None = None):
+                 adapter: str | None = None, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
+                 max_model_len: int | None = None):
+        import os
+
         from vllm import LLM
 
         self.adapter = adapter
-        self.llm = LLM(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code, enable_lora=bool(adapter),
-                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+        gpus = engine_gpus(int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+                           tensor_parallel_size, visible_gpus())
+        with environment(CUDA_VISIBLE_DEVICES=",".join(gpus), VLLM_ENABLE_V1_MULTIPROCESSING="1",
+                         VLLM_WORKER_MULTIPROC_METHOD="spawn"):  # the engine's processes see only this slice
+            self.llm = LLM(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code,
+                           enable_lora=bool(adapter), tensor_parallel_size=tensor_parallel_size,
+                           gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
 
     def __call__(self, prompts: list[Messages], args: GenerationArgs, seed: int) -> list[list[str]]:
         from vllm import SamplingParams
@@ -247,6 +267,44 @@ class VLLMBackend:
         return [[c.text.strip() for c in out.outputs] for out in outputs]
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indices when it is unset)."""
+    import os
+
+    named = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if named is not None:
+        return [g.strip() for g in named.split(",") if g.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def engine_gpus(local_rank: int, local_processes: int, tensor_parallel_size: int, visible: list[str]) -> list[str]:
+    """The GPUs of this process's vLLM engine: the local_rank-th slice of `tensor_parallel_size` visible GPUs, so that
+    the engines of one node's processes never share a GPU."""
+    needed = local_processes * tensor_parallel_size
+    if needed > len(visible):
+        raise ConfigError(None, "tensor_parallel_size", f"{local_processes} process(es) on this node x "
+                                                        f"tensor_parallel_size {tensor_parallel_size} needs {needed} "
+                                                        f"GPUs; {len(visible)} are visible")
+    return visible[local_rank * tensor_parallel_size:(local_rank + 1) * tensor_parallel_size]
+
+
+@contextlib.contextmanager
+def environment(**values: str):
+    """Environment variables set for the duration of the block, then restored."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def vllm_usable() -> bool:
     return importlib.util.find_spec("vllm") is not None and cuda_available()
 
@@ -260,10 +318,10 @@ def choose_backend(name: str) -> str:
     return name
 
 
-def load_backend(model_args: ModelArgs, backend: str, adapter: str | None = None):
+def load_backend(model_args: ModelArgs, backend: str, adapter: str | None = None, *, tensor_parallel_size: int = 1):
     """(generation backend, tokenizer) for one model, optionally with a LoRA adapter: vLLM serves the adapter on its
-    base (a model path that is itself an adapter directory counts as one); transformers applies it with peft and
-    runs on the GPU when there is one."""
+    base (a model path that is itself an adapter directory counts as one), on `tensor_parallel_size` GPUs;
+    transformers applies it with peft and runs on the GPU when there is one."""
     tokenizer = load_tokenizer(model_args)
     if backend == "vllm":
         path = model_path(model_args.model)
@@ -271,7 +329,8 @@ def load_backend(model_args: ModelArgs, backend: str, adapter: str | None = None
         if base is not None:  # an adapter directory given as the model
             adapter, path = path, model_path(base)
         return VLLMBackend(path, dtype=model_args.dtype, trust_remote_code=model_args.trust_remote_code,
-                           adapter=model_path(adapter) if adapter else None), tokenizer
+                           adapter=model_path(adapter) if adapter else None,
+                           tensor_parallel_size=tensor_parallel_size), tokenizer
     model = match_embeddings(load_model(model_args), tokenizer)
     if adapter:
         from peft import PeftModel
@@ -417,11 +476,15 @@ def run_generate(raw: dict, source: str | None = None) -> list[dict]:
         raise ConfigError(source, "output", f"{output} already exists (pass --overwrite to replace it)")
     backend = choose_backend(args.backend)  # vLLM asked for but not usable: an error now, not a silent fallback
     chats = [r["prompt"] for r in records]
+
+    def load():
+        return load_backend(args, backend, tensor_parallel_size=args.tensor_parallel_size)
+
     if output is None:
-        answers = complete(*load_backend(args, backend), chats, args)
+        answers = complete(*load(), chats, args)
     else:  # streamed into a log beside the output, keyed by the config, so a killed run resumes
         log_path = output.parent / f".{output.name}.{config_hash({k: v for k, v in raw.items() if k != 'overwrite'})}"
-        answers = [a["completions"] for a in generate_logged(log_path, chats, args, lambda: load_backend(args, backend))]
+        answers = [a["completions"] for a in generate_logged(log_path, chats, args, load)]
     rows = [{"id": r["id"], "lang": r.get("lang"), "prompt": r["prompt"][-1]["content"], "completion": a[0],
              **({"completions": a} if args.num_samples > 1 else {})} for r, a in zip(records, answers)]
     for row in rows:

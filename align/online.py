@@ -171,7 +171,8 @@ class Loop:
                  desc: str) -> list[dict]:
         """Answers of `policy` to `prompts`, streamed into `<directory>/<stem>.jsonl` and resumed from it."""
         def load():
-            return load_backend(self.args.model_args(policy), choose_backend(self.args.backend))
+            return load_backend(self.args.model_args(policy), choose_backend(self.args.backend),
+                                tensor_parallel_size=self.args.tensor_parallel_size)
 
         return generate_sharded(directory, stem, [p["prompt"] for p in prompts], args, load, rank=self.rank,
                                 processes=self.processes, barrier=self.barrier, desc=desc,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from align.errors import ConfigError
-from align.generate import GenerationArgs, TransformersBackend, generate, iter_batches, plan_batches
+from align.generate import GenerationArgs, TransformersBackend, engine_gpus, generate, iter_batches, plan_batches
 from align.io import AppendLog
 from align.models import ModelArgs, load_model
 
@@ -157,3 +157,20 @@ def test_bad_generation_arguments_name_the_key():
         GenerationArgs(backend="tgi")
     with pytest.raises(ConfigError, match="'num_samples': must be at least 1"):
         GenerationArgs(num_samples=0)
+    with pytest.raises(ConfigError, match="'tensor_parallel_size': tensor parallelism is vLLM's"):
+        GenerationArgs(backend="transformers", tensor_parallel_size=2)
+    with pytest.raises(ConfigError, match="'tensor_parallel_size': must be at least 1"):
+        GenerationArgs(tensor_parallel_size=0)
+
+
+def test_each_process_on_a_node_gets_its_own_gpus_for_its_vllm_engine():
+    eight = [str(i) for i in range(8)]
+    # data parallel: 8 processes, one engine per GPU
+    assert [engine_gpus(r, 8, 1, eight) for r in range(8)] == [[g] for g in eight]
+    # 2 processes on the node, each engine over 4 GPUs; CUDA_VISIBLE_DEVICES names are kept
+    assert [engine_gpus(r, 2, 4, ["3", "5", "6", "7", "0", "1", "2", "4"]) for r in range(2)] == \
+           [["3", "5", "6", "7"], ["0", "1", "2", "4"]]
+    assert engine_gpus(0, 1, 8, eight) == eight  # one process, one engine over the node
+    with pytest.raises(ConfigError, match="'tensor_parallel_size': 8 process\\(es\\) on this node x "
+                                          "tensor_parallel_size 2 needs 16 GPUs; 8 are visible"):
+        engine_gpus(0, 8, 2, eight)
