@@ -5,15 +5,22 @@ Stages talk only through files, so a launched stage is the same stage: it resume
 the pipeline records it in `state.json` only when it exits 0. Each stage being its own process also frees its GPU
 memory before the next one starts. The `launch` mapping holds accelerate launch's own options (`num_processes`,
 `config_file`, `num_machines`, `main_process_ip`, ...), checked by accelerate's parser when the pipeline is read.
+
+On several nodes accelerate launch must start on each of them with its own `machine_rank`: `prefix` is the command
+that does so (`srun --nodes 2 --ntasks-per-node 1`), and an option's value may name an environment variable
+(`machine_rank: $SLURM_NODEID`), expanded on each node by its shell. Without a prefix such values are expanded here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
+import shlex
 import subprocess
 import sys
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, PolyalignError
@@ -28,20 +35,51 @@ MULTI_PROCESS = ("multi_gpu", "use_fsdp", "use_deepspeed", "use_megatron_lm", "t
 LOG_TAIL = 20
 
 
-def launch_flags(launch: dict, source: str | None, key: str) -> list[str]:
-    """accelerate launch's arguments for `launch`, checked by its own parser (a bad option names `key`)."""
+@dataclass
+class Launch:
+    """How a stage is started: accelerate launch's flags, after `prefix` (the command that starts it on every node)."""
+
+    flags: list[str]
+    prefix: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        launch = f"accelerate launch {' '.join(self.flags)}"
+        return f"{shlex.join(self.prefix)} {launch}" if self.prefix else launch
+
+    def argv(self, module_args: list[str]) -> list[str]:
+        """The command line: with a prefix, a shell on each node expands the `$VARIABLE` values; without one, this
+        process does."""
+        command = [sys.executable, "-m", "accelerate.commands.launch"]
+        if not self.prefix:
+            return [*command, *(os.path.expandvars(f) for f in self.flags), *module_args]
+        script = " ".join(f'"{f}"' if "$" in f else shlex.quote(f) for f in [*command, *self.flags, *module_args])
+        return [*self.prefix, "bash", "-c", f"exec {script}"]
+
+
+def launch_flags(launch: dict, source: str | None, key: str) -> Launch:
+    """How to launch a stage from its `launch` mapping: accelerate launch's options, checked by its own parser (a
+    bad option names `key`), and polyalign's `prefix`."""
     from accelerate.commands.launch import launch_command_parser
 
     if not isinstance(launch, dict):
         raise ConfigError(source, key, "expected a mapping of accelerate launch options (num_processes, "
                                        "config_file, ...)")
     options = dict(launch)
+    prefix = options.pop("prefix", None) or []
+    if isinstance(prefix, str):
+        prefix = shlex.split(prefix)
+    if isinstance(prefix, list):  # started from this process: expanded here (the node rank is expanded per node)
+        prefix = [os.path.expandvars(str(p)) for p in prefix]
+    if not isinstance(prefix, list):
+        raise ConfigError(source, f"{key}.prefix", "expected the command that starts accelerate launch on every "
+                                                  "node, e.g. 'srun --nodes 2 --ntasks-per-node 1'")
     if "config_file" in options:
-        if not Path(str(options["config_file"])).is_file():
+        if not Path(os.path.expandvars(str(options["config_file"]))).is_file():
             raise ConfigError(source, f"{key}.config_file", f"{options['config_file']} is not a file")
     else:
         options = {**WITHOUT_CONFIG_FILE, **options}
-        if int(options.get("num_processes", 1) or 1) > 1 and not any(options.get(k) for k in MULTI_PROCESS):
+        processes = str(options.get("num_processes", 1) or 1)
+        if (not processes.isdigit() or int(processes) > 1) and not any(options.get(k) for k in MULTI_PROCESS):
             options["multi_gpu"] = True
     flags = []
     for name, value in options.items():
@@ -51,15 +89,15 @@ def launch_flags(launch: dict, source: str | None, key: str) -> list[str]:
             flags += [f"--{name}", str(value)]
     errors = io.StringIO()
     try:
-        with contextlib.redirect_stderr(errors):
-            launch_command_parser().parse_args([*flags, "-m", "align.cli"])
+        with contextlib.redirect_stderr(errors):  # a value a node's shell fills in is checked as a number
+            launch_command_parser().parse_args([*("0" if "$" in f else f for f in flags), "-m", "align.cli"])
     except SystemExit:
         message = errors.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
         raise ConfigError(source, key, f"accelerate launch refuses it: {message}") from None
-    return flags
+    return Launch(flags, prefix)
 
 
-def run_launched(stage: str, command: str, cfg: dict, flags: list[str], run_dir: Path) -> None:
+def run_launched(stage: str, command: str, cfg: dict, launch: Launch, run_dir: Path) -> None:
     """Run `polyalign <command>` on `cfg` under accelerate launch; its output goes to the console and to
     `<run_dir>/logs/<stage>.log`. A non-zero exit raises one line naming the stage, the exit code and the log."""
     name = safe_name(stage)
@@ -67,9 +105,8 @@ def run_launched(stage: str, command: str, cfg: dict, flags: list[str], run_dir:
     write_json(config, cfg)
     log = run_dir / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "align.cli", command,
-            "--config", str(config)]
-    print(f"accelerate launch {' '.join(flags)} -m align.cli {command} --config {config}", flush=True)
+    argv = launch.argv(["-m", "align.cli", command, "--config", str(config)])
+    print(f"{launch.describe()} -m align.cli {command} --config {config}", flush=True)
     tail: deque[str] = deque(maxlen=LOG_TAIL)
     with open(log, "w", encoding="utf-8") as out, subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:

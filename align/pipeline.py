@@ -28,6 +28,7 @@ from .data.languages import DEFAULT_SHARED, UnknownLanguage, make_clusters
 from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
 from .io import partial_dir, safe_name, write_json, write_jsonl
+from .launch import Launch, launch_flags, run_launched
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Stage:
     config: dict  # what the stage's hash covers
     run: Callable[[], None]  # in the pipeline's own process
     hash: str = ""
-    launch: list[str] | None = None  # accelerate launch's flags: run as its own job instead (align.launch)
+    launch: Launch | None = None  # run as its own accelerate launch job instead (align.launch)
     command: str | None = None  # the `polyalign` subcommand and config of that job, and what to write first
     cfg: dict | None = None
     before: Callable[[], None] | None = None
@@ -58,8 +59,6 @@ class Stage:
         if self.launch is None:
             self.run()
             return
-        from .launch import run_launched
-
         if self.before:
             self.before()
         run_launched(self.name, self.command, self.cfg, self.launch, run_dir)
@@ -104,11 +103,9 @@ def _section(raw: dict, key: str, source: str | None) -> dict:
     return {k: v for k, v in value.items() if k != "launch"}
 
 
-def _launch(raw: dict, key: str, source: str | None) -> list[str] | None:
+def _launch(raw: dict, key: str, source: str | None) -> Launch | None:
     """accelerate launch's flags for section `key`: the top-level `launch` updated by the section's (`launch: false`
     runs that stage in the pipeline's process); None without either."""
-    from .launch import launch_flags
-
     own = (raw.get(key) or {}).get("launch") if isinstance(raw.get(key), dict) else None
     if own is False or (own is None and not raw.get("launch")):
         return None
@@ -374,7 +371,7 @@ def print_plan(pipe: Pipeline, steps: list[tuple[Stage, str]]) -> None:
     width = max(len(s.name) for s, _ in steps)
     print(f"Pipeline {pipe.raw.get('name', pipe.run_dir.name)} in {pipe.run_dir}:", flush=True)
     for stage, action in steps:
-        launched = f"  (accelerate launch {' '.join(stage.launch)})" if stage.launch else ""
+        launched = f"  ({stage.launch.describe()})" if stage.launch else ""
         print(f"  {stage.name:<{width}}  {action:<7} → {stage.output}{launched}", flush=True)
 
 

@@ -70,6 +70,15 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now (a server's, a rendezvous')."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def subprocess_env(*, cpu: bool = False) -> dict:
     """The environment of a test's child process: this repo importable, one thread each (two cores, two processes).
     `cpu` hides GPUs: several processes then form a gloo CPU group, as in CI, even on a one-GPU machine."""

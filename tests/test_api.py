@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,18 +20,13 @@ import pytest
 from align.api import APIBackend, APIError, APISpec, api_judge_backend
 from align.errors import ConfigError
 from align.generate import GenerationArgs, generate_logged, plan_batches
+from conftest import free_port
 
 STARTUP_DEADLINE = 180  # seconds; the server takes about 10 s on two busy cores
 SHORT = GenerationArgs(max_new_tokens=8)
 PROMPTS = [[{"role": "user", "content": text}] for text in (
     "What is the capital of France?", "Was ist zwei plus drei?", "日本の首都はどこですか？",
     "¿Cuánto es siete por ocho?", "Name a colour.", "Say hello in Italian.")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, path: str) -> int:

@@ -4,12 +4,17 @@ a changed config reruns that stage and everything after it, and --from forces a 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from align.errors import ConfigError
 from align.pipeline import build_pipeline, load_state, plan, run_pipeline
-from conftest import scaled_teacher, tiny_reward_model, write_jsonl
+from conftest import REPO, free_port, scaled_teacher, subprocess_env, tiny_reward_model, write_jsonl
 
 PROMPTS = [("Quelle est la capitale de la France ?", "fr"), ("Was ist zwei plus drei?", "de"),
            ("भारत की राजधानी क्या है?", "hi"), ("Explain why the sky is blue.", "en"),
@@ -128,12 +133,34 @@ def test_launched_stages_are_accelerate_jobs_with_the_outputs_of_one_process(tmp
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on two cores
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a gloo CPU group, as in CI, even where a GPU is present
     one = run_pipeline(launched_recipe(tmp_path, models, "one"))
-    sft = {**recipe(tmp_path, models)["sft"], "launch": False}
-    two = run_pipeline(launched_recipe(tmp_path, models, "two", launch={"num_processes": 2},
-                                       sft={**sft, "launch": {"num_processes": 2}}))
+    sft = {**recipe(tmp_path, models)["sft"], "launch": {"num_processes": 2}}
+    # arbitrage on two "nodes" of one process each: the prefix starts accelerate launch once per node, and each
+    # node's shell fills in its own machine rank
+    def two_nodes() -> dict:
+        nodes = {"prefix": f"bash {REPO / 'tests' / 'data' / 'two_nodes.sh'}", "num_machines": 2,
+                 "num_processes": 2, "machine_rank": "$NODE", "main_process_ip": "127.0.0.1",
+                 "main_process_port": free_port(), "multi_gpu": True, "rdzv_backend": "static"}
+        return launched_recipe(tmp_path, models, "two", launch={"num_processes": 2}, sft=sft,
+                               arbitrage={**recipe(tmp_path, models)["arbitrage"], "launch": nodes})
+
+    # Killed (every process of both nodes) once the first teacher's first answers are logged, then rerun: the
+    # resumed run writes what one uninterrupted process wrote.
+    pipeline = tmp_path / "two.yaml"
+    pipeline.write_text(json.dumps(two_nodes()))
+    started = subprocess.Popen([sys.executable, "-m", "align.cli", "run", str(pipeline)], env=subprocess_env(cpu=True),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    partial, deadline = tmp_path / "two" / ".arbitrage.partial", time.time() + 600
+    while started.poll() is None and time.time() < deadline and not any(
+            f.stat().st_size for f in partial.glob("generations.*.rank*.jsonl")):
+        time.sleep(0.05)
+    os.killpg(started.pid, signal.SIGKILL)
+    started.wait()
+    assert any(f.stat().st_size for f in partial.glob("generations.*.rank*.jsonl"))
+    assert not (tmp_path / "two" / "arbitrage").exists()
+    two = run_pipeline(two_nodes())
     printed = capsys.readouterr().out
-    assert "accelerate launch --num_machines 1 --mixed_precision no --dynamo_backend no --num_processes 2 " \
-           "--multi_gpu -m align.cli arbitrage" in printed
+    assert "two_nodes.sh accelerate launch --num_machines 2 --mixed_precision no --dynamo_backend no " \
+           "--num_processes 2 --machine_rank $NODE --main_process_ip 127.0.0.1" in printed
     for name in ("candidates.jsonl", "pairs.jsonl", "sft.jsonl"):  # sharded over 2 processes, joined in input order
         assert (two / "arbitrage" / name).read_bytes() == (one / "arbitrage" / name).read_bytes(), name
     assert json.loads((two / "sft" / "Germanic" / "metrics.json").read_text())["processes"] == 2
