@@ -124,3 +124,59 @@ def test_the_judge_model_is_placed_on_the_gpu(tiny_model_dir):
     assert all(p.is_cuda for p in backend.model.parameters())
     judgements = judge.compare(["What is 2+2?"], ["Four."], ["Five."])
     assert len(judgements) == 1 and judgements[0].winner in ("a", "b", "tie")
+
+
+def launch_sft(config_file: str, tiny_model_dir, chat_file, out, *extra: str):
+    """recipes/sft.py under a shipped accelerate config, on every GPU of this machine, in fp32 (a tiny model)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, subprocess_env
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / config_file),
+               "--num_processes", str(torch.cuda.device_count()), "--mixed_precision", "no",
+               str(REPO / "recipes" / "sft.py"), "--config", str(REPO / "tests" / "data" / "tiny_sft.yaml"),
+               "--model", str(tiny_model_dir), "--dataset", str(chat_file), "--output_dir", str(out),
+               "--max_steps", "3", "--dtype", "fp32", "--disable_tqdm", "true", *extra]
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_fsdp2_sft_saves_a_whole_model(tiny_model_dir, chat_file, tmp_path):
+    from safetensors.torch import load_file
+
+    metrics = launch_sft("recipes/accelerate/fsdp.yaml", tiny_model_dir, chat_file, tmp_path / "fsdp")
+    assert metrics["engine"] == "FSDP2" and metrics["steps"] == 3
+    base = {k: v for f in tiny_model_dir.glob("*.safetensors") for k, v in load_file(f).items()}
+    saved = {k: v for f in (tmp_path / "fsdp").glob("*.safetensors") for k, v in load_file(f).items()}
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in base.items()}  # gathered, not sharded
+    assert any(not torch.equal(base[k], saved[k].to(base[k].dtype)) for k in base)
+
+
+def test_fsdp2_lora_sft_saves_the_adapter_and_its_merge(tiny_model_dir, chat_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    metrics = launch_sft("recipes/accelerate/fsdp.yaml", tiny_model_dir, chat_file, tmp_path / "lora",
+                         "--lora", "true", "--save_merged", "true")
+    assert metrics["engine"] == "FSDP2" and metrics["lora"]
+    assert (tmp_path / "lora" / "adapter_model.safetensors").exists()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora" / "merged")
+    assert sum(p.numel() for p in merged.parameters()) > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+def test_vllm_over_every_gpu_answers_like_one(tmp_path):
+    """tensor_parallel_size: one engine over all GPUs gives the greedy answers of an engine on one."""
+    from align.generate import GenerationArgs, complete, load_backend
+    from align.models import ModelArgs
+
+    prompts = [[{"role": "user", "content": q}] for q in ("Name a colour.", "Wie heißt die Hauptstadt von Japan?")]
+    args = GenerationArgs(max_new_tokens=16, backend="vllm")
+    answers = {}
+    for tp in sorted({1, torch.cuda.device_count()}):
+        backend, tokenizer = load_backend(ModelArgs(dtype="bf16"), "vllm", tensor_parallel_size=tp)
+        answers[tp] = complete(backend, tokenizer, prompts, args, progress=False)
+        del backend
+    assert all(a and a[0] for a in answers[1])
+    assert answers[1] == answers[max(answers)]
