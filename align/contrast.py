@@ -28,7 +28,7 @@ from typing import Any
 from .config import build_dataclass, require
 from .console import print_table
 from .data import load_records
-from .data.languages import detect_language, language_name
+from .data.languages import base_language, detect_language, language_name
 from .errors import ConfigError, PolyalignError
 from .generate import DecodingArgs, GenerationArgs, check_models, choose_backend, generate_sharded, load_backend
 from .io import shard_log, write_jsonl
@@ -224,13 +224,14 @@ def build_pairs(job: ContrastJob, prompts: list[dict], chosen: dict, weak: dict,
     rows, drops = [], defaultdict(Counter)
     for i, prompt in enumerate(prompts):
         key, lang = str(i), prompt["lang"]
+        spoken = base_language(lang)  # the detector tells no scripts apart
         good, bad = chosen[key].strip(), rejected[key].strip()
         # chosen outranks rejected by construction; the pair rule still refuses two equal texts
         reason = "empty_completion" if not good or not bad else choose_pair([good, bad], [1.0, 0.0]).dropped
         if reason is None and job.args.check_language:
-            if detect_language(good)[0] != lang:
+            if detect_language(good)[0] != spoken:
                 reason = "chosen_wrong_language"
-            elif detect_language(bad)[0] != lang:
+            elif detect_language(bad)[0] != spoken:
                 reason = "rejected_wrong_language"
         if reason:
             drops[lang][reason] += 1

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import regex
 
-from align.data.languages import detect_language, normalize_lang
+from align.data.languages import base_language, detect_language, normalize_lang
 
 MIN_WORDS = 5
 MIN_LATIN_WORD = 4
@@ -72,11 +72,14 @@ def _detectable() -> frozenset[str]:
 
 
 def detectable(lang: str) -> bool:
-    """Whether the detector knows `lang` (or a variety that passes for it)."""
+    """Whether the detector knows `lang`'s language (or a variety that passes for it); it tells no scripts apart."""
+    lang = base_language(lang)
     return lang in _detectable() or any(lang in group and group & _detectable() for group in _SAME)
 
 
 def same_language(detected: str, lang: str) -> bool:
+    """Whether a detected language passes for `lang`: "zh" for "zh-Hant" too, as the detector reports no script."""
+    detected, lang = base_language(detected), base_language(lang)
     return detected == lang or any(detected in group and lang in group for group in _SAME)
 
 
@@ -90,7 +93,7 @@ def line_passes(line: str, lang: str) -> bool:
 
 def words_pass(text: str, lang: str) -> bool:
     """No English-looking Latin word inside an answer in a non-Latin-script language; Latin-script languages pass."""
-    if lang not in NON_LATIN:
+    if base_language(lang) not in NON_LATIN:
         return True
     return not any(len(w) >= MIN_LATIN_WORD and w.islower() for w in _LATIN_WORD.findall(text))
 

@@ -1,160 +1,119 @@
-"""Language codes and names, and offline language detection.
+"""Language tags and names, and offline language detection.
 
-Every record carries a `lang` code so every stage can report per language. Codes are ISO 639-1 where one
-exists (ISO 639-3 otherwise); users may write either, or the English name ("French", "Hindi").
+Every record carries a `lang` tag so every stage can report per language. Users may write an ISO 639-1/639-2/639-3
+code, a BCP-47 tag ("pt-BR", "zh-Hant", "sr-Latn"), a FLORES-200/NLLB code ("fra_Latn", "zho_Hant") or an English
+name ("French", "Traditional Chinese"); all become one canonical tag (see `normalize_lang`). The code tables and
+names are langcodes' (IANA registry and CLDR); polyalign keeps only its language families and a few aliases.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 
-# code (639-1 or 639-3), ISO 639-3 code(s), English name, other accepted names; `|`-separated fields.
-_TABLE = """
-af|afr|Afrikaans|
-am|amh|Amharic|
-ar|ara arb|Arabic|
-as|asm|Assamese|
-az|aze azj|Azerbaijani|
-be|bel|Belarusian|
-bg|bul|Bulgarian|
-bn|ben|Bengali|Bangla
-bs|bos|Bosnian|
-ca|cat|Catalan|
-ceb|ceb|Cebuano|
-cs|ces cze|Czech|
-cy|cym wel|Welsh|
-da|dan|Danish|
-de|deu ger|German|Deutsch
-el|ell gre|Greek|Modern Greek
-en|eng|English|
-eo|epo|Esperanto|
-es|spa|Spanish|Castilian;Español
-et|est ekk|Estonian|
-eu|eus baq|Basque|
-fa|fas per pes|Persian|Farsi
-fi|fin|Finnish|
-fil|fil|Filipino|
-fr|fra fre|French|Français
-ga|gle|Irish|
-gl|glg|Galician|
-gu|guj|Gujarati|
-ha|hau|Hausa|
-he|heb|Hebrew|
-hi|hin|Hindi|
-hr|hrv|Croatian|
-ht|hat|Haitian Creole|Haitian
-hu|hun|Hungarian|
-hy|hye arm|Armenian|
-id|ind|Indonesian|Bahasa Indonesia
-ig|ibo|Igbo|
-is|isl ice|Icelandic|
-it|ita|Italian|
-ja|jpn|Japanese|jp
-jv|jav|Javanese|
-ka|kat geo|Georgian|
-kk|kaz|Kazakh|
-km|khm|Khmer|
-kn|kan|Kannada|
-ko|kor|Korean|
-ku|kur|Kurdish|
-ky|kir|Kyrgyz|Kirghiz
-la|lat|Latin|
-lg|lug|Ganda|Luganda
-lo|lao|Lao|
-lt|lit|Lithuanian|
-lv|lav lvs|Latvian|
-mg|mlg|Malagasy|
-mi|mri mao|Maori|
-mk|mkd mac|Macedonian|
-ml|mal|Malayalam|
-mn|mon khk|Mongolian|
-mr|mar|Marathi|
-ms|msa may zsm|Malay|
-mt|mlt|Maltese|
-my|mya bur|Burmese|Myanmar
-nb|nob|Norwegian Bokmal|Bokmal;Bokmål;Norwegian;no;nor
-ne|nep npi|Nepali|
-nl|nld dut|Dutch|Flemish
-nn|nno|Norwegian Nynorsk|Nynorsk
-ny|nya|Chichewa|Nyanja
-or|ori ory|Odia|Oriya
-pa|pan|Punjabi|Panjabi
-pl|pol|Polish|
-ps|pus pbt|Pashto|
-pt|por|Portuguese|
-ro|ron rum|Romanian|Moldavian
-ru|rus|Russian|
-rw|kin|Kinyarwanda|
-sd|snd|Sindhi|
-si|sin|Sinhala|Sinhalese
-sk|slk slo|Slovak|
-sl|slv|Slovenian|Slovene
-sn|sna|Shona|
-so|som|Somali|
-sq|sqi alb|Albanian|
-sr|srp|Serbian|
-st|sot|Sotho|Sesotho;Southern Sotho
-su|sun|Sundanese|
-sv|swe|Swedish|
-sw|swa swh|Swahili|Kiswahili
-ta|tam|Tamil|
-te|tel|Telugu|
-tg|tgk|Tajik|
-th|tha|Thai|
-tl|tgl|Tagalog|
-tn|tsn|Tswana|Setswana
-tr|tur|Turkish|
-ts|tso|Tsonga|
-tt|tat|Tatar|
-ug|uig|Uyghur|Uighur
-uk|ukr|Ukrainian|
-ur|urd|Urdu|
-uz|uzb uzn|Uzbek|
-vi|vie|Vietnamese|
-wo|wol|Wolof|
-xh|xho|Xhosa|
-yi|yid|Yiddish|
-yo|yor|Yoruba|
-zh|zho chi cmn|Chinese|Mandarin;Chinese (Simplified);Chinese (Traditional);Simplified Chinese;Traditional Chinese
-zu|zul|Zulu|
-"""
+import langcodes
+from langcodes import Language
 
-NAMES: dict[str, str] = {}
-_ALIASES: dict[str, str] = {}
-
-
-def _key(text: str) -> str:
-    return re.sub(r"[\s_]+", " ", text.strip().lower())
-
-
-for _row in _TABLE.strip().splitlines():
-    _code, _iso3, _name, _others = _row.split("|")
-    NAMES[_code] = _name
-    for _alias in [_code, *_iso3.split(), _name, *filter(None, _others.split(";"))]:
-        _ALIASES[_key(_alias)] = _code
+log = logging.getLogger(__name__)
 
 
 class UnknownLanguage(ValueError):
-    """A `lang` value that is neither a known code nor a known English name."""
+    """A `lang` value that is neither a known code or tag nor a known language name."""
+
+
+# Aliases langcodes lacks (lowercase keys), and language subtags polyalign folds further than the registry does:
+# Norwegian is trained and detected as Bokmål, and FLORES writes Pashto as Southern Pashto ("pbt_Arab").
+_ALIASES = {"jp": "ja", "bokmal": "nb"}
+_FOLD = {"no": "nb", "pbt": "ps"}
+# Registry entries that name no single natural language to train on: "und", "zxx", "mul", "mis" (special),
+# "qaa".."qtz" (private use), "art", "sit", ... (collections), and the languages of fiction.
+_REFUSED_SCOPES = frozenset({"special", "private-use", "collection"})
+_FICTIONAL = frozenset({"tlh", "qya", "sjn"})
+_PRIVATE_USE = re.compile(r"q[a-t][a-z]")
+_LANGUAGE_SUBTAG = re.compile(r"[a-z]{2,3}")
+_TAG = re.compile(r"[A-Za-z0-9]+([-_][A-Za-z0-9]+)*")
+_QUALIFIED_NAME = re.compile(r"(.+?)\s*\(([^()]+)\)")
+
+
+@functools.cache
+def _refused_subtags() -> frozenset[str]:
+    from language_data.registry_parser import parse_registry
+
+    return frozenset(item["Subtag"] for item in parse_registry()
+                     if item.get("Type") == "language" and item.get("Scope") in _REFUSED_SCOPES)
+
+
+def _from_tag(text: str) -> Language | None:
+    """The tag `text` names, or None when it is no valid tag (a name, perhaps)."""
+    if not _TAG.fullmatch(text):
+        return None
+    try:
+        language = Language.get(text.replace("_", "-"))
+    except (langcodes.LanguageTagError, ValueError):
+        return None
+    return language if language.language and language.is_valid() else None
+
+
+def _from_name(text: str) -> Language | None:
+    """The language an English (or native) name names; "Serbian (Latin)" and "English (US)" name a script or region."""
+    key = re.sub(r"\s+", " ", text.strip()).lower()
+    if key in _ALIASES:
+        return Language.get(_ALIASES[key])
+    qualified = _QUALIFIED_NAME.fullmatch(key)
+    try:
+        if qualified:
+            base = Language.find(qualified[1], "en")
+            for tagtype in ("script", "territory"):
+                try:
+                    found = Language.find_name(tagtype, qualified[2], "en")
+                except LookupError:
+                    continue
+                return base.update_dict({tagtype: getattr(found, tagtype)})
+        return Language.find(key)
+    except LookupError:
+        return None
 
 
 def normalize_lang(value: str) -> str:
-    """Map a code or an English name to the canonical code: "French" → "fr", "hin" → "hi", "pt-BR" → "pt"."""
+    """The canonical tag of a code, tag or name: what every record's `lang` holds, so equal languages compare equal.
+
+    The language is its shortest code (ISO 639-1 where one exists, else 639-3), individual languages folded into
+    their macrolanguage where the registry does (cmn → zh, arb → ar); the region is dropped; the script is kept only
+    where it is not the language's usual one, because it then makes another target: "zh-Hant" and "zh-TW" →
+    "zh-Hant", "zh-Hans" → "zh", "sr-Latn" → "sr-Latn", "pt-BR" → "pt", "fra_Latn" → "fr". Idempotent.
+    """
     if not isinstance(value, str) or not value.strip():
         raise UnknownLanguage(f"expected a language code or name, got {value!r}")
-    key = _key(value)
-    if key in _ALIASES:
-        return _ALIASES[key]
-    # Locale tags: "pt-BR", "zh_Hant", "en-US" → their language part.
-    base = re.split(r"[-_ ]", key, maxsplit=1)[0]
-    if base in _ALIASES and re.fullmatch(r"[a-z]{2,3}([-_ ][a-z0-9]{2,8})+", key):
-        return _ALIASES[base]
-    raise UnknownLanguage(f"unknown language {value!r} (use an ISO 639-1/639-3 code or an English name)")
+    return _normalize(value.strip())
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalize(text: str) -> str:
+    language = _from_tag(text) or _from_name(text)
+    if language is not None:
+        language = Language.get(langcodes.standardize_tag(language, macro=True))
+    code = _FOLD.get(language.language, language.language) if language and language.language else ""
+    if (not _LANGUAGE_SUBTAG.fullmatch(code) or code in _FICTIONAL or _PRIVATE_USE.fullmatch(code)
+            or code in _refused_subtags()):
+        raise UnknownLanguage(f"unknown language {text!r} (use an ISO 639-1/639-3 code, a BCP-47 tag or an "
+                              "English name)")
+    script = language.update_dict({"language": code}).maximize().script
+    return code if script == Language.get(code).maximize().script else f"{code}-{script}"
+
+
+def base_language(tag: str) -> str:
+    """The language subtag of a tag ("zh-Hant" → "zh"): what a detector that cannot tell scripts apart reports."""
+    return Language.get(normalize_lang(tag)).language
 
 
 def language_name(code: str) -> str:
-    return NAMES.get(code, code)
+    """The English name of a language, as prompts and reports show it ("zh-Hant" → "Chinese (Traditional)");
+    a value polyalign cannot name is shown as given."""
+    try:
+        return Language.get(normalize_lang(code)).display_name("en")
+    except UnknownLanguage:
+        return code
 
 
 @functools.lru_cache(maxsize=1)
@@ -166,7 +125,10 @@ def _detector():
 
 
 def detect_language(text: str) -> tuple[str | None, float]:
-    """Return (code, confidence) for `text`, or (None, 0.0) when it has no letters to judge by."""
+    """Return (canonical tag, confidence) for `text`, or (None, 0.0) when it has no letters to judge by.
+
+    Lingua reports languages, not scripts: Chinese is "zh" whichever script it is in (compare with `base_language`).
+    """
     if not text or not re.search(r"[^\W\d_]", text):
         return None, 0.0
     values = _detector().compute_language_confidence_values(text[:2000])
@@ -180,7 +142,8 @@ def detect_language(text: str) -> tuple[str | None, float]:
 # ------------------------------------------------------------------------------------------------ families
 
 # Language family (genus level where it helps merging: Germanic, Romance and Slavic rather than Indo-European) of
-# every code above: the 23 Aya Expanse languages and the 29 Marco-LLM languages among them.
+# the languages polyalign has trained so far, the 23 Aya Expanse and the 29 Marco-LLM languages among them; keyed by
+# language subtag, so a tag with a script has its language's family.
 FAMILIES: dict[str, tuple[str, ...]] = {
     "Germanic": ("af", "da", "de", "en", "is", "nb", "nl", "nn", "sv", "yi"),
     "Romance": ("ca", "es", "fr", "gl", "it", "la", "pt", "ro"),
@@ -201,7 +164,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "Sino-Tibetan": ("my", "zh"),
     "Japonic": ("ja",),
     "Koreanic": ("ko",),
-    "Austronesian": ("ceb", "fil", "id", "jv", "mg", "mi", "ms", "su", "tl"),
+    "Austronesian": ("ceb", "fil", "id", "jv", "mg", "mi", "ms", "su"),
     "Kra-Dai": ("lo", "th"),
     "Austroasiatic": ("km", "vi"),
     "Dravidian": ("kn", "ml", "ta", "te"),
@@ -216,13 +179,13 @@ DEFAULT_SHARED = ("en", "es", "fr")  # Aya Expanse keeps these in every cluster 
 
 
 def family(code: str) -> str | None:
-    """The family of a language code (None for a code polyalign has no family for)."""
-    return _FAMILY_OF.get(code)
+    """The family of a language tag ("sr-Latn" → "Slavic"); None for a language polyalign has no family for."""
+    return _FAMILY_OF.get(base_language(code))
 
 
 def _family_key(name: str) -> str | None:
-    wanted = _key(name)
-    return next((f for f in FAMILIES if _key(f) == wanted), None)
+    wanted = re.sub(r"[\s_]+", " ", name.strip().lower())
+    return next((f for f in FAMILIES if f.lower() == wanted), None)
 
 
 def make_clusters(languages, spec="family", shared=DEFAULT_SHARED) -> tuple[dict[str, list[str]], list[str]]:
@@ -230,7 +193,8 @@ def make_clusters(languages, spec="family", shared=DEFAULT_SHARED) -> tuple[dict
 
     spec "family": one cluster per family present (shared languages aside); a mapping {cluster: [languages or
     family names]}: those clusters. Returns (clusters, languages no cluster holds), both sorted. Codes and names are
-    normalised; an unknown language raises UnknownLanguage.
+    normalised; an unknown language raises UnknownLanguage. By family, a language polyalign knows no family for makes
+    a cluster of its own, with a warning: it is merged with no related language.
     """
     present = sorted({normalize_lang(lang) for lang in languages})
     shared = sorted({normalize_lang(lang) for lang in shared})
@@ -239,6 +203,8 @@ def make_clusters(languages, spec="family", shared=DEFAULT_SHARED) -> tuple[dict
         for lang in present:
             if lang not in shared:
                 clusters.setdefault(family(lang) or lang, set()).add(lang)
+        if alone := [lang for lang in present if lang not in shared and family(lang) is None]:
+            log.warning("no language family known for %s: each makes a cluster of its own", ", ".join(alone))
     elif isinstance(spec, dict):
         for name, members in spec.items():
             chosen = set()

@@ -24,7 +24,7 @@ from ..models import LoadingArgs
 from .clean import MERGED_ACTIONS, TEXT_CLEANERS, CleanArgs, clean_messages
 from .dedup import (DEFAULT_EMBEDDER, TEXT_FIELDS, ExactIndex, MinHasher, NearDuplicateIndex, dedup_text, exact_key,
                     plain_text)
-from .languages import UnknownLanguage, detect_language, normalize_lang
+from .languages import UnknownLanguage, base_language, detect_language, normalize_lang
 
 PROVENANCES = ("native", "machine-translated", "synthetic")
 
@@ -307,7 +307,7 @@ class LanguageFilterStep(Step):
         tagged = {**record, "detected_lang": code, "lang_confidence": round(confidence, 4)}
         if confidence < self.args.min_confidence:
             return Verdict(None, "low_language_confidence", f"{code} at {confidence:.2f}")
-        if self.args.check_declared and code != record["lang"]:
+        if self.args.check_declared and code != base_language(record["lang"]):
             return Verdict(None, "language_mismatch", f"declared {record['lang']}, detected {code} "
                                                       f"({confidence:.2f})")
         return Verdict(tagged)
