@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +40,13 @@ def parse_dpo_config(raw: dict, source: str | None = None) -> TrainingJob:
 
 
 def preference_dataset(records: list[dict]):
-    """The columns DPOTrainer reads; language and scores stay in the records for reporting."""
+    """The columns DPOTrainer reads (tool definitions as JSON, which trl renders through the chat template); language
+    and scores stay in the records for reporting."""
     import datasets
 
-    return datasets.Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+    tools = any(r.get("tools") for r in records)
+    return datasets.Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
+                                        **({"tools": json.dumps(r.get("tools"))} if tools else {})}
                                        for r in records])
 
 

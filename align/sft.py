@@ -10,13 +10,14 @@ output directory that appears only when training is complete.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .chat import IGNORE_INDEX, tokenize_chat
+from .chat import IGNORE_INDEX, TemplateError, tokenize_chat
 from .errors import ConfigError
 from .models import cuda_available, load_model, load_tokenizer, lora_config, match_embeddings
 from .packing import LAYOUTS, PackRowsCollator, choose_layout
@@ -91,26 +92,41 @@ def evaluation_keys(args: SFTArgs, trl_kwargs: dict, source: str | None) -> None
 
 def tokenize_records(records: list[dict], tokenizer, max_length: int | None, *, assistant_only: bool = True,
                      num_proc: int | None = None):
-    """Records → a datasets.Dataset of input_ids/labels/lang, and counts for the summary."""
+    """Records → a datasets.Dataset of input_ids/labels, and counts for the summary. A conversation gives more than one
+    example where its template rewrites earlier turns (align.chat)."""
     import datasets
 
     def encode(batch):
-        out = {"input_ids": [], "labels": [], "truncated": []}
-        for messages in batch["messages"]:
-            chat = tokenize_chat(tokenizer, messages, max_length=max_length, assistant_only=assistant_only)
-            out["input_ids"].append(chat.input_ids)
-            out["labels"].append(chat.labels)
-            out["truncated"].append(chat.truncated)
+        out = {"input_ids": [], "labels": [], "truncated": [], "lang": [], "provenance": []}
+        for rid, messages, tools, lang, provenance in zip(batch["id"], batch["messages"], batch["tools"],
+                                                          batch["lang"], batch["provenance"]):
+            try:
+                chats = tokenize_chat(tokenizer, messages, max_length=max_length, assistant_only=assistant_only,
+                                      tools=json.loads(tools) if tools else None)
+            except TemplateError as e:
+                raise TemplateError(f"record {rid}: {e}") from None
+            for chat in chats:
+                out["input_ids"].append(chat.input_ids)
+                out["labels"].append(chat.labels)
+                out["truncated"].append(chat.truncated)
+                out["lang"].append(lang)
+                out["provenance"].append(provenance)
         return out
 
-    table = datasets.Dataset.from_dict({"messages": [r["messages"] for r in records],
+    # Messages and tools travel as JSON: their optional keys (tool_calls, reasoning_content) differ between
+    # records, which Arrow's one schema per column would fill with nulls the templates would then render.
+    table = datasets.Dataset.from_dict({"id": [str(r.get("id", i)) for i, r in enumerate(records)],
+                                        "messages": [json.dumps(r["messages"]) for r in records],
+                                        "tools": [json.dumps(r["tools"]) if r.get("tools") else "" for r in records],
                                         "lang": [r["lang"] for r in records],
                                         "provenance": [r.get("provenance") or "unspecified" for r in records]})
-    encoded = table.map(encode, batched=True, remove_columns=["messages"], num_proc=num_proc,
+    encoded = table.map(lambda batch: encode({**batch, "messages": [json.loads(m) for m in batch["messages"]]}),
+                        batched=True, remove_columns=table.column_names, num_proc=num_proc,
                         desc="Tokenising (assistant-only labels)")
     kept = encoded.filter(lambda ex: any(label != IGNORE_INDEX for label in ex["labels"]), num_proc=num_proc)
     stats = {
         "examples": len(records),
+        "training_examples": len(encoded),  # more than examples where a template rewrites earlier turns
         "truncated": int(sum(encoded["truncated"])),
         "dropped_no_assistant_tokens": len(encoded) - len(kept),
         "tokens": int(sum(len(ids) for ids in kept["input_ids"])),

@@ -23,6 +23,8 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
+from align.chat import render
+
 log = logging.getLogger(__name__)
 
 Messages = list[dict]
@@ -69,8 +71,8 @@ class PairEncoder:
     def text(self, prompt: Messages, completion: Messages) -> tuple[str, int]:
         """The text the model reads and the character offset where the completion starts."""
         if self.chat:
-            full = self.tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-            head = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            full = render(self.tokenizer, prompt + completion)
+            head = render(self.tokenizer, prompt, add_generation_prompt=True)
             return full, len(os.path.commonprefix([full, head]))
         head = conversation_text(prompt) + PLAIN_SEPARATOR
         return head + PLAIN_SEPARATOR.join(m["content"] for m in completion), len(head)

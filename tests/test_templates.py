@@ -49,7 +49,7 @@ def test_a_base_model_is_refused_without_a_template_and_given_one_with_it(base_m
 def test_labels_cover_the_assistant_turns_and_their_end_of_turn(base_model):
     tokenizer = load_tokenizer(ModelArgs(model=str(base_model), chat_template="chatml"))
     messages = CHATS[1]["messages"]
-    chat = tokenize_chat(tokenizer, messages, max_length=None)
+    [chat] = tokenize_chat(tokenizer, messages, max_length=None)
     labelled = tokenizer.decode([t for t, label in zip(chat.input_ids, chat.labels) if label != IGNORE_INDEX])
     assert labelled == "Zwei plus drei ist fünf.<|im_end|>\nFünf mal zwei ist zehn.<|im_end|>\n"
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -41,8 +41,8 @@ def last_turn_only(labels: list[int]) -> list[int]:
 def ifd_sequences(tokenizer, messages: list[dict], max_length: int) -> tuple[tuple[list, list], tuple[list, list]]:
     """((ids, labels) of the answer given its conversation, (ids, labels) of the answer alone)."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    conditioned = tokenize_chat(tokenizer, messages[: last + 1], max_length=max_length)
-    alone = tokenize_chat(tokenizer, [{"role": "user", "content": ""}, messages[last]], max_length=max_length)
+    conditioned = tokenize_chat(tokenizer, messages[: last + 1], max_length=max_length)[-1]  # ends with the answer
+    alone = tokenize_chat(tokenizer, [{"role": "user", "content": ""}, messages[last]], max_length=max_length)[-1]
     given_labels, alone_labels = last_turn_only(conditioned.labels), last_turn_only(alone.labels)
     # A conversation cut at max_length keeps only the start of its answer: score the same tokens alone.
     keep = sum(x != IGNORE_INDEX for x in given_labels)
