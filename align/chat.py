@@ -50,17 +50,23 @@ def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool = Fal
         raise TemplateError(f"the chat template cannot render this conversation: {e}") from None
 
 
-def _answer(message: dict) -> str:
+def _answer(message: dict) -> list[str]:
     """What of an assistant message must appear in its span: its visible answer (templates may drop reasoning that
-    is written inline before `</think>`)."""
-    return (message.get("content") or "").split("</think>")[-1].strip()
+    is written inline before `</think>`) and the names of the tools it calls."""
+    content = (message.get("content") or "").split("</think>")[-1].strip()
+    calls = [call["function"]["name"] for call in message.get("tool_calls") or []]
+    return [piece for piece in (content, *calls) if piece]
 
 
-def _closes(span: str, answer: str) -> bool:
+def _holds(text: str, answer: list[str]) -> bool:
+    return all(piece in text for piece in answer)
+
+
+def _closes(span: str, answer: list[str]) -> bool:
     """Whether a turn's span holds its answer and then the end-of-turn: where a template marks the final turn
     differently, the whole conversation and the one ending at the turn part ways right after the answer."""
-    at = span.find(answer)
-    return at >= 0 and bool(span[at + len(answer):].strip())
+    ends = [span.find(piece) + len(piece) for piece in answer]
+    return _holds(span, answer) and bool(span[max(ends, default=0):].strip())
 
 
 def _check_tools(text: str, messages: list[dict], tools: list[dict] | None) -> None:
@@ -114,7 +120,7 @@ def assistant_renderings(tokenizer, messages: list[dict], chat_template=None,
         whole_tokens = boundaries[bisect.bisect_right(boundaries, end) - 1]
         if full.startswith(through[:start]) and _closes(full[start:whole_tokens], answer):
             spans.append((start, end))
-        elif answer in through[start:]:
+        elif _holds(through[start:], answer):
             own.append(Rendering(through, [(start, len(through))]))
         else:
             raise TemplateError(f"the chat template does not render assistant turn {i} after its conversation (its "

@@ -115,6 +115,14 @@ WITH_TOOLS = (
     "{% endif %}" + OPEN + "{% if m.get('tool_calls') %}<|im_start|>assistant\n{% for c in m['tool_calls'] %}"
     "<tool_call>{{ c['function'] | tojson }}</tool_call>{% endfor %}<|im_end|>\n{% else %}" + TURN + "{% endif %}"
     + CLOSE)
+# Reasoning shown only after the last user turn, and tool calls: a call with no text is still a turn to label whole.
+REASONS_WITH_TOOLS = (
+    "{% set ns = namespace(last=0) %}{% for m in messages %}{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}"
+    "{% endif %}{% endfor %}" + OPEN +
+    "{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{% if loop.index0 > ns.last %}<think>\n"
+    "{{ m.get('reasoning_content', '') }}\n</think>\n\n{% endif %}{{ m['content'] }}{% for c in m.get('tool_calls') or [] %}"
+    "<tool_call>{{ c['function'] | tojson }}</tool_call>{% endfor %}<|im_end|>\n"
+    "{% else %}" + TURN + "{% endif %}" + CLOSE)
 ITERATES_TOOLS = "{% for t in tools %}{{ t }}{% endfor %}" + OPEN + TURN + CLOSE
 
 REASONING_CHAT = [
@@ -176,6 +184,17 @@ def test_tool_calls_are_labelled_and_tool_results_are_not(tokenizer):
     assert labelled(tokenizer, [chat]) == [
         '<tool_call>{"name": "weather", "arguments": {"city": "Lyon"}}</tool_call><|im_end|>\n'
         "Il fait 18 °C et il y a du soleil à Lyon.<|im_end|>\n"]
+
+
+def test_a_tool_call_without_text_in_a_rewriting_template_is_labelled_whole(tokenizer):
+    calling = [{**TOOL_CHAT[1], "reasoning_content": "Je consulte la météo."}, *TOOL_CHAT[2:]]
+    chat = [TOOL_CHAT[0], *calling, {"role": "user", "content": "Merci !"}, {"role": "assistant", "content": "De rien."}]
+    chats = tokenize_chat(tokenizer, chat, max_length=None, chat_template=REASONS_WITH_TOOLS, tools=TOOLS)
+    assert labelled(tokenizer, chats) == [
+        '<think>\nJe consulte la météo.\n</think>\n\n<tool_call>{"name": "weather", "arguments": {"city": "Lyon"}}'
+        "</tool_call><|im_end|>\n",
+        "<think>\n\n</think>\n\nIl fait 18 °C et il y a du soleil à Lyon.<|im_end|>\n",
+        "<think>\n\n</think>\n\nDe rien.<|im_end|>\n"]
 
 
 def test_a_template_without_tool_support_is_refused_by_name(tokenizer):
