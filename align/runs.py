@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -24,6 +25,7 @@ from typing import Any, Callable, NamedTuple
 from .config import build_dataclass, config_hash, require, split_known
 from .console import print_rows
 from .data import language_mix, load_records
+from .data.loader import describe_skipped
 from .errors import ConfigError, PolyalignError
 from .io import partial_dir, promote, relocate_paths, write_json
 from .models import LoraArgs, ModelArgs, load_model
@@ -333,6 +335,7 @@ class TrainingStage:
     def __init__(self, job: TrainingJob, records: list[dict] | None = None):
         self.job, self.records = job, records
         self.wall = 0.0
+        self.skipped = Counter()  # rows the formats dropped, per reason (Arena ties, undesirable KTO answers)
 
     def run(self) -> Path:
         from accelerate import PartialState
@@ -371,8 +374,9 @@ class TrainingStage:
         what it holds."""
         if self.records is None:
             self.records = load_records(self.job.args.dataset, self.kind, seed=self.job.training.seed,
-                                        source=self.job.source)
-        return f"{self.label} data: {len(self.records)} {self.noun} in {describe_languages(self.records)}"
+                                        source=self.job.source, skipped=self.skipped)
+        line = f"{self.label} data: {len(self.records)} {self.noun} in {describe_languages(self.records)}"
+        return f"{line}; {describe_skipped(self.skipped)}" if self.skipped else line
 
     def build(self):
         raise NotImplementedError

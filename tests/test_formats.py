@@ -11,11 +11,12 @@ import csv
 import json
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from align.data import DataSource, load_records
+from align.data import DataSource, iter_records, load_records
 from align.errors import ConfigError, InputError
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -264,6 +265,469 @@ def test_same_kind_formats_may_mix_in_one_file(tmp_path):
     ])
     assert [r["messages"] for r in load_records(str(path), "sft")] == [[U("a"), A("b")], [U("c"), A("d")],
                                                                         [U("e"), A("f")]]
+
+
+def T(content: str, **keys) -> dict:
+    return {"role": "tool", "content": content, **keys}
+
+
+def call(name: str, **arguments) -> dict:
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+WEATHER = {"name": "weather", "description": "the weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+def test_sharegpt_preference_with_one_message_answers(tmp_path):
+    path = write_jsonl(tmp_path / "sgp.jsonl", [
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"},
+                           {"from": "human", "value": "Capital of Peru?"}],
+         "chosen": {"from": "gpt", "value": "Lima."}, "rejected": {"from": "gpt", "value": "Cusco."}, "lang": "en"},
+        {"conversations": [{"from": "user", "value": "2+2?"}], "system": "Be terse.",
+         "chosen": {"role": "assistant", "content": "4"}, "rejected": "5", "lang": "en"},
+    ])
+    assert load_records(str(path), "preference") == [
+        {"prompt": [U("Hi"), A("Hello!"), U("Capital of Peru?")], "chosen": [A("Lima.")], "rejected": [A("Cusco.")],
+         "lang": "en", "id": "sgp-0", "source": "sgp"},
+        {"prompt": [S("Be terse."), U("2+2?")], "chosen": [A("4")], "rejected": [A("5")], "lang": "en",
+         "id": "sgp-1", "source": "sgp"},
+    ]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"chosen": [{"from": "gpt", "value": "a"}], "rejected": {"from": "gpt", "value": "b"}},
+     "field 'chosen': expected one message object (from/value or role/content)"),
+    ({"chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "human", "value": "b"}},
+     "field 'rejected': expected an assistant turn, got a user turn"),
+    ({"chosen": {"from": "gpt"}, "rejected": {"from": "gpt", "value": "b"}}, "field 'chosen.value': missing"),
+])
+def test_sharegpt_preference_bad_answers(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "sgp.jsonl", [{"conversations": [{"from": "human", "value": "Q"}], **row,
+                                                 "lang": "en"}])
+    assert str(input_error(str(path), "preference")) == f"{path}:1: {message}"
+
+
+def test_sharegpt_preference_conversation_ending_with_the_answer(tmp_path):
+    path = write_jsonl(tmp_path / "sgp.jsonl", [
+        {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}],
+         "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}, "lang": "en"},
+    ])
+    assert str(input_error(str(path), "preference")) == \
+        f"{path}:1: field 'conversations': ends with an assistant turn (the answers belong in chosen and rejected)"
+
+
+def test_chosen_messages_and_rejected_messages_split_at_the_shared_prefix(tmp_path):
+    path = write_jsonl(tmp_path / "cm.jsonl", [
+        {"chosen_messages": [S("sys"), U("Hi"), A("Hello."), U("Joke?"), A("A pun.")],
+         "rejected_messages": [S("sys"), U("Hi"), A("Hello."), U("Joke?"), A("No.")], "lang": "en"},
+    ])
+    assert load_records(str(path), "preference") == [
+        {"prompt": [S("sys"), U("Hi"), A("Hello."), U("Joke?")], "chosen": [A("A pun.")], "rejected": [A("No.")],
+         "lang": "en", "id": "cm-0", "source": "cm"},
+    ]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [
+        {"chosen_messages": [U("Q1"), A("a")], "rejected_messages": [U("Q2"), A("b")], "lang": "en"},
+    ])
+    assert str(input_error(str(bad), "preference")) == \
+        f"{bad}:1: field 'chosen_messages': chosen and rejected share no prompt that ends with a user turn"
+
+
+# ------------------------------------------------------------------------------------------------ tool use
+
+SHAREGPT_TOOL_ROW = {
+    "conversations": [
+        {"from": "human", "value": "Quel temps fait-il à Lyon et à Paris ?"},
+        {"from": "gpt", "value": "Je regarde."},
+        {"from": "function_call", "value": json.dumps({"name": "weather", "arguments": {"city": "Lyon"}})},
+        {"from": "function_call", "value": json.dumps([{"name": "weather", "arguments": '{"city": "Paris"}'}])},
+        {"from": "observation", "value": "Lyon : 18 °C"},
+        {"from": "observation", "value": "Paris : 15 °C"},
+        {"from": "gpt", "value": "18 °C à Lyon, 15 °C à Paris."},
+        {"from": "human", "value": "Et à Nice ?"},
+        {"from": "function_call", "value": json.dumps({"name": "weather", "arguments": {"city": "Nice"}})},
+        {"from": "observation", "value": "Nice : 22 °C"},
+        {"from": "gpt", "value": "22 °C à Nice."},
+    ],
+    "tools": json.dumps([WEATHER]), "system": "Tu es un assistant météo.", "lang": "fr",
+}
+SHAREGPT_TOOL_MESSAGES = [
+    S("Tu es un assistant météo."), U("Quel temps fait-il à Lyon et à Paris ?"),
+    {"role": "assistant", "content": "Je regarde.", "tool_calls": [call("weather", city="Lyon"),
+                                                                 call("weather", city="Paris")]},
+    T("Lyon : 18 °C"), T("Paris : 15 °C"), A("18 °C à Lyon, 15 °C à Paris."), U("Et à Nice ?"),
+    {"role": "assistant", "content": "", "tool_calls": [call("weather", city="Nice")]}, T("Nice : 22 °C"),
+    A("22 °C à Nice."),
+]
+
+
+def test_sharegpt_function_calls_and_observations(tmp_path):
+    path = write_jsonl(tmp_path / "tools.jsonl", [SHAREGPT_TOOL_ROW])
+    assert load_records(str(path), "sft") == [
+        {"messages": SHAREGPT_TOOL_MESSAGES, "tools": [{"type": "function", "function": WEATHER}], "lang": "fr",
+         "id": "tools-0", "source": "tools"},
+    ]
+
+
+def test_openai_tool_calls_and_tool_messages(tmp_path):
+    path = write_jsonl(tmp_path / "oa.jsonl", [
+        {"messages": [U("Weather in Oslo?"),
+                      {"role": "assistant", "content": None, "tool_calls": [
+                          {"id": "call_1", "type": "function",
+                           "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}]},
+                      {"role": "tool", "tool_call_id": "call_1", "name": "weather", "content": "-3 °C"},
+                      A("It is -3 °C in Oslo.")],
+         "tools": [{"type": "function", "function": WEATHER}], "lang": "en"},
+        # a call whose arguments are an object already, one with none; no tools field
+        {"messages": [U("Time?"), {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"type": "function", "function": {"name": "now"}}]}, T("12:00"), A("Noon.")], "lang": "en"},
+    ])
+    first, second = load_records(str(path), "sft")
+    assert first["messages"] == [
+        U("Weather in Oslo?"),
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", **call("weather", city="Oslo")}]},
+        T("-3 °C", name="weather", tool_call_id="call_1"), A("It is -3 °C in Oslo.")]
+    assert first["tools"] == [{"type": "function", "function": WEATHER}]
+    assert second["messages"][1] == {"role": "assistant", "content": "Checking.", "tool_calls": [call("now")]}
+    assert "tools" not in second
+
+
+def test_a_conversation_that_ends_with_a_tool_call_trains_on_it(tmp_path):
+    path = write_jsonl(tmp_path / "oa.jsonl", [
+        {"messages": [U("Weather in Oslo?"), {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}]}], "lang": "en"},
+    ])
+    assert load_records(str(path), "sft")[0]["messages"][1]["tool_calls"] == [call("weather", city="Oslo")]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{name: weather}"}]},
+     "field 'conversations[1].value': invalid JSON (Expecting property name enclosed in double quotes at column 2)"),
+    ({"conversations": [{"from": "human", "value": "q"},
+                        {"from": "function_call", "value": '{"name": "weather", "arguments": "{city"}'}]},
+     "field 'conversations[1].value.arguments': invalid JSON (Expecting property name enclosed in double quotes "
+     "at column 2)"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": '[{"arguments": {}}]'}]},
+     "field 'conversations[1].value[0].name': missing"),
+    ({"messages": [U("q"), {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "weather", "arguments": "{'city': 'Oslo'}"}}]}]},
+     "field 'messages[1].tool_calls[0].function.arguments': invalid JSON (Expecting property name enclosed in "
+     "double quotes at column 2)"),
+    ({"messages": [U("q"), {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "weather", "arguments": [1]}}]}]},
+     "field 'messages[1].tool_calls[0].function.arguments': expected an object of arguments, got list"),
+    ({"messages": [U("q"), {"role": "assistant", "content": "", "tool_calls": {"name": "weather"}}]},
+     "field 'messages[1].tool_calls': expected a list of tool calls, got dict"),
+    ({"messages": [U("q"), A("a")], "tools": "[{"},
+     "field 'tools': invalid JSON (Expecting property name enclosed in double quotes at column 3)"),
+    ({"messages": [U("q"), A("a")], "tools": [{"type": "function", "function": {"description": "no name"}}]},
+     "field 'tools[0].function.name': missing"),
+    ({"messages": [U("q"), A("a")], "tools": [{"type": "code_interpreter"}]},
+     "field 'tools[0].type': unsupported tool type 'code_interpreter' (expected function)"),
+    ({"messages": [U("q"), A("a")], "tools": [{"name": "weather", "parameters": "city"}]},
+     "field 'tools[0].parameters': expected a JSON schema object"),
+])
+def test_bad_tool_use_names_the_field(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "t.jsonl", [{**row, "lang": "en"}])
+    assert str(input_error(str(path))) == f"{path}:1: {message}"
+
+
+# A template that renders tools and tool calls (as Qwen's and Hermes' do); the tokenizer's own ChatML renders neither.
+TOOL_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools:{% for t in tools %} {{ t['function']['name'] }}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% for m in messages %}{% if m.get('tool_calls') %}<|im_start|>assistant\n{{ m['content'] }}"
+    "{% for c in m['tool_calls'] %}<tool_call>{{ c['function'] | tojson }}</tool_call>{% endfor %}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_loaded_tool_records_render_through_a_template_with_tool_support(tmp_path):
+    from align.chat import IGNORE_INDEX, TemplateError
+    from align.models import ModelArgs, load_tokenizer
+    from align.sft import tokenize_records
+
+    [record] = load_records(str(write_jsonl(tmp_path / "tools.jsonl", [SHAREGPT_TOOL_ROW])), "sft")
+    tokenizer = load_tokenizer(ModelArgs())  # its own copy: the template is changed below
+    with pytest.raises(TemplateError, match="record tools-0: .*no tool support.*weather"):
+        tokenize_records([record], tokenizer, None)  # the tools travel with the record
+    tokenizer.chat_template = TOOL_TEMPLATE
+    dataset, _ = tokenize_records([record], tokenizer, None)
+    [input_ids], [labels] = dataset["input_ids"], dataset["labels"]
+    assert tokenizer.decode(input_ids).startswith("<|im_start|>system\nTools: weather<|im_end|>\n")
+    trained = tokenizer.decode([t for t, label in zip(input_ids, labels) if label != IGNORE_INDEX])
+    assert trained == ('Je regarde.<tool_call>{"name": "weather", "arguments": {"city": "Lyon"}}</tool_call>'
+                       '<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call><|im_end|>\n'
+                       "18 °C à Lyon, 15 °C à Paris.<|im_end|>\n"
+                       '<tool_call>{"name": "weather", "arguments": {"city": "Nice"}}</tool_call><|im_end|>\n'
+                       "22 °C à Nice.<|im_end|>\n")
+
+
+# ------------------------------------------------------------------------------------------------ content parts
+
+
+def test_openai_content_parts_are_joined_with_newlines(tmp_path):
+    path = write_jsonl(tmp_path / "parts.jsonl", [
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "Résume :"},
+                                                   {"type": "text", "value": "Un long texte."}]},
+                      {"role": "assistant", "content": [{"type": "output_text", "text": "Un texte."}],
+                       "reasoning_content": "Court."}], "lang": "fr"},
+        {"messages": [U("Hi"), {"role": "assistant", "content": "Hello", "thinking": "Greet back."}], "lang": "en"},
+    ])
+    first, second = load_records(str(path), "sft")
+    assert first["messages"] == [U("Résume :\nUn long texte."),
+                                 {"role": "assistant", "content": "Un texte.", "reasoning_content": "Court."}]
+    assert second["messages"][1] == {"role": "assistant", "content": "Hello", "thinking": "Greet back."}
+
+
+@pytest.mark.parametrize("parts, message", [
+    ([{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "x.png"}}],
+     "this toolkit trains text models: content part 2 is 'image_url'"),
+    ([{"type": "input_audio", "input_audio": {"data": "..."}}],
+     "this toolkit trains text models: content part 1 is 'input_audio'"),
+    ([{"text": "untyped"}], "content part 1 has no type"),
+    ([{"type": "text"}], "content part 1 has no text"),
+    ([], "empty text"),
+])
+def test_content_parts_that_are_not_text(tmp_path, parts, message):
+    path = write_jsonl(tmp_path / "parts.jsonl", [
+        CHAT_ROWS[0], {"messages": [U("Hi"), A("Hello"), {"role": "user", "content": parts}, A("A cat.")],
+                       "lang": "en"}])
+    assert str(input_error(str(path))) == f"{path}:2: field 'messages[2].content': {message}"
+
+
+def test_a_reasoning_field_that_is_not_text(tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [
+        {"messages": [U("Hi"), {"role": "assistant", "content": "Hello", "reasoning_content": ["x"]}], "lang": "en"}])
+    assert str(input_error(str(path))) == f"{path}:1: field 'messages[1].reasoning_content': expected text, got list"
+
+
+# ------------------------------------------------------------------------------------------------ Aya, xP3
+
+
+def test_aya_inputs_targets_take_the_language_code(tmp_path):
+    path = write_jsonl(tmp_path / "aya.jsonl", [
+        {"inputs": "Quelle est la capitale du Kenya ?", "targets": "Nairobi.", "language": "French",
+         "language_code": "fra", "annotation_type": "original-annotations", "user_id": "u1"},
+        {"inputs": "肯亞的首都是哪裡？", "targets": "奈洛比。", "language": "Traditional Chinese", "language_code": "zho"},
+        {"inputs": "肯尼亚的首都是哪里？", "targets": "内罗毕。", "language": "Simplified Chinese", "language_code": "zho"},
+        {"inputs": "Kenya'nın başkenti?", "targets": "Nairobi.", "language": "Turkish", "language_code": "xx-bad"},
+        {"inputs": "Mji mkuu wa Kenya?", "targets": "Nairobi.", "language": "", "language_code": "swh"},
+    ])
+    records = load_records(str(path), "sft")
+    assert records[0] == {"messages": [U("Quelle est la capitale du Kenya ?"), A("Nairobi.")], "lang": "fr",
+                          "id": "aya-0", "source": "aya"}
+    assert [r["lang"] for r in records] == ["fr", "zh-Hant", "zh", "tr", "sw"]
+
+
+def test_aya_language_code_and_name_both_unknown(tmp_path):
+    path = write_jsonl(tmp_path / "aya.jsonl", [
+        {"inputs": "q", "targets": "a", "language": "Elvish", "language_code": "qya"}])
+    assert str(input_error(str(path))).startswith(f"{path}:1: field 'language_code': unknown language 'qya'")
+
+
+def test_xp3_inputs_targets(tmp_path):
+    path = write_jsonl(tmp_path / "xp3.jsonl", [
+        {"inputs": "Translate to German: good night", "targets": "Gute Nacht"},
+    ])
+    assert load_records([{"path": str(path), "lang": "en"}], "sft") == [
+        {"messages": [U("Translate to German: good night"), A("Gute Nacht")], "lang": "en", "id": "xp3-0",
+         "source": "xp3"},
+    ]
+    xp3x = write_jsonl(tmp_path / "xp3x.jsonl", [
+        {"inputs": "Traduis : bonne nuit", "targets": "good night", "language": "fra_Latn", "split": "train"}])
+    assert load_records(str(xp3x), "sft")[0]["lang"] == "fr"
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"inputs": "q", "targets": " ", "language": "fra_Latn"}])
+    assert str(input_error(str(empty))) == f"{empty}:1: field 'targets': empty text"
+
+
+# ------------------------------------------------------------------------------------------------ Chatbot Arena
+
+
+def arena(winner, a, b, **extra) -> dict:
+    return {"conversation_a": a, "conversation_b": b, "winner": winner, "model_a": "alpha", "model_b": "beta",
+            **extra}
+
+
+def test_chatbot_arena_comparisons(tmp_path):
+    path = write_jsonl(tmp_path / "arena.jsonl", [
+        arena("model_a", [U("Capital of Chile?"), A("Santiago.")], [U("Capital of Chile?"), A("Valparaíso.")],
+              question_id="q1", language="English", turn=1),
+        arena("tie", [U("Hi"), A("Hello")], [U("Hi"), A("Hey")], question_id="q2", language="English"),
+        # multi-turn: the prompt is the winner's conversation up to the last user turn
+        arena("model_b", [U("Name a fruit."), A("Carrot."), U("Another?"), A("Potato.")],
+              [U("Name a fruit."), A("Apple."), U("Another?"), A("Pear.")], question_id="q3", language="English"),
+        arena("tie (bothbad)", [U("Hi"), A("?")], [U("Hi"), A("!")], question_id="q4", language="English"),
+    ])
+    skipped = Counter()
+    assert load_records(str(path), "preference", skipped=skipped) == [
+        {"prompt": [U("Capital of Chile?")], "chosen": [A("Santiago.")], "rejected": [A("Valparaíso.")],
+         "chosen_by": "alpha", "rejected_by": "beta", "lang": "en", "id": "q1", "source": "arena"},
+        {"prompt": [U("Name a fruit."), A("Apple."), U("Another?")], "chosen": [A("Pear.")],
+         "rejected": [A("Potato.")], "chosen_by": "beta", "rejected_by": "alpha", "lang": "en", "id": "q3",
+         "source": "arena"},
+    ]
+    assert skipped == {"tie": 2}
+
+
+@pytest.mark.parametrize("row, message", [
+    (arena("model_c", [U("q"), A("a")], [U("q"), A("b")]),
+     "field 'winner': expected model_a, model_b, tie, tie (bothbad), got 'model_c'"),
+    (arena("model_a", [U("q"), A("a")], [U("other q"), A("b")]),
+     "field 'conversation_b': its last user turn differs from the other conversation's: not one comparison"),
+    (arena("model_b", [U("q"), A("a")], [U("q")]),
+     "field 'conversation_b': does not end with an assistant answer to its last user turn"),
+    (arena("tie", [U("q"), A("a")], [U("q"), {"role": "bot", "content": "b"}]),
+     "field 'conversation_b[1].role': unknown role 'bot' (expected system, user, assistant, tool)"),
+])
+def test_bad_arena_rows(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "arena.jsonl", [{**row, "lang": "en"}])
+    assert str(input_error(str(path), "preference")) == f"{path}:1: {message}"
+
+
+def kaggle(prompt, a, b, vote, **extra) -> dict:
+    return {"id": extra.pop("id", 1), "model_a": "alpha", "model_b": "beta", "prompt": json.dumps(prompt),
+            "response_a": json.dumps(a), "response_b": json.dumps(b), "winner_model_a": int(vote == "a"),
+            "winner_model_b": int(vote == "b"), "winner_tie": int(vote == "tie"), **extra}
+
+
+def test_kaggle_arena_export(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [
+        kaggle(["Best season?"], ["Spring."], ["Winter."], "b", id=10),
+        kaggle(["Hi", "Bye"], ["Hello", "Bye!"], ["Hey", "Ciao"], "a", id=11),
+        kaggle(["Q"], ["x"], ["y"], "tie", id=12),
+        kaggle(["Q"], [None], ["y"], "a", id=13),  # the export writes null where a model answered nothing
+        kaggle(["Q1", "Q2"], [None, "x"], ["y", None], "b", id=14),  # the loser's earlier null is not used
+    ])
+    skipped = Counter()
+    records = load_records([{"path": str(path), "lang": "en"}], "preference", skipped=skipped)
+    assert records == [
+        {"prompt": [U("Best season?")], "chosen": [A("Winter.")], "rejected": [A("Spring.")], "chosen_by": "beta",
+         "rejected_by": "alpha", "lang": "en", "id": "10", "source": "train"},
+        {"prompt": [U("Hi"), A("Hello"), U("Bye")], "chosen": [A("Bye!")], "rejected": [A("Ciao")],
+         "chosen_by": "alpha", "rejected_by": "beta", "lang": "en", "id": "11", "source": "train"},
+    ]
+    assert skipped == {"tie": 1, "null turn": 2}
+
+
+def test_kaggle_arena_csv(tmp_path):
+    header = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", "winner_model_a", "winner_model_b",
+              "winner_tie"]
+    path = write_csv(tmp_path / "train.csv", header, [
+        ["7", "alpha", "beta", '["Ciel ?"]', '["Bleu."]', '["Vert."]', "1", "0", "0"],
+    ])
+    assert load_records([{"path": str(path), "lang": "fr"}], "preference") == [
+        {"prompt": [U("Ciel ?")], "chosen": [A("Bleu.")], "rejected": [A("Vert.")], "chosen_by": "alpha",
+         "rejected_by": "beta", "lang": "fr", "id": "7", "source": "train"},
+    ]
+
+
+@pytest.mark.parametrize("row, message", [
+    (kaggle(["Q1", "Q2"], ["a"], ["b1", "b2"], "a"), "field 'response_a': 1 responses to 2 prompt turns"),
+    ({**kaggle(["Q"], ["a"], ["b"], "a"), "winner_model_b": 1},
+     "field 'winner_model_a': expected exactly one of winner_model_a, winner_model_b, winner_tie to be 1"),
+    ({**kaggle(["Q"], ["a"], ["b"], "a"), "winner_tie": "yes"}, "field 'winner_tie': expected 0 or 1, got 'yes'"),
+    ({**kaggle(["Q"], ["a"], ["b"], "a"), "response_b": '["b"'},
+     "field 'response_b': invalid JSON (Expecting ',' delimiter at column 5)"),
+    (kaggle(["Q"], ["a"], [3], "a"), "field 'response_b[0]': expected text, got int"),
+    (kaggle([" "], ["a"], ["b"], "b"), "field 'prompt[0]': empty text"),
+])
+def test_bad_kaggle_arena_rows(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "k.jsonl", [{**row, "lang": "en"}])
+    assert str(input_error(str(path), "preference")) == f"{path}:1: {message}"
+
+
+def test_a_file_of_ties_only_says_so(tmp_path):
+    path = write_jsonl(tmp_path / "ties.jsonl", [arena("tie", [U("q"), A("a")], [U("q"), A("b")], lang="en")] * 2)
+    assert str(input_error(str(path), "preference")) == f"{path}: no records after weighting (skipped 2 rows: tie 2)"
+
+
+# ------------------------------------------------------------------------------------------------ UltraFeedback
+
+
+def test_ultrafeedback_binarized_scores(tmp_path):
+    prompt = "Write a haiku about rain."
+    path = write_jsonl(tmp_path / "uf.jsonl", [
+        {"prompt": prompt, "prompt_id": "abc", "chosen": [U(prompt), A("Soft rain on the roof")],
+         "rejected": [U(prompt), A("Rain is wet.")], "messages": [U(prompt), A("Soft rain on the roof")],
+         "score_chosen": 8.5, "score_rejected": 3.0, "lang": "en"},
+    ])
+    assert load_records(str(path), "preference") == [
+        {"prompt": [U(prompt)], "chosen": [A("Soft rain on the roof")], "rejected": [A("Rain is wet.")],
+         "lang": "en", "id": "uf-0", "source": "uf", "chosen_score": 8.5, "rejected_score": 3.0},
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ KTO
+
+
+KTO_ROWS = [
+    {"prompt": "Capital of Japan?", "completion": "Tokyo.", "label": True, "lang": "en"},
+    {"prompt": "Capital of Japan?", "completion": "Osaka.", "label": False, "lang": "en"},
+    {"prompt": [U("2+2?")], "completion": [A("4")], "label": True, "lang": "en"},
+    {"messages": [U("Hi"), A("Go away.")], "label": False, "lang": "en"},
+    {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}], "kto_tag": True,
+     "lang": "en"},
+]
+
+
+def test_kto_data_trains_sft_on_the_desirable_answers_only(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "kto.jsonl", KTO_ROWS)
+    skipped = Counter()
+    with caplog.at_level(logging.INFO, logger="align.data.loader"):
+        records = load_records(str(path), "sft", skipped=skipped)
+    assert [(r["messages"], r["id"]) for r in records] == [
+        ([U("Capital of Japan?"), A("Tokyo.")], "kto-0"), ([U("2+2?"), A("4")], "kto-2"),
+        ([U("Hi"), A("Hello!")], "kto-4")]
+    assert skipped == {"undesirable (KTO label false)": 2}
+    assert f"{path}: skipped 2 rows: undesirable (KTO label false) 2" in caplog.messages
+    assert [r["prompt"] for r in load_records(str(path), "prompt")] == [[U("Capital of Japan?")], [U("2+2?")],
+                                                                        [U("Hi")]]
+
+
+def test_kto_data_is_refused_for_preference_training(tmp_path):
+    path = write_jsonl(tmp_path / "kto.jsonl", KTO_ROWS)
+    assert str(input_error(str(path), "preference")) == \
+        f"{path}: unpaired data (KTO labels): preference training needs chosen and rejected answers for one prompt"
+
+
+def test_kto_csv_labels(tmp_path):
+    path = write_csv(tmp_path / "kto.csv", ["prompt", "completion", "label", "lang"], [
+        ["Sky colour?", "Blue.", "True", "en"], ["Sky colour?", "Plaid.", "false", "en"],
+    ])
+    assert [r["messages"] for r in load_records(str(path), "sft")] == [[U("Sky colour?"), A("Blue.")]]
+
+
+def test_bad_kto_rows(tmp_path):
+    bad_tag = write_jsonl(tmp_path / "tag.jsonl", [{"messages": [U("q"), A("a")], "kto_tag": "maybe", "lang": "en"}])
+    assert str(input_error(str(bad_tag))) == f"{bad_tag}:1: field 'kto_tag': expected true or false, got 'maybe'"
+    # an undesirable row is still checked
+    bad_row = write_jsonl(tmp_path / "row.jsonl", [{"messages": [U("q"), {"role": "bot", "content": "a"}],
+                                                    "label": False, "lang": "en"}])
+    assert str(input_error(str(bad_row))).startswith(f"{bad_row}:1: field 'messages[1].role': unknown role 'bot'")
+    # a row without its label is not silently desirable
+    unlabelled = write_jsonl(tmp_path / "mixed.jsonl", [KTO_ROWS[0], {"prompt": "q", "completion": "a", "lang": "en"}])
+    assert str(input_error(str(unlabelled))).startswith(f"{unlabelled}:2: row does not match this file's format (kto)")
+
+
+def test_a_label_that_is_no_boolean_is_not_kto(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"messages": [U("q"), A("a")], "label": "chitchat", "lang": "en"}])
+    assert load_records(str(path), "sft")[0]["messages"] == [U("q"), A("a")]
+
+
+def test_iter_records_counts_what_it_skips(tmp_path):
+    path = write_jsonl(tmp_path / "kto.jsonl", KTO_ROWS)
+    skipped = Counter()
+    assert len(list(iter_records(str(path), "sft", skipped=skipped))) == 3
+    assert skipped == {"undesirable (KTO label false)": 2}
+
+
+def test_unknown_format_lists_the_new_formats(tmp_path):
+    path = write_jsonl(tmp_path / "odd.jsonl", [{"text": "hello", "lang": "en"}])
+    message = str(input_error(str(path)))
+    for name in ("inputs/targets (Aya, xP3)", "label or kto_tag (KTO)", "chosen_messages/rejected_messages",
+                 "conversations/chosen/rejected (ShareGPT preference)", "conversation_a/conversation_b/winner",
+                 "prompt/response_a/response_b"):
+        assert name in message
 
 
 # ------------------------------------------------------------------------------------------------ file types
@@ -768,3 +1232,11 @@ def test_empty_dataset_list():
     with pytest.raises(ConfigError) as info:
         load_records([], "sft")
     assert str(info.value) == "command line: 'dataset': empty list"
+
+
+def test_a_training_stage_says_what_its_data_skipped(tmp_path):
+    from align.sft import SFTStage, parse_sft_config
+
+    path = write_jsonl(tmp_path / "kto.jsonl", KTO_ROWS)
+    stage = SFTStage(parse_sft_config({"model": "unused", "dataset": str(path), "output_dir": str(tmp_path / "out")}))
+    assert stage.load().endswith("; skipped 2 rows: undesirable (KTO label false) 2")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ConfigError, InputError
-from .formats import FORMAT_KINDS, describe_unknown, detect_format, normalise_row, to_kind
+from .formats import FORMAT_KINDS, Skip, describe_unknown, detect_format, normalise_row, to_kind
 from .languages import UnknownLanguage, normalize_lang
 from .sources import iter_source
 
@@ -71,26 +71,40 @@ def parse_sources(value: Any, source: str | None = None, key: str = "dataset") -
     return [DataSource.parse(item, f"{key}[{i}]", source) for i, item in enumerate(items)]
 
 
-# (kind a file holds, kind a stage asks for) pairs that formats.to_kind can convert.
+# (kind a file holds, kind a stage asks for) pairs that formats.to_kind can convert; unpaired (KTO) files give their
+# desirable records.
 CONVERSIONS = {("sft", "sft"), ("preference", "preference"), ("prompt", "prompt"), ("sft", "prompt"),
-               ("preference", "prompt"), ("preference", "sft")}
+               ("preference", "prompt"), ("preference", "sft"), ("unpaired", "sft"), ("unpaired", "prompt")}
 
 
-def read_source(entry: DataSource, kind: str) -> list[dict]:
+def describe_skipped(skipped: Counter) -> str:
+    """`skipped 3 rows: tie 2, undesirable (KTO label false) 1`; "" when none were."""
+    if not skipped:
+        return ""
+    return f"skipped {sum(skipped.values())} rows: " + ", ".join(f"{why} {n}" for why, n in skipped.most_common())
+
+
+def read_source(entry: DataSource, kind: str, skipped: Counter | None = None) -> list[dict]:
     """All rows of one source, normalised to `kind` records; a malformed row stops everything."""
-    return list(iter_source_records(entry, kind))
+    return list(iter_source_records(entry, kind, skipped))
 
 
-def iter_source_records(entry: DataSource, kind: str) -> Iterator[dict]:
-    """The rows of one source as `kind` records, one at a time (a file larger than memory streams through)."""
+def iter_source_records(entry: DataSource, kind: str, skipped: Counter | None = None) -> Iterator[dict]:
+    """The rows of one source as `kind` records, one at a time (a file larger than memory streams through). Rows
+    with nothing to train on (Arena ties, undesirable KTO answers) are dropped, logged per file and counted in
+    `skipped`."""
     for unit, rows in iter_source(entry.path, entry.split, entry.name):
         fmt = None
+        dropped: Counter = Counter()
         source_name = Path(unit).stem if Path(unit).suffix else unit.split("/")[-1]
         for index, (loc, row) in enumerate(rows):
             row_fmt = detect_format(row)
             if fmt is None:
                 if row_fmt is None:
                     raise loc.error(describe_unknown(row))
+                if FORMAT_KINDS[row_fmt] == "unpaired" and kind == "preference":
+                    raise InputError(unit, "unpaired data (KTO labels): preference training needs chosen and "
+                                           "rejected answers for one prompt")
                 if (FORMAT_KINDS[row_fmt], kind) not in CONVERSIONS:
                     raise loc.error(f"holds {row_fmt} data ({FORMAT_KINDS[row_fmt]} records), which cannot serve "
                                     f"as {kind} records")
@@ -99,10 +113,19 @@ def iter_source_records(entry: DataSource, kind: str) -> Iterator[dict]:
             elif row_fmt is None or FORMAT_KINDS[row_fmt] != FORMAT_KINDS[fmt]:
                 # Same-kind formats may mix in one file (messages and ShareGPT rows, say); other rows are errors.
                 raise loc.error(f"row does not match this file's format ({fmt}): " + describe_unknown(row))
-            record = normalise_row(loc, row, row_fmt, source_name=source_name, index=index, default_lang=entry.lang)
+            try:
+                record = normalise_row(loc, row, row_fmt, source_name=source_name, index=index,
+                                       default_lang=entry.lang)
+            except Skip as skip:
+                dropped[skip.reason] += 1
+                continue
             yield to_kind(record, kind)
         if fmt is None:
             raise InputError(unit, "no records")
+        if dropped:
+            log.info("%s: %s", unit, describe_skipped(dropped))
+            if skipped is not None:
+                skipped.update(dropped)
 
 
 def apply_weight(records: list[dict], weight: float, seed: int) -> list[dict]:
@@ -116,35 +139,44 @@ def apply_weight(records: list[dict], weight: float, seed: int) -> list[dict]:
     return out
 
 
-def load_records(dataset: Any, kind: str, *, seed: int = 0, source: str | None = None,
-                 key: str = "dataset") -> list[dict]:
+def _no_records(sources: list[DataSource], skipped: Counter) -> InputError:
+    why = describe_skipped(skipped)
+    return InputError(", ".join(s.path for s in sources), "no records after weighting" + (f" ({why})" if why else ""))
+
+
+def load_records(dataset: Any, kind: str, *, seed: int = 0, source: str | None = None, key: str = "dataset",
+                 skipped: Counter | None = None) -> list[dict]:
     """Read every source of a recipe's `dataset` entry, weighted, as canonical `kind` records (`source`, `key`: where
-    the entry was written, for its errors)."""
+    the entry was written, for its errors). `skipped`, when given, receives the count of rows dropped per reason
+    (`describe_skipped` words it for the stage's summary); each file's is logged at INFO."""
     sources = parse_sources(dataset, source, key)
+    skipped = Counter() if skipped is None else skipped
     records: list[dict] = []
     for i, entry in enumerate(sources):
-        records += apply_weight(read_source(entry, kind), entry.weight, seed + i)
+        records += apply_weight(read_source(entry, kind, skipped), entry.weight, seed + i)
     if not records:
-        raise InputError(", ".join(s.path for s in sources), "no records after weighting")
+        raise _no_records(sources, skipped)
     return records
 
 
-def iter_records(dataset: Any, kind: str, *, seed: int = 0, source: str | None = None,
-                 key: str = "dataset") -> Iterator[dict]:
+def iter_records(dataset: Any, kind: str, *, seed: int = 0, source: str | None = None, key: str = "dataset",
+                 skipped: Counter | None = None) -> Iterator[dict]:
     """`load_records` one record at a time: sources of weight 1 stream row by row (a weighted source is read whole,
-    since its seeded sample needs its size). Records come in the order `load_records` returns them."""
+    since its seeded sample needs its size). Records come in the order `load_records` returns them; `skipped` is
+    complete once the iterator is exhausted."""
     sources = parse_sources(dataset, source, key)
+    skipped = Counter() if skipped is None else skipped
     count = 0
     for i, entry in enumerate(sources):
         if entry.weight == 1:
-            rows = iter_source_records(entry, kind)
+            rows = iter_source_records(entry, kind, skipped)
         else:
-            rows = iter(apply_weight(read_source(entry, kind), entry.weight, seed + i))
+            rows = iter(apply_weight(read_source(entry, kind, skipped), entry.weight, seed + i))
         for record in rows:
             count += 1
             yield record
     if not count:
-        raise InputError(", ".join(s.path for s in sources), "no records after weighting")
+        raise _no_records(sources, skipped)
 
 
 def language_mix(records: list[dict]) -> dict[str, int]:

@@ -16,7 +16,8 @@ from ..errors import InputError
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 # Columns that hold lists or dicts; in CSV cells they arrive as JSON text.
-STRUCTURED_COLUMNS = ("messages", "conversations", "prompt", "chosen", "rejected", "completion", "turns")
+STRUCTURED_COLUMNS = ("messages", "conversations", "prompt", "chosen", "rejected", "completion", "turns",
+                      "chosen_messages", "rejected_messages", "conversation_a", "conversation_b")
 
 
 @dataclass(frozen=True)
