@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import language_mix
+from .errors import InputError
 from .models import load_model, load_tokenizer, lora_config, match_embeddings
 from .runs import TrainingArgs, TrainingJob, TrainingStage, build_trl_config, parse_training_keys
 
@@ -48,6 +49,31 @@ def preference_dataset(records: list[dict]):
     return datasets.Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
                                         **({"tools": json.dumps(r.get("tools"))} if tools else {})}
                                        for r in records])
+
+
+def _key_paths(value, prefix=()) -> frozenset:
+    if not isinstance(value, dict):
+        return frozenset()
+    return frozenset({(*prefix, k) for k in value}).union(*(_key_paths(v, (*prefix, k)) for k, v in value.items()))
+
+
+def _check_call_arguments(records: list[dict]) -> None:
+    """Arrow gives a column one schema, so tool-call arguments with different keys would each gain the others' keys
+    as null, and the template would render them: refuse that rather than train on calls nobody made."""
+    first = None
+    for record in records:
+        for message in [*record["prompt"], *record["chosen"], *record["rejected"]]:
+            for call in message.get("tool_calls") or []:
+                keys = _key_paths(call["function"].get("arguments"))
+                if first is None:
+                    first = (record.get("id"), keys)
+                elif keys != first[1]:
+                    raise InputError(
+                        str(record.get("source", "dataset")),
+                        f"records {first[0]} and {record.get('id')}: preference training needs every tool call's "
+                        f"arguments to have the same keys ({sorted(map('.'.join, first[1]))} vs "
+                        f"{sorted(map('.'.join, keys))}); split the data by tool, or train these calls with SFT",
+                        field="tool_calls")
 
 
 def reference_kind(job: TrainingJob, policy) -> str:
@@ -95,6 +121,11 @@ class DPOStage(TrainingStage):
 
     def starting(self, resume: str | None) -> str:
         return f"Reference: {self.reference}" + (f"; resuming from {resume}" if resume else "")
+
+    def load(self) -> str:
+        line = super().load()
+        _check_call_arguments(self.records)  # before any model loads
+        return line
 
     def build(self):
         trainer, self.reference = build_dpo_trainer(self.job, self.records)  # the reference goes into the summary

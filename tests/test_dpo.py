@@ -96,3 +96,22 @@ def test_bad_dpo_value_names_the_key_and_where_it_was_written(tmp_path, capsys):
     assert main(["dpo", "--dataset", "x.jsonl", "--output_dir", str(tmp_path / "o"), "--beta", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == \
         ["polyalign dpo: error: command line: 'beta': must be > 0, got 0.0"]
+
+
+def test_tool_calls_whose_arguments_differ_are_refused_before_any_model_loads(tmp_path, capsys):
+    def pair(question, name, arguments):
+        call = {"role": "assistant", "content": "",
+                "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
+        return {"prompt": [{"role": "user", "content": question}, call, {"role": "tool", "content": "18"}],
+                "chosen": [{"role": "assistant", "content": "Il fait 18 °C."}],
+                "rejected": [{"role": "assistant", "content": "Je ne sais pas."}], "lang": "fr"}
+
+    data = write_jsonl(tmp_path / "tools.jsonl", [pair("Météo à Lyon ?", "weather", {"city": "Lyon"}),
+                                                  pair("Quelle date ?", "date", {"zone": "CET"})])
+    config = tmp_path / "dpo.yaml"
+    config.write_text(f"model: no/such-model\ndataset: {data}\noutput_dir: {tmp_path / 'out'}\n")
+    assert main(["dpo", "--config", str(config)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("preference training needs every tool call's arguments to have the same keys "
+                            "(['city'] vs ['zone']); split the data by tool, or train these calls with SFT")
+    assert not (tmp_path / "out").exists()
