@@ -5,7 +5,8 @@ policy with its adapters disabled (no second copy); training an adapter that alr
 `model`) gets trl's frozen copy of it as reference. With full fine-tuning and `precompute_ref_log_probs`, the
 reference log-probs are computed once by the starting policy before training, so no reference stays in memory;
 without it a frozen copy is loaded. `ref_model` names another reference explicitly. The run resumes after a kill and
-its output appears only when complete (align.runs).
+its output appears only when complete (align.runs). With `padding_free` (on where the attention backend allows it)
+the chosen and rejected sequences of a batch's pairs reach the model as one packed row (align.packed_pairs).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from pathlib import Path
 from .data import language_mix
 from .errors import InputError
 from .models import load_model, load_tokenizer, lora_config, match_embeddings
+from .packed_pairs import PaddingFreeArgs, choose, layout_rows
 from .runs import TrainingArgs, TrainingJob, TrainingStage, build_trl_config, parse_training_keys
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class DPOArgs(TrainingArgs):
+class DPOArgs(PaddingFreeArgs, TrainingArgs):
     """polyalign's own DPO keys; every other recipe key is a trl DPOConfig field (beta, loss_type, ...)."""
 
     ref_model: str | None = None  # default: the starting policy (see the module docstring)
@@ -91,9 +93,8 @@ def reference_kind(job: TrainingJob, policy) -> str:
 
 
 def build_dpo_trainer(job: TrainingJob, records: list[dict]):
-    """Load the policy (and a reference only where one is needed) and build the DPOTrainer."""
-    from trl import DPOTrainer
-
+    """Load the policy (and a reference only where one is needed) and build the DPOTrainer; returns it, what the
+    reference is, and how the batches are laid out."""
     tokenizer = load_tokenizer(job.args)
     policy = match_embeddings(load_model(job.args), tokenizer)
     if hasattr(policy, "peft_config"):  # an adapter directory as `model`: keep training that adapter
@@ -107,20 +108,25 @@ def build_dpo_trainer(job: TrainingJob, records: list[dict]):
     if ref is not None:
         ref.requires_grad_(False).eval()
     kind = reference_kind(job, policy)
-    trainer = DPOTrainer(model=policy, ref_model=ref, args=job.training, train_dataset=preference_dataset(records),
-                         processing_class=tokenizer, peft_config=lora_config(job.lora) if job.lora else None)
+    pack, layout = choose(job.args.padding_free, [policy] + ([ref] if ref is not None else []), source=job.source)
+    from .packed_trainers import PackedDPOTrainer
+
+    trainer = PackedDPOTrainer(model=policy, ref_model=ref, args=job.training,
+                               train_dataset=preference_dataset(records), processing_class=tokenizer,
+                               peft_config=lora_config(job.lora) if job.lora else None, pack=pack)
     if job.training.precompute_ref_log_probs and trainer.ref_model is not None:
         trainer.ref_model = None  # its log-probs are in the dataset now: free it
         del ref
         gc.collect()
-    return trainer, kind
+    return trainer, kind, layout
 
 
 class DPOStage(TrainingStage):
     stage, label, kind, noun = "dpo", "DPO", "preference", "pairs"
 
     def starting(self, resume: str | None) -> str:
-        return f"Reference: {self.reference}" + (f"; resuming from {resume}" if resume else "")
+        return (f"Reference: {self.reference}; batches {self.layout}"
+                + (f"; resuming from {resume}" if resume else ""))
 
     def load(self) -> str:
         line = super().load()
@@ -128,7 +134,7 @@ class DPOStage(TrainingStage):
         return line
 
     def build(self):
-        trainer, self.reference = build_dpo_trainer(self.job, self.records)  # the reference goes into the summary
+        trainer, self.reference, self.layout = build_dpo_trainer(self.job, self.records)  # both go in the summary
         return trainer
 
     def metrics(self, trainer, result, common: dict) -> dict:
@@ -136,13 +142,14 @@ class DPOStage(TrainingStage):
         return {"pairs": len(self.records), "pairs_per_language": language_mix(self.records), **common,
                 "final_reward_accuracy": last.get("rewards/accuracies"),
                 "final_reward_margin": last.get("rewards/margins"), "beta": trainer.args.beta,
-                "loss_type": trainer.args.loss_type, "reference": self.reference,
+                "loss_type": trainer.args.loss_type, "reference": self.reference, "padding_free": self.layout,
+                "real_token_fraction": self.real_token_fraction,
                 "steps_per_second": round(common["steps"] / self.wall, 3) if self.wall else None}
 
     def rows(self, m: dict) -> list[tuple[str, object]]:
         return [("pairs", m["pairs"]), *super().rows(m), ("reward accuracy (last log)", m["final_reward_accuracy"]),
                 ("reward margin (last log)", m["final_reward_margin"]), ("beta", m["beta"]),
-                ("reference", m["reference"])]
+                ("reference", m["reference"]), *layout_rows(m)]
 
 
 def run_dpo(raw: dict, source: str | None = None, *, records: list[dict] | None = None) -> Path:

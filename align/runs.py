@@ -335,6 +335,7 @@ class TrainingStage:
     def __init__(self, job: TrainingJob, records: list[dict] | None = None):
         self.job, self.records = job, records
         self.wall = 0.0
+        self.real_token_fraction: float | None = None
         self.skipped = Counter()  # rows the formats dropped, per reason (Arena ties, undesirable KTO answers)
 
     def run(self) -> Path:
@@ -388,6 +389,8 @@ class TrainingStage:
         start = time.time()
         result = trainer.train(resume_from_checkpoint=resume)
         self.wall = time.time() - start
+        counted = getattr(trainer, "tokens", None)  # the preference trainers count their real tokens
+        self.real_token_fraction = counted.fraction(trainer.accelerator) if counted else None  # every process
         return result
 
     def save(self, trainer, directory: Path, is_main: bool) -> None:

@@ -76,7 +76,7 @@ def offline(opts, workdir: Path) -> list[dict]:
                "gradient_checkpointing": False, "seed": 0, "report_to": "none", "disable_tqdm": True}
         job = parse_dpo_config(raw)
         began = time.perf_counter()
-        trainer, reference = build_dpo_trainer(job, load_records(str(data), "preference"))
+        trainer, reference, _ = build_dpo_trainer(job, load_records(str(data), "preference"))
         setup = time.perf_counter() - began
         trainer.model.train()
         optimizer = trainer.create_optimizer()

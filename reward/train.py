@@ -22,6 +22,7 @@ from typing import Any
 from align.data import load_records
 from align.errors import ConfigError, InputError
 from align.models import load_reward_model, load_reward_tokenizer, reward_lora_config
+from align.packed_pairs import PaddingFreeArgs, choose, layout_rows
 from align.runs import (TrainingArgs, TrainingJob, TrainingStage, build_trl_config, describe_languages,
                         gather_on_save, is_sharded, parse_training_keys, save_merged)
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RewardArgs(TrainingArgs):
+class RewardArgs(PaddingFreeArgs, TrainingArgs):
     """polyalign's own reward keys; every other recipe key is a trl RewardConfig field."""
 
     eval_dataset: Any = None  # held-out preference data; when absent, `eval_fraction` of `dataset` is held out
@@ -166,14 +167,19 @@ class RewardStage(TrainingStage):
                 f"{len(self.eval_records)} held out, {truncated} truncated to {job.training.max_length} tokens")
 
     def build(self):
-        from trl import RewardTrainer
+        from align.packed_trainers import PackedRewardTrainer
 
         job = self.job
         model = load_reward_model(job.args, new_head=True, pad_token_id=self.tokenizer.pad_token_id,
                                   seed=job.training.seed)
-        return RewardTrainer(model=model, args=job.training, train_dataset=self.train_data,
-                             eval_dataset=self.eval_data, processing_class=self.tokenizer, callbacks=self.callbacks,
-                             peft_config=reward_lora_config(job.lora, model) if job.lora else None)
+        pack, self.layout = choose(job.args.padding_free, [model], scores=True, source=job.source)
+        return PackedRewardTrainer(model=model, args=job.training, train_dataset=self.train_data,
+                                   eval_dataset=self.eval_data, processing_class=self.tokenizer,
+                                   callbacks=self.callbacks, pack=pack,
+                                   peft_config=reward_lora_config(job.lora, model) if job.lora else None)
+
+    def starting(self, resume: str | None) -> str:
+        return f"Batches {self.layout}" + (f"; resuming from {resume}" if resume else "")
 
     def train(self, trainer, resume: str | None):
         """Trained between two held-out accuracies: the untrained model's and the trained one's."""
@@ -206,14 +212,15 @@ class RewardStage(TrainingStage):
         return {"train_pairs": stats["pairs"], "eval_pairs": held["pairs"],
                 "truncated": stats["truncated"] + held["truncated"], "tokens": stats["tokens"],
                 "pairs_per_language": stats["pairs_per_language"], **common, "lora": self.job.lora is not None,
-                "eval": self.after, "eval_untrained": self.before}
+                "eval": self.after, "eval_untrained": self.before, "padding_free": self.layout,
+                "real_token_fraction": self.real_token_fraction}
 
     def rows(self, m: dict) -> list[tuple[str, object]]:
         def accuracy(block):
             return f"{block['accuracy']:.1%}" if block else "-"
 
         rows = [("training pairs", m["train_pairs"]), ("held-out pairs", m["eval_pairs"]),
-                ("truncated", m["truncated"]), *super().rows(m),
+                ("truncated", m["truncated"]), *super().rows(m), *layout_rows(m),
                 ("held-out accuracy", f"{accuracy(m['eval'])} (untrained {accuracy(m['eval_untrained'])})")]
         if m["eval"]:
             rows.append(("per language", ", ".join(f"{lang} {v:.0%}" for lang, v in m["eval"]["per_language"].items())))

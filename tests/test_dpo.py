@@ -67,7 +67,7 @@ def _trainer(tiny_model_dir, pairs_file, tmp_path, **overrides):
 
 
 def test_lora_reference_is_the_policy_with_adapters_disabled(tiny_model_dir, pairs_file, tmp_path):
-    trainer, kind = _trainer(tiny_model_dir, pairs_file, tmp_path, lora=True)
+    trainer, kind, _ = _trainer(tiny_model_dir, pairs_file, tmp_path, lora=True)
     assert trainer.ref_model is None and hasattr(trainer.model, "peft_config")
     assert kind == "policy with adapters disabled"
     # One model instance: every parameter outside the adapters belongs to the one base.
@@ -76,13 +76,13 @@ def test_lora_reference_is_the_policy_with_adapters_disabled(tiny_model_dir, pai
 
 
 def test_precomputed_reference_keeps_no_second_model(tiny_model_dir, pairs_file, tmp_path):
-    trainer, kind = _trainer(tiny_model_dir, pairs_file, tmp_path, precompute_ref_log_probs=True)
+    trainer, kind, _ = _trainer(tiny_model_dir, pairs_file, tmp_path, precompute_ref_log_probs=True)
     assert trainer.ref_model is None and kind == "starting policy, log-probs precomputed"
     assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(trainer.train_dataset.column_names)
 
 
 def test_full_fine_tuning_without_precompute_gets_a_frozen_copy(tiny_model_dir, pairs_file, tmp_path):
-    trainer, kind = _trainer(tiny_model_dir, pairs_file, tmp_path)
+    trainer, kind, _ = _trainer(tiny_model_dir, pairs_file, tmp_path)
     assert trainer.ref_model is not None and trainer.ref_model is not trainer.model
     assert not any(p.requires_grad for p in trainer.ref_model.parameters())
 
