@@ -339,7 +339,7 @@ def training_keys(model_dir: Path) -> dict:
     """What an iteration's metrics keep of a DPO run's metrics.json."""
     training = json.loads((model_dir / "metrics.json").read_text())
     return {k: training.get(k) for k in ("steps", "train_loss", "final_reward_accuracy", "final_reward_margin",
-                                         "reference")}
+                                         "reference", "padding_free", "real_token_fraction")}
 
 
 def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list[float]], min_margin: float):

@@ -71,6 +71,24 @@ def test_packed_dpo_equals_trls_padded_path(tiny_model_dir, tmp_path, overrides)
         torch.testing.assert_close(packed_grads[name], grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_a_training_step_with_gradient_accumulation_moves_the_weights_as_trls_padded_path(tiny_model_dir, tmp_path):
+    """trl's own loop (Trainer.train): two micro-batches of two pairs accumulated into one SGD step (the update is the
+    gradient itself, so any difference in it shows)."""
+    moved = {}
+    for padding_free in (False, True):
+        trainer, _, _ = dpo_trainer(tiny_model_dir, tmp_path, padding_free, optim="sgd", learning_rate=1.0,
+                                    lr_scheduler_type="constant", gradient_accumulation_steps=2,
+                                    per_device_train_batch_size=2, save_strategy="no", report_to="none",
+                                    disable_tqdm=True)
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train()
+        moved[padding_free] = {n: p.detach() - before[n] for n, p in trainer.model.named_parameters()}
+        assert trainer.state.global_step == 1 and trainer.tokens.real > 0
+    assert any(d.abs().max() > 1e-4 for d in moved[False].values())
+    for name, delta in moved[False].items():
+        torch.testing.assert_close(moved[True][name], delta, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_a_leak_across_packed_sequences_would_be_caught(tiny_model_dir, tmp_path, monkeypatch):
     """Negative control: the same packed row with every sequence allowed to see the ones before it (positions still
     restarting) moves the log-probs far outside the tolerance above."""
