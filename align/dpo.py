@@ -142,8 +142,7 @@ class DPOStage(TrainingStage):
         return {"pairs": len(self.records), "pairs_per_language": language_mix(self.records), **common,
                 "final_reward_accuracy": last.get("rewards/accuracies"),
                 "final_reward_margin": last.get("rewards/margins"), "beta": trainer.args.beta,
-                "loss_type": trainer.args.loss_type, "reference": self.reference, "padding_free": self.layout,
-                "real_token_fraction": self.real_token_fraction,
+                "loss_type": trainer.args.loss_type, "reference": self.reference,
                 "steps_per_second": round(common["steps"] / self.wall, 3) if self.wall else None}
 
     def rows(self, m: dict) -> list[tuple[str, object]]:

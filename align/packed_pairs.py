@@ -62,7 +62,7 @@ class PaddingFreeArgs:
 def backend(model) -> str | None:
     """The attention that keeps the packed sequences of this model apart: `varlen` (flash-attention), `sdpa_packed`
     (sdpa, every layer full causal), or None (eager and other backends, sliding windows on sdpa)."""
-    base = segment_attention._base(model)
+    base = segment_attention.unwrapped(model)
     attention = base.config._attn_implementation
     if uses_flattened_packs(attention):
         return "varlen"
@@ -79,7 +79,7 @@ def choose(requested, models, *, scores: bool = False, source: str | None = None
         return False, "padded (padding_free: false)"
     kinds = [backend(model) for model in models]
     for model, kind in zip(models, kinds):
-        base = segment_attention._base(model)
+        base = segment_attention.unwrapped(model)
         why = None
         if kind is None:
             why = (f"{base.config.model_type} on {base.config._attn_implementation} cannot keep packed sequences "
@@ -162,7 +162,7 @@ def add_packed_scores(model) -> None:
 def can_score_packed(model) -> bool:
     from transformers.modeling_layers import GenericForSequenceClassification
 
-    return isinstance(segment_attention._base(model), GenericForSequenceClassification)
+    return isinstance(segment_attention.unwrapped(model), GenericForSequenceClassification)
 
 
 def layout_rows(metrics: dict) -> list[tuple[str, object]]:

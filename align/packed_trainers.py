@@ -7,11 +7,7 @@ from __future__ import annotations
 from trl import DPOTrainer, RewardTrainer
 
 from .packed_pairs import TokenCount, add_packed_log_probs, add_packed_scores
-
-
-def _inner(model):
-    """The transformers model under accelerate's and peft's wrappers: where trl's fused LM head sits."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+from .segment_attention import unwrapped
 
 
 class PackedDPOTrainer(DPOTrainer):
@@ -22,9 +18,9 @@ class PackedDPOTrainer(DPOTrainer):
     def _pack_forwards(self) -> None:
         """Once trl has added its fused LM head (in __init__): wrap it, on the policy and on a separate reference."""
         if self.pack:
-            add_packed_log_probs(_inner(self.accelerator.unwrap_model(self.model)))
+            add_packed_log_probs(unwrapped(self.accelerator.unwrap_model(self.model)))
             if self.ref_model is not None:
-                add_packed_log_probs(_inner(self.accelerator.unwrap_model(self.ref_model)))
+                add_packed_log_probs(unwrapped(self.accelerator.unwrap_model(self.ref_model)))
 
     def compute_ref_log_probs(self, model, inputs):
         self._pack_forwards()
@@ -42,7 +38,7 @@ class PackedRewardTrainer(RewardTrainer):
         self.pack, self.tokens = pack, TokenCount()
         super().__init__(*args, **kwargs)
         if pack:
-            add_packed_scores(_inner(self.model))
+            add_packed_scores(unwrapped(self.model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.model.training:

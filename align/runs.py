@@ -335,6 +335,7 @@ class TrainingStage:
     def __init__(self, job: TrainingJob, records: list[dict] | None = None):
         self.job, self.records = job, records
         self.wall = 0.0
+        self.layout: str | None = None  # how the batches reach the model, where a stage chooses (align.packed_pairs)
         self.real_token_fraction: float | None = None
         self.skipped = Counter()  # rows the formats dropped, per reason (Arena ties, undesirable KTO answers)
 
@@ -363,6 +364,8 @@ class TrainingStage:
         state.wait_for_everyone()
         if main:
             common = training_metrics(trainer, result, self.wall, state.num_processes, lora, resume)
+            if self.layout is not None:
+                common |= {"padding_free": self.layout, "real_token_fraction": self.real_token_fraction}
             metrics = self.metrics(trainer, result, common)
             run.finish(metrics, keep_checkpoints=job.args.keep_checkpoints)
             print_rows(f"{self.label} summary", [*self.rows(metrics), ("output", str(run.final))])

@@ -105,28 +105,28 @@ def supports(config) -> bool:
     return not layer_types or all(t == "full_attention" for t in layer_types)
 
 
-def _base(model):
+def unwrapped(model):
     """The transformers model under a peft wrapper, or the model itself."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def can_use(model) -> bool:
     """Whether `use_for` would switch this model (or the base under a peft wrapper)."""
-    return supports(_base(model).config) and _base(model)._can_set_attn_implementation()
+    return supports(unwrapped(model).config) and unwrapped(model)._can_set_attn_implementation()
 
 
 def use_for(model) -> bool:
     """Switch a loaded model (or a peft wrapper around one) to `sdpa_packed`; False where it would not be exact."""
     if not can_use(model):
         return False
-    _base(model).set_attn_implementation(register())
-    return _base(model).config._attn_implementation == NAME
+    unwrapped(model).set_attn_implementation(register())
+    return unwrapped(model).config._attn_implementation == NAME
 
 
 @contextmanager
 def packed_attention(model) -> Iterator[bool]:
     """`sdpa_packed` for the duration of the block (yields whether the model is on it), then the model's own backend."""
-    base = _base(model)
+    base = unwrapped(model)
     previous = base.config._attn_implementation
     switched = previous != NAME and use_for(model)
     try:

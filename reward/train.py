@@ -212,8 +212,7 @@ class RewardStage(TrainingStage):
         return {"train_pairs": stats["pairs"], "eval_pairs": held["pairs"],
                 "truncated": stats["truncated"] + held["truncated"], "tokens": stats["tokens"],
                 "pairs_per_language": stats["pairs_per_language"], **common, "lora": self.job.lora is not None,
-                "eval": self.after, "eval_untrained": self.before, "padding_free": self.layout,
-                "real_token_fraction": self.real_token_fraction}
+                "eval": self.after, "eval_untrained": self.before}
 
     def rows(self, m: dict) -> list[tuple[str, object]]:
         def accuracy(block):
