@@ -34,21 +34,39 @@ def overview(results: dict) -> list[str]:
     """One row per model; the win-rate and grade columns only when a judge or a grader ran."""
     models, judged, graded = results["models"], bool(results.get("judged_by")), bool(results.get("grades"))
     header = ["model"] + (["win-rate vs baseline", "vs previous stage"] if judged else []) + (["grade"] if graded else []) \
-        + ["language fidelity", "chrF++", "words"]
+        + ["language fidelity", "chrF++", "echo-free chrF++", "echo rate", "words"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * (len(header) - 1) + "---:|"]
     for name, m in models.items():
         fid = results["language_fidelity"][name]["all"]
-        chrf = (m.get("chrf++") or {}).get("all")
         previous = m.get("vs_previous")
-        cells = [name]
+        cells = [f"{name} (control: the prompt as answer)" if m.get("control") else name]
         if judged:
-            cells += ["baseline" if name == results["baseline"] else _rate((m.get("vs_baseline") or {}).get("all")),
+            cells += ["-" if m.get("control") else "baseline" if name == results["baseline"]
+                      else _rate((m.get("vs_baseline") or {}).get("all")),
                       f"{_rate(previous.get('all'))} (vs {previous['model']})" if previous else "-"]
         if graded:
             cells.append(_grade_cell(results["grades"].get(name, {}).get("all")))
         cells += [f"{fid['pass_rate']:.0%}{_ci(fid.get('pass_rate_interval'))}",
-                  f"{chrf['score']}{_ci(chrf['interval'], 1, False)}" if chrf else "-", str(m["mean_words"])]
+                  _chrf_cell((m.get("chrf++") or {}).get("all")),
+                  _chrf_cell((m.get("echo_free_chrf++") or {}).get("all"))
+                  + ("" if m.get("control") or "beats_echo" not in m else "" if m["beats_echo"] else " ⚠"),
+                  _share_cell((m.get("echo_rate") or {}).get("all")), str(m["mean_words"])]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def echo_warning(results: dict) -> list[str]:
+    """The rule, and the models that do not beat the echo control beyond noise on what their answers add."""
+    models = results["models"]
+    if not any(m.get("control") for m in models.values()):
+        return []
+    failing = [n for n, m in models.items() if "beats_echo" in m and not m["beats_echo"]]
+    lines = ["", f"Echo: {results.get('echo_rule', '')}. Echo-free chrF++ scores only the n-grams an answer adds "
+                 "beyond its prompt; the `echo` row answers every prompt with the prompt itself."]
+    if failing:
+        lines.append(f"⚠ Not above the echo control beyond noise on echo-free chrF++: {', '.join(failing)}.")
+    else:
+        lines.append("Every model is above the echo control beyond noise on echo-free chrF++.")
     return lines
 
 
@@ -69,14 +87,33 @@ def differences_table(results: dict) -> list[str]:
             for n, m in results["models"].items() if "vs_baseline_difference" in m]
     if not rows:
         return []
+    base = results["baseline"]
     lines = ["", "Differences (paired bootstrap over the same prompts):", "",
-             f"| model | fidelity vs {results['baseline']} | chrF++ vs {results['baseline']} | previous stage "
-             "| fidelity vs previous | chrF++ vs previous |", "|---|---|---|---|---|---|"]
-    for name, base, previous in rows:
-        lines.append(f"| {name} | {_difference_cell(base.get('language_fidelity'), True)} "
-                     f"| {_difference_cell(base.get('chrf++'), False)} | {previous['model'] if previous else '-'} "
-                     f"| {_difference_cell((previous or {}).get('language_fidelity'), True)} "
-                     f"| {_difference_cell((previous or {}).get('chrf++'), False)} |")
+             f"| model | fidelity vs {base} | chrF++ vs {base} | echo-free chrF++ vs {base} | previous stage "
+             "| fidelity vs previous | chrF++ vs previous | echo-free chrF++ vs previous |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, versus, previous in rows:
+        previous = previous or {}
+        lines.append(f"| {name} | {_difference_cell(versus.get('language_fidelity'), True)} "
+                     f"| {_difference_cell(versus.get('chrf++'), False)} "
+                     f"| {_difference_cell(versus.get('echo_free_chrf++'), False)} | {previous.get('model', '-')} "
+                     f"| {_difference_cell(previous.get('language_fidelity'), True)} "
+                     f"| {_difference_cell(previous.get('chrf++'), False)} "
+                     f"| {_difference_cell(previous.get('echo_free_chrf++'), False)} |")
+    return lines
+
+
+def echo_table(results: dict) -> list[str]:
+    """Each model minus the echo control: a model that does not beat it has learnt to repeat the question."""
+    rows = [(n, m["vs_echo_difference"], m["beats_echo"]) for n, m in results["models"].items()
+            if "vs_echo_difference" in m]
+    if not rows:
+        return []
+    lines = ["", "Against the echo control (paired bootstrap):", "",
+             "| model | chrF++ vs echo | echo-free chrF++ vs echo | beats echo |", "|---|---|---|---|"]
+    for name, versus, beats in rows:
+        lines.append(f"| {name} | {_difference_cell(versus.get('chrf++'), False)} "
+                     f"| {_difference_cell(versus.get('echo_free_chrf++'), False)} | {'yes' if beats else 'no ⚠'} |")
     return lines
 
 
@@ -115,7 +152,9 @@ def write_report(results: dict, directory: Path) -> None:
     intro += "; a tie counts as half a win, and `~` marks a win-rate whose interval holds 50%, or that has too few " \
         "prompts: within noise, not a result." if judged else "; a difference whose interval holds 0 is within noise."
     lines = [f"# Evaluation against {results['baseline']}", "", intro, "", *overview(results)]
+    lines += echo_warning(results)
     lines += differences_table(results)
+    lines += echo_table(results)
     disagree = {n: m["vs_baseline"]["all"].get("orders_disagree") for n, m in models.items() if "vs_baseline" in m}
     if any(v is not None for v in disagree.values()):
         lines += ["", "Share of comparisons whose two orders disagreed (the judge's position bias): "
@@ -129,6 +168,11 @@ def write_report(results: dict, directory: Path) -> None:
     if any("chrf++" in m for m in models.values()):
         lines += by_language(results, "chrF++ against the references, per language",
                              lambda n, lang: _chrf_cell((models[n].get("chrf++") or {}).get(lang)))
+        lines += by_language(results, "Echo-free chrF++ (what the answer adds beyond the prompt), per language",
+                             lambda n, lang: _chrf_cell((models[n].get("echo_free_chrf++") or {}).get(lang)))
+    if any("echo_rate" in m for m in models.values()):
+        lines += by_language(results, "Echo rate (answers that restate the prompt), per language",
+                             lambda n, lang: _share_cell((models[n].get("echo_rate") or {}).get(lang)))
     if results.get("grades"):
         lines += by_language(results, "Grades (single-answer, judge), per language",
                              lambda n, lang: _grade_cell(results["grades"][n].get(lang)))
@@ -168,6 +212,10 @@ def _chrf_cell(row: dict | None) -> str:
     return f"{row['score']}{_ci(row['interval'], 1, False)}" if row else "-"
 
 
+def _share_cell(row: dict | None) -> str:
+    return f"{row['mean']:.0%}{_ci(row.get('interval'))}" if row and row.get("mean") is not None else "-"
+
+
 def _grade_cell(row: dict | None) -> str:
     if not row:
         return "-"
@@ -186,13 +234,17 @@ def plot_scores(results: dict, path: Path) -> None:
     fidelity = [results["language_fidelity"][n]["all"] for n in names]
     panels = [("language fidelity (pass rate)", [f["pass_rate"] for f in fidelity],
                [f.get("pass_rate_interval") for f in fidelity], (0, 1))]
-    chrf = [(results["models"][n].get("chrf++") or {}).get("all") for n in names]
-    if all(chrf):
-        panels.append(("chrF++ against the references", [c["score"] for c in chrf], [c["interval"] for c in chrf], None))
+    for metric, label in (("chrf++", "chrF++ against the references"),
+                          ("echo_free_chrf++", "echo-free chrF++ (what answers add)")):
+        chrf = [(results["models"][n].get(metric) or {}).get("all") for n in names]
+        if all(chrf):
+            panels.append((label, [c["score"] for c in chrf], [c["interval"] for c in chrf], None))
     fig, axes = plt.subplots(1, len(panels), figsize=(max(5, 1.1 * len(names) + 2) * len(panels), 4), squeeze=False)
     for ax, (label, values, bounds, limits) in zip(axes[0], panels):
         errors = [[v - (b or (v, v))[0] for v, b in zip(values, bounds)], [(b or (v, v))[1] - v for v, b in zip(values, bounds)]]
-        ax.bar(names, values, yerr=errors, capsize=4, color=["tab:gray"] + ["tab:blue"] * (len(names) - 1))
+        colors = ["tab:red" if results["models"][n].get("control") else "tab:gray" if n == results["baseline"]
+                  else "tab:blue" for n in names]
+        ax.bar(names, values, yerr=errors, capsize=4, color=colors)
         if limits:
             ax.set_ylim(*limits)
         ax.set_ylabel(f"{label} (95% interval)")
@@ -249,9 +301,13 @@ def print_summary(results: dict, out: Path) -> None:
           flush=True)
     for name, m in results["models"].items():
         fid = results["language_fidelity"][name]["all"]["pass_rate"]
-        chrf = (m.get("chrf++") or {}).get("all")
-        rate = (_rate((m.get("vs_baseline") or {}).get("all")) if "vs_baseline" in m else "baseline") \
-            if results.get("judged_by") else ""
+        chrf, free = ((m.get(k) or {}).get("all") for k in ("chrf++", "echo_free_chrf++"))
+        echo = (m.get("echo_rate") or {}).get("all")
+        rate = (_rate((m.get("vs_baseline") or {}).get("all")) if "vs_baseline" in m else "-" if m.get("control")
+                else "baseline") if results.get("judged_by") else ""
         print(f"  {name:<24}" + (f" win-rate {rate:<22}" if rate else "") + f" language fidelity {fid:.0%}"
-              + (f"  chrF++ {chrf['score']}{_ci(chrf['interval'], 1, False)}" if chrf else ""), flush=True)
+              + (f"  chrF++ {_chrf_cell(chrf)}" if chrf else "")
+              + (f"  echo-free {_chrf_cell(free)}" if free else "")
+              + (f"  echo rate {echo['mean']:.0%}" if echo and echo.get("mean") is not None else "")
+              + ("  ⚠ not above echo" if m.get("beats_echo") is False else ""), flush=True)
     print(f"  report: {out / 'report.md'}", flush=True)

@@ -1,6 +1,11 @@
 """Per-language evaluation of every stage: pairwise win-rates against the baseline and the stage before, single-answer
 grades, language fidelity, chrF++ against references and lm-eval benchmarks, each with a bootstrap 95% interval.
 
+Reference metrics cannot be fooled by a model that repeats the question (align.echo): every evaluation with
+references also scores the prompt itself as an answer (the `echo` control row), reports echo-free chrF++ (credit only
+for what an answer adds beyond its prompt) beside plain chrF++, each model's echo rate per language, and flags every
+model that does not beat the echo control beyond noise on echo-free chrF++.
+
 Every model answers the same held-out prompts greedily; the answers are logged in the stage's partial directory, keyed
 by the model and generation settings, so a killed run resumes them (align.runs), and end up in `answers/<name>.jsonl`.
 A `models` entry may also be a JSONL of answers (`{"id", "completion"}`, matched to the prompts by id): a competitor's
@@ -23,6 +28,8 @@ from reward.spec import parse_ranker
 
 from .config import build_dataclass, config_hash, require
 from .data import load_records
+from .echo import RULE as ECHO_RULE
+from .echo import chrf_score, chrf_statistics, echo_flags, is_echo, prompt_text
 from .errors import ConfigError, InputError
 from .fidelity import fidelity_flags
 from .generate import DecodingArgs, choose_backend, generate_logged, generate_sharded, load_backend
@@ -30,11 +37,12 @@ from .io import safe_name, write_jsonl
 from .models import LoadingArgs
 from .pairs import outcome_of_scores, outcome_of_winner, tally_with_rates
 from .runs import StageRun
-from .stats import MIN_SAMPLE, mean_interval, statistic_interval, within_noise
+from .stats import mean_interval, statistic_interval, within_noise
 from .timing import Stopwatch
 
 log = logging.getLogger(__name__)
 POINTS = {"win": 1.0, "tie": 0.5, "loss": 0.0}  # a win-rate is the mean of these
+ECHO = "echo"  # the control row: each prompt as its own answer
 
 
 @dataclass
@@ -80,6 +88,9 @@ def parse_evaluate_config(raw: dict, source: str | None = None) -> tuple[Evaluat
     if len(entries) < 2:
         raise ConfigError(source, "models", "give at least two models: a baseline and one to compare with it")
     names = [e.name for e in entries]
+    if ECHO in names:
+        raise ConfigError(source, f"models.{ECHO}", f"{ECHO!r} is the name of the control row (the prompt as the "
+                                                    "answer); give the model another name")
     args.baseline = args.baseline or names[0]
     if args.baseline not in names:
         raise ConfigError(source, "baseline", f"{args.baseline!r} is not one of the models ({', '.join(names)})")
@@ -255,50 +266,57 @@ def reference_of(prompt: dict) -> str | None:
     return (refs[0] if isinstance(refs, list) else refs) or None
 
 
-def chrf(prompts: list[dict], answers: list[str]) -> dict[str, dict]:
-    """chrF++ per language (and 'all') over the prompts that carry references, with sacrebleu's bootstrap interval."""
-    from sacrebleu.metrics import CHRF
-
-    groups: dict[str, tuple[list, list]] = {}
-    for prompt, text in zip(prompts, answers):
-        reference = reference_of(prompt)
-        if reference:
+def chrf(prompts: list[dict], answers: list[str], *, echo_free: bool = False, resamples: int = 1000,
+         seed: int = 0) -> dict[str, dict]:
+    """chrF++ per language (and 'all') over the prompts that carry references, with a bootstrap interval over the
+    prompts; `echo_free` scores only what each answer adds beyond its prompt (align.echo)."""
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        if reference_of(prompt):
             for lang in (prompt["lang"], "all"):
-                groups.setdefault(lang, ([], []))[0].append(text)
-                groups[lang][1].append(reference)
-    metric, out = CHRF(word_order=2), {}
-    for lang, (hyps, refs) in sorted(groups.items()):
-        if len(hyps) < MIN_SAMPLE:
-            out[lang] = {"score": round(metric.corpus_score(hyps, [refs]).score, 2), "n": len(hyps), "interval": None}
-            continue
-        score = metric.corpus_score(hyps, [refs], n_bootstrap=1000)  # sacrebleu: mean ± the 95% half-width
-        out[lang] = {"score": round(score.score, 2), "n": len(hyps),
-                     "interval": (round(float(score._mean - score._ci), 2), round(float(score._mean + score._ci), 2))}
+                groups.setdefault(lang, []).append(i)
+    out = {}
+    for lang, rows in sorted(groups.items()):
+        stats = reference_statistics([prompts[i] for i in rows], [answers[i] for i in rows], echo_free)
+        out[lang] = {"score": round(chrf_score(stats), 2), "n": len(rows),
+                     "interval": statistic_interval(len(rows), lambda d: chrf_score(stats[d]), resamples=resamples,
+                                                    seed=seed)}
     return out
+
+
+def reference_statistics(prompts: list[dict], answers: list[str], echo_free: bool):
+    """chrF++ sentence statistics of answers to prompts that all carry a reference."""
+    return chrf_statistics(answers, [reference_of(p) for p in prompts],
+                           [p["prompt"] for p in prompts] if echo_free else None)
+
+
+REFERENCE_METRICS = {"chrf++": False, "echo_free_chrf++": True}  # name: scored on what the answer adds only
 
 
 def paired_differences(args: EvaluateArgs, names: list[str], prompts: list[dict], answers: dict,
                        flags: dict[str, list] | None = None):
     """`paired(ours, theirs)` for any two of `names`: `ours` minus `theirs` with paired bootstrap intervals (the same
-    resampled prompts for both): language fidelity's pass rate, and chrF++ where prompts carry references. An interval
-    holding 0 is noise."""
+    resampled prompts for both): language fidelity's pass rate, and plain and echo-free chrF++ where prompts carry
+    references. An interval holding 0 is noise."""
     import numpy as np
-    from sacrebleu.metrics import CHRF
 
     from .fidelity import fidelity_rates
 
-    refs = [reference_of(p) for p in prompts]
     if flags is None:
         flags = {name: fidelity_flags(answers[name], [p["lang"] for p in prompts]) for name in names}
-    judged = [i for i, r in enumerate(refs) if r]
-    metric = CHRF(word_order=2)
-    # sentence statistics once per model; a resample's corpus score sums them (what sacrebleu's bootstrap does)
-    stats = {name: np.array(metric._extract_corpus_statistics([answers[name][i] for i in judged],
-                                                              [[refs[i] for i in judged]])) for name in names} \
-        if judged else {}
+    judged = [i for i, p in enumerate(prompts) if reference_of(p)]
+    # sentence statistics once per model and metric; a resample's corpus score sums them
+    stats = {(metric, name): reference_statistics([prompts[i] for i in judged], [answers[name][i] for i in judged],
+                                                  echo_free)
+             for metric, echo_free in REFERENCE_METRICS.items() for name in names} if judged else {}
 
-    def chrf_of(name, draw):
-        return metric._compute_score_from_stats(stats[name][draw].sum(0).tolist()).score
+    def difference(metric: str, ours: str, theirs: str) -> dict:
+        a, b = stats[metric, ours], stats[metric, theirs]
+        bounds = statistic_interval(len(judged), lambda d: chrf_score(a[d]) - chrf_score(b[d]),
+                                    resamples=args.resamples, seed=args.seed)
+        every = np.arange(len(judged))
+        return {"difference": round(chrf_score(a[every]) - chrf_score(b[every]), 2), "interval": bounds,
+                "within_noise": within_noise(bounds, 0.0)}
 
     def paired(ours: str, theirs: str) -> dict:
         a, b = flags[ours], flags[theirs]
@@ -307,11 +325,7 @@ def paired_differences(args: EvaluateArgs, names: list[str], prompts: list[dict]
         out = {"language_fidelity": {"difference": round(fidelity_rates(a)[2] - fidelity_rates(b)[2], 4),
                                      "interval": fid, "within_noise": within_noise(fid, 0.0)}}
         if judged:
-            every = np.arange(len(judged))
-            bounds = statistic_interval(len(judged), lambda d: chrf_of(ours, d) - chrf_of(theirs, d),
-                                        resamples=args.resamples, seed=args.seed)
-            out["chrf++"] = {"difference": round(chrf_of(ours, every) - chrf_of(theirs, every), 2),
-                             "interval": bounds, "within_noise": within_noise(bounds, 0.0)}
+            out.update({metric: difference(metric, ours, theirs) for metric in REFERENCE_METRICS})
         return out
 
     return paired
@@ -319,17 +333,34 @@ def paired_differences(args: EvaluateArgs, names: list[str], prompts: list[dict]
 
 def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict,
                 flags: dict[str, list] | None = None) -> dict[str, dict]:
-    """{model: {vs_baseline, vs_previous}}: each model minus the baseline and minus the stage before it."""
-    paired = paired_differences(args, [e.name for e in entries], prompts, answers, flags)
+    """{model: {vs_baseline, vs_previous, vs_echo}}: each model minus the baseline, minus the stage before it, and
+    minus the echo control where there is one."""
+    names = [e.name for e in entries] + ([ECHO] if ECHO in answers else [])
+    paired = paired_differences(args, names, prompts, answers, flags)
     out = {}
     for k, e in enumerate(entries):
+        out[e.name] = {"vs_echo": paired(e.name, ECHO)} if ECHO in answers else {}
         if e.name == args.baseline:
             continue
-        out[e.name] = {"vs_baseline": paired(e.name, args.baseline)}
+        out[e.name]["vs_baseline"] = paired(e.name, args.baseline)
         previous = previous_stage(entries, k)
         if previous not in (None, args.baseline):
             out[e.name]["vs_previous"] = {"model": previous, **paired(e.name, previous)}
     return out
+
+
+def echo_control(prompts: list[dict]) -> list[str] | None:
+    """The control every reference-based evaluation carries: each prompt's own text as its answer (None when no
+    prompt has a reference). A model that does not beat it has learnt to repeat the question."""
+    if not any(reference_of(p) for p in prompts):
+        return None
+    return [prompt_text(p["prompt"]) for p in prompts]
+
+
+def echo_rates(prompts: list[dict], answers: list[str], args: EvaluateArgs) -> dict[str, dict]:
+    """Share of answers that restate their prompt (align.echo's rule), per language, with intervals."""
+    flags = echo_flags(answers, [p["prompt"] for p in prompts])
+    return per_language([float(f) for f in flags], [p["lang"] for p in prompts], args)
 
 
 def fidelity(prompts: list[dict], flags: list[tuple[bool, bool]], args: EvaluateArgs) -> dict[str, dict]:
@@ -362,19 +393,30 @@ def measure(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answe
         with clock("pairwise"):
             for name, entry in comparisons(args, entries, prompts, answers, partial).items():
                 results["models"][name].update(entry)
+    rows = [e.name for e in entries] + ([ECHO] if ECHO in answers else [])
+    if ECHO in answers:
+        results["models"][ECHO] = {"model": "control: the prompt itself as the answer", "control": True,
+                                   "mean_words": round(sum(len(a.split()) for a in answers[ECHO]) / len(prompts), 2)}
     with clock("chrf"):
-        for e in entries:
-            scores = chrf(prompts, answers[e.name])
-            if scores:
-                results["models"][e.name]["chrf++"] = scores
+        for name in rows:
+            for metric, echo_free in REFERENCE_METRICS.items():
+                scores = chrf(prompts, answers[name], echo_free=echo_free, resamples=args.resamples, seed=args.seed)
+                if scores:
+                    results["models"][name][metric] = scores
+    with clock("echo"):
+        results["echo_rule"] = ECHO_RULE
+        for name in rows:
+            results["models"][name]["echo_rate"] = echo_rates(prompts, answers[name], args)
     with clock("language_fidelity"):
-        flags = {e.name: fidelity_flags(answers[e.name], langs) for e in entries}
-        results["language_fidelity"] = {e.name: fidelity(prompts, flags[e.name], args) for e in entries}
+        flags = {name: fidelity_flags(answers[name], langs) for name in rows}
+        results["language_fidelity"] = {name: fidelity(prompts, flags[name], args) for name in rows}
     with clock("differences"):
         for name, paired in differences(args, entries, prompts, answers, flags).items():
-            results["models"][name]["vs_baseline_difference"] = paired["vs_baseline"]
-            if "vs_previous" in paired:
-                results["models"][name]["vs_previous_difference"] = paired["vs_previous"]
+            for versus, row in paired.items():
+                results["models"][name][f"{versus}_difference"] = row
+            if "vs_echo" in paired:  # beats the echo control beyond noise on what answers add to the prompt
+                versus_echo = paired["vs_echo"]["echo_free_chrf++"]
+                results["models"][name]["beats_echo"] = versus_echo["difference"] > 0 and not versus_echo["within_noise"]
     if args.judge and any(len(p.get("turns") or []) > 1 for p in prompts):
         with clock("second_turns"):
             results["second_turns"] = second_turn_measures(args, entries, prompts, answers, partial)
@@ -441,6 +483,7 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
     prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source,
                            key="prompts")[: args.max_prompts or None]
     answers = {e.name: read_answers(e.answers, prompts) for e in entries if e.answers}  # bad files fail first
+    control = echo_control(prompts)
     if args.benchmarks:  # every task and its data resolved once, before any model runs: a missing one fails now
         from .benchmarks import resolve_tasks
 
@@ -450,15 +493,17 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
     with clock("answers"):
         answers = {e.name: answers.get(e.name) or answer(args, e, prompts, run.partial / "generations", state)
                    for e in entries}
+    if control is not None:
+        answers[ECHO] = control
     if not state.is_main_process:
         return run.final  # the main process measures, reports and moves the output into place (no barrier: a
                           # judge may take longer than a collective's timeout)
     results = measure(args, entries, prompts, answers, run.partial)
     results["seconds"] = {**clock.seconds, **results["seconds"]}
-    for e in entries:
-        write_jsonl(run.partial / "answers" / f"{safe_name(e.name)}.jsonl",
-                    [{"id": p["id"], "lang": p["lang"], "prompt": p["prompt"], "completion": a}
-                     for p, a in zip(prompts, answers[e.name])])
+    for name in answers:
+        write_jsonl(run.partial / "answers" / f"{safe_name(name)}.jsonl",
+                    [{"id": p["id"], "lang": p["lang"], "prompt": p["prompt"], "completion": a,
+                      "echo": is_echo(a, p["prompt"])} for p, a in zip(prompts, answers[name])])
     write_report(results, run.partial)
     run.finish(results, drop=("generations", "benchmarks", "api"))
     print_summary(results, run.final)
