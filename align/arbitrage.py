@@ -24,11 +24,12 @@ from .config import build_dataclass, require
 from .console import print_table
 from .data import load_records
 from .data.languages import UnknownLanguage, normalize_lang
+from .echo import is_echo
 from .errors import ConfigError
 from .generate import DecodingArgs, check_models, choose_backend, generate_logged, load_backend
 from .io import AppendLog, read_logs, save_figure, write_json, write_jsonl
 from .models import LoadingArgs, process_state, release_memory
-from .pairs import choose_pair, preference_record
+from .pairs import echo_choice, pair_statistics, preference_record
 from .runs import StageRun
 
 log = logging.getLogger(__name__)
@@ -263,8 +264,11 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
             candidate_rows.append({"id": prompt["id"], "lang": lang, "model": teacher, "sample": sample,
                                    "prompt": prompt["prompt"], "completion": completion, "score": score})
             sums[lang][teacher].append(score)
-        choice = choose_pair([c for _, _, c in group], group_scores, job.args.min_margin)
+        choice = echo_choice(prompt, [c for _, _, c in group], group_scores, job.args.min_margin)
         (best_by, _, best), (worst_by, _, worst) = group[choice.best], group[choice.worst]
+        if choice.dropped == "all_echo":  # every teacher restated the question: nothing worth learning
+            dropped["all_echo"] += 1
+            continue
         wins[lang][best_by] += 1
         sft_rows.append({"messages": [*prompt["prompt"], {"role": "assistant", "content": best}], "lang": lang,
                          "id": prompt["id"], "source": "arbitrage", "teacher": best_by,
@@ -286,6 +290,12 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
                "pairs": len(pair_rows),
                "pairs_below_margin": sum(n for k, n in dropped.items() if k in ("tie", "below_margin", "identical")),
                "pairs_dropped": dict(dropped), "prompts_with_one_candidate": dropped["single"],
+               "prompts_all_echo": dropped["all_echo"],
+               "candidate_echo_share": round(sum(is_echo(r["completion"], r["prompt"]) for r in candidate_rows)
+                                             / max(len(candidate_rows), 1), 4),
+               "sft_echo_share": round(sum(is_echo(r["messages"][-1]["content"], r["messages"][:-1])
+                                           for r in sft_rows) / max(len(sft_rows), 1), 4),
+               "pair_statistics": pair_statistics(pair_rows),
                "prompts_no_teacher_serves": dropped["no_teacher_serves"], "min_margin": job.args.min_margin,
                "teachers": [t.name for t in job.teachers]}
     return metrics, routing
@@ -345,6 +355,9 @@ def print_summary(routing: dict, metrics: dict, final: Path) -> None:
     print(f"  {metrics['sft_records']} SFT records, {metrics['pairs']} pairs "
           f"({metrics['pairs_below_margin']} below margin {metrics['min_margin']}, tied or identical), "
           f"{metrics['prompts_no_teacher_serves']} prompts no teacher serves → {final}", flush=True)
+    print(f"  echoes of the prompt: {metrics['candidate_echo_share']:.0%} of candidates, "
+          f"{metrics['sft_echo_share']:.0%} of picks; {metrics['prompts_all_echo']} prompts where every candidate "
+          "was one (no pick)", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ stage

@@ -5,14 +5,14 @@ reference ("Es gibt sieben Kontinente.") the copy shares many character n-grams,
 that measures how much the prompt explains the answer (pointwise mutual information) rewards it even more. Two
 measures keep an evaluation and a ranker honest:
 
-- **the echo rule**: an answer is an echo when at least ECHO_THRESHOLD of its character trigrams (lowercased, words
-  joined by single spaces, punctuation dropped; the same in every script) also occur in the prompt's last user
-  message: it adds less than a tenth of its own. A short real answer reuses most of the question's words ("The
-  opposite of hot is cold." to "What is the opposite of hot?": 80% of its trigrams; the demo's 32 reference answers
-  reach at most 83%), but it adds the answer; a copy, a truncated copy or a repeated copy adds nothing.
-- **echo-free chrF++**: chrF++ (sacrebleu's, character 6-grams and word bigrams) computed after the answer's n-gram
-  counts lose those of the prompt (multiset difference), so only what the answer adds beyond the prompt can match
-  the reference. The prompt itself, as an answer, scores 0.
+- **the echo rule**: an answer is an echo when at least ECHO_THRESHOLD of its words (casefolded, punctuation
+  dropped; in scripts without spaces, pairs of adjacent characters) occur in the prompt's last user message: it adds
+  almost nothing of its own. A short real answer reuses most of the question's words ("The Pacific Ocean is the
+  largest in the world." to "What is the largest ocean in the world?": 8 of 9; the demo's 96 reference answers reach
+  at most 91%), but it adds the answer; a copy, a truncated copy or a repeated copy adds nothing.
+- **echo-free chrF++**: chrF++ (sacrebleu's, character 6-grams and word bigrams) computed after every n-gram the
+  prompt holds is dropped from the answer, so only what the answer adds beyond the prompt can match the reference.
+  The prompt itself as an answer scores 0, repeated or not; the question restated before an answer adds nothing.
 
 `chrf_statistics` returns sacrebleu's per-sentence statistics (with or without prompts), so corpus scores and their
 paired bootstrap resample sentences the way sacrebleu's own bootstrap does.
@@ -28,9 +28,11 @@ from typing import Sequence
 import numpy as np
 import regex
 
-ECHO_THRESHOLD = 0.9  # share of the answer's trigrams found in the prompt that makes it an echo
-RULE = f"an answer is an echo when at least {ECHO_THRESHOLD:.0%} of its character trigrams occur in the prompt"
+ECHO_THRESHOLD = 0.95  # share of the answer's words found in the prompt that makes it an echo
+RULE = (f"an answer is an echo when at least {ECHO_THRESHOLD:.0%} of its words (in Japanese, Chinese and Thai, "
+        "character pairs) occur in its prompt")
 _NOT_WORD = regex.compile(r"[^\p{L}\p{M}\p{N}]+")
+_DENSE = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]")
 
 
 def prompt_text(prompt) -> str:
@@ -41,17 +43,23 @@ def prompt_text(prompt) -> str:
     return (users[-1].get("content") or "") if users else ""
 
 
-def _trigrams(text: str) -> Counter:
-    words = _NOT_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
-    return Counter(words[i: i + 3] for i in range(len(words) - 2))
+def _units(text: str) -> list[str]:
+    """Words, casefolded; in scripts written without spaces (Han, kana, Thai, ...) each pair of adjacent characters
+    of a run, about a word's length there."""
+    units = []
+    for word in _NOT_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split():
+        if _DENSE.search(word) and len(word) > 2:
+            units += [word[i: i + 2] for i in range(len(word) - 1)]
+        else:
+            units.append(word)
+    return units
 
 
 def prompt_overlap(answer: str, prompt) -> float:
-    """The share of the answer's character trigrams (a multiset) that the prompt holds; 0 for an answer too short to
-    have one."""
-    ours = _trigrams(answer)
-    total = sum(ours.values())
-    return sum((ours & _trigrams(prompt_text(prompt))).values()) / total if total else 0.0
+    """The share of the answer's words (each occurrence counted) that occur in the prompt; 0 for an answer with no
+    word. A copy repeated twice is still all the prompt's."""
+    ours, theirs = _units(answer), set(_units(prompt_text(prompt)))
+    return sum(u in theirs for u in ours) / len(ours) if ours else 0.0
 
 
 def is_echo(answer: str, prompt) -> bool:
@@ -87,14 +95,16 @@ def _ngrams(text: str) -> list[Counter]:
 def chrf_statistics(answers: Sequence[str], references: Sequence[str],
                     prompts: Sequence | None = None) -> np.ndarray:
     """[answers, 3 x orders] chrF++ statistics (hypothesis, reference and matched counts per order), as sacrebleu
-    computes them for one reference each; with `prompts`, each answer's n-grams minus its prompt's (echo-free)."""
+    computes them for one reference each; with `prompts`, each answer without the n-grams its prompt holds
+    (echo-free)."""
     if len(answers) != len(references) or (prompts is not None and len(prompts) != len(answers)):
         raise ValueError("answers, references and prompts must be as many")
     metric, rows = _metric(), []
     for k, (answer, reference) in enumerate(zip(answers, references)):
         ours = _ngrams(answer)
         if prompts is not None:
-            ours = [a - p for a, p in zip(ours, _ngrams(prompt_text(prompts[k])))]
+            ours = [Counter({g: n for g, n in a.items() if g not in p}) for a, p in
+                    zip(ours, _ngrams(prompt_text(prompts[k])))]
         row: list[int] = []
         for a, r in zip(ours, _ngrams(reference)):
             row += metric._get_match_statistics(a, r)

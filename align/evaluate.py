@@ -99,6 +99,9 @@ def parse_evaluate_config(raw: dict, source: str | None = None) -> tuple[Evaluat
         if args.judge.language_penalty:
             raise ConfigError(source, "judge.language_penalty", "evaluation measures language fidelity on its own; "
                                                                 "remove the penalty from the judge")
+        if args.judge.echo_penalty:
+            raise ConfigError(source, "judge.echo_penalty", "evaluation measures echo on its own (echo rate, "
+                                                            "echo-free chrF++, the echo row); remove the penalty")
     if args.grader:
         args.grader = _grader_spec(args.grader, source, args.backend)
     if args.resamples < 100:
@@ -210,6 +213,11 @@ def compare(args: EvaluateArgs, scorer, prompts: list[dict], ours: list[str], th
     return table
 
 
+def unpenalised(spec: dict) -> dict:
+    """A judge's or grader's spec with no rule penalties: evaluation measures echo and language on their own."""
+    return {**spec, "echo_penalty": 0.0, "language_penalty": None}
+
+
 def previous_stage(entries: list[Entry], k: int) -> str | None:
     """The stage before entry k: the nearest earlier model that is not one cluster's part of a merge (`sft/europe`),
     so that a merged stage is compared with the stage it started from."""
@@ -220,7 +228,7 @@ def comparisons(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], a
     """{model: {vs_baseline, vs_previous}}: every stage against the baseline and against the stage before it."""
     from reward import load_ranker
 
-    scorer = load_ranker(args.judge.as_dict(), args.model_args(), log_dir=partial / "api")
+    scorer = load_ranker(unpenalised(args.judge.as_dict()), args.model_args(), log_dir=partial / "api")
     out: dict[str, dict] = {}
     for k, entry in enumerate(entries):
         if entry.name == args.baseline:
@@ -248,7 +256,7 @@ def grades(args: EvaluateArgs, prompts: list[dict], answers: dict, partial: Path
     from reward import load_ranker
     from reward.grading import Grader
 
-    judge = load_ranker({k: v for k, v in args.grader.items() if k != "scale"}, args.model_args(),
+    judge = load_ranker(unpenalised({k: v for k, v in args.grader.items() if k != "scale"}), args.model_args(),
                         log_dir=partial / "api" / "grader")
     grader = Grader(ask=judge.ask, scale=args.grader["scale"], explain=args.grader.get("explain", True))
     langs, refs = [p["lang"] for p in prompts], [reference_of(p) for p in prompts]
@@ -441,7 +449,7 @@ def second_turn_measures(args: EvaluateArgs, entries: list[Entry], prompts: list
     seconds = {e.name: second_turns(args, e, prompts, answers[e.name], partial / "generations") for e in entries}
     if seconds[args.baseline] is None:
         return {}
-    scorer = load_ranker(args.judge.as_dict(), args.model_args(), log_dir=partial / "api" / "turn2")
+    scorer = load_ranker(unpenalised(args.judge.as_dict()), args.model_args(), log_dir=partial / "api" / "turn2")
     asked = [{**p, "prompt": [{"role": "user", "content": transcript(p["turns"][:2])}]} for p in multi]
     talks = {n: [transcript([a, b]) for a, b in zip(firsts[n], s)] for n, s in seconds.items() if s is not None}
     out = {}

@@ -34,12 +34,13 @@ from reward.spec import parse_ranker
 
 from .config import build_dataclass, require
 from .data import hold_out_by_id, load_records
+from .echo import is_echo
 from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
 from .generate import DecodingArgs, GenerationArgs, choose_backend, generate_sharded, load_backend
 from .io import AppendLog, join_logs, read_logs, safe_name, save_figure, shard_log, write_json, write_jsonl
 from .models import LoadingArgs, release_memory
-from .pairs import choose_pair, outcome_of_scores, preference_record, tally_with_rates
+from .pairs import echo_choice, outcome_of_scores, pair_statistics, preference_record, tally_with_rates
 from .runs import StageRun
 from .timing import Stopwatch
 
@@ -261,7 +262,7 @@ class Loop:
             current = self.heldout(i, final, heldout) if heldout else []
             outcomes = self.versus(heldout, previous_heldout, current) if heldout and self.main else []
         if self.main:
-            metrics = iteration_metrics(i, samples, scores, pairs, current, previous_heldout, outcomes, training,
+            metrics = iteration_metrics(i, train, samples, scores, pairs, current, previous_heldout, outcomes, training,
                                         final, args)
             metrics["seconds"] = clock.seconds  # this process's time per step (steps done before a resume count 0)
             write_json(metrics_path, metrics)
@@ -343,11 +344,11 @@ def training_keys(model_dir: Path) -> dict:
 
 
 def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list[float]], min_margin: float):
-    """Best vs worst sample of each prompt, by the pair rule (align.pairs)."""
+    """Best vs worst sample of each prompt, by the pair rule (align.pairs): an echo of the prompt is never chosen."""
     pairs = []
     for record in samples:
         completions, values = record["completions"], scores[record["index"]]
-        choice = choose_pair(completions, values, min_margin)
+        choice = echo_choice(prompts[record["index"]], completions, values, min_margin)
         if choice.dropped is None:
             pairs.append(preference_record(prompts[record["index"]], completions[choice.best],
                                            completions[choice.worst], chosen_score=values[choice.best],
@@ -360,7 +361,7 @@ def _mean(values) -> float | None:
     return round(statistics.fmean(values), 4) if values else None
 
 
-def iteration_metrics(i, samples, scores, pairs, heldout, previous, outcomes, training, final, args) -> dict:
+def iteration_metrics(i, train, samples, scores, pairs, heldout, previous, outcomes, training, final, args) -> dict:
     flat = [s for values in scores.values() for s in values]
     lengths = [len(c.split()) for r in samples for c in r["completions"]]
     metrics = {
@@ -370,6 +371,9 @@ def iteration_metrics(i, samples, scores, pairs, heldout, previous, outcomes, tr
         "sample_reward_std": round(statistics.pstdev(flat), 4),
         "sample_mean_words": round(statistics.fmean(lengths), 2),
         "pairs": len(pairs), "pairs_dropped": len(samples) - len(pairs),
+        "sample_echo_share": round(sum(is_echo(c, train[r["index"]]["prompt"]) for r in samples
+                                       for c in r["completions"]) / max(len(lengths), 1), 4),
+        "pair_statistics": pair_statistics(pairs),
         "training": training,
     }
     if heldout:

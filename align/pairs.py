@@ -5,6 +5,11 @@ A pair is the best against the worst completion by score (ties broken as `reward
 them: the first with the top score, the last with the bottom one). It is kept only when the margin is above zero and
 at least `min_margin`, and the two texts differ: DPO learns nothing from a pair whose sides are equal, and a pair of
 the same text with two labels only adds noise.
+
+Given which completions restate their prompt (align.echo), the rule never prefers an echo to an answer, whatever the
+scores: the best is the top-scoring completion that is not an echo, the worst the lowest-scoring echo when there is
+one (such a pair is kept at any margin: the rule, not the ranker, decides it), and a prompt whose completions are all
+echoes gives neither a pick nor a pair.
 """
 
 from __future__ import annotations
@@ -24,27 +29,70 @@ class PairChoice:
     best: int
     worst: int
     margin: float
-    dropped: str | None  # single | tie | below_margin | identical
+    dropped: str | None  # single | all_echo | tie | below_margin | identical
 
 
-def choose_pair(texts: Sequence[str], scores: Sequence[float], min_margin: float = 0.0) -> PairChoice:
+def choose_pair(texts: Sequence[str], scores: Sequence[float], min_margin: float = 0.0,
+                echoes: Sequence[bool] | None = None) -> PairChoice:
     from reward.rank import ranking_from_scores
 
-    if len(texts) != len(scores):
-        raise ValueError(f"{len(texts)} completions but {len(scores)} scores")
+    if len(texts) != len(scores) or (echoes is not None and len(echoes) != len(texts)):
+        raise ValueError(f"{len(texts)} completions but {len(scores)} scores"
+                         + (f" and {len(echoes)} echo flags" if echoes is not None else ""))
     ranking = ranking_from_scores(scores)
     best, worst, margin = ranking.best, ranking.worst, ranking.margin
+    decided_by_rule = False
+    if echoes is not None and any(echoes) and not all(echoes):
+        answers = [i for i in range(len(texts)) if not echoes[i]]
+        copies = [i for i in range(len(texts)) if echoes[i]]
+        best = max(answers, key=lambda i: (scores[i], -i))
+        worst = min(copies, key=lambda i: (scores[i], -i))
+        margin, decided_by_rule = float(scores[best] - scores[worst]), True
     if len(texts) < 2:
         reason = "single"
-    elif margin <= 0:
+    elif echoes is not None and all(echoes):
+        reason = "all_echo"
+    elif margin <= 0 and not decided_by_rule:
         reason = "tie"
-    elif margin < min_margin:
+    elif margin < min_margin and not decided_by_rule:
         reason = "below_margin"
     elif texts[best].strip() == texts[worst].strip():
         reason = "identical"
     else:
         reason = None
     return PairChoice(best, worst, margin, reason)
+
+
+def echo_choice(prompt: dict, texts: Sequence[str], scores: Sequence[float], min_margin: float = 0.0) -> PairChoice:
+    """The pair rule for one prompt record's completions, told which of them restate the prompt."""
+    from .echo import is_echo
+
+    return choose_pair(texts, scores, min_margin, [is_echo(t, prompt["prompt"]) for t in texts])
+
+
+def pair_statistics(pairs: Sequence[dict]) -> dict:
+    """What a set of preference pairs teaches, at a glance: how many per language, the ranker's mean margin, the
+    lengths in words and the share of echoes (align.echo) on each side."""
+    import statistics
+
+    from .echo import is_echo
+
+    def text(side) -> str:
+        return side if isinstance(side, str) else side[-1]["content"]
+
+    if not pairs:
+        return {"pairs": 0}
+    chosen = [text(p["chosen"]) for p in pairs]
+    rejected = [text(p["rejected"]) for p in pairs]
+    margins = [p["chosen_score"] - p["rejected_score"] for p in pairs
+               if p.get("chosen_score") is not None and p.get("rejected_score") is not None]
+    return {"pairs": len(pairs), "per_language": dict(sorted(Counter(p.get("lang") or "?" for p in pairs).items())),
+            "mean_margin": round(statistics.fmean(margins), 4) if margins else None,
+            "chosen_mean_words": round(statistics.fmean(len(t.split()) for t in chosen), 2),
+            "rejected_mean_words": round(statistics.fmean(len(t.split()) for t in rejected), 2),
+            "chosen_echo_share": round(sum(is_echo(t, p["prompt"]) for t, p in zip(chosen, pairs)) / len(pairs), 4),
+            "rejected_echo_share": round(sum(is_echo(t, p["prompt"]) for t, p in zip(rejected, pairs)) / len(pairs),
+                                         4)}
 
 
 def preference_record(prompt: dict, chosen: str, rejected: str, **extra) -> dict:

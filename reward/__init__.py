@@ -5,18 +5,21 @@ def load_ranker(spec: dict, model_args=None, *, log_dir=None):
     """A recipe's ranker: `{reward_model: path}` (a RewardRanker), `{likelihood: model}` (a LikelihoodRanker, no
     training needed), `{judge: model}` (a PairwiseJudge) or
     `{rule: language}` (a LanguageRanker), with batch_size, max_length (reward model), max_new_tokens, explain and
-    backend (judge: auto, transformers or vllm). A positive `language_penalty` wraps a reward model or a judge in
-    WithLanguagePenalty. `{api: {base_url, model, api_key_env, ...}}` is a judge behind an OpenAI-compatible endpoint;
+    backend (judge: auto, transformers or vllm). Every model ranker is wrapped in WithRulePenalties: an answer that
+    restates its prompt loses `echo_penalty` (default reward.rules.ECHO_PENALTY; 0 turns it off), one in the wrong
+    language `language_penalty` per failed check (default 0). `{api: {base_url, model, api_key_env, ...}}` is a judge behind an OpenAI-compatible endpoint;
     its responses are logged under `log_dir` (the stage's partial directory), so a resumed run pays for none twice.
     Arbitrage, online DPO and evaluation all build theirs here."""
-    from .rules import LanguageRanker, WithLanguagePenalty
+    from .rules import ECHO_PENALTY, LanguageRanker, WithRulePenalties
 
     spec = {"batch_size": 16, "max_length": 1024, "max_new_tokens": 256, "explain": True, "backend": "auto",
-            **{k: v for k, v in spec.items() if v is not None}}
+            "echo_penalty": ECHO_PENALTY, **{k: v for k, v in spec.items() if v is not None}}
     if spec.get("rule"):
-        return LanguageRanker(penalty=spec.get("language_penalty", 1.0))
+        return LanguageRanker(penalty=spec.get("language_penalty", 1.0), echo_penalty=spec["echo_penalty"])
     ranker = _model_ranker(spec, model_args, log_dir)
-    return WithLanguagePenalty(ranker, spec["language_penalty"]) if spec.get("language_penalty") else ranker
+    if not spec.get("language_penalty") and not spec["echo_penalty"]:
+        return ranker
+    return WithRulePenalties(ranker, spec.get("language_penalty") or 0.0, spec["echo_penalty"])
 
 
 def _model_ranker(spec: dict, model_args, log_dir):

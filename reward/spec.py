@@ -1,8 +1,9 @@
 """A recipe's ranker, `{reward_model: path}`, `{likelihood: model}`, `{judge: model}`, `{api: endpoint}` or
 `{rule: language}`, with its settings: validated
 here for every stage that ranks or judges (arbitrage, online DPO, evaluation), then built by `reward.load_ranker`.
-`language_penalty` takes that much off a reward model's or a judge's score per failed language-fidelity check
-(reward.rules), so that in-language answers win."""
+`language_penalty` takes that much off a reward model's or a judge's score per failed language-fidelity check, and
+`echo_penalty` (on by default) off an answer that restates its prompt (reward.rules), so that answers in the prompt's
+language win."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class RankerSpec:
     api: dict | None = None  # a judge behind an OpenAI-compatible endpoint: {base_url, model, api_key_env, ...}
     rule: str | None = None
     language_penalty: float | None = None  # per failed fidelity check; a rule ranker's own penalty (default 1)
+    echo_penalty: float | None = None  # per answer that restates its prompt (default reward.rules.ECHO_PENALTY; 0: off)
     batch_size: int = 16
     max_length: int = 1024  # reward model: tokens per (prompt, completion); likelihood: per completion
     max_new_tokens: int = 256  # judge: tokens per verdict
@@ -59,8 +61,10 @@ def parse_ranker(value, source: str | None, key: str = "ranker", *, backend: str
         build_dataclass(APISpec, spec.api if isinstance(spec.api, dict) else {}, source, prefix=f"{key}.api.")
     if spec.rule is not None and spec.rule not in RULES:
         raise ConfigError(source, f"{key}.rule", f"unknown rule {spec.rule!r} (expected {', '.join(RULES)})")
-    if spec.language_penalty is not None and not spec.language_penalty >= 0:
-        raise ConfigError(source, f"{key}.language_penalty", f"must be at least 0, got {spec.language_penalty}")
+    for name in ("language_penalty", "echo_penalty"):
+        value = getattr(spec, name)
+        if value is not None and not value >= 0:
+            raise ConfigError(source, f"{key}.{name}", f"must be at least 0, got {value}")
     if spec.batch_size < 1 or spec.max_length < 8 or spec.max_new_tokens < 1:
         bad = "batch_size" if spec.batch_size < 1 else "max_length" if spec.max_length < 8 else "max_new_tokens"
         raise ConfigError(source, f"{key}.{bad}", f"out of range: {getattr(spec, bad)}")

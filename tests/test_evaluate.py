@@ -99,7 +99,7 @@ def test_without_a_judge_the_report_shows_the_measured_columns_and_differences_o
     assert metrics["models"]["same"]["vs_previous_difference"]["model"] == "better"
     assert metrics["models"]["same"]["vs_previous_difference"]["chrf++"]["difference"] < 0
     report = (out / "report.md").read_text()
-    assert "win-rate" not in report and "| same | +0% (n<5) | +0.00 (n<5) | better |" in report
+    assert "win-rate" not in report and "| same | +0% (n<5) | +0.00 (n<5) | +0.00 (n<5) | better |" in report
     assert sorted(p.name for p in out.iterdir()) == ["answers", "fidelity_by_language.png", "metrics.json",
                                                      "polyalign_recipe.json", "report.md", "scores_by_stage.png"]
 

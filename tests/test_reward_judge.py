@@ -118,8 +118,8 @@ def test_load_ranker_passes_the_judge_backend_on():
     from align.errors import ConfigError
     from reward import load_ranker
 
-    judge = load_ranker({"judge": "smollm2-135m", "backend": "transformers", "max_new_tokens": 8})
+    judge = load_ranker({"judge": "smollm2-135m", "backend": "transformers", "max_new_tokens": 8}).base  # echo rule
     assert isinstance(judge, PairwiseJudge) and judge.backend_name == "transformers" and judge.max_new_tokens == 8
-    assert load_ranker({"judge": "smollm2-135m"}).backend_name == "auto"  # nothing is loaded before the first use
+    assert load_ranker({"judge": "smollm2-135m"}).base.backend_name == "auto"  # nothing is loaded before the first use
     with pytest.raises(ConfigError, match="backend"):
         load_ranker({"judge": "smollm2-135m", "backend": "tgi"})

@@ -96,7 +96,7 @@ def test_spec_parses_builds_and_describes(tiny_model_dir):
     spec = parse_ranker({"likelihood": str(tiny_model_dir), "batch_size": 2, "max_length": 32}, "r.yaml")
     assert spec.loaded_model() == ("likelihood", str(tiny_model_dir))
     assert describe_ranker(spec.as_dict()) == f"likelihood ranker `{tiny_model_dir}`"
-    ranker = load_ranker(spec.as_dict())
+    ranker = load_ranker(spec.as_dict()).base  # wrapped in the echo rule
     assert isinstance(ranker, LikelihoodRanker) and (ranker.batch_size, ranker.max_length) == (2, 32)
     with pytest.raises(ConfigError, match="exactly one of ranker.reward_model.*ranker.likelihood"):
         parse_ranker({"likelihood": "a", "judge": "b"}, "r.yaml")
@@ -116,3 +116,25 @@ def test_embedded_model_prefers_the_answer_to_the_question_in_its_language():
     ]
     rankings = ranker.rank_many([q for q, _, _ in cases], [[good, *bad] for _, good, bad in cases])
     assert [r.best for r in rankings] == [0, 0, 0], [r.scores for r in rankings]
+
+
+def test_the_recipes_likelihood_ranker_puts_answers_above_wrong_language_above_echoes():
+    """The bare PMI ranker prefers a copy of the question to the answer (the prompt explains its own words best); the
+    ranker a recipe gets (load_ranker: the echo rule on by default) ranks the answer first and the echo last."""
+    from reward.rules import rank_in_languages
+
+    cases = [  # (prompt, lang, answer, the same answer in English)
+        ("Wie viele Kontinente gibt es auf der Erde?", "de", "Auf der Erde gibt es sieben Kontinente.",
+         "There are seven continents on Earth."),
+        ("Что делают пчёлы?", "ru", "Пчёлы делают мёд и воск.", "Bees make honey and beeswax."),
+        ("ミツバチは何を作りますか？", "ja", "ミツバチははちみつと蜜蝋を作ります。", "Bees make honey and beeswax."),
+        ("¿Cuál es lo contrario de caliente?", "es", "Lo contrario de caliente es frío.",
+         "The opposite of hot is cold."),
+    ]
+    prompts = [q for q, *_ in cases]
+    candidates = [[answer, english, q] for q, _, answer, english in cases]
+    ranker = load_ranker({"likelihood": "smollm2-135m", "max_length": 64})
+    bare = ranker.base.rank_many(prompts, candidates)
+    assert sum(r.best == 2 for r in bare) >= 3, [r.scores for r in bare]  # the control: PMI alone loves the echo
+    for ranking in rank_in_languages(ranker, prompts, candidates, [lang for _, lang, *_ in cases]):
+        assert ranking.best == 0 and ranking.worst == 2 and ranking.scores[0] > ranking.scores[1], ranking.scores

@@ -9,7 +9,7 @@ from align.errors import ConfigError
 from conftest import tiny_reward_model
 from reward import load_ranker
 from reward.judge import PairwiseJudge
-from reward.rules import LanguageRanker, WithLanguagePenalty, prompt_language
+from reward.rules import ECHO_PENALTY, LanguageRanker, WithRulePenalties, prompt_language
 from reward.spec import parse_ranker
 
 FRENCH_PROMPT = "Quelle est la capitale de la France ? Réponds en une phrase, s'il te plaît."
@@ -57,20 +57,20 @@ def test_penalty_on_a_reward_model_flips_its_ranking_only_when_large(reward_rank
     assert base.margin > 0
     # Ask for the language of the candidate the reward model ranks last: only a penalty can lift it.
     lang = ["fr", "en"][base.best]
-    unchanged = WithLanguagePenalty(reward_ranker, 0.0).rank(prompt, candidates, lang=lang)
+    unchanged = WithRulePenalties(reward_ranker, 0.0).rank(prompt, candidates, lang=lang)
     assert (unchanged.best, unchanged.scores) == (base.best, base.scores)
-    flipped = WithLanguagePenalty(reward_ranker, 1000.0).rank(prompt, candidates, lang=lang)
+    flipped = WithRulePenalties(reward_ranker, 1000.0).rank(prompt, candidates, lang=lang)
     assert flipped.best == base.worst
     assert flipped.scores[base.best] == pytest.approx(base.scores[base.best] - 1000.0)
     assert flipped.scores[base.worst] == pytest.approx(base.scores[base.worst])
-    scores = WithLanguagePenalty(reward_ranker, 1000.0).score([prompt] * 2, candidates, langs=[lang] * 2)
+    scores = WithRulePenalties(reward_ranker, 1000.0).score([prompt] * 2, candidates, langs=[lang] * 2)
     assert scores == pytest.approx([s - 1000.0 * (i == base.best) for i, s in enumerate(base.scores)])
 
 
 def test_penalty_on_a_judge_breaks_its_ties_and_gives_no_score():
     judge = PairwiseJudge(backend=lambda chats: ["[[A]]"] * len(chats))  # position-biased: every game a tie
     assert judge.rank(FRENCH_PROMPT, [IN_ENGLISH, IN_FRENCH]).margin == 0
-    penalised = WithLanguagePenalty(judge, 1.0)
+    penalised = WithRulePenalties(judge, 1.0)
     ranking = penalised.rank(FRENCH_PROMPT, [IN_ENGLISH, IN_FRENCH])
     assert (ranking.best, ranking.scores) == (1, [-0.5, 0.5])
     assert not hasattr(penalised, "score")
@@ -85,9 +85,12 @@ def test_load_ranker_builds_the_rule_and_the_wrapper(tmp_path, tokenizer):
     path = str(tiny_reward_model(tmp_path / "rm", tokenizer))
     wrapped = load_ranker(parse_ranker({"reward_model": path, "language_penalty": 2}, "r.yaml").as_dict(),
                           ModelArgs(dtype="fp32"))
-    assert isinstance(wrapped, WithLanguagePenalty) and wrapped.penalty == 2.0 and hasattr(wrapped, "score")
-    plain = load_ranker(parse_ranker({"reward_model": path}, "r.yaml").as_dict(), ModelArgs(dtype="fp32"))
-    assert not isinstance(plain, WithLanguagePenalty)
+    assert isinstance(wrapped, WithRulePenalties) and wrapped.penalty == 2.0 and hasattr(wrapped, "score")
+    default = load_ranker(parse_ranker({"reward_model": path}, "r.yaml").as_dict(), ModelArgs(dtype="fp32"))
+    assert isinstance(default, WithRulePenalties) and (default.penalty, default.echo_penalty) == (0.0, ECHO_PENALTY)
+    plain = load_ranker(parse_ranker({"reward_model": path, "echo_penalty": 0}, "r.yaml").as_dict(),
+                        ModelArgs(dtype="fp32"))
+    assert not isinstance(plain, WithRulePenalties)
 
 
 @pytest.mark.parametrize("value, message", [
