@@ -24,12 +24,12 @@ from .config import build_dataclass, require
 from .console import print_table
 from .data import load_records
 from .data.languages import UnknownLanguage, normalize_lang
-from .echo import is_echo
+from .echo import is_echo, prompt_text
 from .errors import ConfigError
 from .generate import DecodingArgs, check_models, choose_backend, generate_logged, load_backend
 from .io import AppendLog, read_logs, save_figure, write_json, write_jsonl
 from .models import LoadingArgs, process_state, release_memory
-from .pairs import echo_choice, pair_statistics, preference_record
+from .pairs import echo_choice, echo_pair, pair_statistics, preference_record, same_text
 from .runs import StageRun
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class ArbitrageArgs(LoadingArgs, DecodingArgs):
     teachers: list = field(default_factory=list)
     ranker: dict = field(default_factory=dict)
     min_margin: float = 0.0  # a pair is kept when best − worst reaches this (and is above zero)
+    echo_pairs: bool = False  # also pair each pick with the prompt itself as the rejected answer (align.pairs.echo_pair)
     overwrite: bool = False
     seed: int = 0
     max_prompts: int | None = None
@@ -273,6 +274,9 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
         sft_rows.append({"messages": [*prompt["prompt"], {"role": "assistant", "content": best}], "lang": lang,
                          "id": prompt["id"], "source": "arbitrage", "teacher": best_by,
                          "score": group_scores[choice.best]})
+        if job.args.echo_pairs and (choice.dropped or not same_text(worst, prompt_text(prompt["prompt"]))):
+            pair_rows.append(echo_pair(prompt, best, source="arbitrage", chosen_score=group_scores[choice.best],
+                                       chosen_by=best_by))
         if choice.dropped:
             dropped[choice.dropped] += 1
             continue
@@ -287,7 +291,7 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
     write_json(partial / "routing.json", routing)
     plot_routing(routing, partial / "routing.png")
     metrics = {"prompts": len(prompts), "candidates": len(candidate_rows), "sft_records": len(sft_rows),
-               "pairs": len(pair_rows),
+               "pairs": len(pair_rows), "echo_pairs": sum(p["rejected_by"] == "echo" for p in pair_rows),
                "pairs_below_margin": sum(n for k, n in dropped.items() if k in ("tie", "below_margin", "identical")),
                "pairs_dropped": dict(dropped), "prompts_with_one_candidate": dropped["single"],
                "prompts_all_echo": dropped["all_echo"],
@@ -352,7 +356,8 @@ def print_summary(routing: dict, metrics: dict, final: Path) -> None:
                   for t in teachers]
         rows.append(cells)
     print_table("Arbitrage summary", header, rows, left=())
-    print(f"  {metrics['sft_records']} SFT records, {metrics['pairs']} pairs "
+    print(f"  {metrics['sft_records']} SFT records, {metrics['pairs']} pairs ({metrics['echo_pairs']} against the "
+          "prompt itself) "
           f"({metrics['pairs_below_margin']} below margin {metrics['min_margin']}, tied or identical), "
           f"{metrics['prompts_no_teacher_serves']} prompts no teacher serves → {final}", flush=True)
     print(f"  echoes of the prompt: {metrics['candidate_echo_share']:.0%} of candidates, "

@@ -57,9 +57,14 @@ def _units(text: str) -> list[str]:
 
 def prompt_overlap(answer: str, prompt) -> float:
     """The share of the answer's words (each occurrence counted) that occur in the prompt; 0 for an answer with no
-    word. A copy repeated twice is still all the prompt's."""
+    word. A copy repeated twice is still all the prompt's, and so is a last word cut off by the token limit (a
+    prefix of one of the prompt's words)."""
     ours, theirs = _units(answer), set(_units(prompt_text(prompt)))
-    return sum(u in theirs for u in ours) / len(ours) if ours else 0.0
+    if not ours:
+        return 0.0
+    found = [u in theirs for u in ours]
+    found[-1] = found[-1] or any(word.startswith(ours[-1]) for word in theirs)
+    return sum(found) / len(ours)
 
 
 def is_echo(answer: str, prompt) -> bool:

@@ -34,13 +34,13 @@ from reward.spec import parse_ranker
 
 from .config import build_dataclass, require
 from .data import hold_out_by_id, load_records
-from .echo import is_echo
+from .echo import is_echo, prompt_text
 from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
 from .generate import DecodingArgs, GenerationArgs, choose_backend, generate_sharded, load_backend
 from .io import AppendLog, join_logs, read_logs, safe_name, save_figure, shard_log, write_json, write_jsonl
 from .models import LoadingArgs, release_memory
-from .pairs import echo_choice, outcome_of_scores, pair_statistics, preference_record, tally_with_rates
+from .pairs import echo_choice, echo_pair, outcome_of_scores, same_text, pair_statistics, preference_record, tally_with_rates
 from .runs import StageRun
 from .timing import Stopwatch
 
@@ -64,6 +64,7 @@ class IterateArgs(LoadingArgs, DecodingArgs):
     samples: int = 4  # k completions per prompt
     ranker: dict = field(default_factory=dict)  # {reward_model | likelihood | judge, batch_size, max_length}
     min_margin: float = 0.0
+    echo_pairs: bool = False  # also pair each prompt's best sample with the prompt itself (align.pairs.echo_pair)
     reference: str = "start"  # start | previous
     beta: Any = 0.1  # one value, or one per iteration
     lora: Any = None  # true or {r, alpha, ...}: each iteration trains an adapter and merges it for the next
@@ -239,7 +240,7 @@ class Loop:
             samples = self.generate(policy, train, directory, "samples", sampling, f"Sampling (iter {i})")
         with clock("scoring"):
             scores = self.score(train, samples, directory)
-        pairs = build_pairs(train, samples, scores, args.min_margin)  # the same on every process
+        pairs = build_pairs(train, samples, scores, args.min_margin, args.echo_pairs)  # the same on every process
         if self.main and not (directory / "pairs.jsonl").exists():
             write_jsonl(directory / "pairs.jsonl", pairs)
         self.release_ranker()
@@ -343,12 +344,19 @@ def training_keys(model_dir: Path) -> dict:
                                          "reference", "padding_free", "real_token_fraction")}
 
 
-def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list[float]], min_margin: float):
-    """Best vs worst sample of each prompt, by the pair rule (align.pairs): an echo of the prompt is never chosen."""
+def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list[float]], min_margin: float,
+                echo_pairs: bool = False):
+    """Best vs worst sample of each prompt, by the pair rule (align.pairs): an echo of the prompt is never chosen;
+    with `echo_pairs`, also the best sample vs the prompt itself."""
     pairs = []
     for record in samples:
         completions, values = record["completions"], scores[record["index"]]
         choice = echo_choice(prompts[record["index"]], completions, values, min_margin)
+        prompt = prompts[record["index"]]
+        if echo_pairs and choice.dropped != "all_echo" and (
+                choice.dropped or not same_text(completions[choice.worst], prompt_text(prompt["prompt"]))):
+            pairs.append(echo_pair(prompts[record["index"]], completions[choice.best],
+                                   chosen_score=values[choice.best]))
         if choice.dropped is None:
             pairs.append(preference_record(prompts[record["index"]], completions[choice.best],
                                            completions[choice.worst], chosen_score=values[choice.best],
@@ -370,7 +378,8 @@ def iteration_metrics(i, train, samples, scores, pairs, heldout, previous, outco
         "sample_reward_mean": round(statistics.fmean(flat), 4),
         "sample_reward_std": round(statistics.pstdev(flat), 4),
         "sample_mean_words": round(statistics.fmean(lengths), 2),
-        "pairs": len(pairs), "pairs_dropped": len(samples) - len(pairs),
+        "pairs": len(pairs), "echo_pairs": sum(p.get("rejected_by") == "echo" for p in pairs),
+        "pairs_dropped": len(samples) - sum(p.get("rejected_by") != "echo" for p in pairs),
         "sample_echo_share": round(sum(is_echo(c, train[r["index"]]["prompt"]) for r in samples
                                        for c in r["completions"]) / max(len(lengths), 1), 4),
         "pair_statistics": pair_statistics(pairs),

@@ -56,11 +56,15 @@ def choose_pair(texts: Sequence[str], scores: Sequence[float], min_margin: float
         reason = "tie"
     elif margin < min_margin and not decided_by_rule:
         reason = "below_margin"
-    elif texts[best].strip() == texts[worst].strip():
+    elif same_text(texts[best], texts[worst]):
         reason = "identical"
     else:
         reason = None
     return PairChoice(best, worst, margin, reason)
+
+
+def same_text(a: str, b: str) -> bool:
+    return a.strip() == b.strip()
 
 
 def echo_choice(prompt: dict, texts: Sequence[str], scores: Sequence[float], min_margin: float = 0.0) -> PairChoice:
@@ -93,6 +97,16 @@ def pair_statistics(pairs: Sequence[dict]) -> dict:
             "chosen_echo_share": round(sum(is_echo(t, p["prompt"]) for t, p in zip(chosen, pairs)) / len(pairs), 4),
             "rejected_echo_share": round(sum(is_echo(t, p["prompt"]) for t, p in zip(rejected, pairs)) / len(pairs),
                                          4)}
+
+
+def echo_pair(prompt: dict, chosen: str, **extra) -> dict:
+    """The pair (an answer, the prompt itself as the answer): what a student that repeats the question has to unlearn.
+    A small student fine-tuned on answers that restate the question's words learns to restate the whole question
+    where it knows no answer (the demo's SFT: a third of its held-out answers); DPO on these pairs unlearns it.
+    Callers skip it where the prompt's own pair already rejects the same text."""
+    from .echo import prompt_text
+
+    return preference_record(prompt, chosen, prompt_text(prompt["prompt"]), rejected_by="echo", **extra)
 
 
 def preference_record(prompt: dict, chosen: str, rejected: str, **extra) -> dict:

@@ -8,9 +8,11 @@
    language, held-out languages of that cluster included; and vs the global arbitrage SFT on the same data.
 3. offline DPO vs SFT; online iterations 1, 2, 3, each vs the one before (with mean length, to see length hacking).
 
-Every row is measured on the demo's 32 held-out prompts by align.evaluate (chrF++ against the references and language
-fidelity, with 95% bootstrap intervals), each comparison a paired bootstrap over the same prompts: an interval that
-holds 0 is noise. Everything is rerun per seed (the teachers' sampling, every stage's training, the online samples).
+Every row is measured on the demo's 96 held-out prompts by align.evaluate (echo-free and plain chrF++ against the
+references, echo rate and language fidelity, with 95% bootstrap intervals), beside the echo control (each prompt as
+its own answer); each comparison is a paired bootstrap over the same prompts: an interval that holds 0 is noise.
+Everything is rerun per seed (the teachers' sampling, every stage's training, the online samples); the closing table
+says which comparisons are beyond noise, in the same direction, in every seed.
 
     .venv/bin/python bench/recipe_efficacy.py --seeds 1 2 [--out runs/bench/efficacy] [--iterations 3]
 
@@ -57,7 +59,7 @@ def best_single_teacher(candidates: list[dict]) -> tuple[str, list[dict], dict[s
 
 def run_seed(seed: int, out: Path, iterations: int) -> dict:
     from align.config import load_yaml
-    from align.evaluate import parse_evaluate_config, paired_differences
+    from align.evaluate import ECHO, echo_control, parse_evaluate_config, paired_differences
     from align.io import safe_name, write_jsonl
     from align.pipeline import build_pipeline, run_pipeline
     from align.sft import run_sft
@@ -110,8 +112,9 @@ def run_seed(seed: int, out: Path, iterations: int) -> dict:
     written = {n: read_jsonl(eval_dir / "answers" / f"{safe_name(n)}.jsonl") for n in models}
     assert all([r["id"] for r in rows] == [p["id"] for p in prompts] for rows in written.values())
     answers = {n: [r["completion"] for r in rows] for n, rows in written.items()}
-    paired = paired_differences(args, list(models), prompts, answers)
-    best_cluster = max(clusters, key=lambda n: metrics["models"][n]["chrf++"]["all"]["score"])
+    answers[ECHO] = echo_control(prompts)
+    paired = paired_differences(args, [*models, ECHO], prompts, answers)
+    best_cluster = max(clusters, key=lambda n: metrics["models"][n]["echo_free_chrf++"]["all"]["score"])
     single_name, arbitrage_name = list(trained)
     comparisons = {
         "arbitrage vs best single teacher (global SFT)": (arbitrage_name, single_name),
@@ -123,17 +126,24 @@ def run_seed(seed: int, out: Path, iterations: int) -> dict:
         f"preference training as a whole: online-{iterations} vs SFT (merged)": (f"online-{iterations}", "sft"),
         "SFT (merged) vs base": ("sft", "base"),
         f"online-{iterations} vs base": (f"online-{iterations}", "base"),
+        "base vs echo control": ("base", ECHO),
+        "SFT (merged) vs echo control": ("sft", ECHO),
+        f"online-{iterations} vs echo control": (f"online-{iterations}", ECHO),
     }
     return {"seed": seed, "teacher": teacher, "teacher_mean_scores": means, "seconds": seconds,
-            "rows": {n: row(metrics, n) for n in models},
+            "rows": {n: row(metrics, n) for n in [*models, ECHO]},
             "comparisons": {label: {"ours": a, "theirs": b, **paired(a, b)} for label, (a, b) in comparisons.items()},
-            "per_language_chrf": {n: {lang: v["score"] for lang, v in metrics["models"][n]["chrf++"].items()
-                                      if lang != "all"} for n in models}}
+            "per_language_echo_free": {n: {lang: v["score"] for lang, v in metrics["models"][n]["echo_free_chrf++"]
+                                           .items() if lang != "all"} for n in [*models, ECHO]},
+            "per_language_fidelity": {n: {lang: v["pass_rate"] for lang, v in metrics["language_fidelity"][n].items()
+                                          if lang != "all"} for n in [*models, ECHO]}}
 
 
 def row(metrics: dict, name: str) -> dict:
     m, fid = metrics["models"][name], metrics["language_fidelity"][name]["all"]
     return {"chrf": m["chrf++"]["all"]["score"], "chrf_interval": m["chrf++"]["all"]["interval"],
+            "echo_free": m["echo_free_chrf++"]["all"]["score"], "echo_free_interval": m["echo_free_chrf++"]["all"]["interval"],
+            "echo_rate": m["echo_rate"]["all"]["mean"], "echo_rate_interval": m["echo_rate"]["all"]["interval"],
             "fidelity": fid["pass_rate"], "fidelity_interval": fid.get("pass_rate_interval"),
             "words": m["mean_words"]}
 
@@ -144,31 +154,66 @@ def interval(bounds, percent: bool = False) -> str:
     return f" [{bounds[0]:+.0%}, {bounds[1]:+.0%}]" if percent else f" [{bounds[0]:+.2f}, {bounds[1]:+.2f}]"
 
 
+def _score(value: float, bounds, percent: bool = False) -> str:
+    if percent:
+        return f"{value:.0%}" + (f" [{bounds[0]:.0%}, {bounds[1]:.0%}]" if bounds else "")
+    return f"{value:.2f}" + (f" [{bounds[0]:.1f}, {bounds[1]:.1f}]" if bounds else "")
+
+
+def _difference(d: dict, percent: bool = False) -> str:
+    value = f"{d['difference']:+.0%}" if percent else f"{d['difference']:+.2f}"
+    return value + interval(d["interval"], percent) + (" noise" if d["within_noise"] else "")
+
+
 def table(result: dict) -> list[str]:
     lines = [f"### Seed {result['seed']} (single teacher: {result['teacher']}; mean ranker scores "
              + ", ".join(f"{t} {s}" for t, s in result["teacher_mean_scores"].items()) + ")", "",
-             "| model | chrF++ [95%] | language fidelity [95%] | mean words |", "|---|---|---|---:|"]
+             "| model | echo-free chrF++ [95%] | chrF++ [95%] | echo rate | language fidelity [95%] | mean words |",
+             "|---|---|---|---|---|---:|"]
     for name, r in result["rows"].items():
-        ci = r["chrf_interval"]
-        fci = r["fidelity_interval"]
-        lines.append(f"| {name} | {r['chrf']:.2f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
-                     + f" | {r['fidelity']:.0%}" + (f" [{fci[0]:.0%}, {fci[1]:.0%}]" if fci else "")
-                     + f" | {r['words']:.1f} |")
-    lines += ["", "| comparison (paired bootstrap) | chrF++ difference | fidelity difference | words |",
-              "|---|---|---|---|"]
+        lines.append(f"| {name} | {_score(r['echo_free'], r['echo_free_interval'])} "
+                     f"| {_score(r['chrf'], r['chrf_interval'])} | {_score(r['echo_rate'], r['echo_rate_interval'], True)} "
+                     f"| {_score(r['fidelity'], r['fidelity_interval'], True)} | {r['words']:.1f} |")
+    lines += ["", "| comparison (paired bootstrap) | echo-free chrF++ | chrF++ | fidelity | words |",
+              "|---|---|---|---|---|"]
     for label, c in result["comparisons"].items():
-        ch, fi = c["chrf++"], c["language_fidelity"]
         words = f"{result['rows'][c['ours']]['words']:.1f} vs {result['rows'][c['theirs']]['words']:.1f}"
-        lines.append(f"| {label} | {ch['difference']:+.2f}{interval(ch['interval'])}"
-                     + (" noise" if ch["within_noise"] else "") + f" | {fi['difference']:+.0%}"
-                     + interval(fi["interval"], True) + (" noise" if fi["within_noise"] else "") + f" | {words} |")
-    langs = sorted({lang for per in result["per_language_chrf"].values() for lang in per})
-    lines += ["", "chrF++ per language (4 prompts each: no interval)", "",
-              "| model | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
-    for name, per in result["per_language_chrf"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{per.get(lang, float('nan')):.1f}" for lang in langs) + " |")
+        lines.append(f"| {label} | {_difference(c['echo_free_chrf++'])} | {_difference(c['chrf++'])} "
+                     f"| {_difference(c['language_fidelity'], True)} | {words} |")
+    for title, key, percent in (("Echo-free chrF++", "per_language_echo_free", False),
+                                ("Language fidelity", "per_language_fidelity", True)):
+        per_model = result[key]
+        langs = sorted({lang for per in per_model.values() for lang in per})
+        lines += ["", f"{title} per language (12 prompts each)", "",
+                  "| model | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
+        for name, per in per_model.items():
+            cells = [("-" if lang not in per else f"{per[lang]:.0%}" if percent else f"{per[lang]:.1f}")
+                     for lang in langs]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()), ""]
     return lines
+
+
+def across_seeds(results: list[dict]) -> list[str]:
+    """Each comparison's verdict per seed, and whether it holds in every seed (beyond noise, the same sign)."""
+    lines = ["### Across seeds: what holds in every seed", "",
+             "| comparison | echo-free chrF++ per seed | holds in every seed | fidelity per seed | holds |",
+             "|---|---|---|---|---|"]
+
+    def verdict(cells: list[dict]) -> str:
+        if all(not c["within_noise"] and c["difference"] > 0 for c in cells):
+            return "**above, every seed**"
+        if all(not c["within_noise"] and c["difference"] < 0 for c in cells):
+            return "**below, every seed**"
+        return "no"
+
+    for label in results[0]["comparisons"]:
+        cells = [r["comparisons"][label] for r in results]
+        lines.append(f"| {label} | " + "; ".join(f"{c['echo_free_chrf++']['difference']:+.2f}" for c in cells)
+                     + f" | {verdict([c['echo_free_chrf++'] for c in cells])} | "
+                     + "; ".join(f"{c['language_fidelity']['difference']:+.0%}" for c in cells)
+                     + f" | {verdict([c['language_fidelity'] for c in cells])} |")
+    return lines + [""]
 
 
 def main() -> None:
@@ -191,6 +236,7 @@ def main() -> None:
              f"{datetime.date.today()}", ""]
     for result in results:
         lines += table(result)
+    lines += across_seeds(results)
     (out / "efficacy.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
 

@@ -212,3 +212,22 @@ def test_bad_dataset_teachers_are_one_line(tmp_path, pool, capsys, teacher, mess
     assert main(["arbitrage", "--config", str(recipe(tmp_path, pool, teachers=[teacher]))]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_teacher_that_repeats_the_question_is_never_picked_and_echo_pairs_reject_it(tmp_path, pool):
+    """Whatever the ranker's scores, the pair rule keeps echoes out of the SFT data; `echo_pairs` pairs every pick
+    with the prompt itself."""
+    copies = write_jsonl(tmp_path / "copy.jsonl", [{"id": f"p{i}", "completion": f"{p} {p}"}
+                                                   for i, (p, _) in enumerate(PROMPTS)])
+    teachers = [{"name": "copy", "completions": str(copies)}, {"name": "a", "model": str(pool["a"])}]
+    assert main(["arbitrage", "--config", str(recipe(tmp_path, pool, teachers=teachers, echo_pairs=True))]) == 0
+    out = tmp_path / "arbitrage"
+    assert {r["teacher"] for r in read(out / "sft.jsonl")} == {"a"}
+    pairs = read(out / "pairs.jsonl")
+    echo = [p for p in pairs if p["rejected_by"] == "echo"]
+    assert len(echo) == len(PROMPTS) and all(p["rejected"][0]["content"] == p["prompt"][-1]["content"] for p in echo)
+    assert sum(p["rejected_by"] == "copy" for p in pairs) == len(PROMPTS)  # the rule decides these at any margin
+    assert all(p["chosen_by"] == "a" for p in pairs)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["echo_pairs"] == len(PROMPTS) and metrics["pair_statistics"]["chosen_echo_share"] == 0.0
+    assert metrics["sft_echo_share"] == 0.0 and metrics["candidate_echo_share"] == 0.5

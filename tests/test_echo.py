@@ -50,6 +50,8 @@ def test_echo_rule_flags_copies_and_passes_every_reference_answer(heldout):
     assert all(echo_flags(copies, prompts))
     assert all(echo_flags([c.upper().rstrip("?？") + " " + c for c in copies], prompts))  # shouted and repeated
     assert all(echo_flags([" ".join(c.split()[: max(1, len(c.split()) * 2 // 3)]) for c in copies], prompts))
+    cut = [c[: len(c) * 2 // 3] for c in copies]  # the token limit cuts a copy mid-word
+    assert all(echo_flags(cut, prompts)) and all(echo_flags([f"{c} {x}" for c, x in zip(copies, cut)], prompts))
     assert prompt_overlap("", prompts[0]) == 0.0 and not is_echo("", prompts[0])
     assert is_echo("Wie viele Kontinente gibt es auf der Erde?", "Wie viele Kontinente gibt es auf der Erde?")
     assert not is_echo("Auf der Erde gibt es sieben Kontinente.", "Wie viele Kontinente gibt es auf der Erde?")

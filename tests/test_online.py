@@ -240,3 +240,23 @@ def test_two_processes_sample_and_score_as_one_and_train_together(tmp_path, poli
         model = out / "iter_1" / "model"
         assert metrics["final_model"] == str(model / "merged" if lora else model), lora
         assert (out / "iter_0" / "heldout.jsonl").read_text() == (one / "iter_0" / "heldout.jsonl").read_text()
+
+
+def test_an_echo_is_never_chosen_and_echo_pairs_reject_the_prompt_itself():
+    prompts = [{"prompt": [{"role": "user", "content": q}], "lang": "de", "id": f"q{i}"}
+               for i, q in enumerate(["Wie viele Beine hat eine Spinne?", "Was ist die Hauptstadt von Italien?"])]
+    samples = [{"index": 0, "completions": ["Wie viele Beine hat eine Spinne?", "Acht.", "Sechs Beine."]},
+               {"index": 1, "completions": ["Was ist die Hauptstadt von Italien?", "Was ist die Hauptstadt?"]}]
+    scores = {0: [9.0, 1.0, 0.5], 1: [2.0, 1.0]}  # the ranker scores the echo highest, as PMI does
+    pairs = build_pairs(prompts, samples, scores, min_margin=0.0)
+    assert [(p["id"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
+        ("q0", "Acht.", "Wie viele Beine hat eine Spinne?")]  # q1: every sample an echo, no pair
+    with_echo = build_pairs(prompts, samples, scores, min_margin=0.0, echo_pairs=True)
+    # q0's own pair already rejects the prompt's text: no duplicate; a best sample with another worst gets both
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in with_echo] == [
+        ("Acht.", "Wie viele Beine hat eine Spinne?")]
+    samples[0]["completions"] = ["Acht.", "Sechs Beine."]
+    scores[0] = [1.0, 0.5]
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"], p.get("rejected_by")) for p in build_pairs(
+        prompts, samples, scores, min_margin=0.0, echo_pairs=True)] == [
+        ("Acht.", "Wie viele Beine hat eine Spinne?", "echo"), ("Acht.", "Sechs Beine.", None)]
