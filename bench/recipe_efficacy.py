@@ -118,7 +118,7 @@ def run_seed(seed: int, out: Path, iterations: int) -> dict:
     single_name, arbitrage_name = list(trained)
     comparisons = {
         "arbitrage vs best single teacher (global SFT)": (arbitrage_name, single_name),
-        f"merged clusters vs best cluster model ({best_cluster})": ("sft", best_cluster),
+        "merged clusters vs best cluster model": ("sft", best_cluster),
         "merged clusters vs global SFT on the same picks": ("sft", arbitrage_name),
         "offline DPO vs SFT (merged)": ("dpo-offline", "sft"),
         "online-1 vs offline DPO": ("online-1", "dpo-offline"),
@@ -130,7 +130,7 @@ def run_seed(seed: int, out: Path, iterations: int) -> dict:
         "SFT (merged) vs echo control": ("sft", ECHO),
         f"online-{iterations} vs echo control": (f"online-{iterations}", ECHO),
     }
-    return {"seed": seed, "teacher": teacher, "teacher_mean_scores": means, "seconds": seconds,
+    return {"seed": seed, "teacher": teacher, "teacher_mean_scores": means, "seconds": seconds, "best_cluster": best_cluster,
             "rows": {n: row(metrics, n) for n in [*models, ECHO]},
             "comparisons": {label: {"ours": a, "theirs": b, **paired(a, b)} for label, (a, b) in comparisons.items()},
             "per_language_echo_free": {n: {lang: v["score"] for lang, v in metrics["models"][n]["echo_free_chrf++"]
@@ -166,7 +166,8 @@ def _difference(d: dict, percent: bool = False) -> str:
 
 
 def table(result: dict) -> list[str]:
-    lines = [f"### Seed {result['seed']} (single teacher: {result['teacher']}; mean ranker scores "
+    lines = [f"### Seed {result['seed']} (single teacher: {result['teacher']}; best cluster model: "
+             f"{result['best_cluster']}; mean ranker scores "
              + ", ".join(f"{t} {s}" for t, s in result["teacher_mean_scores"].items()) + ")", "",
              "| model | echo-free chrF++ [95%] | chrF++ [95%] | echo rate | language fidelity [95%] | mean words |",
              "|---|---|---|---|---|---:|"]
@@ -221,12 +222,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", default="runs/bench/efficacy")
     parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--tables-only", action="store_true", help="rewrite efficacy.md from the seeds' saved results")
     opts = parser.parse_args()
     out = Path(opts.out)
     results = []
     for seed in opts.seeds:
-        results.append(run_seed(seed, out, opts.iterations))
-        (out / f"seed-{seed}" / "efficacy.json").write_text(json.dumps(results[-1], indent=2))
+        saved = out / f"seed-{seed}" / "efficacy.json"
+        results.append(json.loads(saved.read_text()) if opts.tables_only else run_seed(seed, out, opts.iterations))
+        saved.write_text(json.dumps(results[-1], indent=2))
     import torch
 
     lines = [f"Recipe efficacy: `python bench/recipe_efficacy.py --seeds {' '.join(map(str, opts.seeds))} "
