@@ -223,7 +223,7 @@ def test_two_processes_score_like_one(reward_dir, ranker, tmp_path):
     out = tmp_path / "scored.jsonl"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              str(REPO / "recipes" / "reward.py"), "score", "--model", str(reward_dir), "--input", str(candidates),
+              str(REPO / "recipes" / "reward_model.py"), "score", "--model", str(reward_dir), "--input", str(candidates),
               "--output", str(out), "--batch_size", "2"]
     result = subprocess.run(launch, env=subprocess_env(cpu=True), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
