@@ -24,12 +24,12 @@ from .config import build_dataclass, require
 from .console import print_table
 from .data import load_records
 from .data.languages import UnknownLanguage, normalize_lang
-from .echo import is_echo, prompt_text
+from .echo import is_echo
 from .errors import ConfigError
 from .generate import DecodingArgs, check_models, choose_backend, generate_logged, load_backend
 from .io import AppendLog, read_logs, save_figure, write_json, write_jsonl
 from .models import LoadingArgs, process_state, release_memory
-from .pairs import echo_choice, echo_pair, pair_statistics, preference_record, same_text
+from .pairs import echo_choice, echo_pair, pair_statistics, preference_record
 from .runs import StageRun
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,8 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
             candidate_rows.append({"id": prompt["id"], "lang": lang, "model": teacher, "sample": sample,
                                    "prompt": prompt["prompt"], "completion": completion, "score": score})
             sums[lang][teacher].append(score)
-        choice = echo_choice(prompt, [c for _, _, c in group], group_scores, job.args.min_margin)
+        texts = [c for _, _, c in group]
+        choice = echo_choice(prompt, texts, group_scores, job.args.min_margin)
         (best_by, _, best), (worst_by, _, worst) = group[choice.best], group[choice.worst]
         if choice.dropped == "all_echo":  # every teacher restated the question: nothing worth learning
             dropped["all_echo"] += 1
@@ -274,9 +275,10 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
         sft_rows.append({"messages": [*prompt["prompt"], {"role": "assistant", "content": best}], "lang": lang,
                          "id": prompt["id"], "source": "arbitrage", "teacher": best_by,
                          "score": group_scores[choice.best]})
-        if job.args.echo_pairs and (choice.dropped or not same_text(worst, prompt_text(prompt["prompt"]))):
-            pair_rows.append(echo_pair(prompt, best, source="arbitrage", chosen_score=group_scores[choice.best],
-                                       chosen_by=best_by))
+        echo = echo_pair(prompt, texts, choice, source="arbitrage", chosen_score=group_scores[choice.best],
+                         chosen_by=best_by) if job.args.echo_pairs else None
+        if echo:
+            pair_rows.append(echo)
         if choice.dropped:
             dropped[choice.dropped] += 1
             continue

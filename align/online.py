@@ -34,13 +34,13 @@ from reward.spec import parse_ranker
 
 from .config import build_dataclass, require
 from .data import hold_out_by_id, load_records
-from .echo import is_echo, prompt_text
+from .echo import is_echo
 from .embedded import DEFAULT_MODEL
 from .errors import ConfigError
 from .generate import DecodingArgs, GenerationArgs, choose_backend, generate_sharded, load_backend
 from .io import AppendLog, join_logs, read_logs, safe_name, save_figure, shard_log, write_json, write_jsonl
 from .models import LoadingArgs, release_memory
-from .pairs import echo_choice, echo_pair, outcome_of_scores, same_text, pair_statistics, preference_record, tally_with_rates
+from .pairs import echo_choice, echo_pair, outcome_of_scores, pair_statistics, preference_record, tally_with_rates
 from .runs import StageRun
 from .timing import Stopwatch
 
@@ -350,15 +350,13 @@ def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list
     with `echo_pairs`, also the best sample vs the prompt itself."""
     pairs = []
     for record in samples:
-        completions, values = record["completions"], scores[record["index"]]
-        choice = echo_choice(prompts[record["index"]], completions, values, min_margin)
-        prompt = prompts[record["index"]]
-        if echo_pairs and choice.dropped != "all_echo" and (
-                choice.dropped or not same_text(completions[choice.worst], prompt_text(prompt["prompt"]))):
-            pairs.append(echo_pair(prompts[record["index"]], completions[choice.best],
-                                   chosen_score=values[choice.best]))
+        prompt, completions, values = prompts[record["index"]], record["completions"], scores[record["index"]]
+        choice = echo_choice(prompt, completions, values, min_margin)
+        echo = echo_pair(prompt, completions, choice, chosen_score=values[choice.best]) if echo_pairs else None
+        if echo:
+            pairs.append(echo)
         if choice.dropped is None:
-            pairs.append(preference_record(prompts[record["index"]], completions[choice.best],
+            pairs.append(preference_record(prompt, completions[choice.best],
                                            completions[choice.worst], chosen_score=values[choice.best],
                                            rejected_score=values[choice.worst]))
     return pairs

@@ -99,14 +99,17 @@ def pair_statistics(pairs: Sequence[dict]) -> dict:
                                          4)}
 
 
-def echo_pair(prompt: dict, chosen: str, **extra) -> dict:
-    """The pair (an answer, the prompt itself as the answer): what a student that repeats the question has to unlearn.
-    A small student fine-tuned on answers that restate the question's words learns to restate the whole question
-    where it knows no answer (the demo's SFT: a third of its held-out answers); DPO on these pairs unlearns it.
-    Callers skip it where the prompt's own pair already rejects the same text."""
+def echo_pair(prompt: dict, texts: Sequence[str], choice: PairChoice, **extra) -> dict | None:
+    """The pair (the prompt's pick, the prompt itself as the answer): what a student that repeats the question has to
+    unlearn. A small student fine-tuned on answers that restate the question's words learns to restate the whole
+    question where it knows no answer (the demo's SFT: a third of its held-out answers); DPO on these pairs unlearns
+    it. None where there is no pick (every completion an echo) or the prompt's own pair already rejects that text."""
     from .echo import prompt_text
 
-    return preference_record(prompt, chosen, prompt_text(prompt["prompt"]), rejected_by="echo", **extra)
+    echo = prompt_text(prompt["prompt"])
+    if choice.dropped == "all_echo" or (choice.dropped is None and same_text(texts[choice.worst], echo)):
+        return None
+    return preference_record(prompt, texts[choice.best], echo, rejected_by="echo", **extra)
 
 
 def preference_record(prompt: dict, chosen: str, rejected: str, **extra) -> dict:

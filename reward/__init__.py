@@ -7,8 +7,8 @@ def load_ranker(spec: dict, model_args=None, *, log_dir=None):
     `{rule: language}` (a LanguageRanker), with batch_size, max_length (reward model), max_new_tokens, explain and
     backend (judge: auto, transformers or vllm). Every model ranker is wrapped in WithRulePenalties: an answer that
     restates its prompt loses `echo_penalty` (default reward.rules.ECHO_PENALTY; 0 turns it off), one in the wrong
-    language `language_penalty` per failed check (default 0). `{api: {base_url, model, api_key_env, ...}}` is a judge behind an OpenAI-compatible endpoint;
-    its responses are logged under `log_dir` (the stage's partial directory), so a resumed run pays for none twice.
+    language `language_penalty` per failed check (default 0). `{api: {base_url, model, api_key_env, ...}}` is a
+    judge behind an OpenAI-compatible endpoint; its responses are logged under `log_dir` (the stage's partial directory), so a resumed run pays for none twice.
     Arbitrage, online DPO and evaluation all build theirs here."""
     from .rules import ECHO_PENALTY, LanguageRanker, WithRulePenalties
 
