@@ -113,7 +113,7 @@ def build_dpo_trainer(job: TrainingJob, records: list[dict]):
 
     trainer = PackedDPOTrainer(model=policy, ref_model=ref, args=job.training,
                                train_dataset=preference_dataset(records), processing_class=tokenizer,
-                               peft_config=lora_config(job.lora) if job.lora else None, pack=pack)
+                               peft_config=lora_config(job.lora, policy, source=job.source) if job.lora else None, pack=pack)
     if job.training.precompute_ref_log_probs and trainer.ref_model is not None:
         trainer.ref_model = None  # its log-probs are in the dataset now: free it
         del ref

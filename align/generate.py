@@ -162,12 +162,13 @@ class TransformersBackend:
     """
 
     def __init__(self, model, tokenizer, *, packed_prefill: bool | None = None):
-        from .segment_attention import can_use
+        from .segment_attention import can_use, full_causal, unwrapped
 
         self.model, self.tokenizer = model, tokenizer
         self.generated_tokens = 0  # new tokens before each sequence's end (benchmarks, progress reports)
         if packed_prefill is None:
-            packed_prefill = next(model.parameters()).device.type == "cpu" and can_use(model)
+            packed_prefill = (next(model.parameters()).device.type == "cpu" and can_use(model)
+                              and full_causal(unwrapped(model).config))
         self.packed_prefill = packed_prefill
 
     def prefilled_cache(self, encoded: list[list[int]], width: int, copies: int, room: int, device):
@@ -175,7 +176,7 @@ class TransformersBackend:
         prompt (the rows `generate` would make for num_return_sequences), with room for `room` new tokens.
 
         One forward pass computes it over the prompts packed into one row (position ids restart per prompt and
-        `sdpa_packed` keeps them apart): nothing is spent on padding, and short prompts share one pass (the gain over
+        `per_example` keeps them apart): nothing is spent on padding, and short prompts share one pass (the gain over
         one pass per prompt is in BENCHMARKS.md, bench/generate_parts.py)."""
         from transformers import DynamicCache
 
@@ -186,7 +187,7 @@ class TransformersBackend:
         packed = DynamicCache(config=self.model.config)
         with torch.no_grad(), packed_attention(self.model) as switched:
             if not switched:
-                raise ValueError("packed prefill needs a model that can run sdpa_packed attention")
+                raise ValueError("packed prefill needs a model that can run per_example attention")
             self.model(input_ids=torch.tensor([sum(heads, [])], device=device), use_cache=True,
                        position_ids=torch.cat([torch.arange(len(h)) for h in heads])[None].to(device),
                        past_key_values=packed, logits_to_keep=1)

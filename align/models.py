@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,12 +28,13 @@ ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 @dataclass
 class LoraArgs:
-    """LoRA defaults from the native-vs-translated instruction-tuning study: r=8, alpha=16, dropout 0.05 on q,k,v."""
+    """LoRA defaults from the native-vs-translated instruction-tuning study: r=8, alpha=16, dropout 0.05. With no
+    `target_modules`, the architecture's own: peft's default for the family, else every linear layer."""
 
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+    target_modules: list[str] | str | None = None
     bias: str = "none"
     modules_to_save: list[str] | None = None
     # peft's: adapt only these decoder layers (e.g. the top few); backward then stops at the lowest of them, which
@@ -57,7 +58,7 @@ class LoadingArgs:
                                                            f"{', '.join(ATTENTION)})")
         getattr(super(), "__post_init__", lambda: None)()
 
-    def model_args(self, model: str = DEFAULT_MODEL) -> "ModelArgs":
+    def model_args(self, model: str = DEFAULT_MODEL) -> ModelArgs:
         """`model` loaded the way this config says (a ranker's loader takes the model name from its own spec)."""
         return ModelArgs(model=model, dtype=self.dtype, attn_implementation=self.attn_implementation,
                          trust_remote_code=self.trust_remote_code)
@@ -198,13 +199,10 @@ def load_model(args: ModelArgs, *, device_map=None):
     path = model_path(args.model)
     if adapter_base(Path(path)):
         return _load_adapter(args, Path(path))
-    kwargs = dict(dtype=dtype, attn_implementation=attention, trust_remote_code=args.trust_remote_code,
-                  revision=args.revision, use_safetensors=True, **_placement(quant, device_map))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as e:
-        raise PolyalignError(f"model '{args.model}': cannot load ({str(e).splitlines()[0]}); polyalign loads "
-                             "safetensors checkpoints only") from None
+    kwargs = dict(dtype=dtype, trust_remote_code=args.trust_remote_code, revision=args.revision,
+                  use_safetensors=True, **_placement(quant, device_map))
+    model, attention = _with_attention(
+        lambda attempt: AutoModelForCausalLM.from_pretrained(path, attn_implementation=attempt, **kwargs), args, attention)
     log.info("loaded %s (%s, %s, attention=%s)", args.model, sum(p.numel() for p in model.parameters()), dtype, attention)
     return model
 
@@ -218,12 +216,56 @@ def _load_adapter(args: ModelArgs, path: Path):
 
 
 # Not trl's get_peft_config: it takes a trl ModelConfig (use_peft, lora_r, ...) and always sets bias="none".
-def lora_config(lora: LoraArgs):
+def lora_config(lora: LoraArgs, model, task_type: str = "CAUSAL_LM", source: str | None = None):
     from peft import LoraConfig
 
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora_targets(lora.target_modules, model, source),
                       bias=lora.bias, modules_to_save=lora.modules_to_save,
-                      layers_to_transform=lora.layers_to_transform, task_type="CAUSAL_LM")
+                      layers_to_transform=lora.layers_to_transform, task_type=task_type)
+
+
+def linear_module_names(model) -> list[str]:
+    """The distinct names (last component) of the model's linear layers, its output heads left out."""
+    heads = {"lm_head", "score", "classifier"}
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in heads})
+
+
+def lora_targets(targets: list[str] | str | None, model, source: str | None = None) -> list[str] | str:
+    """What LoRA adapts, checked against the model: unset gives peft's default for the architecture (Llama's q, v) or,
+    for a family peft has none for, every linear layer by name (Phi-3's fused qkv_proj, Cohere's; in an MoE of
+    transformers 5 the experts are fused 3D weights, not layers, so attention); a name or regex that matches
+    no module is a ConfigError listing the linear layers the model has. Logs what is targeted."""
+    import re
+
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS,
+    )
+
+    model_type = model.config.model_type
+    linear = linear_module_names(model)
+    how = "as asked"
+    if targets is None:
+        targets = PEFT_DEFAULTS.get(model_type)
+        how = (f"peft's default for {model_type}" if targets else
+               f"every linear layer, peft having no default for {model_type}; fused expert weights are not layers")
+        targets = list(targets or linear)
+    if targets == "all-linear":
+        chosen = linear
+    elif isinstance(targets, str):
+        chosen = [name for name in linear if re.fullmatch(targets, name)]
+        if not any(re.fullmatch(targets, name) for name, _ in model.named_modules()):
+            raise ConfigError(source, "lora.target_modules", f"{targets!r} matches no module of {model_type}; its "
+                              f"linear layers: {', '.join(linear)}")
+    else:
+        missing = [t for t in targets if t not in linear]
+        if missing:
+            raise ConfigError(source, "lora.target_modules", f"{', '.join(missing)}: no such linear layer in "
+                              f"{model_type}; its linear layers: {', '.join(linear)}")
+        chosen = list(targets)
+    log.info("LoRA targets (%s): %s", how, ", ".join(chosen))
+    return targets
 
 
 # ---------------------------------------------------------------------------------------------------- reward models
@@ -294,23 +336,57 @@ def _reward_config(args: ModelArgs, path: str, new_head: bool):
 
 
 def _classifier_from_pretrained(args: ModelArgs, path: str, attention: str, kwargs: dict, head_seed: int | None):
-    """(model, attention used); a new head is initialised from `head_seed`. Under `auto`, an architecture without
-    sdpa (some encoders) falls back to eager."""
-    from transformers import AutoModelForSequenceClassification
+    """(model, attention used); a new head is initialised from `head_seed`. A family transformers gives no
+    sequence classifier (Cohere, Cohere2, ...) gets `sequence_classifier_class`: its backbone and a last-token head."""
+    from transformers import AutoConfig
 
-    for attempt in ([attention, "eager"] if args.attn_implementation == "auto" and attention != "eager" else [attention]):
+    config = AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code, revision=args.revision)
+    classifier = sequence_classifier_class(config)
+
+    def load(attempt: str):
+        with contextlib.nullcontext() if head_seed is None else _fresh_head(head_seed):
+            return classifier.from_pretrained(path, attn_implementation=attempt, **kwargs)
+
+    return _with_attention(load, args, attention, "as a reward model")
+
+
+def sequence_classifier_class(config):
+    """transformers' sequence classifier for this config, or, where the family has none, the same Bradley–Terry model
+    built the way transformers builds its generic ones (GenericForSequenceClassification: the family's backbone and a
+    linear score head read at the last non-pad token). It saves as `<Family>ForSequenceClassification`; loading it
+    outside polyalign takes this function (README, "Reward models")."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.modeling_layers import GenericForSequenceClassification
+
+    if type(config) in AutoModelForSequenceClassification._model_mapping:
+        return AutoModelForSequenceClassification
+    try:
+        causal = AutoModelForCausalLM._model_mapping[type(config)]
+    except KeyError:
+        raise PolyalignError(f"{config.model_type}: transformers has neither a sequence classifier nor a causal LM "
+                             "for this family, so polyalign cannot build a reward model on it") from None
+    pretrained = next(base for base in causal.__mro__[1:] if base.__name__.endswith("PreTrainedModel"))
+    name = causal.__name__.replace("ForCausalLM", "ForSequenceClassification")
+    # The family's modeling module as its home: transformers reads that module's source to allow attention switches.
+    return type(name, (GenericForSequenceClassification, pretrained), {"__module__": causal.__module__})
+
+
+def _with_attention(load, args: ModelArgs, attention: str, what: str = ""):
+    """(load(attention), attention used). Under `auto`, a family without sdpa (Gemma 2's soft-capped logits, some
+    encoders) gets eager, as transformers itself would choose."""
+    attempts = [attention, "eager"] if args.attn_implementation == "auto" and attention not in ("eager",) else [attention]
+    for attempt in attempts:
         try:
-            with contextlib.nullcontext() if head_seed is None else _fresh_head(head_seed):
-                model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=attempt, **kwargs)
-            return model, attempt
+            return load(attempt), attempt
         except ValueError as e:
-            if "attn_implementation" in str(e) or "does not support" in str(e):
+            if attempt != attempts[-1] and ("attn_implementation" in str(e) or "does not support" in str(e)):
                 continue
-            raise PolyalignError(f"model '{args.model}': cannot load as a reward model ({str(e).splitlines()[0]})") from None
+            raise PolyalignError(f"model '{args.model}': cannot load{' ' + what if what else ''} "
+                                 f"({str(e).splitlines()[0]})") from None
         except OSError as e:
             raise PolyalignError(f"model '{args.model}': cannot load ({str(e).splitlines()[0]}); polyalign loads "
                                  "safetensors checkpoints only") from None
-    raise PolyalignError(f"model '{args.model}': no attention backend among sdpa, eager supports it")
+    raise AssertionError("unreachable")
 
 
 def _load_reward_adapter(args: ModelArgs, path: Path, **kwargs):
@@ -333,21 +409,9 @@ def _fresh_head(seed: int):
         yield
 
 
-def reward_lora_config(lora: LoraArgs, model):
-    """LoRA for a reward model: task SEQ_CLS, so peft also trains and saves the new head (score / classifier).
-
-    The default targets (q_proj, k_proj, v_proj) are decoder names; on a model without them (BERT-style encoders
-    name theirs query/key/value) peft's per-architecture default is used instead.
-    """
-    from peft import LoraConfig
-
-    targets = lora.target_modules
-    default = LoraArgs().target_modules
-    if targets == default and not any(name.split(".")[-1] in default for name, _ in model.named_modules()):
-        targets = None
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                      bias=lora.bias, modules_to_save=lora.modules_to_save,
-                      layers_to_transform=lora.layers_to_transform, task_type="SEQ_CLS")
+def reward_lora_config(lora: LoraArgs, model, source: str | None = None):
+    """LoRA for a reward model: task SEQ_CLS, so peft also trains and saves the new head (score / classifier)."""
+    return lora_config(lora, model, task_type="SEQ_CLS", source=source)
 
 
 def to_gpu_if_available(model):

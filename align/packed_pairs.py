@@ -5,7 +5,7 @@ and multilingual pairs are length-skewed (SmolLM2's tokenizer spends several tim
 English), so much of what the model reads is padding. Here the padded batch stays the trainer's bookkeeping
 (completion masks, the chosen/rejected halves, per-row lengths), but the model reads only its real tokens: one row,
 position ids restarting at each sequence, no attention mask, so that each sequence attends to itself alone —
-`sdpa_packed` on sdpa (align.segment_attention), the varlen kernels on flash-attention. The outputs are put back in
+`per_example` on sdpa (align.segment_attention), the varlen kernels on flash-attention. The outputs are put back in
 the padded shape, so trl's loss code runs unchanged on them: every loss type, `ld_alpha`, `use_weighting`, and the
 live, adapter-disabled or precomputed reference.
 
@@ -60,13 +60,13 @@ class PaddingFreeArgs:
 
 
 def backend(model) -> str | None:
-    """The attention that keeps the packed sequences of this model apart: `varlen` (flash-attention), `sdpa_packed`
-    (sdpa, every layer full causal), or None (eager and other backends, sliding windows on sdpa)."""
+    """The attention that keeps the packed sequences of this model apart: `varlen` (flash-attention), `per_example`
+    (sdpa or eager, every layer full or windowed causal attention), or None (other backends and layer kinds)."""
     base = segment_attention.unwrapped(model)
     attention = base.config._attn_implementation
     if uses_flattened_packs(attention):
         return "varlen"
-    if attention in ("sdpa", segment_attention.NAME) and segment_attention.can_use(model):
+    if attention in ("sdpa", "eager", segment_attention.NAME) and segment_attention.can_use(model):
         return segment_attention.NAME
     return None
 
@@ -83,7 +83,8 @@ def choose(requested, models, *, scores: bool = False, source: str | None = None
         why = None
         if kind is None:
             why = (f"{base.config.model_type} on {base.config._attn_implementation} cannot keep packed sequences "
-                   "apart (it needs flash-attention, or sdpa with full causal attention in every layer)")
+                   "apart (it needs flash-attention, or sdpa or eager with full or sliding-window causal attention in "
+                   "every layer)")
         elif scores and not can_score_packed(model):
             why = f"{type(base).__name__} is not a decoder's sequence classifier"
         if why:

@@ -4,8 +4,8 @@ Three layouts (`packed_attention` in an SFT recipe; `auto` picks per backend and
 
 - `varlen` (flash-attention): trl's padding-free collator flattens a batch of packs into one row and sends the
   sequence boundaries (cu_seqlens) to the varlen kernels; no mask, no padding.
-- `segments` (sdpa, default on CPU): the same flattened row, with attention computed per example by the
-  `sdpa_packed` backend (align.segment_attention): Σℓ² work, no mask, no padding.
+- `segments` (sdpa or eager, default on CPU): the same flattened row, with attention computed per example by the
+  `per_example` backend (align.segment_attention): Σℓ² work, no mask, no padding.
 - `rows` (eager, and sdpa on CUDA, where it is the layout measured on a GPU): on these backends transformers turns
   the restarting position ids into a block-diagonal mask over the row: one (B*L)^2 mask for a flattened batch of B
   packs of L tokens, where B*L^2 would do. On an H100 that made packed SFT slower than padding (BENCHMARKS.md).
@@ -28,6 +28,8 @@ VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3")
 
 
 LAYOUTS = ("auto", "segments", "rows")
+# Backends that `per_example` replaces for the flattened layout (eager: Gemma 2, whose soft-capping sdpa lacks).
+PER_EXAMPLE_BACKENDS = ("sdpa", "eager")
 
 
 def uses_flattened_packs(attn_implementation: str | None) -> bool:
@@ -41,10 +43,10 @@ def choose_layout(requested: str, attn_implementation: str | None, on_cuda: bool
     if uses_flattened_packs(attn_implementation):
         return "varlen"
     if requested != "auto":
-        if requested == "segments" and attn_implementation != "sdpa":
-            raise ValueError(f"packed_attention 'segments' runs on sdpa, not {attn_implementation}")
+        if requested == "segments" and attn_implementation not in PER_EXAMPLE_BACKENDS:
+            raise ValueError(f"packed_attention 'segments' runs on sdpa or eager, not {attn_implementation}")
         return requested
-    return "segments" if attn_implementation == "sdpa" and not on_cuda else "rows"
+    return "segments" if attn_implementation in PER_EXAMPLE_BACKENDS and not on_cuda else "rows"
 
 
 @dataclass

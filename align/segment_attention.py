@@ -2,14 +2,18 @@
 
 transformers keeps packed examples apart on sdpa by building a dense block-diagonal mask over every row (L² per row,
 or (B·L)² for trl's flattened batch) and running sdpa's masked kernel over it: each token pays attention to the
-whole row although it may see only its own example. This backend (registered as `sdpa_packed`) cuts the row at
+whole row although it may see only its own example. This backend (registered as `per_example`) cuts the row at
 the example boundaries — wherever the position ids stop counting up by one (the rule transformers itself uses to
 detect packing) — and calls
 `torch.nn.functional.scaled_dot_product_attention(..., is_causal=True)` once per example: Σℓᵢ² work instead of L²,
-no mask to build, and no padding needed, so the flattened batch (100% real tokens) costs nothing extra.
+no mask to build, and no padding needed, so the flattened batch (100% real tokens) costs nothing extra. A layer's
+sliding window (Gemma 2/3, Cohere2, Mistral) applies within each example, as transformers' own mask would apply it
+(an example longer than its window gets a banded ℓ×ℓ mask), and Gemma 2's soft-capped logits go through its own
+eager attention, one example at a time: packing stays exact on every family whose layers are full or windowed.
 
 Whenever there is a mask to honour (padding in generation, a KV cache longer than the query, a bidirectional
-module), it hands over to transformers' own sdpa unchanged; the mask function below lets transformers build those
+module), it hands over to transformers' own sdpa unchanged (the family's eager attention where logits are
+soft-capped); the mask function below lets transformers build those
 masks as it does for sdpa and returns None only for the maskless, cacheless case handled here.
 """
 
@@ -20,7 +24,7 @@ from typing import Iterator
 
 import torch
 
-NAME = "sdpa_packed"
+NAME = "per_example"
 
 _last_bounds: tuple[object, list[list[tuple[int, int]]]] | None = None  # (position_ids tensor, bounds): one per forward
 
@@ -49,56 +53,101 @@ def _bounds(batch: int, kwargs: dict) -> list[list[tuple[int, int]]] | None:
     return _last_bounds[1]
 
 
-def sdpa_packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+def per_example_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                           is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     batch, _, q_length, _ = query.shape
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    bounds = None
-    if attention_mask is None and causal and q_length > 1 and key.shape[2] == q_length:
-        if kwargs.get("sliding_window") is not None:
-            raise ValueError(f"{NAME} does not implement sliding-window attention; use sdpa")
-        bounds = _bounds(batch, kwargs)
-    if bounds is None or all(len(row) == 1 for row in bounds):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+    window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
+    if kwargs.get("s_aux") is not None:
+        raise ValueError(f"{NAME} does not implement attention sinks (s_aux)")
+    if attention_mask is None and causal and key.shape[2] == q_length:
+        bounds = _bounds(batch, kwargs) or [[(0, q_length)]] * batch
+        rows = [torch.cat([_one_example(module, query[row: row + 1, :, a:b], key[row: row + 1, :, a:b],
+                                        value[row: row + 1, :, a:b], dropout, scaling, window, softcap)
+                           for a, b in segments], dim=2)
+                for row, segments in enumerate(bounds)]
+        output = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
+        return output.transpose(1, 2).contiguous(), None
+    if softcap is not None:  # sdpa has no soft-capping: the family's own eager attention, on sdpa's boolean mask
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            attention_mask = torch.zeros_like(attention_mask, dtype=query.dtype).masked_fill(
+                ~attention_mask, torch.finfo(query.dtype).min)
+        return _family_eager(module)(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                     softcap=softcap, **kwargs)[0], None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  is_causal=is_causal, **kwargs)
 
+
+def _one_example(module, query, key, value, dropout, scaling, window, softcap) -> torch.Tensor:
+    """Causal attention within one example ([1, heads, ℓ, dim]), under the layer's sliding window and soft-capping:
+    sdpa's fused causal kernel where neither applies."""
+    length = query.shape[2]
     gqa = getattr(module, "num_key_value_groups", 1) > 1
-    rows = []
-    for row, segments in enumerate(bounds):
-        q, k, v = query[row: row + 1], key[row: row + 1], value[row: row + 1]
-        rows.append(torch.cat([
-            torch.nn.functional.scaled_dot_product_attention(
-                q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True,
-                enable_gqa=gqa)
-            for a, b in segments], dim=2))
-    output = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
-    return output.transpose(1, 2).contiguous(), None
+    if softcap is None and (window is None or length <= window):
+        return torch.nn.functional.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling,
+                                                                is_causal=True, enable_gqa=gqa)
+    positions = torch.arange(length, device=query.device)
+    allowed = positions[None, :] <= positions[:, None]
+    if window is not None:  # transformers' sliding_window_overlay: kv_idx > q_idx - window
+        allowed &= positions[None, :] > positions[:, None] - window
+    if softcap is None:
+        return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed, dropout_p=dropout,
+                                                                scale=scaling, enable_gqa=gqa)
+    additive = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(
+        ~allowed, torch.finfo(query.dtype).min)
+    output = _family_eager(module)(module, query, key, value, additive, dropout=dropout, scaling=scaling,
+                                   softcap=softcap)[0]
+    return output.transpose(1, 2)  # eager returns [1, ℓ, heads, dim]
 
 
-def sdpa_packed_mask(*args, q_length: int, kv_length: int, attention_mask: torch.Tensor | None = None, **kwargs):
-    """No mask where the attention above needs none (no padding, no cache); sdpa's own mask everywhere else."""
+def _family_eager(module):
+    """The eager attention of the module's own modeling file (Gemma 2's soft-capping lives there)."""
+    import sys
+
+    function = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if function is None:
+        raise ValueError(f"{NAME}: soft-capped attention needs {type(module).__module__}.eager_attention_forward")
+    return function
+
+
+def per_example_mask(*args, q_length: int, kv_length: int, attention_mask: torch.Tensor | None = None,
+                     local_size: int | None = None, config=None, **kwargs):
+    """No mask where the attention above needs none (no padding, no cache; a sliding window it applies itself, as the
+    layers pass it their window); sdpa's own mask everywhere else, which transformers builds packing-aware."""
     from transformers.masking_utils import sdpa_mask
 
-    if attention_mask is None and q_length == kv_length and kwargs.get("local_size") is None:
+    if attention_mask is None and q_length == kv_length and local_size in (None, getattr(config, "sliding_window", None)):
         return None
-    return sdpa_mask(*args, q_length=q_length, kv_length=kv_length, attention_mask=attention_mask, **kwargs)
+    return sdpa_mask(*args, q_length=q_length, kv_length=kv_length, attention_mask=attention_mask,
+                     local_size=local_size, config=config, **kwargs)
 
 
 def register() -> str:
-    """Make `sdpa_packed` a transformers attention backend (idempotent); returns its name."""
+    """Make `per_example` a transformers attention backend (idempotent); returns its name."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(NAME, sdpa_packed_attention)
-    AttentionMaskInterface.register(NAME, sdpa_packed_mask)
+    AttentionInterface.register(NAME, per_example_attention)
+    AttentionMaskInterface.register(NAME, per_example_mask)
     return NAME
 
 
+ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
+
+
 def supports(config) -> bool:
-    """Full causal attention in every layer: no sliding windows or other per-layer masks to drop."""
+    """Causal attention, full or in a sliding window, in every layer: the per-example attention above is exact. Chunked
+    attention and linear or recurrent layers are not handled."""
+    if getattr(config, "attention_chunk_size", None):
+        return False
+    return set(getattr(config, "layer_types", None) or ()) <= ATTENTION_LAYERS
+
+
+def full_causal(config) -> bool:
+    """Full causal attention in every layer (no sliding window): what a packed KV cache can be cut from."""
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return False
     layer_types = getattr(config, "layer_types", None)
@@ -116,7 +165,7 @@ def can_use(model) -> bool:
 
 
 def use_for(model) -> bool:
-    """Switch a loaded model (or a peft wrapper around one) to `sdpa_packed`; False where it would not be exact."""
+    """Switch a loaded model (or a peft wrapper around one) to `per_example`; False where it would not be exact."""
     if not can_use(model):
         return False
     unwrapped(model).set_attn_implementation(register())
@@ -125,7 +174,7 @@ def use_for(model) -> bool:
 
 @contextmanager
 def packed_attention(model) -> Iterator[bool]:
-    """`sdpa_packed` for the duration of the block (yields whether the model is on it), then the model's own backend."""
+    """`per_example` for the duration of the block (yields whether the model is on it), then the model's own backend."""
     base = unwrapped(model)
     previous = base.config._attn_implementation
     switched = previous != NAME and use_for(model)

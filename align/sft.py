@@ -145,7 +145,7 @@ def packing_stats(dataset, max_length: int) -> dict:
 
 
 def packing_layout(job: SFTJob, model) -> str:
-    """Pick the layout for the model's attention backend; on `segments`, switch the model to `sdpa_packed`."""
+    """Pick the layout for the model's attention backend; on `segments`, switch the model to `per_example`."""
     from . import segment_attention
 
     try:
@@ -155,8 +155,8 @@ def packing_layout(job: SFTJob, model) -> str:
         raise ConfigError(job.source, "packed_attention", str(e)) from None
     if layout == "segments" and not segment_attention.use_for(model):
         if job.args.packed_attention == "segments":
-            raise ConfigError(job.source, "packed_attention", f"{model.config.model_type} has sliding-window or "
-                              "mixed attention layers; use 'rows'")
+            raise ConfigError(job.source, "packed_attention", f"{model.config.model_type} has layers "
+                              "that per-example attention does not handle (chunked, linear or recurrent); use 'rows'")
         layout = "rows"
     return layout
 
@@ -185,7 +185,7 @@ def build_trainer(job: SFTJob, records: list[dict], eval_records: list[dict] | N
     if job.training.packing:
         layout = packing_layout(job, model)
     trainer = SFTTrainer(model=model, args=job.training, train_dataset=dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, peft_config=lora_config(job.lora) if job.lora else None)
+                         processing_class=tokenizer, peft_config=lora_config(job.lora, model, source=job.source) if job.lora else None)
     if layout == "rows":
         trainer.data_collator = PackRowsCollator(tokenizer.pad_token_id, job.training.pad_to_multiple_of)
     if layout:  # varlen and segments keep trl's flattened padding-free collator (cu_seqlens, first tokens unlabelled)

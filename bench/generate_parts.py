@@ -1,6 +1,6 @@
 """The two parts of CPU generation that align.generate speeds up, each against what transformers does by itself.
 
-Prefill: a batch's prompts in one forward pass, packed into one row on `sdpa_packed` (TransformersBackend's CPU
+Prefill: a batch's prompts in one forward pass, packed into one row on `per_example` (TransformersBackend's CPU
 path), against one forward pass per prompt; tokens/s, best of 3. Decoding: one step's time with transformers'
 DynamicCache (grows by torch.cat) against align.kv_cache's preallocated cache; same model and random prompt caches,
 greedy, `--steps` forced new tokens, each shape twice per cache, alternating (the first run of a shape also pays

@@ -176,7 +176,7 @@ class RewardStage(TrainingStage):
         return PackedRewardTrainer(model=model, args=job.training, train_dataset=self.train_data,
                                    eval_dataset=self.eval_data, processing_class=self.tokenizer,
                                    callbacks=self.callbacks, pack=pack,
-                                   peft_config=reward_lora_config(job.lora, model) if job.lora else None)
+                                   peft_config=reward_lora_config(job.lora, model, job.source) if job.lora else None)
 
     def starting(self, resume: str | None) -> str:
         return f"Batches {self.layout}" + (f"; resuming from {resume}" if resume else "")

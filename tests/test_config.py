@@ -177,7 +177,7 @@ def test_bad_value_type_names_the_key(tmp_path):
 def test_lora_true_gives_the_defaults(tmp_path):
     lora = parse(tmp_path, lora=True).lora
     assert (lora.r, lora.alpha, lora.dropout) == (8, 16, pytest.approx(0.05))
-    assert lora.target_modules == ["q_proj", "k_proj", "v_proj"]
+    assert lora.target_modules is None  # the architecture's own: align.models.lora_targets
 
 
 def test_lora_mapping_overrides_some_defaults(tmp_path):

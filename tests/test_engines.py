@@ -74,7 +74,7 @@ def test_zero3_lora_dpo_saves_the_ddp_adapter_and_its_merge(tiny_model_dir, tmp_
     metrics = {e: json.loads((tmp_path / e / "metrics.json").read_text()) for e in ("ddp", "zero3")}
     assert metrics["zero3"]["engine"] == "DeepSpeed ZeRO-3"
     for m in metrics.values():  # packed by default, the share of real tokens gathered over both processes
-        assert m["padding_free"] == "packed (sdpa_packed)" and m["real_token_fraction"] == 1.0, m
+        assert m["padding_free"] == "packed (per_example)" and m["real_token_fraction"] == 1.0, m
     assert_same_weights(tmp_path / "ddp", tmp_path / "zero3")  # the adapters
     # Under ZeRO-3 the merge is made from the saved adapter, not from partitioned parameters: the same model.
     assert_same_weights(tmp_path / "ddp" / "merged", tmp_path / "zero3" / "merged")

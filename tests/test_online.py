@@ -85,7 +85,7 @@ def test_one_iteration_raises_the_heldout_reward(tmp_path, policy, reward):
     assert first["heldout_reward_mean"] > summary["start"]["heldout_reward_mean"] + 0.15, summary
     assert first["vs_previous"]["win_rate"] > 0.5
     assert set(first["seconds"]) == {"sampling", "scoring", "training", "heldout"}
-    assert first["training"]["padding_free"] == "packed (sdpa_packed)"
+    assert first["training"]["padding_free"] == "packed (per_example)"
     assert first["training"]["real_token_fraction"] == 1.0
     held = [json.loads(line) for line in (out / "iter_1" / "heldout.jsonl").read_text().splitlines()]
     assert [h["score"] for h in held] == pytest.approx([reward.reward(h["completion"]) for h in held])

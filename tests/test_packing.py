@@ -139,9 +139,10 @@ def test_layout_follows_the_attention_backend(tiny_model_dir, chat_file, tmp_pat
     assert choose_layout("auto", "flash_attention_2", on_cuda=True) == "varlen"
     assert choose_layout("auto", "sdpa", on_cuda=False) == "segments"
     assert choose_layout("auto", "sdpa", on_cuda=True) == "rows"
-    assert choose_layout("auto", "eager", on_cuda=False) == "rows"
-    with pytest.raises(ValueError, match="runs on sdpa"):
-        choose_layout("segments", "eager", on_cuda=False)
+    assert choose_layout("auto", "eager", on_cuda=False) == "segments"  # Gemma 2: per-example eager, soft-capped
+    assert choose_layout("auto", "eager", on_cuda=True) == "rows"
+    with pytest.raises(ValueError, match="runs on sdpa or eager"):
+        choose_layout("segments", "flex_attention", on_cuda=False)
     rows, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, "sdpa", "rows")
     assert isinstance(rows.data_collator, PackRowsCollator)
     segments, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, "sdpa")  # auto on CPU

@@ -59,7 +59,7 @@ def test_packed_dpo_equals_trls_padded_path(tiny_model_dir, tmp_path, overrides)
     padded, batch, layout = dpo_trainer(tiny_model_dir, tmp_path, False, **overrides)
     assert layout.startswith("padded")
     packed, packed_batch, layout = dpo_trainer(tiny_model_dir, tmp_path, True, **overrides)
-    assert layout == "packed (sdpa_packed)"
+    assert layout == "packed (per_example)"
     lengths = batch["attention_mask"].sum(1)
     assert lengths.max() > 2 * lengths.min()  # skewed: the padded batch is mostly padding in its short rows
     (logps, loss, grads), (packed_logps, packed_loss, packed_grads) = step(padded, batch), step(packed, packed_batch)
@@ -103,13 +103,21 @@ def test_a_leak_across_packed_sequences_would_be_caught(tiny_model_dir, tmp_path
     assert (leaky - expected)[1:].abs().min() > 1e-3  # every sequence after the first sees another one
 
 
-def test_padding_free_true_on_a_backend_that_cannot_pack_names_the_key(tiny_model_dir, tmp_path, capsys):
+def test_padding_free_true_on_a_model_that_cannot_pack_names_the_key(tiny_model_dir, tmp_path, tokenizer, capsys):
+    """LFM2 alternates convolutions with attention: a convolution would mix packed sequences, so packing is refused."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("lfm2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
+                                  pad_token_id=tokenizer.pad_token_id, layer_types=["conv", "full_attention"])
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "lfm2")
+    tokenizer.save_pretrained(tmp_path / "lfm2")
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": p, "chosen": c, "rejected": r, "lang": lang}
                                                    for p, c, r, lang in PAIRS])
-    assert main(["dpo", "--model", str(tiny_model_dir), "--dataset", str(pairs), "--output_dir",
-                 str(tmp_path / "o"), "--attn_implementation", "eager", "--padding_free", "true"]) != 0
+    assert main(["dpo", "--model", str(tmp_path / "lfm2"), "--dataset", str(pairs), "--output_dir",
+                 str(tmp_path / "o"), "--padding_free", "true"]) != 0
     err = capsys.readouterr().err
-    assert "padding_free" in err and "eager" in err
+    assert "padding_free" in err and "lfm2" in err
     assert not (tmp_path / "o").exists()
     assert main(["dpo", "--model", str(tiny_model_dir), "--dataset", str(pairs), "--output_dir",
                  str(tmp_path / "o"), "--padding_free", "sometimes"]) != 0
@@ -127,7 +135,7 @@ def test_dpo_metrics_report_the_real_token_fraction_of_either_layout(tiny_model_
                      "--dtype", "fp32", "--padding_free", padding_free]) == 0
         metrics = json.loads((out / "metrics.json").read_text())
         fractions[padding_free] = metrics["real_token_fraction"]
-        assert metrics["padding_free"] == ("packed (sdpa_packed)" if padding_free == "auto"
+        assert metrics["padding_free"] == ("packed (per_example)" if padding_free == "auto"
                                            else "padded (padding_free: false)")
     assert fractions["auto"] == 1.0 and 0.3 < fractions["false"] < 0.9, fractions
 
@@ -156,7 +164,7 @@ def reward_trainer(reward_setup, padding_free):
 def test_packed_reward_scores_and_loss_equal_the_padded_ones(reward_setup):
     (padded, padded_layout, batch), (packed, layout, _) = reward_trainer(reward_setup, False), \
         reward_trainer(reward_setup, True)
-    assert padded_layout.startswith("padded") and layout == "packed (sdpa_packed)"
+    assert padded_layout.startswith("padded") and layout == "packed (per_example)"
     results = []
     for trainer in (padded, packed):
         scores = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

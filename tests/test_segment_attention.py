@@ -1,7 +1,7 @@
-"""The `sdpa_packed` backend: per-example attention on packed rows, and sdpa's exact behaviour everywhere else.
+"""The `per_example` backend: per-example attention on packed rows, and sdpa's exact behaviour everywhere else.
 
 Isolation of packed examples through the SFT stage is proven in test_packing.py; here: gradients match the rows
-layout, and a model left on `sdpa_packed` after training still generates exactly as sdpa does (padding, KV cache).
+layout, and a model left on `per_example` after training still generates exactly as sdpa does (padding, KV cache).
 """
 
 from __future__ import annotations
@@ -66,14 +66,18 @@ def test_padded_batches_and_cached_generation_match_sdpa(tiny_model_dir, tokeniz
 
 
 def test_checkpoints_do_not_record_the_backend(tiny_model_dir, tmp_path):
-    """A model trained on `sdpa_packed` saves a config that loads anywhere (the backend is not serialised)."""
+    """A model trained on `per_example` saves a config that loads anywhere (the backend is not serialised)."""
     load(tiny_model_dir, segment_attention.NAME).save_pretrained(tmp_path / "saved")
     assert segment_attention.NAME not in (tmp_path / "saved" / "config.json").read_text()
 
 
-def test_sliding_window_models_are_refused():
-    from transformers import MistralConfig, Qwen2Config
+def test_windowed_layers_are_handled_and_other_layer_kinds_refused():
+    from transformers import Gemma3TextConfig, MistralConfig, Qwen2Config
 
-    assert not segment_attention.supports(MistralConfig(sliding_window=4096))
+    assert segment_attention.supports(MistralConfig(sliding_window=4096))
+    assert segment_attention.supports(Gemma3TextConfig())  # alternating sliding and full layers
     assert segment_attention.supports(Qwen2Config(use_sliding_window=False))
-    assert segment_attention.supports(MistralConfig(sliding_window=None))
+    assert not segment_attention.supports(Qwen2Config(layer_types=["linear_attention", "full_attention"],
+                                                      num_hidden_layers=2))
+    assert not segment_attention.full_causal(MistralConfig(sliding_window=4096))  # no packed KV cache to cut
+    assert segment_attention.full_causal(MistralConfig(sliding_window=None))
