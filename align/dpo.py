@@ -143,7 +143,7 @@ class DPOStage(TrainingStage):
                 "final_reward_accuracy": last.get("rewards/accuracies"),
                 "final_reward_margin": last.get("rewards/margins"), "beta": trainer.args.beta,
                 "loss_type": trainer.args.loss_type, "reference": self.reference,
-                "steps_per_second": round(common["steps"] / self.wall, 3) if self.wall else None}
+                "steps_per_second": round(common["timed_steps"] / self.wall, 3) if self.wall else None}
 
     def rows(self, m: dict) -> list[tuple[str, object]]:
         return [("pairs", m["pairs"]), *super().rows(m), ("reward accuracy (last log)", m["final_reward_accuracy"]),

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from transformers import TrainerCallback
+
 from .config import build_dataclass, config_hash, require, split_known
 from .console import print_rows
 from .data import language_mix, load_records
@@ -356,6 +358,8 @@ class TrainingStage:
         state.wait_for_everyone()
         with run.building():
             trainer = self.build()
+        tally = RunTally()
+        trainer.add_callback(tally)
         if main and (line := self.starting(resume)):
             print(line, flush=True)
         result = self.train(trainer, resume)
@@ -363,7 +367,7 @@ class TrainingStage:
         self.save(trainer, run.partial, main)
         state.wait_for_everyone()
         if main:
-            common = training_metrics(trainer, result, self.wall, state.num_processes, lora, resume)
+            common = training_metrics(trainer, result, tally, state.num_processes, lora, resume)
             if self.layout is not None:
                 common |= {"padding_free": self.layout, "real_token_fraction": self.real_token_fraction}
             metrics = self.metrics(trainer, result, common)
@@ -461,17 +465,53 @@ def save_merged(trainer, directory: Path, *, adapter: Path | None = None, load=N
     trainer.processing_class.save_pretrained(directory)
 
 
-def training_metrics(trainer, result, wall: float, processes: int, lora: bool, resume: str | None) -> dict:
-    """What every training stage's metrics.json says about the run itself."""
+class RunTally(TrainerCallback):
+    """What a resumed run needs to report the whole training: the step and token count it started from (the state is
+    restored from the checkpoint before training begins), and a logged loss at every checkpoint, so that the restored
+    log history covers every step before the resume point exactly (the loss of steps since the last log is otherwise
+    lost with the killed process)."""
+
+    def __init__(self):
+        self.start_step, self.start_tokens, self.began = 0, 0, time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_step, self.start_tokens, self.began = state.global_step, state.num_input_tokens_seen or 0, time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
+        return control
+
+
+def whole_run_loss(trainer, result, start_step: int) -> float | None:
+    """The mean training loss over every step, as an uninterrupted run reports it: the steps before the resume point
+    from the restored log history (weighted by the steps each log covers), the rest from this process."""
+    if start_step == 0:
+        return result.training_loss
+    before, covered, total = [h for h in trainer.state.log_history if "loss" in h and h["step"] <= start_step], 0, 0.0
+    for entry in before:
+        total += entry["loss"] * (entry["step"] - covered)
+        covered = entry["step"]
+    if covered != start_step:
+        return None  # a checkpoint from before RunTally: the losses of some steps were never logged
+    after = trainer.state.global_step - start_step
+    return (total + result.training_loss * after) / max(trainer.state.global_step, 1)
+
+
+def training_metrics(trainer, result, tally: RunTally, processes: int, lora: bool, resume: str | None) -> dict:
+    """What every training stage's metrics.json says about the run itself: counts and losses over the whole training,
+    resumed or not; timings over the steps this process ran (`timed_steps`, all of them unless resumed)."""
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "processes": processes,
         "engine": training_engine(trainer),
         "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0, 4),
-        "train_loss": result.training_loss,
+        "train_loss": whole_run_loss(trainer, result, tally.start_step),
         "final_logged_loss": history[-1]["loss"] if history else None,
-        "train_runtime_s": round(result.metrics.get("train_runtime", wall), 2),
+        "train_runtime_s": round(result.metrics.get("train_runtime", time.time() - tally.began), 2),
+        "timed_steps": trainer.state.global_step - tally.start_step,
+        "timed_tokens": (trainer.state.num_input_tokens_seen or 0) - tally.start_tokens,
         "resumed_from": Path(resume).name if resume else None,
         "lora": lora,
     }

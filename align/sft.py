@@ -219,10 +219,9 @@ class SFTStage(TrainingStage):
         return trainer
 
     def metrics(self, trainer, result, common: dict) -> dict:
-        tokens_seen = trainer.state.num_input_tokens_seen or 0
-        runtime = result.metrics.get("train_runtime", self.wall)
-        return {**self.stats, **common, **held_out_metrics(trainer), "tokens_seen": tokens_seen,
-                "tokens_per_second": round(tokens_seen / runtime, 1) if runtime and tokens_seen else None}
+        runtime, timed = common["train_runtime_s"], common["timed_tokens"]
+        return {**self.stats, **common, **held_out_metrics(trainer), "tokens_seen": trainer.state.num_input_tokens_seen or 0,
+                "tokens_per_second": round(timed / runtime, 1) if runtime and timed else None}
 
     def rows(self, m: dict) -> list[tuple[str, object]]:
         packed = "packing_efficiency" in m

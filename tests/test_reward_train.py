@@ -146,6 +146,19 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tokenizer, tmp_path):
     assert metrics["resumed_from"] == "checkpoint-2" and metrics["steps"] == 4
     assert not (tmp_path / ".rm.partial").exists()
 
+    # The metrics of an uninterrupted run, field by field: losses and counts over the whole training; timings over
+    # the steps this process ran, and saying so.
+    run_reward({**raw, "output_dir": str(tmp_path / "whole")})
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert (metrics["timed_steps"], whole["timed_steps"]) == (2, 4)
+    timings = {"train_runtime_s", "timed_steps", "timed_tokens", "resumed_from"}
+    assert metrics.keys() == whole.keys()
+    for key in whole.keys() - timings:
+        if isinstance(whole[key], float):
+            assert metrics[key] == pytest.approx(whole[key], abs=1e-6), key
+        else:
+            assert metrics[key] == whole[key], key
+
 
 def test_lora_reward_model_is_merged_and_its_adapter_scores_the_same(tokenizer, tmp_path):
     base = build_tiny_llama(tmp_path / "base", tokenizer)

@@ -138,6 +138,16 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, chat_file, 
     assert metrics["steps"] == 12
     assert not partial.exists()
 
+    # As an uninterrupted run reports it: the loss and token counts of the whole training, timings of this process.
+    whole = tmp_path / "whole"
+    result = subprocess.run([*cmd[:cmd.index("--output_dir") + 1], str(whole), *cmd[cmd.index("--output_dir") + 2:]],
+                            env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    uninterrupted = json.loads((whole / "metrics.json").read_text())
+    assert metrics["train_loss"] == pytest.approx(uninterrupted["train_loss"], abs=1e-5)
+    assert metrics["tokens_seen"] == uninterrupted["tokens_seen"] and metrics["epochs"] == uninterrupted["epochs"]
+    assert metrics["timed_steps"] == 12 - int(metrics["resumed_from"].split("-")[1]) and uninterrupted["timed_steps"] == 12
+
 
 def test_packed_attention_errors_name_the_recipe(tiny_model_dir, chat_file, tmp_path):
     from align.data import load_records
