@@ -54,6 +54,11 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(str(path), None, "no such config file")
     try:
         data = parse_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raw = path.read_bytes()
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}", None,
+                          f"not UTF-8: byte 0x{raw[e.start]:02x} (save the file as UTF-8)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

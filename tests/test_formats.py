@@ -1240,3 +1240,32 @@ def test_a_training_stage_says_what_its_data_skipped(tmp_path):
     path = write_jsonl(tmp_path / "kto.jsonl", KTO_ROWS)
     stage = SFTStage(parse_sft_config({"model": "unused", "dataset": str(path), "output_dir": str(tmp_path / "out")}))
     assert stage.load().endswith("; skipped 2 rows: undesirable (KTO label false) 2")
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "reward"])
+def test_a_file_that_is_not_utf8_is_one_line_naming_line_and_field(tmp_path, capsys, stage, tiny_model_dir):
+    """A Latin-1 export (é as the single byte 0xe9) stops every training stage before a model loads."""
+    from align.cli import main
+
+    good = {"sft": {"messages": [U("Bonjour"), A("Salut")]},
+            "dpo": {"prompt": "Bonjour", "chosen": "Salut", "rejected": "Non"}}
+    row = good.get(stage, good["dpo"])
+    bad = dict(row, **({"messages": [U("Où est la gare ?"), A("Là.")]} if stage == "sft" else {"chosen": "Là."}))
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes((json.dumps(row) + "\n" + json.dumps(bad, ensure_ascii=False) + "\n").encode("latin-1"))
+    assert main([stage, "--model", str(tiny_model_dir), "--dataset", str(path), "--output_dir",
+                 str(tmp_path / "out")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    field = "content" if stage == "sft" else "chosen"
+    assert err == [f"polyalign {stage}: error: {path}:2: field '{field}': not UTF-8: byte 0x{'f9' if stage == 'sft' else 'e0'}"
+                   f" at column {err[0].split('at column ')[1].split(' ')[0]} (save the file as UTF-8)"], err
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_a_recipe_that_is_not_utf8_names_its_line(tmp_path, capsys):
+    from align.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes("model: smollm2-135m\n# défaut\n".encode("latin-1"))
+    assert main(["sft", "--config", str(recipe)]) == 2
+    assert capsys.readouterr().err.strip() == f"polyalign sft: error: {recipe}:2: not UTF-8: byte 0xe9 (save the file as UTF-8)"

@@ -6,8 +6,10 @@ Every row is yielded with its location so that a bad field can be reported as `f
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -57,21 +59,35 @@ def _check_object(loc: Location, value: Any) -> dict:
     return value
 
 
+def read_utf8(path: Path) -> str:
+    """The file's text; one that is not UTF-8 (a Latin-1 or Windows export) is an InputError naming the line, the
+    field the first bad byte falls in, and the byte, instead of a UnicodeDecodeError traceback."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        before = raw[line_start:e.start].decode("utf-8", errors="replace")
+        keys = re.findall(r'"([^"\\]+)"\s*:', before)
+        raise InputError(str(path), f"not UTF-8: byte 0x{raw[e.start]:02x} at column {len(before) + 1} (save the file "
+                         "as UTF-8)", line=raw.count(b"\n", 0, e.start) + 1, field=keys[-1] if keys else None) from None
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[Location, dict]]:
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            loc = Location(str(path), line=lineno)
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise loc.error(f"invalid JSON ({e.msg} at column {e.colno})") from None
-            yield loc, _check_object(loc, value)
+    # Split on newlines only: a JSON string may hold U+2028, which str.splitlines would cut at.
+    for lineno, text in enumerate(read_utf8(path).split("\n"), start=1):
+        if not text.strip():
+            continue
+        loc = Location(str(path), line=lineno)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise loc.error(f"invalid JSON ({e.msg} at column {e.colno})") from None
+        yield loc, _check_object(loc, value)
 
 
 def _iter_json(path: Path) -> Iterator[tuple[Location, dict]]:
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_utf8(path)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -109,22 +125,22 @@ def _iter_parquet(path: Path) -> Iterator[tuple[Location, dict]]:
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[Location, dict]]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise InputError(str(path), "CSV file has no header row")
-        for i, item in enumerate(reader, start=1):
-            loc = Location(str(path), row=i)
-            if None in item:
-                raise loc.error("more cells than header columns")
-            for column in STRUCTURED_COLUMNS:
-                cell = item.get(column)
-                if isinstance(cell, str) and cell.lstrip()[:1] in ("[", "{"):
-                    try:
-                        item[column] = json.loads(cell)
-                    except json.JSONDecodeError as e:
-                        raise loc.error(f"invalid JSON in cell ({e.msg})", field=column) from None
-            yield loc, item
+    text = read_utf8(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        raise InputError(str(path), "CSV file has no header row")
+    for i, item in enumerate(reader, start=1):
+        loc = Location(str(path), row=i)
+        if None in item:
+            raise loc.error("more cells than header columns")
+        for column in STRUCTURED_COLUMNS:
+            cell = item.get(column)
+            if isinstance(cell, str) and cell.lstrip()[:1] in ("[", "{"):
+                try:
+                    item[column] = json.loads(cell)
+                except json.JSONDecodeError as e:
+                    raise loc.error(f"invalid JSON in cell ({e.msg})", field=column) from None
+        yield loc, item
 
 
 def _is_saved_dataset(path: Path) -> bool:
