@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from . import __version__
+from . import __version__, preemption
 from .errors import PolyalignError
 from merge.cli import merge_arguments
 
@@ -126,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("POLYALIGN_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     quiet_third_party_noise()
     try:
-        return COMMANDS[args.command].resolve()(args, extra)
+        with preemption.handlers():
+            return COMMANDS[args.command].resolve()(args, extra)
+    except preemption.Preempted as e:
+        print(f"polyalign {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except PolyalignError as e:
         print(f"polyalign {args.command}: error: {e}", file=sys.stderr)
         return 2

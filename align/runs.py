@@ -31,6 +31,7 @@ from .data.loader import describe_skipped
 from .errors import ConfigError, PolyalignError
 from .io import partial_dir, promote, relocate_paths, write_json
 from .models import LoraArgs, ModelArgs, load_model
+from .preemption import Preempted, agreed_signal, deferred
 
 log = logging.getLogger(__name__)
 
@@ -358,11 +359,17 @@ class TrainingStage:
         state.wait_for_everyone()
         with run.building():
             trainer = self.build()
-        tally = RunTally()
+        tally, preemption = RunTally(), PreemptionCallback()
         trainer.add_callback(tally)
+        trainer.add_callback(preemption)
         if main and (line := self.starting(resume)):
             print(line, flush=True)
-        result = self.train(trainer, resume)
+        with deferred():
+            result = self.train(trainer, resume)
+        if preemption.signum:
+            state.wait_for_everyone()
+            raise Preempted(preemption.signum, f"checkpoint-{preemption.step} saved in {run.partial}; the same command "
+                            "resumes from it")
         lora = hasattr(trainer.model, "peft_config")
         self.save(trainer, run.partial, main)
         state.wait_for_everyone()
@@ -480,6 +487,22 @@ class RunTally(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_save:
             control.should_log = True
+        return control
+
+
+class PreemptionCallback(TrainerCallback):
+    """At each step boundary: if any process got SIGTERM or SIGUSR1 (align.preemption), save a checkpoint and stop."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.step: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        signum = agreed_signal()
+        if signum:
+            self.signum, self.step = signum, state.global_step
+            control.should_save = True
+            control.should_training_stop = True
         return control
 
 

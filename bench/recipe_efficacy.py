@@ -1,9 +1,10 @@
 """The Aya Expanse staircase with its controls, on the demo recipe (recipes/demo/pipeline.yaml), per seed:
 
 1. data arbitrage: SFT on the best single teacher vs SFT on the arbitrage picks, both one global model on the same
-   prompts with the same SFT keys. The single teacher is the full-coverage teacher with the highest mean ranker score
-   over the prompts (chosen by the ranker, as arbitrage chooses; never by the evaluation). Its data is its own best
-   sample per prompt.
+   prompts with the same SFT keys. The single teacher is, among the teachers that answer every prompt where teachers
+   compete, the one with the highest mean ranker score there (chosen by the ranker, as arbitrage chooses; never by
+   the evaluation); prompts that only one teacher serves keep that teacher's answer. Its data is its own best sample
+   per prompt.
 2. merging: SFT per cluster merged (the pipeline's sft/merged) vs the best single cluster model on the average
    language, held-out languages of that cluster included; and vs the global arbitrage SFT on the same data.
 3. offline DPO vs SFT; online iterations 1, 2, 3, each vs the one before (with mean length, to see length hacking).
@@ -41,19 +42,21 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def best_single_teacher(candidates: list[dict]) -> tuple[str, list[dict], dict[str, float]]:
-    """The teacher that answers every prompt with the highest mean ranker score, and SFT records of its best sample
-    per prompt."""
-    prompts = {c["id"] for c in candidates}
-    by_teacher: dict[str, dict[str, dict]] = {}
+    """The teacher with the highest mean ranker score among those that answer every prompt of the languages where
+    teachers compete (where one teacher alone serves a language, as the demo's human answers do in ru, hi, ar and ja,
+    that one answers), and SFT records of its best sample per prompt: arbitrage without the ranker's choice."""
+    by_prompt: dict[str, dict[str, dict]] = {}
     for c in candidates:
-        best = by_teacher.setdefault(c["model"], {}).get(c["id"])
+        best = by_prompt.setdefault(c["id"], {}).get(c["model"])
         if best is None or c["score"] > best["score"]:
-            by_teacher[c["model"]][c["id"]] = c
-    full = {t: picks for t, picks in by_teacher.items() if set(picks) == prompts}
-    means = {t: statistics.fmean(p["score"] for p in picks.values()) for t, picks in full.items()}
+            by_prompt[c["id"]][c["model"]] = c
+    contested = {pid: picks for pid, picks in by_prompt.items() if len(picks) > 1}
+    full = set.intersection(*(set(picks) for picks in contested.values())) if contested else set()
+    means = {t: statistics.fmean(picks[t]["score"] for picks in contested.values()) for t in sorted(full)}
     teacher = max(means, key=means.get)
+    chosen = [picks[teacher] if pid in contested else next(iter(picks.values())) for pid, picks in by_prompt.items()]
     records = [{"messages": [*c["prompt"], {"role": "assistant", "content": c["completion"]}], "lang": c["lang"],
-                "id": c["id"], "source": f"teacher:{teacher}"} for c in full[teacher].values()]
+                "id": c["id"], "source": f"teacher:{c['model']}"} for c in chosen]
     return teacher, records, {t: round(m, 4) for t, m in means.items()}
 
 
