@@ -360,8 +360,8 @@ class TrainingStage:
         with run.building():
             trainer = self.build()
         tally, preemption = RunTally(), PreemptionCallback()
+        trainer.add_callback(preemption)  # first: a checkpoint it asks for gets RunTally's log too
         trainer.add_callback(tally)
-        trainer.add_callback(preemption)
         if main and (line := self.starting(resume)):
             print(line, flush=True)
         with deferred():

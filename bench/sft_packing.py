@@ -34,6 +34,7 @@ import logging
 import os
 import platform
 import sys
+import shutil
 import tempfile
 import time
 import warnings
@@ -119,20 +120,26 @@ PRESETS = {
 }
 
 
-def build_preset_model(preset: str, workdir: Path, max_length: int, seed: int) -> str:
-    """A Llama of the preset's shape with the embedded SmolLM2 tokenizer, saved as safetensors."""
+def build_preset_model(preset: str, workdir: Path, max_length: int, seed: int, family: str = "llama",
+                       window: int = 256) -> str:
+    """A model of the preset's shape in `family`'s own config class (sliding-window families get `window`-token
+    windows) with the embedded SmolLM2 tokenizer, saved as safetensors."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from align.models import ModelArgs, load_tokenizer
 
     tokenizer = load_tokenizer(ModelArgs())  # the embedded SmolLM2 tokenizer (converted once, then cached)
-    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=max(2048, max_length),
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **PRESETS[preset])
+    shape = PRESETS[preset]
+    config = AutoConfig.for_model(family, vocab_size=len(tokenizer), max_position_embeddings=max(2048, max_length),
+                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                  pad_token_id=tokenizer.pad_token_id,
+                                  head_dim=shape["hidden_size"] // shape["num_attention_heads"], **shape)
+    if getattr(config, "sliding_window", None) is not None or family == "mistral":
+        config.sliding_window = window
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    target = workdir / preset
+    model = AutoModelForCausalLM.from_config(config)
+    target = workdir / f"{preset}-{family}"
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     return str(target)
@@ -288,6 +295,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help=f"{' or '.join(PRESETS)} (built here from a config, nothing "
                         "downloaded), smollm2-135m (the embedded default), or any model polyalign can load")
+    parser.add_argument("--family", default="llama", help="the preset model's family (its transformers model_type: "
+                        "gemma2, gemma3_text, cohere2, mistral, qwen3, ...)")
+    parser.add_argument("--window", type=int, default=256, help="sliding window of a windowed family's preset model")
+    parser.add_argument("--save-model", help="also keep the preset model in this folder (for bench/padding_free.py)")
     parser.add_argument("--attn", default="auto", help="attention backend (auto: flash_attention_2 if installed on "
                         "CUDA, else sdpa)")
     parser.add_argument("--steps", type=int, default=4, help="timed packed batches (padded modes match its tokens)")
@@ -315,9 +326,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="polyalign-bench-") as tmp:
         workdir = Path(tmp)
         records, sources, notes = load_data(workdir, opts.seed)
-        model = build_preset_model(opts.model, workdir, opts.max_length, opts.seed) if opts.model in PRESETS \
-            else opts.model
+        model = build_preset_model(opts.model, workdir, opts.max_length, opts.seed, opts.family, opts.window) \
+            if opts.model in PRESETS else opts.model
         results = measure(modes, model, sources, records, opts, workdir)
+        if opts.save_model and opts.model in PRESETS:
+            shutil.copytree(model, opts.save_model, dirs_exist_ok=True)
 
     info = machine()
     langs = {}

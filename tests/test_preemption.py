@@ -63,6 +63,7 @@ def test_a_signal_during_training_saves_a_checkpoint_and_the_rerun_resumes(tiny_
     assert f"checkpoint-{step}" in resumed.stdout and "resuming from" in resumed.stdout.lower()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 60 and metrics["resumed_from"] == f"checkpoint-{step}"
+    assert metrics["train_loss"] is not None  # the checkpoint's log covers every step before it
 
 
 def test_a_signal_during_generation_keeps_every_answer_and_the_rerun_finishes(tiny_model_dir, tmp_path):
