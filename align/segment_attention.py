@@ -72,11 +72,7 @@ def per_example_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
         output = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
         return output.transpose(1, 2).contiguous(), None
     if softcap is not None:  # sdpa has no soft-capping: the family's own eager attention, on sdpa's boolean mask
-        if attention_mask is not None and attention_mask.dtype == torch.bool:
-            attention_mask = torch.zeros_like(attention_mask, dtype=query.dtype).masked_fill(
-                ~attention_mask, torch.finfo(query.dtype).min)
-        return _family_eager(module)(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                     softcap=softcap, **kwargs)[0], None
+        return _soft_capped(module, query, key, value, attention_mask, dropout, scaling, softcap, **kwargs), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   is_causal=is_causal, **kwargs)
 
@@ -96,11 +92,16 @@ def _one_example(module, query, key, value, dropout, scaling, window, softcap) -
     if softcap is None:
         return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed, dropout_p=dropout,
                                                                 scale=scaling, enable_gqa=gqa)
-    additive = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(
-        ~allowed, torch.finfo(query.dtype).min)
-    output = _family_eager(module)(module, query, key, value, additive, dropout=dropout, scaling=scaling,
-                                   softcap=softcap)[0]
-    return output.transpose(1, 2)  # eager returns [1, ℓ, heads, dim]
+    return _soft_capped(module, query, key, value, allowed, dropout, scaling, softcap).transpose(1, 2)
+
+
+def _soft_capped(module, query, key, value, mask, dropout, scaling, softcap, **kwargs) -> torch.Tensor:
+    """The family's own eager attention ([batch, ℓ, heads, dim]) on a boolean mask (True: may attend), which eager
+    takes as an additive one."""
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros_like(mask, dtype=query.dtype).masked_fill(~mask, torch.finfo(query.dtype).min)
+    return _family_eager(module)(module, query, key, value, mask, dropout=dropout, scaling=scaling, softcap=softcap,
+                                 **kwargs)[0]
 
 
 def _family_eager(module):
