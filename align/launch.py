@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import preemption
 from .errors import ConfigError, PolyalignError
 from .io import safe_name, write_json
 
@@ -109,12 +110,27 @@ def run_launched(stage: str, command: str, cfg: dict, launch: Launch, run_dir: P
     print(f"{launch.describe()} -m align.cli {command} --config {config}", flush=True)
     tail: deque[str] = deque(maxlen=LOG_TAIL)
     with open(log, "w", encoding="utf-8") as out, subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            env=preemption_env()) as proc, preemption.forwarded(proc):
         for line in proc.stdout:
             sys.stdout.write(line)
             out.write(line)
             tail.append(line.rstrip("\n"))
         code = proc.wait()
+    if code != 0 and preemption.requested():
+        raise preemption.Preempted(preemption.requested(), f"stage {stage} was passed the signal and exited with "
+                                   f"code {code} (log: {log}); the same command resumes it")
     if code != 0:
         print(f"--- last lines of {log} ---", *tail, sep="\n", file=sys.stderr, flush=True)
         raise PolyalignError(f"stage {stage} exited with code {code} under accelerate launch (log: {log})")
+
+
+def preemption_env() -> dict:
+    """The launched stage's environment: torchrun's agent passes SIGUSR1 on to its workers as it does SIGTERM (by
+    default SIGUSR1 would kill the agent and orphan them), and waits for them to save a checkpoint before it
+    kills them (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default; a user's own value is kept)."""
+    names = {n.strip() for n in os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE",
+                                               "SIGTERM,SIGINT,SIGHUP,SIGQUIT").split(",")}
+    names |= {s.name for s in preemption.SIGNALS}
+    return {**os.environ, "TORCHELASTIC_SIGNALS_TO_HANDLE": ",".join(sorted(names)),
+            "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")}

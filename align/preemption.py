@@ -50,6 +50,38 @@ def handlers() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def forwarded(process) -> Iterator[None]:
+    """A signal during the block is noted and passed on to `process` and every process under it (a launched stage:
+    the launcher and its workers, which checkpoint on it, as a cluster signals every process of a job step). On
+    leaving, waits until each of them has exited, so that the caller never reports a stage still saving."""
+    import psutil
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signalled: dict[int, psutil.Process] = {}
+
+    def forward(signum, frame) -> None:
+        _state["signal"] = signum
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(process.pid)
+            for target in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    target.send_signal(signum)
+                    signalled[target.pid] = target
+
+    previous = {signum: signal.signal(signum, forward) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        try:
+            psutil.wait_procs(list(signalled.values()))
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """A signal during the block is noted (`requested`, `agreed_signal`), not raised."""
     _state["deferred"] += 1

@@ -4,6 +4,7 @@ command then finishes with what an uninterrupted run gives."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -93,3 +94,60 @@ def test_a_signal_during_generation_keeps_every_answer_and_the_rerun_finishes(ti
                            env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0
     assert (tmp_path / "answers.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
+
+
+DRIVER = """
+import sys
+from align import preemption
+from align.launch import launch_flags, run_launched
+from align.config import load_yaml
+cfg, run_dir = load_yaml(sys.argv[1]), sys.argv[2]
+with preemption.handlers():
+    try:
+        run_launched("sft", "sft", cfg, launch_flags({"num_processes": 2}, None, "launch"), __import__("pathlib").Path(run_dir))
+    except preemption.Preempted as e:
+        print(f"polyalign run: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+"""
+
+
+def still_running(marker: str) -> list[int]:
+    """Processes (not zombies) whose command line holds `marker`."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if marker in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process.pid)
+    return found
+
+
+def test_a_signal_to_the_pipeline_reaches_a_stage_launched_on_two_processes(tiny_model_dir, chat_file, tmp_path):
+    """`polyalign run` drives a launched stage as run_launched does here: the signal it gets goes on to accelerate
+    launch and both workers; they agree on a step, save one checkpoint and stop; the driver waits for them, then
+    exits 128 + the signal with one line; the rerun resumes from that checkpoint."""
+    out, partial = tmp_path / "sft", tmp_path / ".sft.partial"
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(json.dumps({"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(out),
+                               "max_length": 128, "per_device_train_batch_size": 1, "max_steps": 80,
+                               "logging_steps": 1, "disable_tqdm": True, "dtype": "fp32", "save_strategy": "no",
+                               "gradient_checkpointing": False}))
+    argv = [sys.executable, "-u", "-c", DRIVER, str(cfg), str(tmp_path / "run")]
+    process = subprocess.Popen(argv, env=subprocess_env(cpu=True), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    code, err = signal_when(process, lambda: "'loss'" in process.stdout.readline(), signal.SIGUSR1)
+    lines = [line for line in err.splitlines() if line.startswith("polyalign run:")]
+    assert code == 128 + signal.SIGUSR1 and len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("polyalign run: preempted by SIGUSR1: stage sft was passed the signal"), lines[0]
+    log = (tmp_path / "run" / "logs" / "sft.log").read_text()
+    saved = [line for line in log.splitlines() if "preempted by SIGUSR1: checkpoint-" in line]
+    assert len(saved) in (1, 2) and len(set(saved)) == 1, log[-3000:]  # each process says it: the same checkpoint
+    step = int(saved[0].split("checkpoint-")[1].split(" ")[0])
+    assert 0 < step < 80 and (partial / f"checkpoint-{step}" / "trainer_state.json").exists()
+    assert not out.exists() and still_running(str(tmp_path)) == []
+
+    resumed = subprocess.run(argv, env=subprocess_env(cpu=True), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"checkpoint-{step}" in resumed.stdout
+    assert json.loads((out / "metrics.json").read_text())["resumed_from"] == f"checkpoint-{step}"
