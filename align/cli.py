@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import __version__, preemption
-from .errors import PolyalignError
+from .errors import PolyalignError, io_failure
 from merge.cli import merge_arguments
 
 def stage_config(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str | None]:
@@ -134,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     except PolyalignError as e:
         print(f"polyalign {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        failure = io_failure(e)
+        if failure is None:
+            raise
+        print(f"polyalign {args.command}: error: {failure}; no finished output was written (the same command "
+              "resumes where it can)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"polyalign {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 
 
@@ -63,3 +64,23 @@ class ConfigError(PolyalignError):
         if self.source is not None or source is None:
             return self
         return ConfigError(source, f"{prefix}{self.key}" if self.key else prefix.rstrip(".") or None, self.message)
+
+
+# The partial output directory of the stage running in this process: a failed write that names no file (a full disk
+# under safetensors or a trainer's save) is reported as a failure to write there.
+writing_to: list[str] = []
+
+
+def io_failure(error: BaseException) -> str | None:
+    """One line for a failed read or write (a full disk, a file too large, a file gone or unreadable), naming the
+    file where the error does, else the output being written; None for any other error."""
+    if isinstance(error, OSError) and error.errno is not None:
+        reason = f"{error.strerror or error} ({errno.errorcode.get(error.errno, error.errno)})"
+        if error.filename:
+            return f"{error.filename}: {reason}"
+    elif type(error).__name__ == "SafetensorError" and "I/O error" in str(error):
+        reason = str(error).split("I/O error: ", 1)[-1]
+    else:
+        return None
+    where = f"writing in {writing_to[-1]}" if writing_to else "reading or writing a file"
+    return f"{where}: {reason}"

@@ -159,14 +159,20 @@ class AppendLog:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def append(self, record: dict) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:  # a full disk: name the file (a rerun drops the half-written line)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         self.records.append(record)
         self.done.add(self.key(record))
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def __enter__(self) -> "AppendLog":
         return self

@@ -28,7 +28,7 @@ from .config import build_dataclass, config_hash, require, split_known
 from .console import print_rows
 from .data import language_mix, load_records
 from .data.loader import describe_skipped
-from .errors import ConfigError, PolyalignError
+from .errors import ConfigError, PolyalignError, writing_to
 from .io import partial_dir, promote, relocate_paths, write_json
 from .models import LoraArgs, ModelArgs, load_model
 from .preemption import Preempted, agreed_signal, deferred
@@ -225,6 +225,7 @@ class StageRun:
                     shutil.rmtree(self.partial)
             self.resumed = same
         if self.is_main:
+            writing_to.append(str(self.partial))
             self.partial.mkdir(parents=True, exist_ok=True)
             marker.write_text(self.digest)
             (self.partial / OWNER_MARKER).write_text(f"{socket.gethostname()}:{os.getpid()}")
@@ -280,6 +281,8 @@ class StageRun:
         if not self.partial.is_absolute():
             relocate_paths(self.partial, self.partial, self.final)
         promote(self.partial, self.final, overwrite=self.overwrite)
+        if str(self.partial) in writing_to:
+            writing_to.remove(str(self.partial))
         return self.final
 
 
