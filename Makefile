@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ demo: setup
 	$(BIN)/polyalign run recipes/demo/pipeline.yaml
 	@echo "Demo done: report in runs/demo/pipeline/eval/report.md (charts beside it), stages under runs/demo/pipeline"
 
-test: setup
+# The layers of align/ (pyproject's import-linter contract) and ruff's checks; `make test` runs them first.
+lint: setup
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check align reward merge tests bench recipes
+
+test: setup lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: setup

@@ -7,15 +7,17 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from . import __version__, preemption
-from .errors import PolyalignError, io_failure
+from align import __version__
+from align.core import preemption
+from align.core.errors import PolyalignError, io_failure
 from merge.cli import merge_arguments
 
+
 def stage_config(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str | None]:
-    from .config import read_stage_config
+    from align.core.config import read_stage_config
 
     return read_stage_config(args.config, extra)
 
@@ -33,7 +35,7 @@ def config_stage(target: str) -> Callable[[argparse.Namespace, list[str]], int]:
 
 
 def cmd_generate(args, extra) -> int:
-    from .generate import run_generate
+    from align.generation.generate import run_generate
 
     raw, source = stage_config(args, extra)
     if args.prompt:
@@ -77,24 +79,24 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "run": Command("the whole recipe: arbitrage, SFT per cluster, merges, offline and online DPO, evaluation",
-                   "align.pipeline:cmd_run", run_arguments),
-    "sft": Command("packed supervised fine-tuning (trl SFTTrainer)", config_stage("align.sft:run_sft")),
+                   "align.stages.pipeline:cmd_run", run_arguments),
+    "sft": Command("packed supervised fine-tuning (trl SFTTrainer)", config_stage("align.stages.sft:run_sft")),
     "generate": Command("answer prompts with a model (greedy or sampled)", cmd_generate, generate_arguments),
     "reward": Command("train a Bradley-Terry reward model (trl RewardTrainer)", config_stage("reward.train:run_reward")),
     "score": Command("score candidates or preference pairs with a reward model", "reward.cli:cmd_score"),
     "merge": Command("merge checkpoints: streamed linear soup, or mergekit's methods (mergekit YAML)", "merge.cli:run",
                      merge_arguments),
-    "dpo": Command("offline DPO on preference data (trl DPOTrainer)", config_stage("align.dpo:run_dpo")),
+    "dpo": Command("offline DPO on preference data (trl DPOTrainer)", config_stage("align.stages.dpo:run_dpo")),
     "iterate": Command("online iterative DPO: sample, rank, DPO, repeat (optionally merging each iteration)",
-                       config_stage("align.online:run_iterate")),
+                       config_stage("align.stages.online:run_iterate")),
     "evaluate": Command("win/loss/tie per language against a baseline (judge or reward model), chrF++, report",
-                        config_stage("align.evaluate:run_evaluate")),
+                        config_stage("align.stages.evaluate:run_evaluate")),
     "arbitrage": Command("multi-teacher arbitrage: every teacher answers, a ranker picks (SFT records, pairs)",
-                         config_stage("align.arbitrage:run_arbitrage")),
+                         config_stage("align.stages.arbitrage:run_arbitrage")),
     "curate": Command("curate data: clean, dedup (exact, MinHash, semantic), language filter, IFD, provenance, mix",
-                      config_stage("align.data.curate:run_curate")),
+                      config_stage("align.stages.curate:run_curate")),
     "contrast": Command("translation-contrast pairs: strong in-language answer vs a weak English answer translated",
-                        config_stage("align.contrast:run_contrast")),
+                        config_stage("align.stages.contrast:run_contrast")),
 }
 
 

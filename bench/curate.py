@@ -110,7 +110,7 @@ PER_RECORD_STEPS = ["clean", "exact_dedup", "minhash_dedup", "language_filter",
 
 
 def run(data: Path, out: Path, steps: list, num_proc: int, chunk_size: int) -> dict:
-    from align.data.curate import run_curate
+    from align.stages.curate import run_curate
 
     config = {"dataset": str(data), "output_dir": str(out), "overwrite": True, "num_proc": num_proc,
               "chunk_size": chunk_size, "steps": steps}

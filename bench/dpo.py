@@ -1,10 +1,10 @@
 """DPO benchmarks: offline steps/s with precomputed reference log-probs vs computed each step, and the wall time of
 one online iteration split into sampling, scoring and training.
 
-1. Offline: the same pairs and model through polyalign's own DPO path (align.dpo.build_dpo_trainer, i.e. trl's
+1. Offline: the same pairs and model through polyalign's own DPO path (align.stages.dpo.build_dpo_trainer, i.e. trl's
    DPOTrainer), stepped by hand (loss, backward, optimizer step) with the modes interleaved step by step so drift of
    the machine weighs on both. `precompute_ref_log_probs` pays once before training (reported separately).
-2. Online: one `polyalign iterate` iteration (align.online.run_iterate) with a LoRA policy; the per-step seconds are
+2. Online: one `polyalign iterate` iteration (align.stages.online.run_iterate) with a LoRA policy; the per-step seconds are
    the ones the loop records in `iter_1/metrics.json`. The ranker is the model with a fresh, seeded scalar head
    (reward_model timing does not depend on what the head learned).
 
@@ -60,7 +60,7 @@ def offline(opts, workdir: Path) -> list[dict]:
     import torch
 
     from align.data import load_records
-    from align.dpo import build_dpo_trainer, parse_dpo_config
+    from align.stages.dpo import build_dpo_trainer, parse_dpo_config
 
     rows = mt_bench(opts.pairs + 1)
     pairs = [{"prompt": r["prompt"], "chosen": r["answer"], "rejected": rows[i + 1]["answer"], "lang": r["lang"]}
@@ -115,7 +115,7 @@ def offline(opts, workdir: Path) -> list[dict]:
 
 
 def online(opts, workdir: Path) -> dict:
-    from align.online import run_iterate
+    from align.stages.online import run_iterate
     from reward.rank import RewardRanker
 
     rows = mt_bench(opts.prompts)
@@ -146,10 +146,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-online", action="store_true")
     opts = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    import datasets
     import torch
     import transformers
-
-    import datasets
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()

@@ -1,6 +1,6 @@
 """Generation throughput: batched, length-sorted prompts against one prompt at a time, same model and prompts.
 
-Both modes go through polyalign's own generation path (align.generate: TransformersBackend behind iter_batches, the
+Both modes go through polyalign's own generation path (align.generation.generate: TransformersBackend behind iter_batches, the
 interface arbitrage and online DPO sample with), greedy, the same max_new_tokens. The modes alternate chunk by chunk
 (batched on a chunk of prompts, then one at a time on the same chunk), so drift of the machine weighs on both alike.
 Throughput counts generated tokens up to each sequence's end (pads after an early stop are not counted).
@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from align.generate import GenerationArgs, TransformersBackend, batch_token_budget, iter_batches
-    from align.models import ModelArgs, load_model, load_tokenizer
+    from align.generation.generate import GenerationArgs, TransformersBackend, batch_token_budget, iter_batches
+    from align.models.loading import ModelArgs, load_model, load_tokenizer
 
     transformers.logging.set_verbosity_error()
     tokenizer = load_tokenizer(ModelArgs(model=opts.model))

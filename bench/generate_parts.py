@@ -1,8 +1,8 @@
-"""The two parts of CPU generation that align.generate speeds up, each against what transformers does by itself.
+"""The two parts of CPU generation that align.generation.generate speeds up, each against what transformers does by itself.
 
 Prefill: a batch's prompts in one forward pass, packed into one row on `per_example` (TransformersBackend's CPU
 path), against one forward pass per prompt; tokens/s, best of 3. Decoding: one step's time with transformers'
-DynamicCache (grows by torch.cat) against align.kv_cache's preallocated cache; same model and random prompt caches,
+DynamicCache (grows by torch.cat) against align.generation.kv_cache's preallocated cache; same model and random prompt caches,
 greedy, `--steps` forced new tokens, each shape twice per cache, alternating (the first run of a shape also pays
 for fresh memory); the two caches' outputs are compared token for token.
 
@@ -35,9 +35,9 @@ def main(argv=None) -> int:
     import transformers
     from transformers import DynamicCache
 
-    from align.kv_cache import unpack_to_batch
-    from align.models import ModelArgs, load_model
-    from align.segment_attention import packed_attention
+    from align.generation.kv_cache import unpack_to_batch
+    from align.models.attention import packed_attention
+    from align.models.loading import ModelArgs, load_model
 
     transformers.logging.set_verbosity_error()
     model = load_model(ModelArgs(model=opts.model)).eval()

@@ -61,7 +61,7 @@ def make_inputs(workdir: Path, shard_mb: int) -> tuple[list[Path], dict]:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from align.embedded import resolve_model
+    from align.models.embedded import resolve_model
     from merge.writer import SAFETENSORS_DTYPES
 
     source = Path(resolve_model("smollm2-135m"))
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         # What each tool pays before merging anything: its imports (median of 3, warm file cache).
         imports = {name: [measure([sys.executable, "-c", code], env) for _ in range(3)]
                    for name, code in (("polyalign merge",
-                                       "import torch, align.runs, merge.api, merge.engines, merge.linear"),
+                                       "import torch, align.core.lifecycle, merge.api, merge.engines, merge.linear"),
                                       ("mergekit-yaml", "import mergekit.merge, mergekit.options"))}
         imports = {name: (statistics.median(r[0] for r in runs), statistics.median(r[2] for r in runs))
                    for name, runs in imports.items()}

@@ -1,5 +1,5 @@
 """Padding-free preference training: real tokens/s, real-token fraction and peak memory of a padded vs a packed
-(`padding_free: true`) batch, for DPO (align.dpo.build_dpo_trainer) and reward-model training (reward.train's
+(`padding_free: true`) batch, for DPO (align.stages.dpo.build_dpo_trainer) and reward-model training (reward.train's
 RewardStage, a new scalar head on the model).
 
 Both modes are built in one process from the same seeded weights and fed the same batches; they are stepped by hand
@@ -9,7 +9,7 @@ warm-up step per mode first.
 
 - real tokens = attention_mask.sum() of the collated batch; real tokens/s = real tokens of the timed steps / their
   seconds.
-- real-token fraction = trainer.tokens (align.packed_pairs.TokenCount) after the steps: real / fed, where a padded
+- real-token fraction = trainer.tokens (align.training.packed_pairs.TokenCount) after the steps: real / fed, where a padded
   forward is fed mask.numel() tokens and a packed one only its real tokens.
 - peak memory: on CUDA torch.cuda.max_memory_allocated during a step; on CPU the bytes of tensors autograd saves for
   backward during a step (torch.autograd.graph.saved_tensors_hooks, identical tensors counted once), max over steps.
@@ -85,7 +85,7 @@ def base_raw(opts, workdir: Path, name: str, pf: bool) -> dict:
 def build_dpo(opts, workdir: Path, data: list[dict], pf: bool):
     import torch
 
-    from align.dpo import build_dpo_trainer, parse_dpo_config
+    from align.stages.dpo import build_dpo_trainer, parse_dpo_config
 
     records = [{"prompt": [{"role": "user", "content": p["prompt"]}],
                 "chosen": [{"role": "assistant", "content": p["chosen"]}],
@@ -182,11 +182,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "padding_free.json"))
     opts = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    import datasets
     import torch
     import transformers
 
-    import datasets
-    from align.models import ModelArgs
+    from align.models.loading import ModelArgs
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()

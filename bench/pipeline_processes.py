@@ -60,9 +60,10 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench/processes")
     opts = parser.parse_args()
     os.environ.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    from align.models import ModelArgs, load_tokenizer
-    from align.pipeline import load_state, run_pipeline
     from conftest import scaled_teacher, tiny_reward_model
+
+    from align.models.loading import ModelArgs, load_tokenizer
+    from align.stages.pipeline import load_state, run_pipeline
 
     root = Path(opts.out)
     shutil.rmtree(root, ignore_errors=True)

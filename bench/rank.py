@@ -76,15 +76,16 @@ def load_pairs(root: Path, per_language: int, seed: int) -> list[dict]:
 def build_model(name: str, workdir: Path) -> tuple[str, bool]:
     """(model path, needs a new head)."""
     if name != "tiny":
-        from align.models import is_sequence_classifier, model_path
         from transformers import AutoConfig
+
+        from align.models.loading import is_sequence_classifier, model_path
 
         path = model_path(name)
         return path, not is_sequence_classifier(AutoConfig.from_pretrained(path))
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from align.models import ModelArgs, load_tokenizer
+    from align.models.loading import ModelArgs, load_tokenizer
 
     tokenizer = load_tokenizer(ModelArgs())
     torch.manual_seed(0)

@@ -9,7 +9,7 @@
    language, held-out languages of that cluster included; and vs the global arbitrage SFT on the same data.
 3. offline DPO vs SFT; online iterations 1, 2, 3, each vs the one before (with mean length, to see length hacking).
 
-Every row is measured on the demo's 96 held-out prompts by align.evaluate (echo-free and plain chrF++ against the
+Every row is measured on the demo's 96 held-out prompts by align.stages.evaluate (echo-free and plain chrF++ against the
 references, echo rate and language fidelity, with 95% bootstrap intervals), beside the echo control (each prompt as
 its own answer); each comparison is a paired bootstrap over the same prompts: an interval that holds 0 is noise.
 Everything is rerun per seed (the teachers' sampling, every stage's training, the online samples); the closing table
@@ -61,11 +61,11 @@ def best_single_teacher(candidates: list[dict]) -> tuple[str, list[dict], dict[s
 
 
 def run_seed(seed: int, out: Path, iterations: int) -> dict:
-    from align.config import load_yaml
-    from align.evaluate import ECHO, echo_control, parse_evaluate_config, paired_differences
-    from align.io import safe_name, write_jsonl
-    from align.pipeline import build_pipeline, run_pipeline
-    from align.sft import run_sft
+    from align.core.config import load_yaml
+    from align.core.io import safe_name, write_jsonl
+    from align.stages.evaluate import ECHO, echo_control, paired_differences, parse_evaluate_config
+    from align.stages.pipeline import build_pipeline, run_pipeline
+    from align.stages.sft import run_sft
 
     raw = load_yaml(RECIPE)
     run_dir = out / f"seed-{seed}"
@@ -101,7 +101,7 @@ def run_seed(seed: int, out: Path, iterations: int) -> dict:
     eval_dir = run_dir / "eval"
     began = time.time()
     if not (eval_dir / "metrics.json").exists():
-        from align.evaluate import run_evaluate
+        from align.stages.evaluate import run_evaluate
 
         run_evaluate(eval_cfg, str(RECIPE))
     seconds["evaluate"] = round(time.time() - began, 1)

@@ -1,11 +1,11 @@
 """Packed vs padded SFT: real (non-pad) tokens per second and the share of real tokens in what the model sees.
 
 Both modes run in one invocation, on the same records, tokenised and batched by polyalign's own SFT path
-(align.sft.parse_sft_config / build_trainer, i.e. trl's SFTTrainer and its data collator), with the same model
+(align.stages.sft.parse_sft_config / build_trainer, i.e. trl's SFTTrainer and its data collator), with the same model
 weights reloaded from disk for each mode:
 
 - packed: polyalign's default (best-fit-decreasing packs of up to --max-length tokens, no attention mask, position
-  ids restarting per example; align.packing picks the layout: per-example sdpa on a flattened batch on CPU, one row
+  ids restarting per example; align.training.packing picks the layout: per-example sdpa on a flattened batch on CPU, one row
   per pack on CUDA sdpa and eager, trl's flattened batch on flash-attention);
 - packed-rows (with `--modes packed,padded,packed-rows`): the same packs, one row per pack, block-diagonal mask;
 - packed-flat (with `--modes packed,padded,packed-flat`): the same packs in trl's flattened layout on every backend;
@@ -33,8 +33,8 @@ import json
 import logging
 import os
 import platform
-import sys
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -127,7 +127,7 @@ def build_preset_model(preset: str, workdir: Path, max_length: int, seed: int, f
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from align.models import ModelArgs, load_tokenizer
+    from align.models.loading import ModelArgs, load_tokenizer
 
     tokenizer = load_tokenizer(ModelArgs())  # the embedded SmolLM2 tokenizer (converted once, then cached)
     shape = PRESETS[preset]
@@ -193,7 +193,7 @@ class Mode:
     def __init__(self, name: str, model: str, sources: list[str], records: list[dict], opts, workdir: Path):
         import torch
 
-        from align.sft import build_trainer, parse_sft_config
+        from align.stages.sft import build_trainer, parse_sft_config
 
         raw = {"model": model, "dataset": sources,  # recorded only: the records are loaded once, passed below
                "output_dir": str(workdir / f"out-{name}"),

@@ -2,7 +2,7 @@
 
 A chat template that renders every turn the same wherever it stands (ChatML: SmolLM2's own) labels a conversation in
 one rendering. A template that rewrites history (reasoning shown only after the last user turn, as Qwen3's does)
-needs one rendering per earlier assistant turn (align.chat). Both run here in one invocation on the same chats
+needs one rendering per earlier assistant turn (align.models.chat). Both run here in one invocation on the same chats
 (MT-Bench's two-turn questions with GPT-4 reference answers, ../shared/data): examples, tokens fed, tokens trained,
 tokenising seconds, and the seconds of one packed SFT epoch on a small Llama built from a config.
 
@@ -39,7 +39,7 @@ TEMPLATES = {"one rendering (ChatML)": None, "per turn (history-rewriting)": HIS
 
 
 def run(name: str, template: str | None, model: str, records: list[dict], opts, workdir: Path) -> dict:
-    from align.sft import build_trainer, parse_sft_config
+    from align.stages.sft import build_trainer, parse_sft_config
 
     raw = {"model": model, "dataset": "unused", "output_dir": str(workdir / "out"), "max_length": opts.max_length,
            "per_device_train_batch_size": 1, "learning_rate": 1e-5, "save_strategy": "no", "num_train_epochs": 1,

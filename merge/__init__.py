@@ -3,9 +3,9 @@
 atomic output. `soup()` is the Python entry point; `polyalign merge CONFIG.yaml OUTPUT_DIR` the command line;
 `cluster_weights()` and `with_previous()` the weighting policies of the pipeline's and the online loop's soups."""
 
-from .api import run, soup
-from .config import MergeError, MergeSpec, load_config, parse_config
-from .weighting import cluster_weights, with_previous
+from merge.api import run, soup
+from merge.config import MergeError, MergeSpec, load_config, parse_config
+from merge.weighting import cluster_weights, with_previous
 
 __all__ = ["soup", "run", "MergeError", "MergeSpec", "load_config", "parse_config", "cluster_weights",
            "with_previous"]

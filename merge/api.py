@@ -3,7 +3,7 @@
 Order of work, so that a bad merge fails before anything is written: 1. the output (an existing one is refused
 unless overwrite), the config and weights (no file opened), 2. each input's directory, config and safetensors
 headers, the engine that merges them, and the inputs' compatibility, 3. tokenizer source and chat template, then
-4. in the stage's partial directory (align.runs.StageRun, which clears one a dead run left and refuses one a live
+4. in the stage's partial directory (align.core.lifecycle.StageRun, which clears one a dead run left and refuses one a live
 run is building): LoRA adapters are merged into their bases, the engine merges, the card is written, and the
 partial becomes OUTPUT by one rename.
 """
@@ -11,16 +11,24 @@ partial becomes OUTPUT by one rename.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from align.errors import ConfigSource
-
-from .config import MergeError, MergeSpec, check_linear_parameters, check_weights, load_config, parse_config, parse_size
-from .engines import Options, Plan, choose_engine
-from .inputs import Checkpoint, check_compatible, has_tokenizer, merge_adapter, resolve
-from .methods import check_method
-from .output import resolve_chat_template, write_record
+from align.core.errors import ConfigSource
+from merge.config import (
+    MergeError,
+    MergeSpec,
+    check_linear_parameters,
+    check_weights,
+    load_config,
+    parse_config,
+    parse_size,
+)
+from merge.engines import Options, Plan, choose_engine
+from merge.inputs import Checkpoint, check_compatible, has_tokenizer, merge_adapter, resolve
+from merge.methods import check_method
+from merge.output import resolve_chat_template, write_record
 
 DEFAULT_SHARD_SIZE = "5GB"
 
@@ -69,7 +77,7 @@ def run(spec: MergeSpec, output_dir: str | os.PathLike, *, overwrite: bool = Fal
         max_shard_size: str | int = DEFAULT_SHARD_SIZE, seed: int | None = None, progress: bool = True,
         command: str = "") -> Path:
     """Merge a parsed config into `output_dir` (the module docstring's order of work) and return its path."""
-    from align.runs import StageRun  # (imports torch: not at the top, so that `polyalign --help` stays light)
+    from align.core.lifecycle import StageRun
 
     # output_dir comes from the command line (or soup's argument), not from the merge config
     stage = StageRun(Path(output_dir).expanduser(), spec.raw, stage="merge", overwrite=overwrite,

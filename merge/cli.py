@@ -22,12 +22,12 @@ def merge_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from align.errors import ConfigError
+    from align.core.errors import ConfigError
 
     if extra:
         raise ConfigError(None, extra[0], f"unexpected argument for merge: {' '.join(extra)} (usage: {USAGE})")
-    from .api import run as run_merge
-    from .config import load_config
+    from merge.api import run as run_merge
+    from merge.config import load_config
 
     spec = load_config(args.config)
     out = run_merge(spec, args.output_dir, overwrite=args.overwrite, max_shard_size=args.max_shard_size,

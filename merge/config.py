@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from align.config import load_yaml
-from align.errors import ConfigError, PolyalignError
+from align.core.config import load_yaml
+from align.core.errors import ConfigError, PolyalignError
 
 KEYS = ("merge_method", "models", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source", "tokenizer",
         "chat_template", "slices", "modules")

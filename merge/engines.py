@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .config import MergeSpec
-from .inputs import Checkpoint
+from merge.config import MergeSpec
+from merge.inputs import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,9 @@ class StreamedLinear:
         pass
 
     def merge(self, plan: Plan, out_dir: Path, options: Options) -> str | None:
-        from .inputs import copy_tokenizer
-        from .linear import merge_linear
-        from .output import copy_generation_config, write_chat_template, write_config
+        from merge.inputs import copy_tokenizer
+        from merge.linear import merge_linear
+        from merge.output import copy_generation_config, write_chat_template, write_config
 
         spec = plan.spec
         result = merge_linear(plan.inputs, spec.scalar_weights(), out_dir, normalize=spec.normalize, dtype=spec.dtype,
@@ -112,16 +112,16 @@ class Mergekit:
         return spec.tokenizer is not None or spec.tokenizer_source is not None
 
     def check(self, plan: Plan) -> None:
-        from .methods import mergekit_config
+        from merge.methods import mergekit_config
 
         self.config = mergekit_config(plan.spec, plan.paths())
 
     def merge(self, plan: Plan, out_dir: Path, options: Options) -> str | None:
         from collections import Counter
 
-        from .inputs import read_headers, tie_names
-        from .methods import run_mergekit
-        from .output import copy_generation_config, write_chat_template, write_config
+        from merge.inputs import read_headers, tie_names
+        from merge.methods import run_mergekit
+        from merge.output import copy_generation_config, write_chat_template, write_config
 
         run_mergekit(plan.spec, self.config, out_dir, options, work_dir=plan.work)
         written = read_headers(out_dir, "merged output")

@@ -16,9 +16,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from align.embedded import resolve_model
-
-from .config import MergeError, MergeSpec
+from align.models.embedded import resolve_model
+from merge.config import MergeError, MergeSpec
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +206,7 @@ def tie_names(config: dict) -> dict[str, str]:
     return dict(_tie_names(archs[0] if archs else ""))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tie_names(architecture: str) -> tuple[tuple[str, str], ...]:
     try:
         import transformers

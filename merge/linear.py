@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import MergeError
-from .inputs import Checkpoint, Layout, layout
-from .writer import TORCH_DTYPES, Entry, ShardWriter
+from merge.config import MergeError
+from merge.inputs import Checkpoint, Layout, layout
+from merge.writer import TORCH_DTYPES, Entry, ShardWriter
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,8 @@ import operator
 import re
 from pathlib import Path
 
-from align.errors import ConfigError
-
-from .config import MergeError, MergeSpec, key_of
+from align.core.errors import ConfigError
+from merge.config import MergeError, MergeSpec, key_of
 
 
 def mergekit_methods() -> dict:

@@ -7,9 +7,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from align.io import write_json
-
-from .config import MergeError, MergeSpec
+from align.core.io import write_json
+from align.models.templates import builtin_templates
+from merge.config import MergeError, MergeSpec
 
 
 def write_config(source: Path, out: Path, *, dtype: str | None, tied: bool | None) -> None:
@@ -47,14 +47,6 @@ def read_chat_template(path: Path) -> str | None:
     if isinstance(template, list):  # [{name, template}, ...]: the default one
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
     return template or None
-
-
-def builtin_templates() -> dict[str, Path]:
-    """mergekit's named chat templates (chatml, llama3, mistral, alpaca, exaone)."""
-    from importlib.resources import files
-
-    folder = files("mergekit._data").joinpath("chat_templates")
-    return {p.name.removesuffix(".jinja"): p for p in folder.iterdir() if p.name.endswith(".jinja")}
 
 
 def resolve_chat_template(spec: MergeSpec, input_dirs: list[Path]) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from align.errors import ConfigError
+from align.core.errors import ConfigError
 
 POLICIES = "expected equal, languages (cluster size), or a mapping of cluster to weight"
 

@@ -10,7 +10,7 @@ def load_ranker(spec: dict, model_args=None, *, log_dir=None):
     language `language_penalty` per failed check (default 0). `{api: {base_url, model, api_key_env, ...}}` is a
     judge behind an OpenAI-compatible endpoint; its responses are logged under `log_dir` (the stage's partial directory), so a resumed run pays for none twice.
     Arbitrage, online DPO and evaluation all build theirs here."""
-    from .rules import ECHO_PENALTY, LanguageRanker, WithRulePenalties
+    from reward.rules import ECHO_PENALTY, LanguageRanker, WithRulePenalties
 
     spec = {"batch_size": 16, "max_length": 1024, "max_new_tokens": 256, "explain": True, "backend": "auto",
             "echo_penalty": ECHO_PENALTY, **{k: v for k, v in spec.items() if v is not None}}
@@ -23,14 +23,14 @@ def load_ranker(spec: dict, model_args=None, *, log_dir=None):
 
 
 def _model_ranker(spec: dict, model_args, log_dir):
-    from .judge import PairwiseJudge
-    from .likelihood import LikelihoodRanker
-    from .rank import RewardRanker
+    from reward.judge import PairwiseJudge
+    from reward.likelihood import LikelihoodRanker
+    from reward.rank import RewardRanker
 
     if spec.get("api"):
         from pathlib import Path
 
-        from align.api import APISpec, api_judge_backend
+        from align.generation.api import APISpec, api_judge_backend
 
         log = Path(log_dir) / "judge_api.jsonl" if log_dir is not None else None
         return PairwiseJudge(backend=api_judge_backend(APISpec(**spec["api"]), spec["max_new_tokens"], log=log),

@@ -6,17 +6,16 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from align.config import build_dataclass
-from align.errors import ConfigError, InputError
-from align.models import ModelArgs, cuda_available, process_state
-
+from align.core.config import build_dataclass
+from align.core.errors import ConfigError, InputError
+from align.models.loading import ModelArgs, cuda_available, process_state
 
 # ---------------------------------------------------------------------------------------------------- score
 
 
 @dataclass
 class ScoreArgs(ModelArgs):
-    """The score recipe: the model keys of align.models.ModelArgs, plus these."""
+    """The score recipe: the model keys of align.models.loading.ModelArgs, plus these."""
 
     input: Any = None  # candidates ({prompt?, completion, ...}) or pairs ({prompt, chosen, rejected, ...})
     output: str | None = None
@@ -100,12 +99,11 @@ def _candidate_row(loc, row: dict, by_id: dict | None) -> tuple[list, list, Any]
 
 
 def cmd_score(args: argparse.Namespace, extra: list[str]) -> int:
-    from align.cli import stage_config
-    from align.io import write_jsonl
+    from align.core.config import read_stage_config
+    from align.core.io import write_jsonl
+    from reward.rank import RewardRanker, pairwise_accuracy, score_sharded
 
-    from .rank import RewardRanker, pairwise_accuracy, score_sharded
-
-    raw, source = stage_config(args, extra)
+    raw, source = read_stage_config(args.config, extra)
     config = parse_score_config(raw, source)
     data = read_score_input(config.input, config.prompts)  # bad input stops before any model is loaded
     state = process_state()

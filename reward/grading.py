@@ -9,10 +9,10 @@ judge that does not follow the format shows up as a high unparsable count.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
-from .rank import Messages, Text, as_messages, conversation_text
+from reward.rank import Messages, Text, as_messages, conversation_text
 
 GRADE_SYSTEM = (
     "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the "
@@ -73,7 +73,7 @@ class Grader:
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def grade(self, prompts: Sequence[Text], answers: Sequence[str],
-              references: Sequence[str | None] | None = None) -> list["Grade"]:
+              references: Sequence[str | None] | None = None) -> list[Grade]:
         references = list(references) if references is not None else [None] * len(prompts)
         if not len(prompts) == len(answers) == len(references):
             raise ValueError(f"{len(prompts)} prompts, {len(answers)} answers, {len(references)} references")

@@ -14,14 +14,13 @@ model (Marco-LLM uses a judge this way): candidates are compared round-robin, ea
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Callable, Sequence
 
-from align.errors import ConfigError
-from align.pairs import outcome_of_winner
-
-from .rank import Messages, Ranking, Text, as_messages, conversation_text, ranking_from_scores
+from align.core.errors import ConfigError
+from align.data.pairs import outcome_of_winner
+from reward.rank import Messages, Ranking, Text, as_messages, conversation_text, ranking_from_scores
 
 # A backend takes chat prompts and returns one completion per prompt (deterministic: greedy decoding).
 JudgeBackend = Callable[[list[Messages]], list[str]]
@@ -138,10 +137,10 @@ class PairwiseJudge:
 
         judge = PairwiseJudge("smollm2-135m")                   # or PairwiseJudge(backend=my_fn)
         judgements = judge.compare(prompts, ours, baseline)     # → [Judgement(winner='a', ...), ...]
-        align.pairs.tally(judgements, langs)                    # → {'fr': {'win': 3, 'loss': 1, 'tie': 2}, ...}
+        align.data.pairs.tally(judgements, langs)                    # → {'fr': {'win': 3, 'loss': 1, 'tie': 2}, ...}
         judge.rank(prompt, candidates)                          # → Ranking(best, worst, margin, scores)
 
-    `model` is an alias, path or hub id loaded like every generating model, by align.generate.load_backend
+    `model` is an alias, path or hub id loaded like every generating model, by align.generation.generate.load_backend
     (`backend_name`: auto picks vLLM when it is installed with CUDA, else transformers, on the GPU when there is
     one); `backend` replaces the model with any function from chat prompts to replies (an API client, a test fake).
     """
@@ -151,14 +150,14 @@ class PairwiseJudge:
     max_new_tokens: int = 256
     batch_size: int = 8
     explain: bool = True
-    model_args: object = None  # align.models.ModelArgs for dtype, attention, trust_remote_code, revision
-    backend_name: str = "auto"  # align.generate.BACKENDS: auto, transformers or vllm
+    model_args: object = None  # align.models.loading.ModelArgs for dtype, attention, trust_remote_code, revision
+    backend_name: str = "auto"  # align.generation.generate.BACKENDS: auto, transformers or vllm
     _loaded: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if (self.model is None) == (self.backend is None):
             raise ValueError("give exactly one of model (a judge LM) and backend (a function)")
-        from align.generate import BACKENDS
+        from align.generation.generate import BACKENDS
 
         if self.backend_name not in BACKENDS:
             raise ConfigError(None, "backend", f"unknown judge backend {self.backend_name!r} (expected "
@@ -179,7 +178,7 @@ class PairwiseJudge:
 
     def _generate(self, chats: list[Messages]) -> list[str]:
         """One greedy reply per chat from the judge model."""
-        from align.generate import GenerationArgs, complete
+        from align.generation.generate import GenerationArgs, complete
 
         backend, tokenizer = self.load()
         if not _renders_system(tokenizer):  # Gemma-style templates refuse a system turn: fold it into the user's
@@ -192,8 +191,8 @@ class PairwiseJudge:
         if not self._loaded:
             import dataclasses
 
-            from align.generate import choose_backend, load_backend
-            from align.models import ModelArgs
+            from align.generation.generate import choose_backend, load_backend
+            from align.models.loading import ModelArgs
 
             args = dataclasses.replace(self.model_args, model=self.model) if self.model_args is not None \
                 else ModelArgs(model=self.model)

@@ -14,12 +14,13 @@ a trained reward model is out of reach (a CPU, no preference data), it is the ch
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from .rank import Ranking, Text, as_messages, length_batches, rank_by_scores
+from reward.rank import Ranking, Text, as_messages, length_batches, rank_by_scores
 
 EMPTY_TURN = [{"role": "user", "content": ""}]
 
@@ -41,7 +42,7 @@ class LikelihoodRanker:
         if isinstance(self.model, str):
             import dataclasses
 
-            from align.models import ModelArgs, load_model, load_tokenizer, to_gpu_if_available
+            from align.models.loading import ModelArgs, load_model, load_tokenizer, to_gpu_if_available
 
             args = dataclasses.replace(self.model_args, model=self.model) if self.model_args else ModelArgs(model=self.model)
             self.tokenizer = load_tokenizer(args)

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any
 
 import torch
 
-from align.chat import render
+from align.data.pairs import Ranking, ranking_from_scores
+from align.models.chat import render
 
 log = logging.getLogger(__name__)
 
@@ -119,28 +121,6 @@ class Scores:
         return sum(self.truncated)
 
 
-@dataclass
-class Ranking:
-    """Candidates of one prompt, ranked. `best`/`worst` index the candidates as given; `margin` = best − worst.
-
-    Ties: `best` is the first candidate with the top score, `worst` the last with the bottom one, so two or more
-    candidates never give best == worst (a margin of 0 tells the caller they are tied).
-    """
-
-    best: int
-    worst: int
-    margin: float
-    scores: list[float]
-
-
-def ranking_from_scores(scores: Sequence[float]) -> Ranking:
-    if not scores:
-        raise ValueError("cannot rank zero candidates")
-    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-    worst = min(range(len(scores)), key=lambda i: (scores[i], -i))
-    return Ranking(best, worst, float(scores[best] - scores[worst]), [float(s) for s in scores])
-
-
 def rank_by_scores(score, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]]) -> list[Ranking]:
     """Rankings from a pointwise scorer `score(prompts, completions)`, called once on every pair of every prompt."""
     if len(prompts) != len(candidates):
@@ -166,14 +146,6 @@ def pairwise_accuracy(chosen: Sequence[float], rejected: Sequence[float], langs:
         "per_language": {lang: round(sum(v) / len(v), 4) for lang, v in sorted(hits.items())},
         "pairs_per_language": {lang: len(v) for lang, v in sorted(hits.items())},
     }
-
-
-class Ranker(Protocol):
-    """What later stages (arbitrage, online DPO, evaluation) need: a reward model or an LLM judge."""
-
-    def rank(self, prompt: Text, candidates: Sequence[Text]) -> Ranking: ...
-
-    def rank_many(self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]]) -> list[Ranking]: ...
 
 
 # ---------------------------------------------------------------------------------------------------- ranker
@@ -204,7 +176,7 @@ class RewardRanker:
     batch_size: int = 16
     max_length: int | None = 1024
     sort_by_length: bool = True
-    model_args: Any = None  # align.models.ModelArgs for dtype, attention, trust_remote_code, revision
+    model_args: Any = None  # align.models.loading.ModelArgs for dtype, attention, trust_remote_code, revision
     new_head: bool = False
     device: Any = None
     padded_tokens: int = field(default=0, init=False)  # tokens fed to the model, pads included (benchmarks)
@@ -284,7 +256,7 @@ def load_ranker_model(name: str, model_args=None, *, new_head: bool = False):
     """A reward model and its own tokenizer, loaded with align.models' choices."""
     import dataclasses
 
-    from align.models import ModelArgs, load_reward_model, load_reward_tokenizer
+    from align.models.loading import ModelArgs, load_reward_model, load_reward_tokenizer
 
     args = dataclasses.replace(model_args, model=name) if model_args is not None else ModelArgs(model=name)
     tokenizer = load_reward_tokenizer(args)

@@ -1,5 +1,5 @@
-"""Rule-based ranking: prefer answers in the language the prompt asked for (align.fidelity's two checks) that do not
-restate the prompt (align.echo's rule), alone or as penalties on a reward model's, a likelihood ranker's or a judge's
+"""Rule-based ranking: prefer answers in the language the prompt asked for (align.evaluation.fidelity's two checks) that do not
+restate the prompt (align.data.echo's rule), alone or as penalties on a reward model's, a likelihood ranker's or a judge's
 scores, so that arbitrage and online DPO pick answers, in the prompt's language.
 
 Each failed language check (line level, word level) costs `language_penalty`, an echo costs `echo_penalty`: an
@@ -13,14 +13,14 @@ detected in the prompt's last user message; a prompt whose language cannot be de
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
+from align.data.echo import is_echo
 from align.data.languages import detect_language
-from align.echo import is_echo
-from align.fidelity import answer_fidelity
-
-from .rank import Ranking, Text, as_messages, ranking_from_scores
+from align.evaluation.fidelity import answer_fidelity
+from reward.rank import Ranking, Text, as_messages, ranking_from_scores
 
 ECHO_PENALTY = 10.0  # above the spread of the rankers' scores measured (PMI: 4.8 at most), so an echo ranks last
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from align.config import build_dataclass
-from align.errors import ConfigError
+from align.core.config import build_dataclass
+from align.core.errors import ConfigError
 
 RULES = ("language",)  # reward.rules.LanguageRanker: answers in the prompt's language win
 
@@ -56,7 +56,7 @@ def parse_ranker(value, source: str | None, key: str = "ranker", *, backend: str
                                        f"(a judge LM), {key}.api (a judge behind an OpenAI-compatible endpoint) and "
                                        f"{key}.rule ({' or '.join(RULES)}: a rule)")
     if spec.api is not None:
-        from align.api import APISpec
+        from align.generation.api import APISpec
 
         build_dataclass(APISpec, spec.api if isinstance(spec.api, dict) else {}, source, prefix=f"{key}.api.")
     if spec.rule is not None and spec.rule not in RULES:
@@ -68,7 +68,7 @@ def parse_ranker(value, source: str | None, key: str = "ranker", *, backend: str
     if spec.batch_size < 1 or spec.max_length < 8 or spec.max_new_tokens < 1:
         bad = "batch_size" if spec.batch_size < 1 else "max_length" if spec.max_length < 8 else "max_new_tokens"
         raise ConfigError(source, f"{key}.{bad}", f"out of range: {getattr(spec, bad)}")
-    from align.generate import BACKENDS
+    from align.generation.generate import BACKENDS
 
     if spec.backend is not None and spec.backend not in BACKENDS:
         raise ConfigError(source, f"{key}.backend", f"unknown generation backend {spec.backend!r} (expected "

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from align.core.errors import ConfigError, InputError
 from align.data import load_records
-from align.errors import ConfigError, InputError
-from align.models import load_reward_model, load_reward_tokenizer, reward_lora_config
-from align.packed_pairs import PaddingFreeArgs, choose, layout_rows
-from align.runs import (TrainingArgs, TrainingJob, TrainingStage, build_trl_config, describe_languages,
-                        gather_on_save, is_sharded, parse_training_keys, save_merged)
-
-from .rank import PairEncoder, RewardRanker, pairwise_accuracy, score_sharded
+from align.models.loading import load_reward_model, load_reward_tokenizer, reward_lora_config
+from align.training.keys import TrainingArgs, TrainingJob, build_trl_config, parse_training_keys
+from align.training.packed_pairs import PaddingFreeArgs, choose, layout_rows
+from align.training.sharded import gather_on_save, is_sharded, save_merged
+from align.training.stage import TrainingStage, describe_languages
+from reward.rank import PairEncoder, RewardRanker, pairwise_accuracy, score_sharded
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class RewardStage(TrainingStage):
                 f"{len(self.eval_records)} held out, {truncated} truncated to {job.training.max_length} tokens")
 
     def build(self):
-        from align.packed_trainers import PackedRewardTrainer
+        from align.training.packed_trainers import PackedRewardTrainer
 
         job = self.job
         model = load_reward_model(job.args, new_head=True, pad_token_id=self.tokenizer.pad_token_id,

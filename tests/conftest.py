@@ -14,7 +14,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def tokenizer():
     """SmolLM2's tokenizer and ChatML template (the embedded default; converted once into the cache)."""
-    from align.models import ModelArgs, load_tokenizer
+    from align.models.loading import ModelArgs, load_tokenizer
 
     return load_tokenizer(ModelArgs())
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
-from align.api import APIBackend, APIError, APISpec, api_judge_backend
-from align.errors import ConfigError
-from align.generate import GenerationArgs, generate_logged, plan_batches
 from conftest import free_port
+
+from align.core.errors import ConfigError
+from align.generation.api import APIBackend, APIError, APISpec, api_judge_backend
+from align.generation.generate import GenerationArgs, generate_logged, plan_batches
 
 STARTUP_DEADLINE = 180  # seconds; the server takes about 10 s on two busy cores
 SHORT = GenerationArgs(max_new_tokens=8)
@@ -41,7 +41,7 @@ def get(port: int, path: str) -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(root URL, model name) of `transformers serve` pinned to the embedded model; stopped after the module."""
-    from align.models import model_path
+    from align.models.loading import model_path
 
     model, port = model_path("smollm2-135m"), free_port()
     logs = tmp_path_factory.mktemp("serve") / "serve.log"
@@ -264,7 +264,7 @@ def test_the_key_comes_from_the_named_variable_and_is_written_nowhere(spec, prox
 
 
 def test_a_missing_key_variable_is_a_one_line_error_naming_it(monkeypatch):
-    from align.config import build_dataclass
+    from align.core.config import build_dataclass
 
     monkeypatch.delenv("POLYALIGN_UNSET_KEY", raising=False)
     raw = {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "POLYALIGN_UNSET_KEY"}
@@ -300,8 +300,9 @@ def api_config(spec: APISpec) -> dict:
 
 def test_an_api_teacher_in_arbitrage_beside_a_checkpoint(spec, proxy, tmp_path, tokenizer):
     """An endpoint is a teacher like a checkpoint: asked once per prompt, ranked and routed with the other."""
-    from align.arbitrage import run_arbitrage
     from conftest import scaled_teacher, tiny_reward_model, write_jsonl
+
+    from align.stages.arbitrage import run_arbitrage
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p[0]["content"], "lang": lang, "id": f"p{i}"}
                                                  for i, (p, lang) in enumerate(zip(PROMPTS[:4], "en de ja es".split()))])
@@ -319,8 +320,9 @@ def test_an_api_teacher_in_arbitrage_beside_a_checkpoint(spec, proxy, tmp_path, 
 
 
 def test_an_api_judge_in_evaluation(spec, proxy, tmp_path):
-    from align.evaluate import run_evaluate
     from conftest import write_jsonl
+
+    from align.stages.evaluate import run_evaluate
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "What is the capital of France?", "lang": "en",
                                                   "id": "q"}])
@@ -335,8 +337,9 @@ def test_an_api_judge_in_evaluation(spec, proxy, tmp_path):
 
 
 def test_an_api_translator_in_contrast(spec, proxy, tmp_path, tokenizer):
-    from align.contrast import run_contrast
     from conftest import scaled_teacher, write_jsonl
+
+    from align.stages.contrast import run_contrast
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Quelle est la capitale de la France ?", "lang": "fr",
                                                   "id": "q"}])

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from align.cli import main
 from conftest import scaled_teacher, subprocess_env, tiny_reward_model, write_jsonl
 
+from align.cli import main
 
 PROMPTS = [
     ("Quelle est la capitale de la France ?", "fr"), ("Was ist zwei plus drei?", "de"),
@@ -61,7 +60,7 @@ def test_every_teacher_answers_its_languages_and_the_ranker_picks(tmp_path, pool
     assert {c["lang"] for c in candidates if c["model"] == "b"} == {"fr", "de"}
 
     # Scores are the reward model's own, recomputed here independently.
-    from align.models import ModelArgs
+    from align.models.loading import ModelArgs
     from reward.rank import RewardRanker
 
     ranker = RewardRanker(str(pool["rm"]), batch_size=1, model_args=ModelArgs(dtype="fp32"))

@@ -9,10 +9,10 @@ import json
 
 import pytest
 import yaml
-
-from align.benchmarks import BenchmarkArgs, index_tasks, metric_name, resolve_tasks, run_benchmarks
-from align.errors import ConfigError
 from conftest import REPO, scaled_teacher, write_jsonl
+
+from align.core.errors import ConfigError
+from align.evaluation.benchmarks import BenchmarkArgs, index_tasks, metric_name, resolve_tasks, run_benchmarks
 
 WORDS = ["Paris", "Berlin", "Roma", "Madrid", "Lisboa", "東京", "दिल्ली", "Варшава", "Athina", "Ankara", "Praha",
          "Wien", "Seoul", "Hanoi", "Jakarta", "Kyiv", "Tehran", "Dublin", "Oslo", "Cairo"]

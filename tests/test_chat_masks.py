@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import trl
 
-from align.chat import IGNORE_INDEX, TemplateError, tokenize_chat
+from align.models.chat import IGNORE_INDEX, TemplateError, tokenize_chat
 
 TRL_TEMPLATES = Path(trl.__file__).parent / "chat_templates"
 
@@ -216,8 +216,8 @@ def test_a_template_that_cannot_render_the_conversation_is_refused(tokenizer):
 
 
 def test_sft_tokenising_counts_the_examples_a_rewriting_template_adds():
-    from align.models import ModelArgs, load_tokenizer
-    from align.sft import tokenize_records
+    from align.models.loading import ModelArgs, load_tokenizer
+    from align.stages.sft import tokenize_records
 
     tokenizer = load_tokenizer(ModelArgs())  # its own copy: the template is changed below
     tokenizer.chat_template = STRIPS_REASONING

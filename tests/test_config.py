@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from align.config import deep_merge, load_yaml, parse_overrides
-from align.errors import ConfigError
+from align.core.config import deep_merge, load_yaml, parse_overrides
+from align.core.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------------ parse_overrides
 
@@ -117,7 +117,7 @@ def test_load_yaml_top_level_must_be_a_mapping(tmp_path):
 
 
 def parse(tmp_path: Path, source: str | None = None, **raw):
-    from align.sft import parse_sft_config
+    from align.stages.sft import parse_sft_config
 
     raw.setdefault("dataset", "data.jsonl")
     raw.setdefault("output_dir", str(tmp_path / "out"))
@@ -160,7 +160,7 @@ def test_recipe_file_to_config(tmp_path):
     path.write_text(f"dataset: data.jsonl\noutput_dir: {tmp_path / 'out'}\nlearning_rate: 1e-4\nmax_steps: 20\n"
                     "lora:\n  r: 16\n")
     raw = deep_merge(load_yaml(path), parse_overrides(["--max_steps", "5"]))
-    from align.sft import parse_sft_config
+    from align.stages.sft import parse_sft_config
 
     job = parse_sft_config(raw, str(path))
     assert job.training.learning_rate == pytest.approx(1e-4)
@@ -177,7 +177,7 @@ def test_bad_value_type_names_the_key(tmp_path):
 def test_lora_true_gives_the_defaults(tmp_path):
     lora = parse(tmp_path, lora=True).lora
     assert (lora.r, lora.alpha, lora.dropout) == (8, 16, pytest.approx(0.05))
-    assert lora.target_modules is None  # the architecture's own: align.models.lora_targets
+    assert lora.target_modules is None  # the architecture's own: align.models.loading.lora_targets
 
 
 def test_lora_mapping_overrides_some_defaults(tmp_path):
@@ -205,7 +205,7 @@ def test_quantised_base_needs_lora(tmp_path):
 
 
 def test_missing_output_dir_and_dataset(tmp_path):
-    from align.sft import parse_sft_config
+    from align.stages.sft import parse_sft_config
 
     with pytest.raises(ConfigError) as info:
         parse_sft_config({"dataset": "data.jsonl"}, "r.yaml")
@@ -239,9 +239,9 @@ def test_assistant_only_loss_is_consumed_by_polyalign(tmp_path):
 
 
 def test_bf16_off_without_cuda(tmp_path, monkeypatch):
-    import align.models
+    import align.models.loading
 
-    monkeypatch.setattr(align.models, "cuda_available", lambda: False)
+    monkeypatch.setattr(align.models.loading, "cuda_available", lambda: False)
     assert parse(tmp_path).training.bf16 is False
 
 
@@ -271,10 +271,9 @@ def test_polyalign_keys_and_defaults(tmp_path):
 
 
 def test_cli_config_error_is_one_line(tmp_path, capsys):
-    from align.cli import main
-
-    import align.sft  # noqa: F401  (import the heavy libraries before capturing stderr)
     import trl
+
+    from align.cli import main
 
     trl.SFTConfig  # noqa: B018
     root = logging.getLogger()
@@ -343,7 +342,7 @@ def test_training_values_in_range_pass(tmp_path):
 
 
 def test_dpo_and_reward_values_are_checked(tmp_path):
-    from align.dpo import parse_dpo_config
+    from align.stages.dpo import parse_dpo_config
     from reward.train import parse_reward_config
 
     raw = {"dataset": "pairs.jsonl", "output_dir": str(tmp_path / "out")}
@@ -358,8 +357,6 @@ def test_dpo_and_reward_values_are_checked(tmp_path):
 
 def run_cli_quietly(argv: list[str]) -> int:
     from align.cli import main
-
-    import align.sft  # noqa: F401  (import the heavy libraries before capturing stderr)
 
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

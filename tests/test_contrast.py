@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import scaled_teacher, write_jsonl
 
 from align.cli import main
-from align.config import config_hash
-from align.contrast import build_pairs, parse_contrast_config, translation_request
+from align.core.config import config_hash
 from align.data import load_records
-from align.generate import GenerationArgs, generate
-from align.models import ModelArgs, load_model, load_tokenizer
-from conftest import scaled_teacher, write_jsonl
+from align.generation.generate import GenerationArgs, generate
+from align.models.loading import ModelArgs, load_model, load_tokenizer
+from align.stages.contrast import build_pairs, parse_contrast_config, translation_request
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_jsonl
 
 from align.cli import main
-from conftest import write_jsonl
 
 LONG = ("The old lighthouse on the northern cliff was built in 1872 by a family of fishermen who wanted to protect "
         "their sons from the storms that wrecked so many boats every winter. Its lamp burned whale oil at first, then "
@@ -195,7 +195,7 @@ def test_bad_input_or_existing_output_leaves_nothing(tmp_path, capsys):
 
 def test_provenance_reaches_sft_metrics(curated, tokenizer):
     from align.data import load_records
-    from align.sft import tokenize_records
+    from align.stages.sft import tokenize_records
 
     records = load_records(str(curated / "curated.jsonl"), "sft")
     assert {r["id"]: r["provenance"] for r in records}["es-river"] == "machine-translated"
@@ -204,8 +204,8 @@ def test_provenance_reaches_sft_metrics(curated, tokenizer):
 
 
 def test_iter_records_streams_what_load_records_returns(tmp_path):
+    from align.core.errors import InputError
     from align.data import iter_records, load_records
-    from align.errors import InputError
 
     a = write_jsonl(tmp_path / "a.jsonl", RECORDS[:4])
     b = write_jsonl(tmp_path / "b.jsonl", RECORDS[4:])

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from align.data.clean import (CleanArgs, clean_messages, find_merged, fix_numbering, split_merged, strip_emoji,
-                              strip_html, strip_urls, tidy)
+from align.data.clean import (
+    CleanArgs,
+    clean_messages,
+    find_merged,
+    fix_numbering,
+    split_merged,
+    strip_emoji,
+    strip_html,
+    strip_urls,
+    tidy,
+)
 
 
 def chat(user: str, assistant: str) -> list[dict]:

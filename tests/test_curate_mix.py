@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 import yaml
+from conftest import write_jsonl
 
 from align.cli import main
+from align.core.errors import ConfigError
 from align.data.mix import MixArgs, format_plan, largest_remainder, mix_records, plan_mix
-from align.errors import ConfigError
-from conftest import write_jsonl
 
 COUNTS = {"en": 800, "fr": 150, "sw": 50}
 

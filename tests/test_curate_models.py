@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 import yaml
+from conftest import write_jsonl
 
-from align.chat import IGNORE_INDEX
 from align.cli import main
 from align.data.dedup import SemanticIndex, embedder_path
 from align.data.ifd import ifd_sequences, last_turn_only
-from conftest import write_jsonl
+from align.models.chat import IGNORE_INDEX
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from conftest import write_jsonl
 
 from align.cli import main
 from align.data import load_records
-from align.dpo import build_dpo_trainer, parse_dpo_config
-from conftest import write_jsonl
+from align.stages.dpo import build_dpo_trainer, parse_dpo_config
 
 # Chosen answers are in the prompt's language, rejected ones in another (the multilingual preference of the recipe).
 PAIRS = [

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-
-from align.echo import chrf_score, chrf_statistics, echo_flags, is_echo, prompt_overlap, prompt_text
-from align.pairs import choose_pair, echo_choice, pair_statistics
 from conftest import write_jsonl
+
+from align.data.echo import echo_flags, is_echo, prompt_overlap, prompt_text
+from align.data.pairs import choose_pair, echo_choice, pair_statistics
+from align.evaluation.chrf import chrf_score, chrf_statistics
 
 HELDOUT = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "data" / "prompts.jsonl"
 
@@ -86,7 +87,7 @@ def test_the_rule_ranker_ranks_answers_above_wrong_language_above_echoes():
 
 def test_evaluation_scores_the_echo_control_and_flags_a_copying_model(tmp_path, heldout):
     """Answers files only (no model): a model that copies the question is flagged, one that answers is not."""
-    from align.evaluate import run_evaluate
+    from align.stages.evaluate import run_evaluate
 
     rows = heldout[:16]
     prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
@@ -115,8 +116,8 @@ def test_evaluation_scores_the_echo_control_and_flags_a_copying_model(tmp_path, 
 
 
 def test_a_model_named_echo_is_refused(tmp_path):
-    from align.errors import ConfigError
-    from align.evaluate import parse_evaluate_config
+    from align.core.errors import ConfigError
+    from align.stages.evaluate import parse_evaluate_config
 
     with pytest.raises(ConfigError, match="'models.echo'.*control row"):
         parse_evaluate_config({"models": {"base": "a", "echo": "b"}, "prompts": "p", "output_dir": "o"}, "e.yaml")

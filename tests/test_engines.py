@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, subprocess_env
 from test_dpo import PAIRS
 from test_sft_stage import QUIET

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from align.evaluate import run_evaluate
 from conftest import scaled_teacher, tiny_reward_model, write_jsonl
+
+from align.stages.evaluate import run_evaluate
 
 PROMPTS = [("Quelle est la capitale de la France ?", "fr"), ("Was ist zwei plus drei?", "de"),
            ("Explain why the sky is blue.", "en"), ("¿Cuánto es siete por ocho?", "es")]
@@ -34,14 +34,14 @@ def answers(out) -> list[str]:
 
 
 def test_rerun_after_a_changed_max_new_tokens_regenerates_the_answers(tmp_path, models, monkeypatch):
-    import align.evaluate
+    import align.stages.evaluate
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
     # A run killed after answering, before judging: its answers (2 new tokens) are in the partial directory.
     with monkeypatch.context() as patch:
-        patch.setattr(align.evaluate, "measure", killed)
+        patch.setattr(align.stages.evaluate, "measure", killed)
         with pytest.raises(KeyboardInterrupt):
             run_evaluate(config(tmp_path, models))
     assert (tmp_path / ".eval.partial").is_dir() and not (tmp_path / "eval").exists()
@@ -105,8 +105,9 @@ def test_without_a_judge_the_report_shows_the_measured_columns_and_differences_o
 
 
 def test_an_answers_file_missing_a_prompt_is_one_line(tmp_path, models, capsys):
-    from align.cli import main
     import yaml
+
+    from align.cli import main
 
     answers = write_jsonl(tmp_path / "partial.jsonl", [{"id": "p0", "completion": "Paris."}])
     path = tmp_path / "eval.yaml"
@@ -159,8 +160,8 @@ def test_second_turns_are_answered_with_the_first_answer_in_context(tmp_path, mo
     assert [t["completions"][0] for t in talk] == [f["completion"] for f in first[:2]]
 
     # The second answer is generated with the model's own first answer in context: recompute it.
-    from align.generate import GenerationArgs, generate
-    from align.models import ModelArgs, load_model, load_tokenizer
+    from align.generation.generate import GenerationArgs, generate
+    from align.models.loading import ModelArgs, load_model, load_tokenizer
 
     args = ModelArgs(model=str(models["tuned"]), dtype="fp32")
     chat = [{"role": "user", "content": rows[0]["turns"][0]}, {"role": "assistant", "content": talk[0]["completions"][0]},
@@ -199,7 +200,7 @@ def test_a_benchmark_that_cannot_load_fails_before_any_answer(tmp_path, models, 
 
 
 def test_chrf_has_an_interval_from_five_prompts(tmp_path):
-    from align.evaluate import chrf
+    from align.stages.evaluate import chrf
 
     prompts = [{"lang": "fr", "reference": f"La réponse numéro {i} est ici.", "prompt": []} for i in range(6)]
     answers = ["La réponse numéro 0 est ici.", "Rien.", "La réponse 2 est là.", "Hallo Welt", "numéro 4", "ici."]
@@ -209,7 +210,7 @@ def test_chrf_has_an_interval_from_five_prompts(tmp_path):
 
 
 def test_differences_from_the_baseline_and_the_previous_stage_are_paired_and_say_when_they_are_noise():
-    from align.evaluate import Entry, EvaluateArgs, differences
+    from align.stages.evaluate import Entry, EvaluateArgs, differences
 
     prompts = [{"lang": "fr", "id": str(i), "prompt": [], "reference": "Les plantes ont besoin de lumière et d'eau."}
                for i in range(40)]

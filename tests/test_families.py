@@ -12,13 +12,13 @@ import json
 
 import pytest
 import torch
-
-from align.chat import IGNORE_INDEX
-from align.models import LoraArgs, ModelArgs, linear_module_names, load_model, lora_config
 from conftest import write_jsonl
 from families import FAMILIES, WINDOW, build_family
 from test_packing import make_trainer, per_token_losses, split_packed
 from test_padding_free import dpo_trainer, step
+
+from align.models.chat import IGNORE_INDEX
+from align.models.loading import LoraArgs, ModelArgs, linear_module_names, load_model, lora_config
 
 SLIDING = [f for f, keys in FAMILIES.items() if keys.get("sliding_window")]
 QUESTIONS = [("Quelle est la capitale de la France ?", "fr"), ("Wie spät ist es jetzt in Berlin?", "de"),
@@ -45,7 +45,7 @@ def outputs(tmp_path_factory):
 
 
 def trained_sft(family, family_dir, outputs, tmp_path_factory, chat_records):
-    from align.sft import run_sft
+    from align.stages.sft import run_sft
 
     if (family, "sft") not in outputs:
         root = tmp_path_factory.mktemp(f"{family}-sft")
@@ -84,7 +84,7 @@ def test_packed_sft_equals_each_example_alone(family, family_dir, chat_file, tmp
 
 def test_negative_control_a_window_ignored_is_detected(family_dir, chat_file, tmp_path, monkeypatch):
     """Drop the sliding window in the packed attention and the loss moves: the equality above sees the window."""
-    from align import segment_attention
+    from align.models import attention as segment_attention
 
     trainer, _ = make_trainer(family_dir("gemma3_text"), chat_file, tmp_path, "auto", max_length=512,
                               per_device_train_batch_size=8)
@@ -147,9 +147,10 @@ def test_padding_free_dpo_equals_trls_padded_path(family, family_dir, tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_reward_model_trains_and_ranks(family, family_dir, outputs, tmp_path_factory):
+    from test_padding_free import RECORDS
+
     from reward import load_ranker
     from reward.train import run_reward
-    from test_padding_free import RECORDS
 
     root = tmp_path_factory.mktemp(f"{family}-rm")
     data = write_jsonl(root / "pairs.jsonl", RECORDS * 2)
@@ -169,7 +170,7 @@ def test_reward_model_trains_and_ranks(family, family_dir, outputs, tmp_path_fac
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_greedy_generation_equals_one_prompt_at_a_time(family, family_dir):
-    from align.generate import GenerationArgs, load_backend
+    from align.generation.generate import GenerationArgs, load_backend
 
     backend, _ = load_backend(ModelArgs(model=str(family_dir(family)), dtype="fp32"), "transformers")
     prompts = [[{"role": "user", "content": q}] for q, _ in QUESTIONS]
@@ -182,9 +183,9 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(family, family_di
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_linear_soup_of_sft_and_base_loads_in_transformers(family, family_dir, outputs, tmp_path_factory, tmp_path):
+    from conftest import CHATS
     from transformers import AutoModelForCausalLM
 
-    from conftest import CHATS
     from merge.api import soup
 
     sft = trained_sft(family, family_dir, outputs, tmp_path_factory, CHATS)
@@ -200,7 +201,7 @@ def test_linear_soup_of_sft_and_base_loads_in_transformers(family, family_dir, o
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_one_online_iteration(family, family_dir, outputs, tmp_path):
-    from align.online import run_iterate
+    from align.stages.online import run_iterate
 
     if (family, "reward") not in outputs:
         pytest.skip("needs this family's reward model (test_reward_model_trains_and_ranks)")

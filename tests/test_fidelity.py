@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from align.fidelity import answer_fidelity, fidelity_flags, fidelity_rates, fidelity_table, line_words
+from align.evaluation.fidelity import answer_fidelity, fidelity_flags, fidelity_rates, fidelity_table, line_words
 
 FRENCH = "La capitale de la France est Paris.\nElle est connue pour la tour Eiffel et ses nombreux musées."
 FRENCH_WITH_ENGLISH = "La capitale de la France est Paris.\nThe city is famous for its museums and the Eiffel tower."

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from align.core.errors import ConfigError, InputError
 from align.data import DataSource, iter_records, load_records
-from align.errors import ConfigError, InputError
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -442,9 +442,9 @@ TOOL_TEMPLATE = (
 
 
 def test_loaded_tool_records_render_through_a_template_with_tool_support(tmp_path):
-    from align.chat import IGNORE_INDEX, TemplateError
-    from align.models import ModelArgs, load_tokenizer
-    from align.sft import tokenize_records
+    from align.models.chat import IGNORE_INDEX, TemplateError
+    from align.models.loading import ModelArgs, load_tokenizer
+    from align.stages.sft import tokenize_records
 
     [record] = load_records(str(write_jsonl(tmp_path / "tools.jsonl", [SHAREGPT_TOOL_ROW])), "sft")
     tokenizer = load_tokenizer(ModelArgs())  # its own copy: the template is changed below
@@ -1125,7 +1125,6 @@ def restore_logging():
 def _warm_sft_imports(capsys):
     # Importing trl/peft/bitsandbytes the first time may log the libraries' own warnings to stderr; do it before
     # the command so that stderr holds only what polyalign prints.
-    import align.sft  # noqa: F401
     import trl
 
     trl.SFTConfig  # noqa: B018  (trl imports lazily)
@@ -1235,7 +1234,7 @@ def test_empty_dataset_list():
 
 
 def test_a_training_stage_says_what_its_data_skipped(tmp_path):
-    from align.sft import SFTStage, parse_sft_config
+    from align.stages.sft import SFTStage, parse_sft_config
 
     path = write_jsonl(tmp_path / "kto.jsonl", KTO_ROWS)
     stage = SFTStage(parse_sft_config({"model": "unused", "dataset": str(path), "output_dir": str(tmp_path / "out")}))

@@ -6,10 +6,17 @@ import json
 
 import pytest
 
-from align.errors import ConfigError
-from align.generate import GenerationArgs, TransformersBackend, engine_gpus, generate, iter_batches, plan_batches
-from align.io import AppendLog
-from align.models import ModelArgs, load_model
+from align.core.errors import ConfigError
+from align.core.io import AppendLog
+from align.generation.generate import (
+    GenerationArgs,
+    TransformersBackend,
+    engine_gpus,
+    generate,
+    iter_batches,
+    plan_batches,
+)
+from align.models.loading import ModelArgs, load_model
 
 PROMPTS = [[{"role": "user", "content": text}] for text in (
     "Hi", "Quelle est la capitale de la France ? Réponds en une phrase.", "Was ist zwei plus drei?",
@@ -43,7 +50,7 @@ def test_batches_are_length_sorted_and_cover_every_prompt(tokenizer):
 def test_a_long_prompt_joins_short_ones_only_while_padding_costs_less_than_a_decoding_step(tokenizer):
     """Padding seven short prompts to a long one costs 7 x the length gap per step; a batch of its own costs one more
     step (STEP_COST_TOKENS). The plan takes whichever is cheaper."""
-    from align.generate import STEP_COST_TOKENS
+    from align.generation.generate import STEP_COST_TOKENS
 
     short = [[{"role": "user", "content": f"Say {n} in French."}] for n in range(7)]
 
@@ -97,7 +104,7 @@ def test_packed_prefill_gives_the_batched_answers(tiny, monkeypatch):
     """The CPU path (a batch's prompts prefilled packed into one row, decoding batched over a left-padded cache)
     answers exactly as one left-padded batch does, greedy and with k samples per prompt (k rows per prompt, in
     generate()'s order), and leaves the model on its own attention backend."""
-    from align import segment_attention
+    from align.models import attention as segment_attention
 
     model, tokenizer = tiny
     packed, padded = TransformersBackend(model, tokenizer), TransformersBackend(model, tokenizer, packed_prefill=False)

@@ -12,9 +12,9 @@ import json
 
 import pytest
 import torch
-
-from align.chat import IGNORE_INDEX
 from test_packing import make_trainer, pad_id, per_token_losses, split_packed
+
+from align.models.chat import IGNORE_INDEX
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -94,7 +94,7 @@ def test_bf16_full_fine_tuning(tiny_model_dir, chat_file, tmp_path):
 
 @pytest.mark.parametrize("bits", ["load_in_4bit", "load_in_8bit"])
 def test_qlora_trains_an_adapter_on_a_quantised_base(tiny_model_dir, chat_file, tmp_path, bits):
-    from align.models import ModelArgs, load_model
+    from align.models.loading import ModelArgs, load_model
 
     out = tmp_path / bits
     assert _sft(tiny_model_dir, chat_file, out, f"--{bits}", "true", "--lora", "true") == 0
@@ -110,7 +110,7 @@ def test_qlora_trains_an_adapter_on_a_quantised_base(tiny_model_dir, chat_file, 
 
 
 def test_auto_attention_prefers_flash_attention_when_installed():
-    from align.models import resolve_attention
+    from align.models.loading import resolve_attention
 
     expected = "flash_attention_2" if HAS_FLASH else "sdpa"
     assert resolve_attention("auto", torch.bfloat16) == expected
@@ -168,8 +168,8 @@ def test_fsdp2_lora_sft_saves_the_adapter_and_its_merge(tiny_model_dir, chat_fil
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
 def test_vllm_over_every_gpu_answers_like_one(tmp_path):
     """tensor_parallel_size: one engine over all GPUs gives the greedy answers of an engine on one."""
-    from align.generate import GenerationArgs, complete, load_backend
-    from align.models import ModelArgs
+    from align.generation.generate import GenerationArgs, complete, load_backend
+    from align.models.loading import ModelArgs
 
     prompts = [[{"role": "user", "content": q}] for q in ("Name a colour.", "Wie heißt die Hauptstadt von Japan?")]
     args = GenerationArgs(max_new_tokens=16, backend="vllm")

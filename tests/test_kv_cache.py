@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, LlamaConfig
 
-from align.kv_cache import PreallocatedLayer, unpack_to_batch
+from align.generation.kv_cache import PreallocatedLayer, unpack_to_batch
 
 CONFIG = LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from align.core.errors import InputError
 from align.data import DataSource, detect_language, language_mix, load_records, normalize_lang
 from align.data.languages import UnknownLanguage, language_name
-from align.errors import InputError
 
 
 def U(content: str) -> dict:
@@ -190,7 +190,7 @@ def test_no_letters_and_no_lang_is_an_error(tmp_path):
 
 
 def test_zh_hant_and_zh_hans_stay_apart_through_ingestion_and_reporting(tmp_path):
-    from align.fidelity import fidelity_table
+    from align.evaluation.fidelity import fidelity_table
 
     traditional = "這是一個關於語言模型的問題，請用繁體中文回答。"
     simplified = "这是一个关于语言模型的问题，请用简体中文回答。"

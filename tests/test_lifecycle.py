@@ -1,4 +1,4 @@
-"""The one stage lifecycle (align.runs.StageRun) and where config errors say a value came from."""
+"""The one stage lifecycle (align.core.lifecycle.StageRun) and where config errors say a value came from."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from align.cli import main
-from align.errors import ConfigError, PolyalignError
-from align.io import partial_dir
-from align.runs import HASH_MARKER, OWNER_MARKER, StageRun
+from align.core.errors import ConfigError, PolyalignError
+from align.core.io import partial_dir
+from align.core.lifecycle import HASH_MARKER, OWNER_MARKER, StageRun
 
 
 def test_existing_output_is_refused_unless_overwrite(tmp_path):

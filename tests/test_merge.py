@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import build_tiny_llama
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from align.cli import main
-from align.errors import ConfigError
-from conftest import build_tiny_llama
+from align.core.errors import ConfigError
 from merge import MergeError, soup
 
 TOL = 1e-6

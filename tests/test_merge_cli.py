@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import build_tiny_llama
 from safetensors.torch import load_file, save_file
 
 from align.cli import main
-from align.runs import OWNER_MARKER
-from conftest import build_tiny_llama
+from align.core.lifecycle import OWNER_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 

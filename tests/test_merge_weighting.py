@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from align.errors import ConfigError
+from align.core.errors import ConfigError
 from merge import cluster_weights, with_previous
 
 CLUSTERS = {"romance": ["en", "es", "fr", "it", "pt"], "slavic": ["en", "es", "fr", "ru"], "cjk": ["en", "zh"]}

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from align.errors import ConfigError
-from align.online import build_pairs, parse_iterate_config, run_iterate
 from conftest import scaled_teacher, subprocess_env, tiny_reward_model, write_jsonl
+
+from align.core.errors import ConfigError
+from align.stages.online import build_pairs, parse_iterate_config, run_iterate
 from reward.rank import ranking_from_scores
 
 QUESTIONS = ["Bonjour, comment vas-tu ?", "Wie spät ist es?", "¿Dónde está la estación?", "What is your name?"]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from align.chat import IGNORE_INDEX
 from align.data import load_records
-from align.packing import PackRowsCollator, choose_layout, uses_flattened_packs
-from align.segment_attention import NAME as SDPA_PACKED
-from align.sft import build_trainer, parse_sft_config
+from align.models.attention import NAME as SDPA_PACKED
+from align.models.chat import IGNORE_INDEX
+from align.stages.sft import build_trainer, parse_sft_config
+from align.training.packing import PackRowsCollator, choose_layout, uses_flattened_packs
 
 # (attention backend, packed_attention): every layout polyalign can choose on CPU.
 LAYOUTS = [("sdpa", "segments"), ("sdpa", "rows"), ("eager", "rows")]
@@ -97,7 +97,7 @@ def test_packed_logits_equal_unpacked_logits(tiny_model_dir, chat_file, tmp_path
 def test_negative_control_cross_attention_is_detected(tiny_model_dir, chat_file, tmp_path, layout, monkeypatch):
     """Let the examples attend to each other (rows: an all-ones attention mask; segments: a backend that fails to
     cut the row) and the losses visibly differ: the equalities above are sharp enough to catch a leak."""
-    from align import segment_attention
+    from align.models import attention as segment_attention
 
     trainer, _ = make_trainer(tiny_model_dir, chat_file, tmp_path, "sdpa", layout)
     batch = next(iter(trainer.get_train_dataloader()))
@@ -154,7 +154,7 @@ def test_layout_follows_the_attention_backend(tiny_model_dir, chat_file, tmp_pat
 
 
 def test_unknown_packed_attention_is_a_config_error(tiny_model_dir, chat_file, tmp_path):
-    from align.errors import ConfigError
+    from align.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="packed_attention"):
         make_trainer(tiny_model_dir, chat_file, tmp_path, "sdpa", "diagonal")

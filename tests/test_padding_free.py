@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-
-from align import segment_attention
-from align.cli import main
-from align.dpo import build_dpo_trainer, parse_dpo_config
 from conftest import tiny_reward_model, write_jsonl
+
+from align.cli import main
+from align.models import attention as segment_attention
+from align.stages.dpo import build_dpo_trainer, parse_dpo_config
 from reward.train import RewardStage, parse_reward_config
 
 # Length-skewed multilingual pairs: long Hindi and Japanese answers beside one-word ones.
@@ -182,10 +182,10 @@ def test_packed_reward_scores_and_loss_equal_the_padded_ones(reward_setup):
 
 
 def test_short_packed_dpo_on_the_embedded_model_raises_every_margin_as_the_padded_run_does(tmp_path, tokenizer):
+    from test_dpo import sequence_logp
     from transformers import AutoModelForCausalLM
 
-    from align.embedded import resolve_model
-    from test_dpo import sequence_logp
+    from align.models.embedded import resolve_model
 
     def margins(model):
         return [sequence_logp(model, tokenizer, p, c) - sequence_logp(model, tokenizer, p, r) for p, c, r, _ in PAIRS]

@@ -11,10 +11,10 @@ import sys
 import time
 
 import pytest
-
-from align.errors import ConfigError
-from align.pipeline import build_pipeline, load_state, plan, run_pipeline
 from conftest import REPO, free_port, scaled_teacher, subprocess_env, tiny_reward_model, write_jsonl
+
+from align.core.errors import ConfigError
+from align.stages.pipeline import build_pipeline, load_state, plan, run_pipeline
 
 PROMPTS = [("Quelle est la capitale de la France ?", "fr"), ("Was ist zwei plus drei?", "de"),
            ("भारत की राजधानी क्या है?", "hi"), ("Explain why the sky is blue.", "en"),
@@ -60,13 +60,13 @@ def test_pipeline_runs_every_stage_then_skips_reruns_and_resumes(tmp_path, model
 
     # A kill in the online stage, after its held-out baseline and before its first iteration: everything before
     # it is recorded as done, the online stage is left cut.
-    import align.online
+    import align.stages.online
 
     def killed(self, *args, **kwargs):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(align.online.Loop, "run_iteration", killed)
+        patch.setattr(align.stages.online.Loop, "run_iteration", killed)
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(raw)
     assert (tmp_path / "run" / "dpo" / ".online.partial" / "iter_0" / "heldout.jsonl").exists()  # kept to resume
@@ -171,7 +171,7 @@ def test_launched_stages_are_accelerate_jobs_with_the_outputs_of_one_process(tmp
 
 def test_a_launched_stage_that_fails_names_itself_and_leaves_the_stages_before_it_done(tmp_path, models,
                                                                                        monkeypatch, capsys):
-    from align.errors import PolyalignError
+    from align.core.errors import PolyalignError
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     raw = launched_recipe(tmp_path, models, "run", launch={"num_processes": 1})
@@ -212,7 +212,7 @@ def test_per_cluster_preference_training_and_unmerged_rows_in_the_evaluation(tmp
     assert models_evaluated["dpo-offline/indic"] == str(run / "dpo" / "offline" / "indic" / "merged")
     assert models_evaluated["online-2/indic"] == str(run / "dpo" / "online" / "iter_2" / "clusters" / "indic" / "merged")
     assert models_evaluated["online-2"] == str(run / "dpo" / "online" / "iter_2" / "model")
-    from align.evaluate import Entry, previous_stage
+    from align.stages.evaluate import Entry, previous_stage
 
     entries = [Entry(name, path) for name, path in models_evaluated.items()]
     names = list(models_evaluated)
@@ -220,9 +220,9 @@ def test_per_cluster_preference_training_and_unmerged_rows_in_the_evaluation(tmp
         ["base", "dpo-offline", "online-1"]
 
 
-PARSERS = {"reward": "reward.train:parse_reward_config", "arbitrage": "align.arbitrage:parse_arbitrage_config",
-           "sft": "align.sft:parse_sft_config", "dpo": "align.dpo:parse_dpo_config",
-           "online": "align.online:parse_iterate_config", "evaluate": "align.evaluate:parse_evaluate_config"}
+PARSERS = {"reward": "reward.train:parse_reward_config", "arbitrage": "align.stages.arbitrage:parse_arbitrage_config",
+           "sft": "align.stages.sft:parse_sft_config", "dpo": "align.stages.dpo:parse_dpo_config",
+           "online": "align.stages.online:parse_iterate_config", "evaluate": "align.stages.evaluate:parse_evaluate_config"}
 
 
 @pytest.mark.parametrize("path", ["recipes/demo/pipeline.yaml", "recipes/aya_expanse/pipeline.yaml"])
@@ -231,7 +231,7 @@ def test_shipped_recipes_are_valid(path, tmp_path, monkeypatch):
     import importlib
     from pathlib import Path
 
-    from align.config import load_yaml
+    from align.core.config import load_yaml
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)
@@ -253,11 +253,11 @@ def test_shipped_recipes_are_valid(path, tmp_path, monkeypatch):
         getattr(importlib.import_module(module), name)(config, path, **kwargs)
 
 
-STAGE_RECIPES = {"recipes/demo/sft.yaml": "align.sft:parse_sft_config",
-                 "recipes/marco_llm/sft.yaml": "align.sft:parse_sft_config",
-                 "recipes/native_vs_translated/sft.yaml": "align.sft:parse_sft_config",
-                 "recipes/demo/curate.yaml": "align.data.curate:parse_curate_config",
-                 "recipes/marco_llm/curate.yaml": "align.data.curate:parse_curate_config"}
+STAGE_RECIPES = {"recipes/demo/sft.yaml": "align.stages.sft:parse_sft_config",
+                 "recipes/marco_llm/sft.yaml": "align.stages.sft:parse_sft_config",
+                 "recipes/native_vs_translated/sft.yaml": "align.stages.sft:parse_sft_config",
+                 "recipes/demo/curate.yaml": "align.stages.curate:parse_curate_config",
+                 "recipes/marco_llm/curate.yaml": "align.stages.curate:parse_curate_config"}
 
 
 @pytest.mark.parametrize("path", sorted(STAGE_RECIPES))
@@ -266,7 +266,7 @@ def test_stage_recipes_are_valid(path):
     import importlib
     from pathlib import Path
 
-    from align.config import load_yaml
+    from align.core.config import load_yaml
 
     raw = load_yaml(Path(__file__).resolve().parents[1] / path)
     module, _, name = STAGE_RECIPES[path].partition(":")

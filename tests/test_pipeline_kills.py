@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import REPO, subprocess_env
+from safetensors.torch import load_file
 from test_pipeline import models, recipe  # noqa: F401  (the module's fixture)
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, subprocess_env, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -98,9 +97,9 @@ def test_a_signal_during_generation_keeps_every_answer_and_the_rerun_finishes(ti
 
 DRIVER = """
 import sys
-from align import preemption
-from align.launch import launch_flags, run_launched
-from align.config import load_yaml
+from align.core import preemption
+from align.stages.launch import launch_flags, run_launched
+from align.core.config import load_yaml
 cfg, run_dir = load_yaml(sys.argv[1]), sys.argv[2]
 with preemption.handlers():
     try:

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO, build_tiny_llama, scaled_teacher, subprocess_env, tiny_reward_model, write_jsonl
 
 README = REPO / "README.md"

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from align.pairs import tally
+from align.data.pairs import tally
 from reward.judge import Judgement, PairwiseJudge, combine, parse_verdict
 
 
@@ -115,7 +115,7 @@ def test_a_real_tiny_lm_goes_through_the_judge_path(tiny_model_dir):
 
 
 def test_load_ranker_passes_the_judge_backend_on():
-    from align.errors import ConfigError
+    from align.core.errors import ConfigError
     from reward import load_ranker
 
     judge = load_ranker({"judge": "smollm2-135m", "backend": "transformers", "max_new_tokens": 8}).base  # echo rule

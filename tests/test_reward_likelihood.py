@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from align.config import ConfigError
+from align.core.config import ConfigError
 from reward import load_ranker
 from reward.likelihood import EMPTY_TURN, LikelihoodRanker
 from reward.spec import describe_ranker, parse_ranker
@@ -23,7 +23,7 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def tiny_ranker(tiny_model_dir) -> LikelihoodRanker:
-    from align.models import ModelArgs
+    from align.models.loading import ModelArgs
 
     return LikelihoodRanker(str(tiny_model_dir), batch_size=3, max_length=512, model_args=ModelArgs(dtype="fp32"))
 

@@ -12,11 +12,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate import PartialState
+from conftest import build_tiny_llama, subprocess_env, write_jsonl
 
 from align.cli import main
-from conftest import build_tiny_llama, subprocess_env, write_jsonl
-from reward.rank import (PairEncoder, RewardRanker, balanced_order, join_shards, length_batches, ranking_from_scores,
-                         truncation_split)
+from reward.rank import (
+    PairEncoder,
+    RewardRanker,
+    balanced_order,
+    join_shards,
+    length_batches,
+    ranking_from_scores,
+    truncation_split,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +58,7 @@ def reward_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def ranker(reward_dir) -> RewardRanker:
-    from align.models import ModelArgs
+    from align.models.loading import ModelArgs
 
     # fp32 on any device: the scores are compared exactly (CUDA defaults to bf16; the 2-process run is on CPU)
     return RewardRanker(str(reward_dir), batch_size=4, max_length=512, model_args=ModelArgs(dtype="fp32"))

@@ -4,9 +4,9 @@ keys."""
 from __future__ import annotations
 
 import pytest
-
-from align.errors import ConfigError
 from conftest import tiny_reward_model
+
+from align.core.errors import ConfigError
 from reward import load_ranker
 from reward.judge import PairwiseJudge
 from reward.rules import ECHO_PENALTY, LanguageRanker, WithRulePenalties, prompt_language
@@ -44,7 +44,7 @@ def test_language_comes_from_langs_else_the_last_user_message():
 
 @pytest.fixture(scope="module")
 def reward_ranker(tmp_path_factory, tokenizer):
-    from align.models import ModelArgs
+    from align.models.loading import ModelArgs
     from reward.rank import RewardRanker
 
     return RewardRanker(str(tiny_reward_model(tmp_path_factory.mktemp("rm"), tokenizer)),
@@ -77,7 +77,7 @@ def test_penalty_on_a_judge_breaks_its_ties_and_gives_no_score():
 
 
 def test_load_ranker_builds_the_rule_and_the_wrapper(tmp_path, tokenizer):
-    from align.models import ModelArgs
+    from align.models.loading import ModelArgs
 
     rule = load_ranker(parse_ranker({"rule": "language", "language_penalty": 3}, "r.yaml").as_dict())
     assert isinstance(rule, LanguageRanker) and rule.penalty == 3.0

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny_llama, write_jsonl
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
 from align.cli import main
-from align.models import ModelArgs
-from conftest import build_tiny_llama, write_jsonl
+from align.models.loading import ModelArgs
 from reward.rank import PairEncoder, RewardRanker
 from reward.train import run_reward, split_heldout
 

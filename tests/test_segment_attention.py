@@ -6,13 +6,12 @@ layout, and a model left on `per_example` after training still generates exactly
 
 from __future__ import annotations
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from align import segment_attention
 from align.data import load_records
-from align.sft import build_trainer, parse_sft_config
+from align.models import attention as segment_attention
+from align.stages.sft import build_trainer, parse_sft_config
 
 
 def load(tiny_model_dir, attention: str):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import subprocess_env
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from align.cli import main
-from conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["--logging_steps", "1", "--disable_tqdm", "true"]
@@ -73,7 +73,7 @@ def test_lora_adapter_and_merged_model(tiny_model_dir, chat_file, tmp_path):
     changed = {k for k in base if not torch.equal(base[k], merged[k])}
     assert changed and all(any(m in k for m in ("q_proj", "v_proj")) for k in changed)
     # polyalign loads an adapter directory through its base.
-    from align.models import ModelArgs, load_model
+    from align.models.loading import ModelArgs, load_model
 
     adapted = load_model(ModelArgs(model=str(out), dtype="fp32"))
     ids = torch.tensor([[1, 2, 3, 4]])
@@ -150,9 +150,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, chat_file, 
 
 
 def test_packed_attention_errors_name_the_recipe(tiny_model_dir, chat_file, tmp_path):
+    from align.core.errors import ConfigError
     from align.data import load_records
-    from align.errors import ConfigError
-    from align.sft import build_trainer, parse_sft_config
+    from align.stages.sft import build_trainer, parse_sft_config
 
     raw = {"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / "out"),
            "dtype": "fp32", "attn_implementation": "eager", "packed_attention": "segments"}
@@ -166,9 +166,8 @@ def test_packed_attention_errors_name_the_recipe(tiny_model_dir, chat_file, tmp_
 
 def test_with_an_eval_set_the_output_is_the_checkpoint_with_the_lowest_held_out_loss(tiny_model_dir, chat_file,
                                                                                      tmp_path):
-    from safetensors.torch import load_file
-
     from conftest import CHATS, write_jsonl
+    from safetensors.torch import load_file
 
     # Held out: the training prompts with other answers, so that fitting the training answers soon costs held-out loss.
     held = write_jsonl(tmp_path / "held.jsonl", [
@@ -191,7 +190,7 @@ def test_with_an_eval_set_the_output_is_the_checkpoint_with_the_lowest_held_out_
 
 
 def test_eval_fraction_holds_records_out_of_training(tiny_model_dir, chat_file, tmp_path):
-    from align.sft import SFTStage, parse_sft_config
+    from align.stages.sft import SFTStage, parse_sft_config
 
     job = parse_sft_config({"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / "o"),
                             "eval_fraction": 0.3, "save_steps": 4}, "r.yaml")
@@ -209,8 +208,8 @@ def test_eval_fraction_holds_records_out_of_training(tiny_model_dir, chat_file, 
     ({"eval_fraction": 0.1, "eval_dataset": "x.jsonl"}, "'eval_fraction': give eval_dataset or eval_fraction, not both"),
 ])
 def test_eval_keys_are_checked_with_the_recipe(tiny_model_dir, chat_file, tmp_path, extra, message):
-    from align.errors import ConfigError
-    from align.sft import parse_sft_config
+    from align.core.errors import ConfigError
+    from align.stages.sft import parse_sft_config
 
     with pytest.raises(ConfigError) as info:
         parse_sft_config({"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / "o"),

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from align.stats import mean_interval, statistic_interval, within_noise
+from align.core.stats import mean_interval, statistic_interval, within_noise
 
 
 def test_the_interval_of_a_mean_has_the_expected_width():

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from align.chat import IGNORE_INDEX, tokenize_chat
-from align.cli import main
-from align.errors import ConfigError, PolyalignError
-from align.models import ModelArgs, load_model, load_tokenizer
 from conftest import CHATS, build_tiny_llama, write_jsonl
+
+from align.cli import main
+from align.core.errors import ConfigError, PolyalignError
+from align.models.chat import IGNORE_INDEX, tokenize_chat
+from align.models.loading import ModelArgs, load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_a_base_model_is_refused_without_a_template_and_given_one_with_it(base_m
     args = ModelArgs(model=str(base_model), chat_template="gemma", dtype="fp32")
     gemma = load_tokenizer(args)
     assert gemma.eos_token == "<end_of_turn>" and "<start_of_turn>" in gemma.get_vocab()
-    from align.models import match_embeddings
+    from align.models.loading import match_embeddings
 
     model = load_model(args)
     before = model.get_input_embeddings().num_embeddings
@@ -76,7 +76,7 @@ def test_sft_on_a_base_model_with_chatml_saves_a_model_that_generates(tmp_path, 
 
 
 def test_trls_chat_template_path_is_the_same_key_and_reward_refuses_both(tmp_path):
-    from align.sft import parse_sft_config
+    from align.stages.sft import parse_sft_config
     from reward.train import parse_reward_config
 
     job = parse_sft_config({"dataset": "d.jsonl", "output_dir": str(tmp_path / "o"), "chat_template_path": "chatml"})

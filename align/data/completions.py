@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ..errors import InputError
+from align.core.errors import InputError
 
 
 def read_completions(path: str) -> dict[str, str]:

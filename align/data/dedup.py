@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, PolyalignError
+from align.core.errors import ConfigError, PolyalignError
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,6 @@ class Embedder:
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         import torch
-
         from tqdm.auto import tqdm
 
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)

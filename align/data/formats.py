@@ -8,16 +8,19 @@ Canonical records (ARCHITECTURE.md), all in trl's conversational form:
 Messages are {"role", "content"} with text content; an assistant message may carry `tool_calls`
 ([{"type": "function", "function": {"name", "arguments": {...}}}]) and `reasoning_content` or `thinking`, a tool
 message `name` and `tool_call_id`; `tools` holds the definitions the conversation may call, as templates take them.
+
+One module over 400 lines: one short normaliser per format and the detector that chooses among them.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .languages import UnknownLanguage, base_language, detect_language, normalize_lang
-from .sources import Location
+from align.data.languages import UnknownLanguage, base_language, detect_language, normalize_lang
+from align.data.sources import Location
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

@@ -7,7 +7,7 @@ last assistant turn) or given nothing (the answer after an empty user turn, so b
 template). A low IFD means the instruction makes the answer much easier to predict; an IFD near or above 1 means the
 instruction does not help (the answer does not follow from it), which Li et al. filter out.
 
-The answer's tokens are found with `align.chat.tokenize_chat` (assistant-only labels), for any chat template. Both
+The answer's tokens are found with `align.models.chat.tokenize_chat` (assistant-only labels), for any chat template. Both
 sequences of every record go through the model in length-sorted batches bounded by a token budget, so the logits of
 one batch stay small whatever the vocabulary.
 """
@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ..chat import IGNORE_INDEX, tokenize_chat
+from align.models.chat import IGNORE_INDEX, tokenize_chat
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ class IFDScorer:
 
 
 def load_scorer(args, *, max_length: int = 1024, batch_tokens: int = 4096) -> IFDScorer:
-    """The IFD scorer on `args` (align.models.ModelArgs), on the GPU when there is one."""
-    from ..models import load_model, load_tokenizer, to_gpu_if_available
+    """The IFD scorer on `args` (align.models.loading.ModelArgs), on the GPU when there is one."""
+    from align.models.loading import load_model, load_tokenizer, to_gpu_if_available
 
     tokenizer = load_tokenizer(args)
     lm = to_gpu_if_available(load_model(args))

@@ -7,14 +7,15 @@ import logging
 import math
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..errors import ConfigError, InputError
-from .formats import FORMAT_KINDS, Skip, describe_unknown, detect_format, normalise_row, to_kind
-from .languages import UnknownLanguage, normalize_lang
-from .sources import iter_source
+from align.core.errors import ConfigError, InputError
+from align.data.formats import FORMAT_KINDS, Skip, describe_unknown, detect_format, normalise_row, to_kind
+from align.data.languages import UnknownLanguage, normalize_lang
+from align.data.sources import iter_source
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class DataSource:
     lang: str | None = None
 
     @classmethod
-    def parse(cls, value: Any, where: str = "dataset", source: str | None = None) -> "DataSource":
+    def parse(cls, value: Any, where: str = "dataset", source: str | None = None) -> DataSource:
         """One entry, checked; errors name `source` (the recipe file) and the entry's key, `where`."""
         if isinstance(value, DataSource):
             return value

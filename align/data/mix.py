@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
-from .languages import UnknownLanguage, normalize_lang
+from align.core.errors import ConfigError
+from align.data.languages import UnknownLanguage, normalize_lang
 
 
 @dataclass
@@ -163,7 +162,3 @@ def format_plan(plan: list[LanguagePlan]) -> str:
                  f"{total_out / total_in:.2f}x" if total_in else "-"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
-
-
-def mix_summary(records: list[dict]) -> dict[str, int]:
-    return dict(Counter(r["lang"] for r in records).most_common())

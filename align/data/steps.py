@@ -1,6 +1,6 @@
 """The steps of `polyalign curate`: each a config dataclass and what it does to a record or a block of records.
 
-A step has up to three parts, which `align.data.curate` schedules:
+A step has up to three parts, which `align.stages.curate` schedules:
 - `apply(record)`: a pure function of one record (clean, language filter, provenance) → a Verdict. Consecutive
   pure parts run together in one `datasets.map` over `num_proc` processes.
 - `feature(record)` + `decide(records, features)`: a pure per-record feature (a text hash, a MinHash signature),
@@ -8,6 +8,8 @@ A step has up to three parts, which `align.data.curate` schedules:
   (exact and MinHash dedup: `DedupStep`).
 - `process(records)`: a block of records at once in this process (semantic dedup, IFD: model-based), or, for
   steps marked `whole_set`, every record at once (IFD with `top_percent`, mix).
+
+One module over 400 lines: each step is short, and together they are the registry `polyalign curate` reads.
 """
 
 from __future__ import annotations
@@ -19,12 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..models import LoadingArgs
-from .clean import MERGED_ACTIONS, TEXT_CLEANERS, CleanArgs, clean_messages
-from .dedup import (DEFAULT_EMBEDDER, TEXT_FIELDS, ExactIndex, MinHasher, NearDuplicateIndex, dedup_text, exact_key,
-                    plain_text)
-from .languages import UnknownLanguage, base_language, detect_language, normalize_lang
+from align.core.errors import ConfigError
+from align.data.clean import MERGED_ACTIONS, TEXT_CLEANERS, CleanArgs, clean_messages
+from align.data.dedup import (
+    DEFAULT_EMBEDDER,
+    TEXT_FIELDS,
+    ExactIndex,
+    MinHasher,
+    NearDuplicateIndex,
+    dedup_text,
+    exact_key,
+    plain_text,
+)
+from align.data.languages import UnknownLanguage, base_language, detect_language, normalize_lang
+from align.models.loading import LoadingArgs
 
 PROVENANCES = ("native", "machine-translated", "synthetic")
 
@@ -210,7 +220,7 @@ class SemanticDedupStep(Step):
     fractions, counts = ("threshold",), ("batch_size", "max_length", "block_size")
 
     def validate(self):
-        from .dedup import SemanticIndex
+        from align.data.dedup import SemanticIndex
 
         super().validate()
         value = self.args.languages
@@ -227,7 +237,7 @@ class SemanticDedupStep(Step):
         return not self.latin_only or latin_share(plain_text(record, self.args.on)) >= 0.5
 
     def prepare(self):
-        from .dedup import Embedder
+        from align.data.dedup import Embedder
 
         try:
             self.embedder = Embedder(self.args.model, batch_size=self.args.batch_size, max_length=self.args.max_length)
@@ -346,8 +356,8 @@ class IFDStep(Step):
         self.whole_set = a.top_percent is not None
 
     def prepare(self):
-        from ..errors import PolyalignError
-        from .ifd import load_scorer
+        from align.core.errors import PolyalignError
+        from align.data.ifd import load_scorer
 
         a = self.args
         try:
@@ -444,14 +454,14 @@ class MixStep(Step):
     name, args_cls, whole_set = "mix", MixStepArgs, True
 
     def validate(self):
-        from .mix import MixArgs, plan_mix
+        from align.data.mix import MixArgs, plan_mix
 
         super().validate()
         a = self.args
         plan_mix({}, MixArgs(a.multipliers, a.tiers, a.temperature, a.total, a.seed), self.source, f"{self.where}.")
 
     def mix(self, records: list[dict]):
-        from .mix import mix_records
+        from align.data.mix import mix_records
 
         a = self.args
         return mix_records(records, multipliers=a.multipliers, tiers=a.tiers, temperature=a.temperature,
