@@ -35,6 +35,7 @@ demo: setup
 lint: setup
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check align reward merge tests bench recipes
+	$(BIN)/ruff format --check align reward merge tests bench recipes
 
 test: setup lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -78,31 +78,52 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "run": Command("the whole recipe: arbitrage, SFT per cluster, merges, offline and online DPO, evaluation",
-                   "align.stages.pipeline:cmd_run", run_arguments),
+    "run": Command(
+        "the whole recipe: arbitrage, SFT per cluster, merges, offline and online DPO, evaluation",
+        "align.stages.pipeline:cmd_run",
+        run_arguments,
+    ),
     "sft": Command("packed supervised fine-tuning (trl SFTTrainer)", config_stage("align.stages.sft:run_sft")),
     "generate": Command("answer prompts with a model (greedy or sampled)", cmd_generate, generate_arguments),
-    "reward": Command("train a Bradley-Terry reward model (trl RewardTrainer)", config_stage("reward.train:run_reward")),
+    "reward": Command(
+        "train a Bradley-Terry reward model (trl RewardTrainer)", config_stage("reward.train:run_reward")
+    ),
     "score": Command("score candidates or preference pairs with a reward model", "reward.cli:cmd_score"),
-    "merge": Command("merge checkpoints: streamed linear soup, or mergekit's methods (mergekit YAML)", "merge.cli:run",
-                     merge_arguments),
+    "merge": Command(
+        "merge checkpoints: streamed linear soup, or mergekit's methods (mergekit YAML)",
+        "merge.cli:run",
+        merge_arguments,
+    ),
     "dpo": Command("offline DPO on preference data (trl DPOTrainer)", config_stage("align.stages.dpo:run_dpo")),
-    "iterate": Command("online iterative DPO: sample, rank, DPO, repeat (optionally merging each iteration)",
-                       config_stage("align.stages.online:run_iterate")),
-    "evaluate": Command("win/loss/tie per language against a baseline (judge or reward model), chrF++, report",
-                        config_stage("align.stages.evaluate:run_evaluate")),
-    "arbitrage": Command("multi-teacher arbitrage: every teacher answers, a ranker picks (SFT records, pairs)",
-                         config_stage("align.stages.arbitrage:run_arbitrage")),
-    "curate": Command("curate data: clean, dedup (exact, MinHash, semantic), language filter, IFD, provenance, mix",
-                      config_stage("align.stages.curate:run_curate")),
-    "contrast": Command("translation-contrast pairs: strong in-language answer vs a weak English answer translated",
-                        config_stage("align.stages.contrast:run_contrast")),
+    "iterate": Command(
+        "online iterative DPO: sample, rank, DPO, repeat (optionally merging each iteration)",
+        config_stage("align.stages.online:run_iterate"),
+    ),
+    "evaluate": Command(
+        "win/loss/tie per language against a baseline (judge or reward model), chrF++, report",
+        config_stage("align.stages.evaluate:run_evaluate"),
+    ),
+    "arbitrage": Command(
+        "multi-teacher arbitrage: every teacher answers, a ranker picks (SFT records, pairs)",
+        config_stage("align.stages.arbitrage:run_arbitrage"),
+    ),
+    "curate": Command(
+        "curate data: clean, dedup (exact, MinHash, semantic), language filter, IFD, provenance, mix",
+        config_stage("align.stages.curate:run_curate"),
+    ),
+    "contrast": Command(
+        "translation-contrast pairs: strong in-language answer vs a weak English answer translated",
+        config_stage("align.stages.contrast:run_contrast"),
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="polyalign", description="Post-training toolkit for multilingual LLMs.",
-                                     epilog="Any other --key value overrides the recipe (trl config fields too).")
+    parser = argparse.ArgumentParser(
+        prog="polyalign",
+        description="Post-training toolkit for multilingual LLMs.",
+        epilog="Any other --key value overrides the recipe (trl config fields too).",
+    )
     parser.add_argument("--version", action="version", version=f"polyalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="STAGE")
     for name, command in COMMANDS.items():
@@ -140,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         failure = io_failure(e)
         if failure is None:
             raise
-        print(f"polyalign {args.command}: error: {failure}; no finished output was written (the same command "
-              "resumes where it can)", file=sys.stderr)
+        print(
+            f"polyalign {args.command}: error: {failure}; no finished output was written (the same command "
+            "resumes where it can)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print(f"polyalign {args.command}: interrupted", file=sys.stderr)

@@ -34,8 +34,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-NOISE = {"exact": 0.08, "near": 0.05, "html": 0.03, "url": 0.03, "emoji": 0.03, "merged": 0.02, "numbering": 0.02,
-         "wrong_lang": 0.02}
+NOISE = {
+    "exact": 0.08,
+    "near": 0.05,
+    "html": 0.03,
+    "url": 0.03,
+    "emoji": 0.03,
+    "merged": 0.02,
+    "numbering": 0.02,
+    "wrong_lang": 0.02,
+}
 
 
 def vocabularies() -> dict[str, list[str]]:
@@ -45,8 +53,12 @@ def vocabularies() -> dict[str, list[str]]:
         record = json.loads(line)
         text = " ".join(m["content"] for m in record["messages"] if m["role"] != "system")
         if record["lang"] == "ja":
-            pieces = [p for chunk in re.findall(r"[\u3040-\u30ff\u3400-\u9fff]+", text)
-                      for p in (chunk[i: i + 2] for i in range(0, len(chunk), 2)) if len(p) == 2]
+            pieces = [
+                p
+                for chunk in re.findall(r"[\u3040-\u30ff\u3400-\u9fff]+", text)
+                for p in (chunk[i : i + 2] for i in range(0, len(chunk), 2))
+                if len(p) == 2
+            ]
         else:
             pieces = [w for w in re.findall(r"[^\W\d_]+", text) if len(w) > 1]
         words.setdefault(record["lang"], set()).update(pieces)
@@ -88,8 +100,9 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
             continue
         text_lang = rng.choice([l for l in langs if l != lang]) if kind == "wrong_lang" else lang
         user = sentence(rng, vocab[text_lang], text_lang, rng.randint(6, 12))[:-1] + "?"
-        answer = " ".join(sentence(rng, vocab[text_lang], text_lang, rng.randint(8, 14))
-                          for _ in range(rng.randint(3, 6)))
+        answer = " ".join(
+            sentence(rng, vocab[text_lang], text_lang, rng.randint(8, 14)) for _ in range(rng.randint(3, 6))
+        )
         if kind == "html":
             answer = f"<p>{answer}</p> <b>&amp;</b>"
         elif kind == "url":
@@ -100,20 +113,38 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
             answer = f"{answer}\nUser: {sentence(rng, vocab[lang], lang, 6)}\nAssistant: {sentence(rng, vocab[lang], lang, 10)}"
         elif kind == "numbering":
             answer = "\n".join(f"{k}. {sentence(rng, vocab[lang], lang, 6)}" for k in (1, 2, 2, 4))
-        records.append({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
-                        "lang": lang, "id": rid, "source": "synthetic"})
+        records.append(
+            {
+                "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+                "lang": lang,
+                "id": rid,
+                "source": "synthetic",
+            }
+        )
     return records
 
 
-PER_RECORD_STEPS = ["clean", "exact_dedup", "minhash_dedup", "language_filter",
-                    {"provenance": {"default": "native"}}, {"mix": {"temperature": 3.0, "seed": 0}}]
+PER_RECORD_STEPS = [
+    "clean",
+    "exact_dedup",
+    "minhash_dedup",
+    "language_filter",
+    {"provenance": {"default": "native"}},
+    {"mix": {"temperature": 3.0, "seed": 0}},
+]
 
 
 def run(data: Path, out: Path, steps: list, num_proc: int, chunk_size: int) -> dict:
     from align.stages.curate import run_curate
 
-    config = {"dataset": str(data), "output_dir": str(out), "overwrite": True, "num_proc": num_proc,
-              "chunk_size": chunk_size, "steps": steps}
+    config = {
+        "dataset": str(data),
+        "output_dir": str(out),
+        "overwrite": True,
+        "num_proc": num_proc,
+        "chunk_size": chunk_size,
+        "steps": steps,
+    }
     start = time.perf_counter()
     run_curate(config, None)
     wall = time.perf_counter() - start
@@ -152,12 +183,15 @@ def main(argv=None) -> int:
         detect_language("Warm the language detector before timing.")
         results: dict = {"records": opts.records, "chunk_size": opts.chunk_size, "per_record": {1: [], 2: []}}
         for r in range(opts.repeats):
-            for num_proc in ((1, 2) if r % 2 == 0 else (2, 1)):
+            for num_proc in (1, 2) if r % 2 == 0 else (2, 1):
                 with contextlib.redirect_stdout(io.StringIO()):
                     m = run(data, tmp / f"out{num_proc}", PER_RECORD_STEPS, num_proc, opts.chunk_size)
                 results["per_record"][num_proc].append(m)
-                print(f"num_proc={num_proc}: {m['input'] / m['seconds']:.0f} records/s "
-                      f"({m['seconds']:.1f} s; {m['curated']} curated, {m['mixed']} mixed)", flush=True)
+                print(
+                    f"num_proc={num_proc}: {m['input'] / m['seconds']:.0f} records/s "
+                    f"({m['seconds']:.1f} s; {m['curated']} curated, {m['mixed']} mixed)",
+                    flush=True,
+                )
         same = (tmp / "out1" / "curated.jsonl").read_bytes() == (tmp / "out2" / "curated.jsonl").read_bytes()
         results["identical_outputs"] = same
         print(f"curated.jsonl identical with 1 and 2 processes: {same}")
@@ -167,8 +201,10 @@ def main(argv=None) -> int:
         with open(sub, "w", encoding="utf-8") as f:
             for record in records[:n_model]:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        for name, steps, n in (("semantic_dedup", [{"semantic_dedup": {"languages": "all"}}], opts.semantic_records),
-                               ("ifd", [{"ifd": {"max_ifd": None}}], opts.ifd_records)):
+        for name, steps, n in (
+            ("semantic_dedup", [{"semantic_dedup": {"languages": "all"}}], opts.semantic_records),
+            ("ifd", [{"ifd": {"max_ifd": None}}], opts.ifd_records),
+        ):
             if n <= 0:
                 continue
             part = tmp / f"{name}.jsonl"
@@ -176,13 +212,26 @@ def main(argv=None) -> int:
             with contextlib.redirect_stdout(io.StringIO()):
                 m = run(part, tmp / f"out-{name}", steps, 1, opts.chunk_size)
             step = m["steps"][0]
-            results[name] = {"records": n, "seconds": step["seconds"], "records_per_second": n / step["seconds"],
-                             "wall_incl_model_load": m["seconds"], "dropped": step["dropped"]}
-            print(f"{name}: {n / step['seconds']:.1f} records/s on {n} records ({step['seconds']:.1f} s, model load "
-                  f"excluded; {step['dropped']} dropped)", flush=True)
-        results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                              "torch_threads": torch.get_num_threads(), "datasets": datasets.__version__,
-                              "platform": platform.platform()}
+            results[name] = {
+                "records": n,
+                "seconds": step["seconds"],
+                "records_per_second": n / step["seconds"],
+                "wall_incl_model_load": m["seconds"],
+                "dropped": step["dropped"],
+            }
+            print(
+                f"{name}: {n / step['seconds']:.1f} records/s on {n} records ({step['seconds']:.1f} s, model load "
+                f"excluded; {step['dropped']} dropped)",
+                flush=True,
+            )
+        results["machine"] = {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "datasets": datasets.__version__,
+            "platform": platform.platform(),
+        }
         if opts.json:
             Path(opts.json).write_text(json.dumps(results, indent=2, default=str))
         print_table(results)
@@ -197,8 +246,10 @@ def print_table(results: dict) -> None:
     for num_proc, runs in results["per_record"].items():
         rates = [m["input"] / m["seconds"] for m in runs]
         steps = runs[-1]["steps"]
-        print(f"| {num_proc} | {sorted(rates)[len(rates) // 2]:.0f} ({', '.join(f'{r:.0f}' for r in rates)}) "
-              f"| {runs[-1]['seconds']:.1f} | {', '.join(format(s['seconds'], '.1f') for s in steps)} |")
+        print(
+            f"| {num_proc} | {sorted(rates)[len(rates) // 2]:.0f} ({', '.join(f'{r:.0f}' for r in rates)}) "
+            f"| {runs[-1]['seconds']:.1f} | {', '.join(format(s['seconds'], '.1f') for s in steps)} |"
+        )
     last = results["per_record"][1][-1]
     print("\nkept/dropped per step (1 process):")
     for s in last["steps"]:

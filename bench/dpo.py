@@ -33,8 +33,14 @@ SHARED = [ROOT.parent / "shared" / "data" / "mt_bench_multilingual", Path("/work
 
 
 def mt_bench(limit: int) -> list[dict]:
-    root = next((p for p in ([Path(os.environ["POLYALIGN_MT_BENCH"])] if "POLYALIGN_MT_BENCH" in os.environ else [])
-                 + SHARED if p.is_dir()), None)
+    root = next(
+        (
+            p
+            for p in ([Path(os.environ["POLYALIGN_MT_BENCH"])] if "POLYALIGN_MT_BENCH" in os.environ else []) + SHARED
+            if p.is_dir()
+        ),
+        None,
+    )
     if root is None:
         raise SystemExit("MT-Bench data not found (set POLYALIGN_MT_BENCH)")
     per_lang = []
@@ -49,8 +55,14 @@ def mt_bench(limit: int) -> list[dict]:
             if line.strip():
                 q = json.loads(line)
                 if q["question_id"] in refs:
-                    rows.append({"prompt": q["turns"][0], "answer": refs[q["question_id"]],
-                                 "lang": q.get("lang", "English"), "id": f"{folder.name}-{q['question_id']}"})
+                    rows.append(
+                        {
+                            "prompt": q["turns"][0],
+                            "answer": refs[q["question_id"]],
+                            "lang": q.get("lang", "English"),
+                            "id": f"{folder.name}-{q['question_id']}",
+                        }
+                    )
         per_lang.append(rows)
     mixed = [item for group in zip(*per_lang) for item in group]
     return mixed[:limit]
@@ -63,17 +75,30 @@ def offline(opts, workdir: Path) -> list[dict]:
     from align.stages.dpo import build_dpo_trainer, parse_dpo_config
 
     rows = mt_bench(opts.pairs + 1)
-    pairs = [{"prompt": r["prompt"], "chosen": r["answer"], "rejected": rows[i + 1]["answer"], "lang": r["lang"]}
-             for i, r in enumerate(rows[:-1])]
+    pairs = [
+        {"prompt": r["prompt"], "chosen": r["answer"], "rejected": rows[i + 1]["answer"], "lang": r["lang"]}
+        for i, r in enumerate(rows[:-1])
+    ]
     data = workdir / "pairs.jsonl"
     data.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
     modes = {"reference computed each step": False, "reference precomputed": True}
     runs = {}
     for name, precompute in modes.items():
-        raw = {"model": opts.model, "dataset": str(data), "output_dir": str(workdir / f"o-{precompute}"),
-               "lora": True, "max_length": opts.max_length, "per_device_train_batch_size": opts.batch_size,
-               "precompute_ref_log_probs": precompute, "learning_rate": 1e-5, "max_steps": 1000,
-               "gradient_checkpointing": False, "seed": 0, "report_to": "none", "disable_tqdm": True}
+        raw = {
+            "model": opts.model,
+            "dataset": str(data),
+            "output_dir": str(workdir / f"o-{precompute}"),
+            "lora": True,
+            "max_length": opts.max_length,
+            "per_device_train_batch_size": opts.batch_size,
+            "precompute_ref_log_probs": precompute,
+            "learning_rate": 1e-5,
+            "max_steps": 1000,
+            "gradient_checkpointing": False,
+            "seed": 0,
+            "report_to": "none",
+            "disable_tqdm": True,
+        }
         job = parse_dpo_config(raw)
         began = time.perf_counter()
         trainer, reference, _ = build_dpo_trainer(job, load_records(str(data), "preference"))
@@ -81,8 +106,15 @@ def offline(opts, workdir: Path) -> list[dict]:
         trainer.model.train()
         optimizer = trainer.create_optimizer()
         batches = iter(trainer.get_train_dataloader())
-        runs[name] = {"trainer": trainer, "optimizer": optimizer, "batches": batches, "seconds": 0.0, "steps": 0,
-                      "setup_s": setup, "reference": reference}
+        runs[name] = {
+            "trainer": trainer,
+            "optimizer": optimizer,
+            "batches": batches,
+            "seconds": 0.0,
+            "steps": 0,
+            "setup_s": setup,
+            "reference": reference,
+        }
 
     def step(run, timed=True):
         try:
@@ -107,11 +139,22 @@ def offline(opts, workdir: Path) -> list[dict]:
     for _ in range(opts.steps):
         for run in runs.values():
             step(run)
-        print("  " + ", ".join(f"{n}: {r['steps'] / r['seconds']:.3f} steps/s" for n, r in runs.items()),
-              file=sys.stderr, flush=True)
-    return [{"mode": n, "steps": r["steps"], "seconds": round(r["seconds"], 2),
-             "steps_per_s": r["steps"] / r["seconds"], "setup_s": round(r["setup_s"], 1), "reference": r["reference"]}
-            for n, r in runs.items()]
+        print(
+            "  " + ", ".join(f"{n}: {r['steps'] / r['seconds']:.3f} steps/s" for n, r in runs.items()),
+            file=sys.stderr,
+            flush=True,
+        )
+    return [
+        {
+            "mode": n,
+            "steps": r["steps"],
+            "seconds": round(r["seconds"], 2),
+            "steps_per_s": r["steps"] / r["seconds"],
+            "setup_s": round(r["setup_s"], 1),
+            "reference": r["reference"],
+        }
+        for n, r in runs.items()
+    ]
 
 
 def online(opts, workdir: Path) -> dict:
@@ -120,15 +163,36 @@ def online(opts, workdir: Path) -> dict:
 
     rows = mt_bench(opts.prompts)
     prompts = workdir / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": r["prompt"], "lang": r["lang"], "id": r["id"]},
-                                          ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": r["prompt"], "lang": r["lang"], "id": r["id"]}, ensure_ascii=False) + "\n"
+            for r in rows
+        ),
+        encoding="utf-8",
+    )
     ranker = RewardRanker(opts.model, batch_size=16, max_length=opts.max_length, new_head=True)
-    out = run_iterate({"model": opts.model, "prompts": str(prompts), "output_dir": str(workdir / "online"),
-                       "iterations": 1, "samples": opts.samples, "temperature": 0.8,
-                       "max_new_tokens": opts.max_new_tokens, "batch_size": 16, "heldout_fraction": 0, "lora": True,
-                       "dpo": {"max_steps": opts.steps, "per_device_train_batch_size": opts.batch_size,
-                               "max_length": opts.max_length, "gradient_checkpointing": False,
-                               "disable_tqdm": True}}, ranker=ranker)
+    out = run_iterate(
+        {
+            "model": opts.model,
+            "prompts": str(prompts),
+            "output_dir": str(workdir / "online"),
+            "iterations": 1,
+            "samples": opts.samples,
+            "temperature": 0.8,
+            "max_new_tokens": opts.max_new_tokens,
+            "batch_size": 16,
+            "heldout_fraction": 0,
+            "lora": True,
+            "dpo": {
+                "max_steps": opts.steps,
+                "per_device_train_batch_size": opts.batch_size,
+                "max_length": opts.max_length,
+                "gradient_checkpointing": False,
+                "disable_tqdm": True,
+            },
+        },
+        ranker=ranker,
+    )
     metrics = json.loads((out / "iter_1" / "metrics.json").read_text())
     return {"seconds": metrics["seconds"], "pairs": metrics["pairs"], "prompts": metrics["prompts"]}
 
@@ -157,21 +221,29 @@ def main(argv=None) -> int:
         split = None if opts.skip_online else online(opts, Path(tmp))
     print(f"## DPO benchmark ({datetime.date.today().isoformat()})\n")
     print(f"- command: `.venv/bin/python bench/dpo.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
-    print(f"- model: {opts.model} with a LoRA policy (r 8 on q, k, v); batch size {opts.batch_size}; max_length "
-          f"{opts.max_length}")
-    print(f"- machine: {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), GPU: "
-          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, Python {platform.python_version()}\n")
+    print(
+        f"- model: {opts.model} with a LoRA policy (r 8 on q, k, v); batch size {opts.batch_size}; max_length "
+        f"{opts.max_length}"
+    )
+    print(
+        f"- machine: {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), GPU: "
+        f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, Python {platform.python_version()}\n"
+    )
     base = results[0]["steps_per_s"]
     print("| offline DPO | timed steps | seconds | steps/s | vs computed each step | one-time setup s | reference |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for r in results:
-        print(f"| {r['mode']} | {r['steps']} | {r['seconds']} | {r['steps_per_s']:.3f} | "
-              f"{r['steps_per_s'] / base:.2f}x | {r['setup_s']} | {r['reference']} |")
+        print(
+            f"| {r['mode']} | {r['steps']} | {r['seconds']} | {r['steps_per_s']:.3f} | "
+            f"{r['steps_per_s'] / base:.2f}x | {r['setup_s']} | {r['reference']} |"
+        )
     if split:
         total = sum(split["seconds"].values())
-        print(f"\nOne online iteration: {split['prompts']} prompts × {opts.samples} samples, {opts.max_new_tokens} new "
-              f"tokens, {split['pairs']} pairs, {opts.steps} DPO steps\n")
+        print(
+            f"\nOne online iteration: {split['prompts']} prompts × {opts.samples} samples, {opts.max_new_tokens} new "
+            f"tokens, {split['pairs']} pairs, {opts.steps} DPO steps\n"
+        )
         print("| step | seconds | share |")
         print("|---|---:|---:|")
         for name, seconds in split["seconds"].items():

@@ -32,8 +32,20 @@ def run_matrix() -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "matrix.xml"
         began = time.time()
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_families.py",
-                        f"--junitxml={report}"], cwd=ROOT, check=False)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "tests/test_families.py",
+                f"--junitxml={report}",
+            ],
+            cwd=ROOT,
+            check=False,
+        )
         wall = time.time() - began
         results = {}
         for case in ET.parse(report).getroot().iter("testcase"):
@@ -53,8 +65,9 @@ def run_matrix() -> tuple[dict, float]:
 def table(results: dict) -> list[str]:
     lines = ["| family | " + " | ".join(STAGES.values()) + " |", "|---|" + "---|" * len(STAGES)]
     for family in FAMILIES:
-        lines.append(f"| {family} | " + " | ".join(results.get((family, test), ("not run", 0))[0] for test in STAGES)
-                     + " |")
+        lines.append(
+            f"| {family} | " + " | ".join(results.get((family, test), ("not run", 0))[0] for test in STAGES) + " |"
+        )
     return lines
 
 
@@ -62,9 +75,13 @@ def timings(results: dict, wall: float) -> list[str]:
     per_family = defaultdict(float)
     for (family, _), (_, seconds) in results.items():
         per_family[family] += seconds
-    lines = [f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; {datetime.date.today()}. Whole matrix "
-             f"(tests/test_families.py, tiny checkpoints built from each family's config): {wall:.0f} s wall.", "",
-             "| family | seconds (its seven stage tests, fixtures included) |", "|---|---:|"]
+    lines = [
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; {datetime.date.today()}. Whole matrix "
+        f"(tests/test_families.py, tiny checkpoints built from each family's config): {wall:.0f} s wall.",
+        "",
+        "| family | seconds (its seven stage tests, fixtures included) |",
+        "|---|---:|",
+    ]
     lines += [f"| {family} | {per_family[family]:.1f} |" for family in FAMILIES]
     return lines
 

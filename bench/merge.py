@@ -69,10 +69,15 @@ def make_inputs(workdir: Path, shard_mb: int) -> tuple[list[Path], dict]:
         names = list(f.keys())
         tensors = {n: f.get_tensor(n) for n in names}
     largest = max(names, key=lambda n: tensors[n].numel() * tensors[n].element_size())
-    facts = {"source": str(source), "tensors": len(names), "bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
-             "largest": largest, "largest_shape": list(tensors[largest].shape),
-             "largest_bytes": tensors[largest].numel() * tensors[largest].element_size(),
-             "dtype": SAFETENSORS_DTYPES[tensors[largest].dtype]}
+    facts = {
+        "source": str(source),
+        "tensors": len(names),
+        "bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
+        "largest": largest,
+        "largest_shape": list(tensors[largest].shape),
+        "largest_bytes": tensors[largest].numel() * tensors[largest].element_size(),
+        "dtype": SAFETENSORS_DTYPES[tensors[largest].dtype],
+    }
     paths = []
     for i in range(3):
         target = workdir / f"input{i}"
@@ -93,8 +98,9 @@ def make_inputs(workdir: Path, shard_mb: int) -> tuple[list[Path], dict]:
             file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
             save_file(shard, target / file, metadata={"format": "pt"})
             weight_map.update({n: file for n in shard})
-        (target / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": facts["bytes"]}, "weight_map": weight_map}, indent=2))
+        (target / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": facts["bytes"]}, "weight_map": weight_map}, indent=2)
+        )
         for extra in source.iterdir():
             if extra.suffix != ".safetensors" and extra.is_file():
                 shutil.copy2(extra, target / extra.name)
@@ -124,9 +130,13 @@ def main(argv=None) -> int:
     parser.add_argument("--input-shard-mb", type=int, default=100)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the inputs and outputs")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="OMP_NUM_THREADS for both tools' runs (default 1: on a shared 2-core machine every "
-                             "multi-threaded op waits for a descheduled thread; 0 leaves it unset)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS for both tools' runs (default 1: on a shared 2-core machine every "
+        "multi-threaded op waits for a descheduled thread; 0 leaves it unset)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -139,8 +149,10 @@ def main(argv=None) -> int:
         print(f"building 3 perturbed, sharded copies of smollm2-135m in {workdir} ...", flush=True)
         inputs, facts = make_inputs(workdir, args.input_shard_mb)
         config = workdir / "linear.yaml"
-        config.write_text("merge_method: linear\ndtype: float32\nmodels:\n" + "".join(
-            f"  - model: {p}\n    parameters:\n      weight: {w}\n" for p, w in zip(inputs, WEIGHTS)))
+        config.write_text(
+            "merge_method: linear\ndtype: float32\nmodels:\n"
+            + "".join(f"  - model: {p}\n    parameters:\n      weight: {w}\n" for p, w in zip(inputs, WEIGHTS))
+        )
         tools = {
             "polyalign merge": lambda out: [str(BIN / "polyalign"), "merge", str(config), str(out), "--quiet"],
             "mergekit-yaml": lambda out: [str(BIN / "mergekit-yaml"), str(config), str(out)],
@@ -148,22 +160,29 @@ def main(argv=None) -> int:
         base_torch = measure([sys.executable, "-c", "import torch"], env)[1]
         base_tf = measure([sys.executable, "-c", "import torch, transformers.modeling_utils"], env)[1]
         # What each tool pays before merging anything: its imports (median of 3, warm file cache).
-        imports = {name: [measure([sys.executable, "-c", code], env) for _ in range(3)]
-                   for name, code in (("polyalign merge",
-                                       "import torch, align.core.lifecycle, merge.api, merge.engines, merge.linear"),
-                                      ("mergekit-yaml", "import mergekit.merge, mergekit.options"))}
-        imports = {name: (statistics.median(r[0] for r in runs), statistics.median(r[2] for r in runs))
-                   for name, runs in imports.items()}
+        imports = {
+            name: [measure([sys.executable, "-c", code], env) for _ in range(3)]
+            for name, code in (
+                ("polyalign merge", "import torch, align.core.lifecycle, merge.api, merge.engines, merge.linear"),
+                ("mergekit-yaml", "import mergekit.merge, mergekit.options"),
+            )
+        }
+        imports = {
+            name: (statistics.median(r[0] for r in runs), statistics.median(r[2] for r in runs))
+            for name, runs in imports.items()
+        }
         results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in tools}
         order = list(tools)
         for round_ in range(args.repeats):
-            for name in (order if round_ % 2 == 0 else order[::-1]):
+            for name in order if round_ % 2 == 0 else order[::-1]:
                 out = workdir / f"out-{name.split()[0]}"
                 shutil.rmtree(out, ignore_errors=True)
                 wall, rss, cpu = measure(tools[name](out), env)
                 results[name].append((wall, rss, cpu))
-                print(f"  round {round_ + 1}: {name:16s} {wall:6.2f} s wall  {cpu:6.2f} s CPU  peak RSS {rss:7.1f} MiB",
-                      flush=True)
+                print(
+                    f"  round {round_ + 1}: {name:16s} {wall:6.2f} s wall  {cpu:6.2f} s CPU  peak RSS {rss:7.1f} MiB",
+                    flush=True,
+                )
         diff = compare(workdir / "out-polyalign", workdir / "out-mergekit-yaml")
     finally:
         if not args.keep:
@@ -174,20 +193,32 @@ def main(argv=None) -> int:
     target = (len(inputs) + 1) * largest
     print()
     threads = f"OMP_NUM_THREADS={args.threads} for both tools" if args.threads else "torch's default threads"
-    print(f"- machine: {os.cpu_count()} CPU cores (shared), no GPU; torch {torch.__version__}, {threads}; "
-          f"Python {platform.python_version()}, {platform.platform()}")
-    print(f"- inputs: 3 perturbed copies of smollm2-135m, {facts['dtype']}, {facts['bytes'] / mib:.0f} MiB each, "
-          f"{facts['tensors']} tensors, {facts['input_shards']} shards of <= {args.input_shard_mb} MiB each")
-    print(f"- largest tensor: {facts['largest']} {facts['largest_shape']} = {largest:.1f} MiB; "
-          f"target for peak RSS above baseline: (3 + 1) x {largest:.1f} = {target:.1f} MiB")
-    print(f"- baseline peak RSS: python + import torch {base_torch:.1f} MiB; + transformers.modeling_utils {base_tf:.1f} MiB")
-    print(f"- imports alone, before any merging (median of 3): polyalign {imports['polyalign merge'][0]:.2f} s wall / "
-          f"{imports['polyalign merge'][1]:.2f} s CPU, mergekit {imports['mergekit-yaml'][0]:.2f} s wall / "
-          f"{imports['mergekit-yaml'][1]:.2f} s CPU")
+    print(
+        f"- machine: {os.cpu_count()} CPU cores (shared), no GPU; torch {torch.__version__}, {threads}; "
+        f"Python {platform.python_version()}, {platform.platform()}"
+    )
+    print(
+        f"- inputs: 3 perturbed copies of smollm2-135m, {facts['dtype']}, {facts['bytes'] / mib:.0f} MiB each, "
+        f"{facts['tensors']} tensors, {facts['input_shards']} shards of <= {args.input_shard_mb} MiB each"
+    )
+    print(
+        f"- largest tensor: {facts['largest']} {facts['largest_shape']} = {largest:.1f} MiB; "
+        f"target for peak RSS above baseline: (3 + 1) x {largest:.1f} = {target:.1f} MiB"
+    )
+    print(
+        f"- baseline peak RSS: python + import torch {base_torch:.1f} MiB; + transformers.modeling_utils {base_tf:.1f} MiB"
+    )
+    print(
+        f"- imports alone, before any merging (median of 3): polyalign {imports['polyalign merge'][0]:.2f} s wall / "
+        f"{imports['polyalign merge'][1]:.2f} s CPU, mergekit {imports['mergekit-yaml'][0]:.2f} s wall / "
+        f"{imports['mergekit-yaml'][1]:.2f} s CPU"
+    )
     print(f"- max abs difference between the two outputs: {diff:.3g}")
     print()
-    print("| tool | wall s, median (runs) | CPU s, median | CPU s minus import CPU (rough) | peak RSS MiB "
-          "| above torch baseline | in largest tensors |")
+    print(
+        "| tool | wall s, median (runs) | CPU s, median | CPU s minus import CPU (rough) | peak RSS MiB "
+        "| above torch baseline | in largest tensors |"
+    )
     print("|---|---|---|---|---|---|---|")
     medians = {}
     for name, runs in results.items():
@@ -195,13 +226,17 @@ def main(argv=None) -> int:
         rss = statistics.median(r[1] for r in runs)
         cpu = statistics.median(r[2] for r in runs)
         medians[name] = (wall, rss, cpu)
-        print(f"| `{name}` | {wall:.2f} ({', '.join(f'{r[0]:.2f}' for r in runs)}) | {cpu:.2f} | "
-              f"{cpu - imports[name][1]:.2f} | {rss:.0f} | {rss - base_torch:.0f} | {(rss - base_torch) / largest:.2f} |")
+        print(
+            f"| `{name}` | {wall:.2f} ({', '.join(f'{r[0]:.2f}' for r in runs)}) | {cpu:.2f} | "
+            f"{cpu - imports[name][1]:.2f} | {rss:.0f} | {rss - base_torch:.0f} | {(rss - base_torch) / largest:.2f} |"
+        )
     ratios = [p[0] / m[0] for p, m in zip(results["polyalign merge"], results["mergekit-yaml"])]
     (pw, pr, pc), (mw, mr, mc) = medians["polyalign merge"], medians["mergekit-yaml"]
     print()
-    print(f"polyalign / mergekit: wall {pw / mw:.2f}x (median of per-round ratios {statistics.median(ratios):.2f}x), "
-          f"CPU {pc / mc:.2f}x, peak RSS {pr / mr:.2f}x")
+    print(
+        f"polyalign / mergekit: wall {pw / mw:.2f}x (median of per-round ratios {statistics.median(ratios):.2f}x), "
+        f"CPU {pc / mc:.2f}x, peak RSS {pr / mr:.2f}x"
+    )
     return 0
 
 

@@ -50,8 +50,16 @@ def first_sentence(text: str) -> str:
 
 def pairs(n: int) -> list[dict]:
     rows = mt_bench(n + 1)
-    return [{"prompt": r["prompt"], "chosen": r["answer"], "rejected": first_sentence(rows[i + 1]["answer"]),
-             "lang": r["lang"], "id": r["id"]} for i, r in enumerate(rows[:-1])]
+    return [
+        {
+            "prompt": r["prompt"],
+            "chosen": r["answer"],
+            "rejected": first_sentence(rows[i + 1]["answer"]),
+            "lang": r["lang"],
+            "id": r["id"],
+        }
+        for i, r in enumerate(rows[:-1])
+    ]
 
 
 class SavedBytes:
@@ -73,10 +81,20 @@ class SavedBytes:
 
 
 def base_raw(opts, workdir: Path, name: str, pf: bool) -> dict:
-    raw = {"output_dir": str(workdir / f"{name}-{pf}"), "dataset": "unused", "dtype": "fp32",
-           "max_steps": 1000, "per_device_train_batch_size": opts.batch_size, "max_length": opts.max_length,
-           "padding_free": pf, "learning_rate": 1e-6, "gradient_checkpointing": False, "seed": 0,
-           "report_to": "none", "disable_tqdm": True}
+    raw = {
+        "output_dir": str(workdir / f"{name}-{pf}"),
+        "dataset": "unused",
+        "dtype": "fp32",
+        "max_steps": 1000,
+        "per_device_train_batch_size": opts.batch_size,
+        "max_length": opts.max_length,
+        "padding_free": pf,
+        "learning_rate": 1e-6,
+        "gradient_checkpointing": False,
+        "seed": 0,
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
     if opts.model:
         raw["model"] = opts.model
     return raw
@@ -87,9 +105,14 @@ def build_dpo(opts, workdir: Path, data: list[dict], pf: bool):
 
     from align.stages.dpo import build_dpo_trainer, parse_dpo_config
 
-    records = [{"prompt": [{"role": "user", "content": p["prompt"]}],
-                "chosen": [{"role": "assistant", "content": p["chosen"]}],
-                "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in data]
+    records = [
+        {
+            "prompt": [{"role": "user", "content": p["prompt"]}],
+            "chosen": [{"role": "assistant", "content": p["chosen"]}],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}],
+        }
+        for p in data
+    ]
     raw = base_raw(opts, workdir, "dpo", pf) | {"beta": 0.1}
     torch.manual_seed(0)
     trainer, reference, layout = build_dpo_trainer(parse_dpo_config(raw), records)
@@ -120,8 +143,16 @@ def measure(opts, workdir: Path, kind: str, build, data: list[dict]) -> list[dic
         trainer, layout, note = build(opts, workdir, data, pf)
         trainer.model.train()
         optimizer = trainer.create_optimizer()
-        runs["packed" if pf else "padded"] = {"trainer": trainer, "optimizer": optimizer, "layout": layout,
-                                               "note": note, "seconds": 0.0, "real": 0, "steps": 0, "peak": 0}
+        runs["packed" if pf else "padded"] = {
+            "trainer": trainer,
+            "optimizer": optimizer,
+            "layout": layout,
+            "note": note,
+            "seconds": 0.0,
+            "real": 0,
+            "steps": 0,
+            "peak": 0,
+        }
     # Same batches for both: collate the same example indices with each trainer's own collator.
     n = len(runs["padded"]["trainer"].train_dataset)
     order = list(range(n))
@@ -162,12 +193,22 @@ def measure(opts, workdir: Path, kind: str, build, data: list[dict]) -> list[dic
     out = []
     for name, r in runs.items():
         t = r["trainer"]
-        out.append({"training": kind, "mode": name, "layout": r["layout"], "note": r["note"], "steps": r["steps"],
-                    "seconds": round(r["seconds"], 3), "real_tokens": r["real"],
-                    "real_tokens_per_s": round(r["real"] / r["seconds"], 1),
-                    "real_token_fraction": t.tokens.fraction(), "tokens_fed": t.tokens.fed,
-                    "peak_bytes": r["peak"],
-                    "peak_kind": "cuda max_memory_allocated" if cuda else "saved-for-backward tensors"})
+        out.append(
+            {
+                "training": kind,
+                "mode": name,
+                "layout": r["layout"],
+                "note": r["note"],
+                "steps": r["steps"],
+                "seconds": round(r["seconds"], 3),
+                "real_tokens": r["real"],
+                "real_tokens_per_s": round(r["real"] / r["seconds"], 1),
+                "real_token_fraction": t.tokens.fraction(),
+                "tokens_fed": t.tokens.fed,
+                "peak_bytes": r["peak"],
+                "peak_kind": "cuda max_memory_allocated" if cuda else "saved-for-backward tensors",
+            }
+        )
     return out
 
 
@@ -198,30 +239,53 @@ def main(argv=None) -> int:
         if opts.only in (None, "reward"):
             results += measure(opts, Path(tmp), "reward", build_reward, data)
     langs = sorted({p["lang"] for p in data})
-    machine = (f"{os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), GPU: "
-               f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; torch {torch.__version__}, "
-               f"transformers {transformers.__version__}, Python {platform.python_version()}")
+    machine = (
+        f"{os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), GPU: "
+        f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, Python {platform.python_version()}"
+    )
     command = f".venv/bin/python bench/padding_free.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
     print(f"## Padding-free benchmark ({datetime.date.today().isoformat()})\n")
     print(f"- command: `{command}`")
-    print(f"- model: {opts.model or ModelArgs().model} (fp32), batch size {opts.batch_size}, max_length "
-          f"{opts.max_length}, {len(data)} pairs in {len(langs)} languages, {opts.steps} timed steps per mode")
+    print(
+        f"- model: {opts.model or ModelArgs().model} (fp32), batch size {opts.batch_size}, max_length "
+        f"{opts.max_length}, {len(data)} pairs in {len(langs)} languages, {opts.steps} timed steps per mode"
+    )
     print(f"- machine: {machine}\n")
-    print("| training | mode | layout | timed steps | real tokens | seconds | real tokens/s | vs padded | "
-          "real-token fraction | peak MiB |")
+    print(
+        "| training | mode | layout | timed steps | real tokens | seconds | real tokens/s | vs padded | "
+        "real-token fraction | peak MiB |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     base = {r["training"]: r["real_tokens_per_s"] for r in results if r["mode"] == "padded"}
     for r in results:
         r["vs_padded"] = round(r["real_tokens_per_s"] / base[r["training"]], 3)
-        print(f"| {r['training']} | {r['mode']} | {r['layout']} | {r['steps']} | {r['real_tokens']} | "
-              f"{r['seconds']:.2f} | {r['real_tokens_per_s']:.1f} | {r['vs_padded']:.2f}x | "
-              f"{r['real_token_fraction']:.2%} | {r['peak_bytes'] / 2**20:.0f} |")
+        print(
+            f"| {r['training']} | {r['mode']} | {r['layout']} | {r['steps']} | {r['real_tokens']} | "
+            f"{r['seconds']:.2f} | {r['real_tokens_per_s']:.1f} | {r['vs_padded']:.2f}x | "
+            f"{r['real_token_fraction']:.2%} | {r['peak_bytes'] / 2**20:.0f} |"
+        )
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "command": command, "machine": machine,
-                               "model": opts.model or ModelArgs().model, "batch_size": opts.batch_size,
-                               "max_length": opts.max_length, "pairs": len(data), "languages": langs,
-                               "results": results}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.write_text(
+        json.dumps(
+            {
+                "date": datetime.date.today().isoformat(),
+                "command": command,
+                "machine": machine,
+                "model": opts.model or ModelArgs().model,
+                "batch_size": opts.batch_size,
+                "max_length": opts.max_length,
+                "pairs": len(data),
+                "languages": langs,
+                "results": results,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     print(f"\nwritten: {out}")
     return 0
 

@@ -36,8 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MODES = ("sorted", "unsorted")
-SHARED_CANDIDATES = [ROOT.parent / "shared" / "data" / "mt_bench_multilingual",
-                     Path("/work/shared/data/mt_bench_multilingual")]
+SHARED_CANDIDATES = [
+    ROOT.parent / "shared" / "data" / "mt_bench_multilingual",
+    Path("/work/shared/data/mt_bench_multilingual"),
+]
 
 
 def find_shared() -> Path:
@@ -89,9 +91,18 @@ def build_model(name: str, workdir: Path) -> tuple[str, bool]:
 
     tokenizer = load_tokenizer(ModelArgs())
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
     LlamaForSequenceClassification(config).save_pretrained(workdir / "tiny", safe_serialization=True)
     tokenizer.save_pretrained(workdir / "tiny")
     return str(workdir / "tiny"), False
@@ -118,7 +129,7 @@ def time_modes(ranker, ids: list, plans: dict, repeats: int, encode_s: float) ->
     scores = {mode: [None] * len(ids) for mode in MODES}
     for r in range(repeats):
         for k in range(len(plans["sorted"])):
-            for mode in (MODES if (k + r) % 2 == 0 else MODES[::-1]):
+            for mode in MODES if (k + r) % 2 == 0 else MODES[::-1]:
                 batch = plans[mode][k]
                 t0, c0 = time.perf_counter(), time.process_time()
                 out = ranker.score_encoded([ids[i] for i in batch])
@@ -126,8 +137,11 @@ def time_modes(ranker, ids: list, plans: dict, repeats: int, encode_s: float) ->
                 cpu[mode][r] += time.process_time() - c0
                 for i, score in zip(batch, out):
                     scores[mode][i] = score
-        print(f"  round {r + 1}: " + ", ".join(
-            f"{mode} {len(ids) / (wall[mode][r] + encode_s):.3f} pairs/s" for mode in MODES), flush=True)
+        print(
+            f"  round {r + 1}: "
+            + ", ".join(f"{mode} {len(ids) / (wall[mode][r] + encode_s):.3f} pairs/s" for mode in MODES),
+            flush=True,
+        )
     return wall, cpu, scores
 
 
@@ -137,10 +151,15 @@ def summarise(lengths: list[int], plans: dict, wall: dict, cpu: dict, encode_s: 
         real = sum(lengths)
         padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in plans[mode])
         times = [w + encode_s for w in wall[mode]]
-        results[mode] = {"seconds": [round(t, 1) for t in times], "cpu_seconds": [round(c, 1) for c in cpu[mode]],
-                         "pairs_per_s": round(len(lengths) / statistics.median(times), 4),
-                         "pairs_per_cpu_s": round(len(lengths) / (statistics.median(cpu[mode]) + encode_cpu), 4),
-                         "real_tokens": real, "tensor_tokens": padded, "real_fraction": round(real / padded, 3)}
+        results[mode] = {
+            "seconds": [round(t, 1) for t in times],
+            "cpu_seconds": [round(c, 1) for c in cpu[mode]],
+            "pairs_per_s": round(len(lengths) / statistics.median(times), 4),
+            "pairs_per_cpu_s": round(len(lengths) / (statistics.median(cpu[mode]) + encode_cpu), 4),
+            "real_tokens": real,
+            "tensor_tokens": padded,
+            "real_fraction": round(real / padded, 3),
+        }
     return results
 
 
@@ -154,24 +173,37 @@ def report(opts, command: str, run: dict, results: dict) -> None:
         by_lang[p["lang"]] = by_lang.get(p["lang"], 0) + 1
     print(f"\n## Reward scoring: length-sorted vs unsorted batches ({datetime.date.today().isoformat()})\n")
     print(f"- command: `{command}`")
-    print(f"- model: {opts.model} ({run['parameters'] / 1e6:.0f}M parameters"
-          f"{', fresh scalar head' if run['new_head'] else ''}, {run['dtype']}), batch size {opts.batch_size}, "
-          f"max_length {opts.max_length}")
-    print(f"- machine: {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), "
-          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
-          f"torch {torch.__version__}, Python {platform.python_version()}")
-    print(f"- data: {len(pairs)} MT-Bench question + GPT-4 reference answer pairs ("
-          + ", ".join(f"{k} {v}" for k, v in sorted(by_lang.items())) + f"); {sum(lengths)} tokens, "
-          f"{min(lengths)}–{max(lengths)} per pair, {run['truncated']} truncated")
-    print(f"- timing: batches interleaved (k-th sorted and k-th unsorted batch back to back, alternating which goes "
-          f"first), {opts.repeats} round(s); tokenisation ({run['encode_s']:.1f}s, identical for both) counted in "
-          f"both; largest score difference between modes {run['drift']:.1e}\n")
-    print("| batches | pairs/s (wall, median) | pairs/s (process CPU time) | seconds per round | real tokens "
-          "| tensor tokens | real-token fraction |")
+    print(
+        f"- model: {opts.model} ({run['parameters'] / 1e6:.0f}M parameters"
+        f"{', fresh scalar head' if run['new_head'] else ''}, {run['dtype']}), batch size {opts.batch_size}, "
+        f"max_length {opts.max_length}"
+    )
+    print(
+        f"- machine: {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), "
+        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
+    print(
+        f"- data: {len(pairs)} MT-Bench question + GPT-4 reference answer pairs ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(by_lang.items()))
+        + f"); {sum(lengths)} tokens, "
+        f"{min(lengths)}–{max(lengths)} per pair, {run['truncated']} truncated"
+    )
+    print(
+        f"- timing: batches interleaved (k-th sorted and k-th unsorted batch back to back, alternating which goes "
+        f"first), {opts.repeats} round(s); tokenisation ({run['encode_s']:.1f}s, identical for both) counted in "
+        f"both; largest score difference between modes {run['drift']:.1e}\n"
+    )
+    print(
+        "| batches | pairs/s (wall, median) | pairs/s (process CPU time) | seconds per round | real tokens "
+        "| tensor tokens | real-token fraction |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for mode, r in results.items():
-        print(f"| {mode} | {r['pairs_per_s']:.3f} | {r['pairs_per_cpu_s']:.3f} | {', '.join(f'{x:.0f}' for x in r['seconds'])} "
-              f"| {r['real_tokens']} | {r['tensor_tokens']} | {r['real_fraction']:.1%} |")
+        print(
+            f"| {mode} | {r['pairs_per_s']:.3f} | {r['pairs_per_cpu_s']:.3f} | {', '.join(f'{x:.0f}' for x in r['seconds'])} "
+            f"| {r['real_tokens']} | {r['tensor_tokens']} | {r['real_fraction']:.1%} |"
+        )
 
 
 def main(argv=None) -> int:
@@ -207,16 +239,35 @@ def main(argv=None) -> int:
     speedup = results["sorted"]["pairs_per_s"] / results["unsorted"]["pairs_per_s"]
     cpu_speedup = results["sorted"]["pairs_per_cpu_s"] / results["unsorted"]["pairs_per_cpu_s"]
     command = " ".join([".venv/bin/python", "bench/rank.py", *(argv if argv is not None else sys.argv[1:])])
-    run = {"pairs": pairs, "lengths": lengths, "parameters": sum(p.numel() for p in ranker.model.parameters()),
-           "new_head": new_head, "dtype": next(ranker.model.parameters()).dtype, "encode_s": encode_s, "drift": drift,
-           "truncated": sum(e.truncated for e in encoded)}
+    run = {
+        "pairs": pairs,
+        "lengths": lengths,
+        "parameters": sum(p.numel() for p in ranker.model.parameters()),
+        "new_head": new_head,
+        "dtype": next(ranker.model.parameters()).dtype,
+        "encode_s": encode_s,
+        "drift": drift,
+        "truncated": sum(e.truncated for e in encoded),
+    }
     report(opts, command, run, results)
-    print(f"\nspeed-up of sorted over unsorted: {speedup:.2f}x wall-clock, {cpu_speedup:.2f}x CPU time "
-          f"(total wall time {time.time() - began:.0f}s)")
+    print(
+        f"\nspeed-up of sorted over unsorted: {speedup:.2f}x wall-clock, {cpu_speedup:.2f}x CPU time "
+        f"(total wall time {time.time() - began:.0f}s)"
+    )
     if opts.json:
-        Path(opts.json).write_text(json.dumps({"command": command, "model": opts.model, "pairs": len(pairs),
-                                               "results": results, "speedup": round(speedup, 3),
-                                               "cpu_speedup": round(cpu_speedup, 3)}, indent=2))
+        Path(opts.json).write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "model": opts.model,
+                    "pairs": len(pairs),
+                    "results": results,
+                    "speedup": round(speedup, 3),
+                    "cpu_speedup": round(cpu_speedup, 3),
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

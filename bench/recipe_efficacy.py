@@ -55,8 +55,15 @@ def best_single_teacher(candidates: list[dict]) -> tuple[str, list[dict], dict[s
     means = {t: statistics.fmean(picks[t]["score"] for picks in contested.values()) for t in sorted(full)}
     teacher = max(means, key=means.get)
     chosen = [picks[teacher] if pid in contested else next(iter(picks.values())) for pid, picks in by_prompt.items()]
-    records = [{"messages": [*c["prompt"], {"role": "assistant", "content": c["completion"]}], "lang": c["lang"],
-                "id": c["id"], "source": f"teacher:{c['model']}"} for c in chosen]
+    records = [
+        {
+            "messages": [*c["prompt"], {"role": "assistant", "content": c["completion"]}],
+            "lang": c["lang"],
+            "id": c["id"],
+            "source": f"teacher:{c['model']}",
+        }
+        for c in chosen
+    ]
     return teacher, records, {t: round(m, 4) for t, m in means.items()}
 
 
@@ -78,8 +85,10 @@ def run_seed(seed: int, out: Path, iterations: int) -> dict:
 
     teacher, single, means = best_single_teacher(read_jsonl(run_dir / "arbitrage" / "candidates.jsonl"))
     sft_keys = {"model": raw["model"], "seed": seed, **raw["sft"]}
-    controls = {f"sft-single ({teacher})": (run_dir / "controls" / "single.jsonl", single),
-                "sft-arbitrage (global)": (run_dir / "arbitrage" / "sft.jsonl", None)}
+    controls = {
+        f"sft-single ({teacher})": (run_dir / "controls" / "single.jsonl", single),
+        "sft-arbitrage (global)": (run_dir / "arbitrage" / "sft.jsonl", None),
+    }
     trained = {}
     began = time.time()
     for name, (data, records) in controls.items():
@@ -91,12 +100,15 @@ def run_seed(seed: int, out: Path, iterations: int) -> dict:
         trained[name] = str(target)
     seconds["controls"] = round(time.time() - began, 1)
 
-    pipe = {s.name: s for s in build_pipeline({**raw, "evaluate": {**evaluate, "unmerged": True}},
-                                              str(RECIPE)).stages}
+    pipe = {s.name: s for s in build_pipeline({**raw, "evaluate": {**evaluate, "unmerged": True}}, str(RECIPE)).stages}
     staged = pipe["evaluate"].config["models"]
     clusters = [n for n in staged if n.startswith("sft/")]
-    models = {"base": staged["base"], **trained, **{n: staged[n] for n in clusters},
-              **{n: p for n, p in staged.items() if n == "sft" or n.startswith(("dpo-offline", "online-"))}}
+    models = {
+        "base": staged["base"],
+        **trained,
+        **{n: staged[n] for n in clusters},
+        **{n: p for n, p in staged.items() if n == "sft" or n.startswith(("dpo-offline", "online-"))},
+    }
     eval_cfg = {**pipe["evaluate"].config, "models": models, "output_dir": str(run_dir / "eval"), "overwrite": True}
     eval_dir = run_dir / "eval"
     began = time.time()
@@ -133,22 +145,38 @@ def run_seed(seed: int, out: Path, iterations: int) -> dict:
         "SFT (merged) vs echo control": ("sft", ECHO),
         f"online-{iterations} vs echo control": (f"online-{iterations}", ECHO),
     }
-    return {"seed": seed, "teacher": teacher, "teacher_mean_scores": means, "seconds": seconds, "best_cluster": best_cluster,
-            "rows": {n: row(metrics, n) for n in [*models, ECHO]},
-            "comparisons": {label: {"ours": a, "theirs": b, **paired(a, b)} for label, (a, b) in comparisons.items()},
-            "per_language_echo_free": {n: {lang: v["score"] for lang, v in metrics["models"][n]["echo_free_chrf++"]
-                                           .items() if lang != "all"} for n in [*models, ECHO]},
-            "per_language_fidelity": {n: {lang: v["pass_rate"] for lang, v in metrics["language_fidelity"][n].items()
-                                          if lang != "all"} for n in [*models, ECHO]}}
+    return {
+        "seed": seed,
+        "teacher": teacher,
+        "teacher_mean_scores": means,
+        "seconds": seconds,
+        "best_cluster": best_cluster,
+        "rows": {n: row(metrics, n) for n in [*models, ECHO]},
+        "comparisons": {label: {"ours": a, "theirs": b, **paired(a, b)} for label, (a, b) in comparisons.items()},
+        "per_language_echo_free": {
+            n: {lang: v["score"] for lang, v in metrics["models"][n]["echo_free_chrf++"].items() if lang != "all"}
+            for n in [*models, ECHO]
+        },
+        "per_language_fidelity": {
+            n: {lang: v["pass_rate"] for lang, v in metrics["language_fidelity"][n].items() if lang != "all"}
+            for n in [*models, ECHO]
+        },
+    }
 
 
 def row(metrics: dict, name: str) -> dict:
     m, fid = metrics["models"][name], metrics["language_fidelity"][name]["all"]
-    return {"chrf": m["chrf++"]["all"]["score"], "chrf_interval": m["chrf++"]["all"]["interval"],
-            "echo_free": m["echo_free_chrf++"]["all"]["score"], "echo_free_interval": m["echo_free_chrf++"]["all"]["interval"],
-            "echo_rate": m["echo_rate"]["all"]["mean"], "echo_rate_interval": m["echo_rate"]["all"]["interval"],
-            "fidelity": fid["pass_rate"], "fidelity_interval": fid.get("pass_rate_interval"),
-            "words": m["mean_words"]}
+    return {
+        "chrf": m["chrf++"]["all"]["score"],
+        "chrf_interval": m["chrf++"]["all"]["interval"],
+        "echo_free": m["echo_free_chrf++"]["all"]["score"],
+        "echo_free_interval": m["echo_free_chrf++"]["all"]["interval"],
+        "echo_rate": m["echo_rate"]["all"]["mean"],
+        "echo_rate_interval": m["echo_rate"]["all"]["interval"],
+        "fidelity": fid["pass_rate"],
+        "fidelity_interval": fid.get("pass_rate_interval"),
+        "words": m["mean_words"],
+    }
 
 
 def interval(bounds, percent: bool = False) -> str:
@@ -169,30 +197,49 @@ def _difference(d: dict, percent: bool = False) -> str:
 
 
 def table(result: dict) -> list[str]:
-    lines = [f"### Seed {result['seed']} (single teacher: {result['teacher']}; best cluster model: "
-             f"{result['best_cluster']}; mean ranker scores "
-             + ", ".join(f"{t} {s}" for t, s in result["teacher_mean_scores"].items()) + ")", "",
-             "| model | echo-free chrF++ [95%] | chrF++ [95%] | echo rate | language fidelity [95%] | mean words |",
-             "|---|---|---|---|---|---:|"]
+    lines = [
+        f"### Seed {result['seed']} (single teacher: {result['teacher']}; best cluster model: "
+        f"{result['best_cluster']}; mean ranker scores "
+        + ", ".join(f"{t} {s}" for t, s in result["teacher_mean_scores"].items())
+        + ")",
+        "",
+        "| model | echo-free chrF++ [95%] | chrF++ [95%] | echo rate | language fidelity [95%] | mean words |",
+        "|---|---|---|---|---|---:|",
+    ]
     for name, r in result["rows"].items():
-        lines.append(f"| {name} | {_score(r['echo_free'], r['echo_free_interval'])} "
-                     f"| {_score(r['chrf'], r['chrf_interval'])} | {_score(r['echo_rate'], r['echo_rate_interval'], True)} "
-                     f"| {_score(r['fidelity'], r['fidelity_interval'], True)} | {r['words']:.1f} |")
-    lines += ["", "| comparison (paired bootstrap) | echo-free chrF++ | chrF++ | fidelity | words |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {_score(r['echo_free'], r['echo_free_interval'])} "
+            f"| {_score(r['chrf'], r['chrf_interval'])} | {_score(r['echo_rate'], r['echo_rate_interval'], True)} "
+            f"| {_score(r['fidelity'], r['fidelity_interval'], True)} | {r['words']:.1f} |"
+        )
+    lines += [
+        "",
+        "| comparison (paired bootstrap) | echo-free chrF++ | chrF++ | fidelity | words |",
+        "|---|---|---|---|---|",
+    ]
     for label, c in result["comparisons"].items():
         words = f"{result['rows'][c['ours']]['words']:.1f} vs {result['rows'][c['theirs']]['words']:.1f}"
-        lines.append(f"| {label} | {_difference(c['echo_free_chrf++'])} | {_difference(c['chrf++'])} "
-                     f"| {_difference(c['language_fidelity'], True)} | {words} |")
-    for title, key, percent in (("Echo-free chrF++", "per_language_echo_free", False),
-                                ("Language fidelity", "per_language_fidelity", True)):
+        lines.append(
+            f"| {label} | {_difference(c['echo_free_chrf++'])} | {_difference(c['chrf++'])} "
+            f"| {_difference(c['language_fidelity'], True)} | {words} |"
+        )
+    for title, key, percent in (
+        ("Echo-free chrF++", "per_language_echo_free", False),
+        ("Language fidelity", "per_language_fidelity", True),
+    ):
         per_model = result[key]
         langs = sorted({lang for per in per_model.values() for lang in per})
-        lines += ["", f"{title} per language (12 prompts each)", "",
-                  "| model | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
+        lines += [
+            "",
+            f"{title} per language (12 prompts each)",
+            "",
+            "| model | " + " | ".join(langs) + " |",
+            "|---|" + "---|" * len(langs),
+        ]
         for name, per in per_model.items():
-            cells = [("-" if lang not in per else f"{per[lang]:.0%}" if percent else f"{per[lang]:.1f}")
-                     for lang in langs]
+            cells = [
+                ("-" if lang not in per else f"{per[lang]:.0%}" if percent else f"{per[lang]:.1f}") for lang in langs
+            ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()), ""]
     return lines
@@ -200,9 +247,12 @@ def table(result: dict) -> list[str]:
 
 def across_seeds(results: list[dict]) -> list[str]:
     """Each comparison's verdict per seed, and whether it holds in every seed (beyond noise, the same sign)."""
-    lines = ["### Across seeds: what holds in every seed", "",
-             "| comparison | echo-free chrF++ per seed | holds in every seed | fidelity per seed | holds |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "### Across seeds: what holds in every seed",
+        "",
+        "| comparison | echo-free chrF++ per seed | holds in every seed | fidelity per seed | holds |",
+        "|---|---|---|---|---|",
+    ]
 
     def verdict(cells: list[dict]) -> str:
         if all(not c["within_noise"] and c["difference"] > 0 for c in cells):
@@ -213,10 +263,13 @@ def across_seeds(results: list[dict]) -> list[str]:
 
     for label in results[0]["comparisons"]:
         cells = [r["comparisons"][label] for r in results]
-        lines.append(f"| {label} | " + "; ".join(f"{c['echo_free_chrf++']['difference']:+.2f}" for c in cells)
-                     + f" | {verdict([c['echo_free_chrf++'] for c in cells])} | "
-                     + "; ".join(f"{c['language_fidelity']['difference']:+.0%}" for c in cells)
-                     + f" | {verdict([c['language_fidelity'] for c in cells])} |")
+        lines.append(
+            f"| {label} | "
+            + "; ".join(f"{c['echo_free_chrf++']['difference']:+.2f}" for c in cells)
+            + f" | {verdict([c['echo_free_chrf++'] for c in cells])} | "
+            + "; ".join(f"{c['language_fidelity']['difference']:+.0%}" for c in cells)
+            + f" | {verdict([c['language_fidelity'] for c in cells])} |"
+        )
     return lines + [""]
 
 
@@ -235,11 +288,15 @@ def main() -> None:
         saved.write_text(json.dumps(results[-1], indent=2))
     import torch
 
-    lines = [f"Recipe efficacy: `python bench/recipe_efficacy.py --seeds {' '.join(map(str, opts.seeds))} "
-             f"--iterations {opts.iterations}`", "",
-             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-             f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}; "
-             f"{datetime.date.today()}", ""]
+    lines = [
+        f"Recipe efficacy: `python bench/recipe_efficacy.py --seeds {' '.join(map(str, opts.seeds))} "
+        f"--iterations {opts.iterations}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}; "
+        f"{datetime.date.today()}",
+        "",
+    ]
     for result in results:
         lines += table(result)
     lines += across_seeds(results)

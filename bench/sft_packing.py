@@ -44,8 +44,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DEMO_DATA = ROOT / "recipes" / "demo" / "data" / "sft.jsonl"
-SHARED_CANDIDATES = [ROOT.parent / "shared" / "data" / "mt_bench_multilingual",
-                     Path("/work/shared/data/mt_bench_multilingual")]
+SHARED_CANDIDATES = [
+    ROOT.parent / "shared" / "data" / "mt_bench_multilingual",
+    Path("/work/shared/data/mt_bench_multilingual"),
+]
 
 
 def find_shared() -> Path | None:
@@ -81,8 +83,13 @@ def mt_bench_chats(root: Path) -> list[dict]:
                     break
                 messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
             if messages:
-                rows.append({"messages": messages, "lang": q.get("lang") or "English",
-                             "id": f"{folder.name}-{q['question_id']}"})
+                rows.append(
+                    {
+                        "messages": messages,
+                        "lang": q.get("lang") or "English",
+                        "id": f"{folder.name}-{q['question_id']}",
+                    }
+                )
     return rows
 
 
@@ -113,15 +120,28 @@ def load_data(workdir: Path, seed: int) -> tuple[list[dict], list[str], list[str
 # Models built from a config with the embedded model's tokenizer: nothing downloaded. "llama-0.5b" is the
 # 0.5B-class model for GPU runs (Qwen2.5-0.5B / SmolLM2-360M proportions).
 PRESETS = {
-    "tiny": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=4, tie_word_embeddings=True),
-    "llama-0.5b": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                       num_key_value_heads=4, tie_word_embeddings=True),
+    "tiny": dict(
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+    ),
+    "llama-0.5b": dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+    ),
 }
 
 
-def build_preset_model(preset: str, workdir: Path, max_length: int, seed: int, family: str = "llama",
-                       window: int = 256) -> str:
+def build_preset_model(
+    preset: str, workdir: Path, max_length: int, seed: int, family: str = "llama", window: int = 256
+) -> str:
     """A model of the preset's shape in `family`'s own config class (sliding-window families get `window`-token
     windows) with the embedded SmolLM2 tokenizer, saved as safetensors."""
     import torch
@@ -131,10 +151,16 @@ def build_preset_model(preset: str, workdir: Path, max_length: int, seed: int, f
 
     tokenizer = load_tokenizer(ModelArgs())  # the embedded SmolLM2 tokenizer (converted once, then cached)
     shape = PRESETS[preset]
-    config = AutoConfig.for_model(family, vocab_size=len(tokenizer), max_position_embeddings=max(2048, max_length),
-                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                  pad_token_id=tokenizer.pad_token_id,
-                                  head_dim=shape["hidden_size"] // shape["num_attention_heads"], **shape)
+    config = AutoConfig.for_model(
+        family,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max(2048, max_length),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        head_dim=shape["hidden_size"] // shape["num_attention_heads"],
+        **shape,
+    )
     if getattr(config, "sliding_window", None) is not None or family == "mistral":
         config.sliding_window = window
     torch.manual_seed(seed)
@@ -195,12 +221,22 @@ class Mode:
 
         from align.stages.sft import build_trainer, parse_sft_config
 
-        raw = {"model": model, "dataset": sources,  # recorded only: the records are loaded once, passed below
-               "output_dir": str(workdir / f"out-{name}"),
-               "max_length": opts.max_length, "per_device_train_batch_size": opts.batch_size,
-               "learning_rate": 1e-5, "gradient_checkpointing": False, "save_strategy": "no",
-               "logging_steps": 1000, "max_steps": 1000, "seed": opts.seed, "report_to": "none",
-               "attn_implementation": opts.attn, **MODES[name]}
+        raw = {
+            "model": model,
+            "dataset": sources,  # recorded only: the records are loaded once, passed below
+            "output_dir": str(workdir / f"out-{name}"),
+            "max_length": opts.max_length,
+            "per_device_train_batch_size": opts.batch_size,
+            "learning_rate": 1e-5,
+            "gradient_checkpointing": False,
+            "save_strategy": "no",
+            "logging_steps": 1000,
+            "max_steps": 1000,
+            "seed": opts.seed,
+            "report_to": "none",
+            "attn_implementation": opts.attn,
+            **MODES[name],
+        }
         job = parse_sft_config(raw)
         torch.manual_seed(opts.seed)
         self.name = name
@@ -209,7 +245,8 @@ class Mode:
             from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
             self.trainer.data_collator = DataCollatorForLanguageModeling(
-                pad_token_id=self.trainer.processing_class.pad_token_id, padding_free=True)
+                pad_token_id=self.trainer.processing_class.pad_token_id, padding_free=True
+            )
         self.model = self.trainer.model
         self.model.train()
         self.optimizer = self.trainer.create_optimizer()
@@ -250,15 +287,25 @@ class Mode:
             self.step_seconds.append(round(elapsed, 3))
 
     def result(self) -> dict:
-        return {"mode": self.name, "batches": self.steps, "examples": self.examples, "real_tokens": self.real,
-                "tensor_tokens": self.tensor, "real_fraction": self.real / self.tensor if self.tensor else 0.0,
-                "seconds": self.seconds, "tokens_per_s": self.real / self.seconds if self.seconds else 0.0,
-                "tensor_tokens_per_s": self.tensor / self.seconds if self.seconds else 0.0,
-                "step_seconds": self.step_seconds, "last_loss": self.loss,
-                "dataset_rows": len(self.trainer.train_dataset), "stats": self.stats,
-                "parameters": sum(p.numel() for p in self.model.parameters()),
-                "layout": self.stats.get("packed_attention", "padded"),
-                "attention": self.model.config._attn_implementation, "dtype": str(self.model.dtype)}
+        return {
+            "mode": self.name,
+            "batches": self.steps,
+            "examples": self.examples,
+            "real_tokens": self.real,
+            "tensor_tokens": self.tensor,
+            "real_fraction": self.real / self.tensor if self.tensor else 0.0,
+            "seconds": self.seconds,
+            "tokens_per_s": self.real / self.seconds if self.seconds else 0.0,
+            "tensor_tokens_per_s": self.tensor / self.seconds if self.seconds else 0.0,
+            "step_seconds": self.step_seconds,
+            "last_loss": self.loss,
+            "dataset_rows": len(self.trainer.train_dataset),
+            "stats": self.stats,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "layout": self.stats.get("packed_attention", "padded"),
+            "attention": self.model.config._attn_implementation,
+            "dtype": str(self.model.dtype),
+        }
 
 
 def measure(modes: list[str], model: str, sources: list[str], records: list[dict], opts, workdir: Path) -> list[dict]:
@@ -274,9 +321,12 @@ def measure(modes: list[str], model: str, sources: list[str], records: list[dict
         for run in others:
             while run.real < packed.real and run.steps < opts.max_padded_steps:
                 run.step()
-        print(f"  packed {packed.steps}/{opts.steps}: " + ", ".join(
-            f"{r.name} {r.steps} batches {r.real / r.seconds if r.seconds else 0:.0f} tok/s" for r in runs),
-            file=sys.stderr, flush=True)
+        print(
+            f"  packed {packed.steps}/{opts.steps}: "
+            + ", ".join(f"{r.name} {r.steps} batches {r.real / r.seconds if r.seconds else 0:.0f} tok/s" for r in runs),
+            file=sys.stderr,
+            flush=True,
+        )
     return [run.result() for run in runs]
 
 
@@ -285,22 +335,37 @@ def machine() -> dict:
     import transformers
     import trl
 
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help=f"{' or '.join(PRESETS)} (built here from a config, nothing "
-                        "downloaded), smollm2-135m (the embedded default), or any model polyalign can load")
-    parser.add_argument("--family", default="llama", help="the preset model's family (its transformers model_type: "
-                        "gemma2, gemma3_text, cohere2, mistral, qwen3, ...)")
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        help=f"{' or '.join(PRESETS)} (built here from a config, nothing "
+        "downloaded), smollm2-135m (the embedded default), or any model polyalign can load",
+    )
+    parser.add_argument(
+        "--family",
+        default="llama",
+        help="the preset model's family (its transformers model_type: "
+        "gemma2, gemma3_text, cohere2, mistral, qwen3, ...)",
+    )
     parser.add_argument("--window", type=int, default=256, help="sliding window of a windowed family's preset model")
     parser.add_argument("--save-model", help="also keep the preset model in this folder (for bench/padding_free.py)")
-    parser.add_argument("--attn", default="auto", help="attention backend (auto: flash_attention_2 if installed on "
-                        "CUDA, else sdpa)")
+    parser.add_argument(
+        "--attn", default="auto", help="attention backend (auto: flash_attention_2 if installed on CUDA, else sdpa)"
+    )
     parser.add_argument("--steps", type=int, default=4, help="timed packed batches (padded modes match its tokens)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=1024)
@@ -326,8 +391,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="polyalign-bench-") as tmp:
         workdir = Path(tmp)
         records, sources, notes = load_data(workdir, opts.seed)
-        model = build_preset_model(opts.model, workdir, opts.max_length, opts.seed, opts.family, opts.window) \
-            if opts.model in PRESETS else opts.model
+        model = (
+            build_preset_model(opts.model, workdir, opts.max_length, opts.seed, opts.family, opts.window)
+            if opts.model in PRESETS
+            else opts.model
+        )
         results = measure(modes, model, sources, records, opts, workdir)
         if opts.save_model and opts.model in PRESETS:
             shutil.copytree(model, opts.save_model, dirs_exist_ok=True)
@@ -338,35 +406,53 @@ def main(argv=None) -> int:
         langs[r["lang"]] = langs.get(r["lang"], 0) + 1
     stats = results[0]["stats"]
     print(f"## SFT packing benchmark ({datetime.date.today().isoformat()})\n")
-    print(f"- command: `{' '.join(['.venv/bin/python', 'bench/sft_packing.py', *(argv if argv is not None else sys.argv[1:])])}`")
+    print(
+        f"- command: `{' '.join(['.venv/bin/python', 'bench/sft_packing.py', *(argv if argv is not None else sys.argv[1:])])}`"
+    )
     first = results[0]
-    print(f"- model: {opts.model} ({first['parameters'] / 1e6:.0f}M parameters, {first['dtype']}, attention "
-          f"{first['attention']}); batch size {opts.batch_size}; max_length {opts.max_length}; "
-          f"{opts.warmup} warm-up batches per mode; packed timed batches {opts.steps}")
-    print(f"- machine: {info['cpu_count']} CPUs ({info['torch_threads']} torch threads), "
-          f"GPU: {info['cuda'] or 'none'}; torch {info['torch']}, transformers {info['transformers']}, "
-          f"trl {info['trl']}, Python {info['python']}")
-    print(f"- data: {len(records)} chats in {len(langs)} languages ("
-          + ", ".join(f"{k} {v}" for k, v in sorted(langs.items(), key=lambda kv: -kv[1])) + "); "
-          + "; ".join(notes))
-    print(f"- tokenised: {stats['tokens']} tokens, {stats['truncated']} chats truncated to {opts.max_length}; "
-          f"packed into {stats.get('packs', '?')} packs (packing efficiency {stats.get('packing_efficiency', 0):.1%})")
+    print(
+        f"- model: {opts.model} ({first['parameters'] / 1e6:.0f}M parameters, {first['dtype']}, attention "
+        f"{first['attention']}); batch size {opts.batch_size}; max_length {opts.max_length}; "
+        f"{opts.warmup} warm-up batches per mode; packed timed batches {opts.steps}"
+    )
+    print(
+        f"- machine: {info['cpu_count']} CPUs ({info['torch_threads']} torch threads), "
+        f"GPU: {info['cuda'] or 'none'}; torch {info['torch']}, transformers {info['transformers']}, "
+        f"trl {info['trl']}, Python {info['python']}"
+    )
+    print(
+        f"- data: {len(records)} chats in {len(langs)} languages ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(langs.items(), key=lambda kv: -kv[1]))
+        + "); "
+        + "; ".join(notes)
+    )
+    print(
+        f"- tokenised: {stats['tokens']} tokens, {stats['truncated']} chats truncated to {opts.max_length}; "
+        f"packed into {stats.get('packs', '?')} packs (packing efficiency {stats.get('packing_efficiency', 0):.1%})"
+    )
     print()
     base = results[0]["tokens_per_s"]
     peak = peak_flops()
-    print("| mode | batches | examples | real tokens | tensor tokens | real-token fraction | real tokens/s "
-          "| tensor tokens/s | packed / this (real tokens/s) |" + (" MFU (6N) |" if peak else ""))
+    print(
+        "| mode | batches | examples | real tokens | tensor tokens | real-token fraction | real tokens/s "
+        "| tensor tokens/s | packed / this (real tokens/s) |" + (" MFU (6N) |" if peak else "")
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if peak else ""))
     for r in results:
         ratio = base / r["tokens_per_s"] if r["tokens_per_s"] else float("nan")
         mfu = f" {6 * r['parameters'] * r['tokens_per_s'] / peak:.1%} |" if peak else ""
-        print(f"| {r['mode']} ({r['layout']}, {r['attention']}) | {r['batches']} | {r['examples']} | {r['real_tokens']} | {r['tensor_tokens']} "
-              f"| {r['real_fraction']:.1%} | {r['tokens_per_s']:.0f} | {r['tensor_tokens_per_s']:.0f} | {ratio:.2f}x |"
-              + mfu)
+        print(
+            f"| {r['mode']} ({r['layout']}, {r['attention']}) | {r['batches']} | {r['examples']} | {r['real_tokens']} | {r['tensor_tokens']} "
+            f"| {r['real_fraction']:.1%} | {r['tokens_per_s']:.0f} | {r['tensor_tokens_per_s']:.0f} | {ratio:.2f}x |"
+            + mfu
+        )
     print(f"\ntotal wall time {time.time() - began:.0f}s")
     if opts.json:
-        Path(opts.json).write_text(json.dumps({"machine": info, "options": vars(opts), "notes": notes,
-                                               "results": results}, indent=2, default=str))
+        Path(opts.json).write_text(
+            json.dumps(
+                {"machine": info, "options": vars(opts), "notes": notes, "results": results}, indent=2, default=str
+            )
+        )
     return 0
 
 

@@ -19,8 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RECIPE = ROOT / "recipes" / "demo" / "pipeline.yaml"
-VARIANTS = {"lr5e-6": {"learning_rate": 5e-6}, "lr1e-5": {"learning_rate": 1e-5},
-            "lora2e-4": {"lora": True, "learning_rate": 2e-4}}
+VARIANTS = {
+    "lr5e-6": {"learning_rate": 5e-6},
+    "lr1e-5": {"learning_rate": 1e-5},
+    "lora2e-4": {"lora": True, "learning_rate": 2e-4},
+}
 
 
 def main() -> None:
@@ -43,13 +46,25 @@ def main() -> None:
             run_sft({**keys, **change, "output_dir": str(out / name)}, str(RECIPE))
             print(f"{name}: trained in {time.time() - began:.0f} s", flush=True)
         models[name] = str(out / name)
-    run_evaluate({**raw["evaluate"], "models": models, "prompts": raw["heldout"], "baseline": "base",
-                  "output_dir": str(out / "eval"), "seed": args.seed, "overwrite": True}, str(RECIPE))
+    run_evaluate(
+        {
+            **raw["evaluate"],
+            "models": models,
+            "prompts": raw["heldout"],
+            "baseline": "base",
+            "output_dir": str(out / "eval"),
+            "seed": args.seed,
+            "overwrite": True,
+        },
+        str(RECIPE),
+    )
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     for name in models:
         row = metrics["models"][name]
-        print(f"{name:24s} echo-free chrF++ {row['echo_free_chrf++']['all']['score']:5.2f}  "
-              f"chrF++ {row['chrf++']['all']['score']:5.2f}  echo rate {row['echo_rate']['all']['mean']:.0%}")
+        print(
+            f"{name:24s} echo-free chrF++ {row['echo_free_chrf++']['all']['score']:5.2f}  "
+            f"chrF++ {row['chrf++']['all']['score']:5.2f}  echo rate {row['echo_rate']['all']['mean']:.0%}"
+        )
 
 
 if __name__ == "__main__":

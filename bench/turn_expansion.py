@@ -34,17 +34,29 @@ HISTORY_REWRITING = (
     "{% endif %}{% endfor %}{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n"
     "{% if loop.index0 > ns.last %}<think>\n{{ m.get('reasoning_content') or '' }}\n</think>\n\n{% endif %}"
     "{{ m['content'] }}<|im_end|>\n{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 TEMPLATES = {"one rendering (ChatML)": None, "per turn (history-rewriting)": HISTORY_REWRITING}
 
 
 def run(name: str, template: str | None, model: str, records: list[dict], opts, workdir: Path) -> dict:
     from align.stages.sft import build_trainer, parse_sft_config
 
-    raw = {"model": model, "dataset": "unused", "output_dir": str(workdir / "out"), "max_length": opts.max_length,
-           "per_device_train_batch_size": 1, "learning_rate": 1e-5, "save_strategy": "no", "num_train_epochs": 1,
-           "logging_steps": 10_000, "report_to": "none", "disable_tqdm": True, "seed": 0,
-           **({"chat_template": template} if template else {})}
+    raw = {
+        "model": model,
+        "dataset": "unused",
+        "output_dir": str(workdir / "out"),
+        "max_length": opts.max_length,
+        "per_device_train_batch_size": 1,
+        "learning_rate": 1e-5,
+        "save_strategy": "no",
+        "num_train_epochs": 1,
+        "logging_steps": 10_000,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": 0,
+        **({"chat_template": template} if template else {}),
+    }
     job = parse_sft_config(raw)
     start = time.perf_counter()
     trainer, stats = build_trainer(job, records)
@@ -52,9 +64,16 @@ def run(name: str, template: str | None, model: str, records: list[dict], opts, 
     start = time.perf_counter()
     trainer.train()
     trained = time.perf_counter() - start
-    return {"rendering": name, "conversations": stats["examples"], "training_examples": stats["training_examples"],
-            "tokens": stats["tokens"], "trained_tokens": stats["trained_tokens"], "packs": stats.get("packs"),
-            "tokenise_and_load_s": round(built, 2), "epoch_s": round(trained, 2)}
+    return {
+        "rendering": name,
+        "conversations": stats["examples"],
+        "training_examples": stats["training_examples"],
+        "tokens": stats["tokens"],
+        "trained_tokens": stats["trained_tokens"],
+        "packs": stats.get("packs"),
+        "tokenise_and_load_s": round(built, 2),
+        "epoch_s": round(trained, 2),
+    }
 
 
 def main() -> None:
@@ -80,15 +99,23 @@ def main() -> None:
         model = build_preset_model(opts.preset, workdir, opts.max_length, 0)
         rows = [run(name, template, model, records, opts, workdir) for name, template in TEMPLATES.items()]
     one, per_turn = rows
-    print(f"{len(records)} multi-turn MT-Bench chats, max_length {opts.max_length}, preset {opts.preset}, "
-          f"{platform.processor() or platform.machine()}")
-    print("| rendering | conversations | training examples | tokens fed | tokens trained | packs | tokenise+load s | "
-          "epoch s |\n|---|---|---|---|---|---|---|---|")
+    print(
+        f"{len(records)} multi-turn MT-Bench chats, max_length {opts.max_length}, preset {opts.preset}, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    print(
+        "| rendering | conversations | training examples | tokens fed | tokens trained | packs | tokenise+load s | "
+        "epoch s |\n|---|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['rendering']} | {r['conversations']} | {r['training_examples']} | {r['tokens']} | "
-              f"{r['trained_tokens']} | {r['packs']} | {r['tokenise_and_load_s']} | {r['epoch_s']} |")
-    print(f"per turn / one rendering: tokens fed ×{per_turn['tokens'] / one['tokens']:.2f}, tokens trained "
-          f"×{per_turn['trained_tokens'] / one['trained_tokens']:.2f}, epoch time ×{per_turn['epoch_s'] / one['epoch_s']:.2f}")
+        print(
+            f"| {r['rendering']} | {r['conversations']} | {r['training_examples']} | {r['tokens']} | "
+            f"{r['trained_tokens']} | {r['packs']} | {r['tokenise_and_load_s']} | {r['epoch_s']} |"
+        )
+    print(
+        f"per turn / one rendering: tokens fed ×{per_turn['tokens'] / one['tokens']:.2f}, tokens trained "
+        f"×{per_turn['trained_tokens'] / one['trained_tokens']:.2f}, epoch time ×{per_turn['epoch_s'] / one['epoch_s']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,5 +7,4 @@ from merge.api import run, soup
 from merge.config import MergeError, MergeSpec, load_config, parse_config
 from merge.weighting import cluster_weights, with_previous
 
-__all__ = ["soup", "run", "MergeError", "MergeSpec", "load_config", "parse_config", "cluster_weights",
-           "with_previous"]
+__all__ = ["soup", "run", "MergeError", "MergeSpec", "load_config", "parse_config", "cluster_weights", "with_previous"]

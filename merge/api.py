@@ -33,11 +33,23 @@ from merge.output import resolve_chat_template, write_record
 DEFAULT_SHARD_SIZE = "5GB"
 
 
-def soup(models: Sequence[Any] | dict | str | os.PathLike, output_dir: str | os.PathLike, *, normalize: bool = True,
-         dtype: str | None = None, overwrite: bool = False, method: str = "linear", base_model: str | None = None,
-         tokenizer_source: str | None = None, chat_template: str | None = None, out_dtype: str | None = None,
-         max_shard_size: str | int = DEFAULT_SHARD_SIZE, seed: int | None = None, progress: bool = True,
-         command: str | None = None) -> Path:
+def soup(
+    models: Sequence[Any] | dict | str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    normalize: bool = True,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    method: str = "linear",
+    base_model: str | None = None,
+    tokenizer_source: str | None = None,
+    chat_template: str | None = None,
+    out_dtype: str | None = None,
+    max_shard_size: str | int = DEFAULT_SHARD_SIZE,
+    seed: int | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
     """Merge checkpoints into `output_dir` and return its path.
 
     `models` is a list of `(path, weight)` pairs (or bare paths, weight 1), a mergekit-format config dict, or the
@@ -46,13 +58,24 @@ def soup(models: Sequence[Any] | dict | str | os.PathLike, output_dir: str | os.
     A path may be a checkpoint directory, an embedded alias (`smollm2-135m`) or a LoRA adapter directory.
     """
     if isinstance(models, (str, os.PathLike)) or isinstance(models, dict):
-        given = {k: v for k, v in dict(normalize=normalize, dtype=dtype, method=method, base_model=base_model,
-                                       tokenizer_source=tokenizer_source, chat_template=chat_template,
-                                       out_dtype=out_dtype).items()
-                 if v != dict(normalize=True, method="linear").get(k)}
+        given = {
+            k: v
+            for k, v in dict(
+                normalize=normalize,
+                dtype=dtype,
+                method=method,
+                base_model=base_model,
+                tokenizer_source=tokenizer_source,
+                chat_template=chat_template,
+                out_dtype=out_dtype,
+            ).items()
+            if v != dict(normalize=True, method="linear").get(k)
+        }
         if given:
-            raise MergeError(f"soup(): '{sorted(given)[0]}' belongs in the config when models is a config; "
-                             "set it in the config, not as a keyword")
+            raise MergeError(
+                f"soup(): '{sorted(given)[0]}' belongs in the config when models is a config; "
+                "set it in the config, not as a keyword"
+            )
         spec = load_config(models) if not isinstance(models, dict) else parse_config(models, None)
     else:
         entries = []
@@ -64,24 +87,48 @@ def soup(models: Sequence[Any] | dict | str | os.PathLike, output_dir: str | os.
             raw["base_model"] = str(base_model)
         if not normalize:
             raw["parameters"] = {"normalize": False}
-        for key, value in (("dtype", dtype), ("out_dtype", out_dtype), ("tokenizer_source", tokenizer_source),
-                           ("chat_template", chat_template)):
+        for key, value in (
+            ("dtype", dtype),
+            ("out_dtype", out_dtype),
+            ("tokenizer_source", tokenizer_source),
+            ("chat_template", chat_template),
+        ):
             if value is not None:
                 raw[key] = str(value)
         spec = parse_config(raw, None)
-    return run(spec, output_dir, overwrite=overwrite, max_shard_size=max_shard_size, seed=seed, progress=progress,
-               command=command or "merge.soup(...) (polyalign Python API)")
+    return run(
+        spec,
+        output_dir,
+        overwrite=overwrite,
+        max_shard_size=max_shard_size,
+        seed=seed,
+        progress=progress,
+        command=command or "merge.soup(...) (polyalign Python API)",
+    )
 
 
-def run(spec: MergeSpec, output_dir: str | os.PathLike, *, overwrite: bool = False,
-        max_shard_size: str | int = DEFAULT_SHARD_SIZE, seed: int | None = None, progress: bool = True,
-        command: str = "") -> Path:
+def run(
+    spec: MergeSpec,
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    max_shard_size: str | int = DEFAULT_SHARD_SIZE,
+    seed: int | None = None,
+    progress: bool = True,
+    command: str = "",
+) -> Path:
     """Merge a parsed config into `output_dir` (the module docstring's order of work) and return its path."""
     from align.core.lifecycle import StageRun
 
     # output_dir comes from the command line (or soup's argument), not from the merge config
-    stage = StageRun(Path(output_dir).expanduser(), spec.raw, stage="merge", overwrite=overwrite,
-                     source=ConfigSource(spec.source, {"output_dir"}), resumable=False)
+    stage = StageRun(
+        Path(output_dir).expanduser(),
+        spec.raw,
+        stage="merge",
+        overwrite=overwrite,
+        source=ConfigSource(spec.source, {"output_dir"}),
+        resumable=False,
+    )
     options = Options(parse_size(max_shard_size), seed, progress)
     _check_config(spec)
     plan = _plan(spec, stage.partial)
@@ -89,8 +136,9 @@ def run(spec: MergeSpec, output_dir: str | os.PathLike, *, overwrite: bool = Fal
     with stage.building():
         _merge_adapters(plan)
         dtype = plan.engine.merge(plan, stage.partial, options)
-        write_record(plan, stage.partial, title=stage.final.name, engine=plan.engine.label(), dtype=dtype,
-                     command=command)
+        write_record(
+            plan, stage.partial, title=stage.final.name, engine=plan.engine.label(), dtype=dtype, command=command
+        )
     return stage.finish(None, drop=("lora", "mergekit-lora"))
 
 
@@ -111,8 +159,15 @@ def _plan(spec: MergeSpec, work: Path) -> Plan:
     engine = choose_engine(spec, inputs)
     check_compatible(spec, inputs, allow_vocab_mismatch=engine.aligns_vocab(spec))
     donor_ref = spec.base_model or inputs[0].ref
-    plan = Plan(spec, ckpts, work, engine, donor_ref, _tokenizer_donor(spec, ckpts, donor_ref),
-                resolve_chat_template(spec, [_tokenizer_dir(c) for c in inputs]))
+    plan = Plan(
+        spec,
+        ckpts,
+        work,
+        engine,
+        donor_ref,
+        _tokenizer_donor(spec, ckpts, donor_ref),
+        resolve_chat_template(spec, [_tokenizer_dir(c) for c in inputs]),
+    )
     engine.check(plan)
     return plan
 
@@ -125,8 +180,10 @@ def _tokenizer_donor(spec: MergeSpec, ckpts: dict, donor_ref: str) -> str | None
         return None
     ref = donor_ref if source in (None, "base") else source
     if source is not None and not has_tokenizer(_tokenizer_dir(ckpts[ref])):
-        raise MergeError(f"tokenizer_source '{source}': {_tokenizer_dir(ckpts[ref])} has no tokenizer "
-                         "(tokenizer_config.json with tokenizer.json or tokenizer.model)")
+        raise MergeError(
+            f"tokenizer_source '{source}': {_tokenizer_dir(ckpts[ref])} has no tokenizer "
+            "(tokenizer_config.json with tokenizer.json or tokenizer.model)"
+        )
     return ref
 
 

@@ -15,8 +15,12 @@ def merge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG.yaml", help="merge config in mergekit's YAML format")
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="where the merged model appears, complete")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR")
-    parser.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
-                        help="largest output safetensors shard, e.g. 5GB, 500MB (default 5GB)")
+    parser.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        metavar="SIZE",
+        help="largest output safetensors shard, e.g. 5GB, 500MB (default 5GB)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for randomised methods (dare_*, della)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -30,8 +34,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from merge.config import load_config
 
     spec = load_config(args.config)
-    out = run_merge(spec, args.output_dir, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
-                    seed=args.seed, progress=not args.quiet, command=command_line(args))
+    out = run_merge(
+        spec,
+        args.output_dir,
+        overwrite=args.overwrite,
+        max_shard_size=args.max_shard_size,
+        seed=args.seed,
+        progress=not args.quiet,
+        command=command_line(args),
+    )
     print(f"merged {len(spec.inputs())} checkpoints ({spec.method}) into {out}")
     return 0
 

@@ -21,18 +21,46 @@ import yaml
 from align.core.config import load_yaml
 from align.core.errors import ConfigError, PolyalignError
 
-KEYS = ("merge_method", "models", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source", "tokenizer",
-        "chat_template", "slices", "modules")
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16", "half": "float16", "float64": "float64", "fp64": "float64"}
+KEYS = (
+    "merge_method",
+    "models",
+    "base_model",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "tokenizer",
+    "chat_template",
+    "slices",
+    "modules",
+)
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "float64": "float64",
+    "fp64": "float64",
+}
 COMMON_PARAMETERS = ("weight", "normalize", "t", "density", "epsilon", "lambda", "rescale", "int8_mask")
 # mergekit's linear takes exactly these parameters (and so does polyalign's streamed one): anything else is a typo
 # or another method's.
 LINEAR_PARAMETERS = ("weight", "normalize")
 # Task-vector methods add weighted (model - base) differences: a negative weight subtracts a task, which is a
 # legitimate use (task negation), so only these accept negative weights.
-TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
-                       "della", "della_linear")
+TASK_VECTOR_METHODS = (
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+)
 TOKENIZER_KEYWORDS = ("base", "union")  # tokenizer sources that name no checkpoint
 
 
@@ -223,12 +251,14 @@ class _Walk:
                 raise ConfigError(self.source, key_of((*site, i)), "expected {model: PATH, parameters: {weight: W}}")
             unknown = sorted(set(entry) - {"model", "parameters"})
             if unknown and site[-1] == "models":  # (slice sources also have layer_range)
-                raise ConfigError(self.source, key_of((*site, i, unknown[0])),
-                                  "unknown key (expected model, parameters)")
+                raise ConfigError(
+                    self.source, key_of((*site, i, unknown[0])), "unknown key (expected model, parameters)"
+                )
             ref = self.reference(entry, (*site, i, "model"))
             if ref is None:
-                raise ConfigError(self.source, key_of((*site, i, "model")),
-                                  "missing: the path of a checkpoint or adapter directory")
+                raise ConfigError(
+                    self.source, key_of((*site, i, "model")), "missing: the path of a checkpoint or adapter directory"
+                )
             parameters = _parameters(entry.get("parameters"), key_of((*site, i, "parameters")), self.source)
             if not self.layered:
                 self.models.append(ModelSpec(ref, parameters, key_of((*site, i))))
@@ -318,20 +348,30 @@ def check_weights(spec: MergeSpec) -> None:
             value, where = top, "parameters.weight"
         if value is None:
             if spec.method == "linear" and model.where == "base_model":
-                raise ConfigError(spec.source, "base_model",
-                                  f"'{model.ref}' is not among models, so linear averages it as one more input and "
-                                  "needs a weight: list it under models with a weight (or set a top-level "
-                                  "parameters.weight), or drop base_model")
+                raise ConfigError(
+                    spec.source,
+                    "base_model",
+                    f"'{model.ref}' is not among models, so linear averages it as one more input and "
+                    "needs a weight: list it under models with a weight (or set a top-level "
+                    "parameters.weight), or drop base_model",
+                )
             if spec.method == "linear":
-                raise ConfigError(spec.source, f"{model.where}.parameters.weight",
-                                  f"missing for '{model.ref}': linear needs a weight per model "
-                                  "(or one top-level parameters.weight for all)")
+                raise ConfigError(
+                    spec.source,
+                    f"{model.where}.parameters.weight",
+                    f"missing for '{model.ref}': linear needs a weight per model "
+                    "(or one top-level parameters.weight for all)",
+                )
             continue
         _check_numbers(spec, value, where, model.ref, task_vectors)
     weights = spec.scalar_weights()
     if weights and not task_vectors and math.isclose(sum(weights), 0.0, abs_tol=1e-12):  # task vectors may cancel
-        raise ConfigError(spec.source, "models", f"the weights sum to zero ({', '.join(f'{w:g}' for w in weights)}): "
-                          "give at least one model a positive weight")
+        raise ConfigError(
+            spec.source,
+            "models",
+            f"the weights sum to zero ({', '.join(f'{w:g}' for w in weights)}): "
+            "give at least one model a positive weight",
+        )
 
 
 def _check_numbers(spec: MergeSpec, value: Any, where: str, ref: str, task_vectors: bool) -> None:
@@ -339,9 +379,12 @@ def _check_numbers(spec: MergeSpec, value: Any, where: str, ref: str, task_vecto
         if not math.isfinite(number):
             raise ConfigError(spec.source, where, f"weight of '{ref}' is {number}: weights must be finite")
         if number < 0 and not task_vectors:
-            raise ConfigError(spec.source, where,
-                              f"weight of '{ref}' is negative ({number}): {spec.method} needs weights >= 0 "
-                              f"(negative weights only make sense for {', '.join(TASK_VECTOR_METHODS[:3])}, ...)")
+            raise ConfigError(
+                spec.source,
+                where,
+                f"weight of '{ref}' is negative ({number}): {spec.method} needs weights >= 0 "
+                f"(negative weights only make sense for {', '.join(TASK_VECTOR_METHODS[:3])}, ...)",
+            )
 
 
 def _numbers(value: Any, key: str, source: str | None) -> list[float]:
@@ -364,12 +407,16 @@ def _numbers(value: Any, key: str, source: str | None) -> list[float]:
 
 
 def check_linear_parameters(spec: MergeSpec) -> None:
-    for where, params in [("parameters", spec.parameters)] + [(f"{m.where}.parameters", m.parameters)
-                                                             for m in spec.models]:
+    for where, params in [("parameters", spec.parameters)] + [
+        (f"{m.where}.parameters", m.parameters) for m in spec.models
+    ]:
         for key in params:
             if key not in LINEAR_PARAMETERS:
-                raise ConfigError(spec.source, f"{where}.{key}",
-                                  f"unknown parameter for linear (expected {', '.join(LINEAR_PARAMETERS)})")
+                raise ConfigError(
+                    spec.source,
+                    f"{where}.{key}",
+                    f"unknown parameter for linear (expected {', '.join(LINEAR_PARAMETERS)})",
+                )
 
 
 def _float_string(value: Any) -> bool:
@@ -383,10 +430,21 @@ def parse_size(value: str | int) -> int:
     else:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*", str(value), re.IGNORECASE)
         if not m:
-            raise ConfigError(None, "max_shard_size", f"expected a size like 5GB, 500MB or a number of bytes, got {value!r}")
+            raise ConfigError(
+                None, "max_shard_size", f"expected a size like 5GB, 500MB or a number of bytes, got {value!r}"
+            )
         unit = (m.group(2) or "b").lower().rstrip("b") or "b"
-        scale = {"b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-                 "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}[unit]
+        scale = {
+            "b": 1,
+            "k": 10**3,
+            "m": 10**6,
+            "g": 10**9,
+            "t": 10**12,
+            "ki": 2**10,
+            "mi": 2**20,
+            "gi": 2**30,
+            "ti": 2**40,
+        }[unit]
         size = int(float(m.group(1)) * scale)
     if size <= 0:
         raise ConfigError(None, "max_shard_size", f"must be positive, got {value!r}")

@@ -37,8 +37,11 @@ class Plan:
     adapters: dict[str, Path] = field(init=False)  # reference → where its adapter is merged into its base
 
     def __post_init__(self) -> None:
-        self.adapters = {ref: self.work / "lora" / f"{i}-{c.adapter.name}"
-                         for i, (ref, c) in enumerate(self.ckpts.items()) if c.adapter is not None}
+        self.adapters = {
+            ref: self.work / "lora" / f"{i}-{c.adapter.name}"
+            for i, (ref, c) in enumerate(self.ckpts.items())
+            if c.adapter is not None
+        }
 
     @property
     def inputs(self) -> list[Checkpoint]:
@@ -85,9 +88,16 @@ class StreamedLinear:
         from merge.output import copy_generation_config, write_chat_template, write_config
 
         spec = plan.spec
-        result = merge_linear(plan.inputs, spec.scalar_weights(), out_dir, normalize=spec.normalize, dtype=spec.dtype,
-                              out_dtype=spec.out_dtype, max_shard_bytes=options.max_shard_bytes,
-                              progress=options.progress)
+        result = merge_linear(
+            plan.inputs,
+            spec.scalar_weights(),
+            out_dir,
+            normalize=spec.normalize,
+            dtype=spec.dtype,
+            out_dtype=spec.out_dtype,
+            max_shard_bytes=options.max_shard_bytes,
+            progress=options.progress,
+        )
         write_config(plan.donor.path, out_dir, dtype=result["dtype"], tied=result["tied"])
         copy_generation_config(plan.donor.path, out_dir)
         if plan.tokenizer_ref is not None:
@@ -126,8 +136,13 @@ class Mergekit:
         run_mergekit(plan.spec, self.config, out_dir, options, work_dir=plan.work)
         written = read_headers(out_dir, "merged output")
         floating = Counter(t.dtype for t in written.values() if t.dtype in ("F64", "F32", "F16", "BF16"))
-        dtype = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(
-            floating.most_common(1)[0][0]) if floating else None
+        dtype = (
+            {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(
+                floating.most_common(1)[0][0]
+            )
+            if floating
+            else None
+        )
         # mergekit copies the donor's config as is: when it wrote an output embedding, the model must not be tied.
         untied = any(head in written for head in tie_names(plan.donor.config))
         write_config(out_dir, out_dir, dtype=dtype, tied=False if untied else None)
@@ -145,7 +160,12 @@ def choose_engine(spec: MergeSpec, inputs: list[Checkpoint]) -> Engine:
     rest: its other methods, layer-wise recipes, per-layer weight gradients or filters, and re-mapping embeddings
     onto one tokenizer (`union`, a `tokenizer:` block, or a tokenizer_source for inputs whose vocabularies differ).
     Inputs whose vocabularies differ with no tokenizer to map them onto are refused by the compatibility check."""
-    streamed = (spec.method == "linear" and not spec.layered and spec.tokenizer is None
-                and spec.tokenizer_source != "union" and spec.scalar_weights() is not None
-                and not (spec.tokenizer_source is not None and len({c.vocab_size for c in inputs}) > 1))
+    streamed = (
+        spec.method == "linear"
+        and not spec.layered
+        and spec.tokenizer is None
+        and spec.tokenizer_source != "union"
+        and spec.scalar_weights() is not None
+        and not (spec.tokenizer_source is not None and len({c.vocab_size for c in inputs}) > 1)
+    )
     return ENGINES["linear" if streamed else "mergekit"]()

@@ -23,9 +23,18 @@ log = logging.getLogger(__name__)
 
 INDEX = "model.safetensors.index.json"
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "added_tokens.json", "vocab.json", "merges.txt", "spiece.model", "chat_template.jinja",
-                   "chat_template.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,10 @@ def _check_adapter(path: Path, ref: str) -> None:
     if (path / "adapter_model.safetensors").is_file():
         return
     if any(path.glob("adapter_model.bin")):
-        raise MergeError(f"'{ref}': the adapter is a pickle (adapter_model.bin); polyalign merges safetensors only: "
-                         "re-save it with save_pretrained(..., safe_serialization=True)")
+        raise MergeError(
+            f"'{ref}': the adapter is a pickle (adapter_model.bin); polyalign merges safetensors only: "
+            "re-save it with save_pretrained(..., safe_serialization=True)"
+        )
     raise MergeError(f"'{ref}': {path} has adapter_config.json but no adapter_model.safetensors")
 
 
@@ -141,8 +152,10 @@ def weight_files(path: Path, ref: str) -> list[Path]:
         return files
     pickles = sorted(p.name for pattern in PICKLES for p in path.glob(pattern))
     if pickles:
-        raise MergeError(f"'{ref}' has only pickled weights ({pickles[0]}); polyalign merges safetensors only: "
-                         "re-save with save_pretrained(dir, safe_serialization=True)")
+        raise MergeError(
+            f"'{ref}' has only pickled weights ({pickles[0]}); polyalign merges safetensors only: "
+            "re-save with save_pretrained(dir, safe_serialization=True)"
+        )
     raise MergeError(f"'{ref}': no *.safetensors weights in {path}")
 
 
@@ -162,6 +175,7 @@ def read_headers(path: Path, ref: str) -> dict[str, TensorInfo]:
 
 
 # -- compatibility ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Layout:
@@ -186,8 +200,9 @@ def layout(ckpts: list[Checkpoint]) -> Layout:
     for c in ckpts[1:]:
         names |= {h for h in tie_names(c.config) if h in effective_tensors(c)}
     ordered = sorted(names, key=natural_key)
-    return Layout(ordered, [{n: read_name(c, n) for n in ordered} for c in ckpts],
-                  all(is_tied(c.config) for c in ckpts))
+    return Layout(
+        ordered, [{n: read_name(c, n) for n in ordered} for c in ckpts], all(is_tied(c.config) for c in ckpts)
+    )
 
 
 def _tie_flag(config: dict):
@@ -251,22 +266,27 @@ def check_compatible(spec: MergeSpec, ckpts: list[Checkpoint], *, allow_vocab_mi
     first = ckpts[0]
     for other in ckpts[1:]:
         if other.architecture != first.architecture:
-            raise MergeError(f"architectures differ: '{first.name}' is {first.architecture}, '{other.name}' is "
-                             f"{other.architecture}; merge checkpoints of one architecture only")
+            raise MergeError(
+                f"architectures differ: '{first.name}' is {first.architecture}, '{other.name}' is "
+                f"{other.architecture}; merge checkpoints of one architecture only"
+            )
     sizes = {c.name: c.vocab_size for c in ckpts}
     vocab_differs = len(set(sizes.values())) > 1
     if vocab_differs and not allow_vocab_mismatch:
         listed = ", ".join(f"'{n}' has {v}" for n, v in sizes.items())
-        raise MergeError(f"vocabulary sizes differ ({listed}): set tokenizer_source (union, base or one model's path) "
-                         "so mergekit aligns the embeddings to one tokenizer, or resize the embeddings to one size "
-                         "(model.resize_token_embeddings) before merging")
+        raise MergeError(
+            f"vocabulary sizes differ ({listed}): set tokenizer_source (union, base or one model's path) "
+            "so mergekit aligns the embeddings to one tokenizer, or resize the embeddings to one size "
+            "(model.resize_token_embeddings) before merging"
+        )
     if spec.layered:
         return  # layer-wise recipes may combine different depths; mergekit checks each slice
     plan = layout(ckpts)
     for c, sources in zip(ckpts, plan.sources):
         missing = [n for n in plan.names if sources[n] is None]
-        extra = sorted((effective_tensors(c) if plan.tied is not None else set(c.tensors)) - set(plan.names),
-                       key=natural_key)
+        extra = sorted(
+            (effective_tensors(c) if plan.tied is not None else set(c.tensors)) - set(plan.names), key=natural_key
+        )
         if missing or extra:
             more = len(missing) + len(extra) - 1
             if missing:
@@ -274,8 +294,11 @@ def check_compatible(spec: MergeSpec, ckpts: list[Checkpoint], *, allow_vocab_mi
                 what = f"'{c.name}' has no {missing[0]}, which '{owner}' has"
             else:
                 what = f"'{c.name}' has {extra[0]}, which '{first.name}' has not"
-            raise MergeError(f"tensor names differ: {what}" + (f" ({more} more differences)" if more else "")
-                             + "; merge checkpoints of the same architecture and size")
+            raise MergeError(
+                f"tensor names differ: {what}"
+                + (f" ({more} more differences)" if more else "")
+                + "; merge checkpoints of the same architecture and size"
+            )
     skip = set()
     if vocab_differs:  # mergekit re-maps the vocabulary axis of the embeddings to the chosen tokenizer
         pairs = tie_names(first.config)
@@ -296,6 +319,7 @@ def natural_key(name: str) -> list:
 
 # -- LoRA ------------------------------------------------------------------------------------------------------
 
+
 def merge_adapter(ckpt: Checkpoint, into: Path) -> Checkpoint:
     """Merge a LoRA adapter into its base (peft `merge_and_unload`) and save it as safetensors in `into`.
 
@@ -307,8 +331,9 @@ def merge_adapter(ckpt: Checkpoint, into: Path) -> Checkpoint:
 
     log.info("merging LoRA adapter %s into %s", ckpt.adapter, ckpt.path)
     dtype = ckpt.config.get("dtype") or ckpt.config.get("torch_dtype") or "float32"
-    model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=getattr(torch, str(dtype), torch.float32),
-                                                 use_safetensors=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        ckpt.path, dtype=getattr(torch, str(dtype), torch.float32), use_safetensors=True
+    )
     model = PeftModel.from_pretrained(model, str(ckpt.adapter), is_trainable=False).merge_and_unload()
     into.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(into, safe_serialization=True)
@@ -332,4 +357,5 @@ def copy_tokenizer(source: Path, target: Path) -> list[str]:
 
 def has_tokenizer(path: Path) -> bool:
     return (path / "tokenizer_config.json").is_file() and any(
-        (path / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model"))
+        (path / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+    )

@@ -35,9 +35,17 @@ class Step:
     floating: bool
 
 
-def merge_linear(ckpts: list[Checkpoint], weights: list[float], out_dir: Path, *, normalize: bool = True,
-                 dtype: str | None = None, out_dtype: str | None = None, max_shard_bytes: int = 5 * 10**9,
-                 progress: bool = True) -> dict:
+def merge_linear(
+    ckpts: list[Checkpoint],
+    weights: list[float],
+    out_dir: Path,
+    *,
+    normalize: bool = True,
+    dtype: str | None = None,
+    out_dtype: str | None = None,
+    max_shard_bytes: int = 5 * 10**9,
+    progress: bool = True,
+) -> dict:
     """Write the weighted average of `ckpts` as safetensors shards into `out_dir`.
 
     Returns {"dtype": the output's floating dtype name, "weight_map": tensor → shard file, "shards": count,
@@ -71,8 +79,9 @@ def plan_steps(ckpts: list[Checkpoint], tensors: Layout, dtype: str | None, out_
     steps = []
     for name in tensors.names:
         sources = [s[name] for s in tensors.sources]
-        aligned = functools.reduce(torch.promote_types,
-                                   [TORCH_DTYPES[c.tensors[s].dtype] for c, s in zip(ckpts, sources)])
+        aligned = functools.reduce(
+            torch.promote_types, [TORCH_DTYPES[c.tensors[s].dtype] for c, s in zip(ckpts, sources)]
+        )
         floating = aligned.is_floating_point
         if floating and cast is not None:
             aligned = cast
@@ -98,7 +107,7 @@ class Averager:
         w = self.coefficients[acc_dtype]
         if acc_dtype not in self.scratch:
             self.scratch[acc_dtype] = torch.empty(self.largest, dtype=acc_dtype)
-        acc = self.scratch[acc_dtype][:math.prod(step.entry.shape)].view(step.entry.shape).zero_()
+        acc = self.scratch[acc_dtype][: math.prod(step.entry.shape)].view(step.entry.shape).zero_()
         for i, (ckpt, source) in enumerate(zip(self.ckpts, step.sources)):
             tensor = read_tensor(ckpt, source)
             if tensor.dtype != step.aligned:
@@ -128,6 +137,8 @@ def _same_everywhere(name: str, ckpts: list[Checkpoint], sources: list[str]) -> 
     first = read_tensor(ckpts[0], sources[0])
     for ckpt, source in zip(ckpts[1:], sources[1:]):
         if not torch.equal(first, read_tensor(ckpt, source)):
-            raise MergeError(f"{name} is a {first.dtype} tensor that differs between '{ckpts[0].name}' and "
-                             f"'{ckpt.name}': integer tensors cannot be averaged")
+            raise MergeError(
+                f"{name} is a {first.dtype} tensor that differs between '{ckpts[0].name}' and "
+                f"'{ckpt.name}': integer tensors cannot be averaged"
+            )
     return first

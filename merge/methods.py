@@ -33,8 +33,11 @@ def check_method(spec: MergeSpec) -> None:
     methods = mergekit_methods()
     method = methods.get(spec.method)
     if method is None:
-        raise ConfigError(spec.source, "merge_method",
-                          f"unknown merge method '{spec.method}' (valid: {', '.join(available_methods())})")
+        raise ConfigError(
+            spec.source,
+            "merge_method",
+            f"unknown merge method '{spec.method}' (valid: {', '.join(available_methods())})",
+        )
     if spec.layered:
         return
     inputs = [m.ref for m in spec.inputs()]
@@ -73,10 +76,16 @@ def run_mergekit(spec: MergeSpec, config, out_dir: Path, options, *, work_dir: P
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    mergekit_options = MergeOptions(out_shard_size=options.max_shard_bytes, random_seed=options.seed,
-                                    quiet=not options.progress, lora_merge_cache=str(work_dir / "mergekit-lora"),
-                                    copy_tokenizer=True, write_model_card=False, device="auto",
-                                    safe_serialization=True)
+    mergekit_options = MergeOptions(
+        out_shard_size=options.max_shard_bytes,
+        random_seed=options.seed,
+        quiet=not options.progress,
+        lora_merge_cache=str(work_dir / "mergekit-lora"),
+        copy_tokenizer=True,
+        write_model_card=False,
+        device="auto",
+        safe_serialization=True,
+    )
     try:
         run_merge(config, str(out_dir), options=mergekit_options)
     except (RuntimeError, ValueError, TypeError) as e:

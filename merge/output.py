@@ -57,16 +57,19 @@ def resolve_chat_template(spec: MergeSpec, input_dirs: list[Path]) -> str | None
     if value == "auto":
         found = [t.strip() for t in (read_chat_template(d) for d in input_dirs) if t]
         if not found:
-            raise MergeError("chat_template 'auto': none of the inputs has a chat template; name one "
-                             f"({', '.join(sorted(builtin_templates()))}) or give a Jinja template")
+            raise MergeError(
+                "chat_template 'auto': none of the inputs has a chat template; name one "
+                f"({', '.join(sorted(builtin_templates()))}) or give a Jinja template"
+            )
         return Counter(found).most_common(1)[0][0]
     named = builtin_templates()
     if value in named:
         return named[value].read_text(encoding="utf-8")
     if "{" in value:
         return value
-    raise MergeError(f"chat_template '{value}': not 'auto', a known template ({', '.join(sorted(named))}) "
-                     "or a Jinja template string")
+    raise MergeError(
+        f"chat_template '{value}': not 'auto', a known template ({', '.join(sorted(named))}) or a Jinja template string"
+    )
 
 
 def write_chat_template(out: Path, template: str) -> None:
@@ -80,25 +83,62 @@ def write_chat_template(out: Path, template: str) -> None:
             write_json(config_file, config)
 
 
-def write_card(out: Path, spec: MergeSpec, rows: list[dict], *, title: str, engine: str, dtype: str | None,
-               tokenizer_from: str, config_from: str, command: str, config_text: str) -> None:
+def write_card(
+    out: Path,
+    spec: MergeSpec,
+    rows: list[dict],
+    *,
+    title: str,
+    engine: str,
+    dtype: str | None,
+    tokenizer_from: str,
+    config_from: str,
+    command: str,
+    config_text: str,
+) -> None:
     """README.md: the inputs and their weights, the method, dtype, where tokenizer and config came from, the
     command, and the config itself (which `mergekit-yaml` also runs)."""
     normalize = spec.normalize
-    lines = ["---", "library_name: transformers", "tags:", "- merge", "- polyalign", "---", "",
-             f"# {title}", "",
-             f"A merge of {len(rows)} checkpoints made with polyalign: method **{spec.method}** ({engine})"
-             + (f", weights {'normalised to sum to 1' if normalize else 'used as given (normalize: false)'}"
-                if spec.method == "linear" else "") + ".", "",
-             "| # | input | weight | share | notes |", "|---|---|---|---|---|"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags:",
+        "- merge",
+        "- polyalign",
+        "---",
+        "",
+        f"# {title}",
+        "",
+        f"A merge of {len(rows)} checkpoints made with polyalign: method **{spec.method}** ({engine})"
+        + (
+            f", weights {'normalised to sum to 1' if normalize else 'used as given (normalize: false)'}"
+            if spec.method == "linear"
+            else ""
+        )
+        + ".",
+        "",
+        "| # | input | weight | share | notes |",
+        "|---|---|---|---|---|",
+    ]
     for i, row in enumerate(rows, 1):
         share = "" if row.get("share") is None else f"{row['share']:.4g}"
         weight = "" if row.get("weight") is None else f"{row['weight']}"
         lines.append(f"| {i} | `{row['ref']}` | {weight} | {share} | {row.get('note', '')} |")
-    lines += ["", f"- dtype: {dtype or 'as the inputs'}", f"- config and generation config from: `{config_from}`",
-              f"- tokenizer from: `{tokenizer_from}`"
-              + (f"; chat template: {_template_note(spec.chat_template)}" if spec.chat_template else ""),
-              f"- command: `{command}`", "", "## Configuration", "", "```yaml", config_text.rstrip(), "```", ""]
+    lines += [
+        "",
+        f"- dtype: {dtype or 'as the inputs'}",
+        f"- config and generation config from: `{config_from}`",
+        f"- tokenizer from: `{tokenizer_from}`"
+        + (f"; chat template: {_template_note(spec.chat_template)}" if spec.chat_template else ""),
+        f"- command: `{command}`",
+        "",
+        "## Configuration",
+        "",
+        "```yaml",
+        config_text.rstrip(),
+        "```",
+        "",
+    ]
     (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -123,6 +163,16 @@ def write_record(plan, out: Path, *, title: str, engine: str, dtype: str | None,
         share = None if not weights else weights[i] / total if spec.normalize else weights[i]
         rows.append({"ref": model.ref, "weight": spec.weight(model), "share": share, "note": "; ".join(notes)})
     tokenizer_from = plan.tokenizer_ref or str(spec.tokenizer_source or (spec.tokenizer or {}).get("source"))
-    write_card(out, spec, rows, title=title, engine=engine, dtype=dtype, tokenizer_from=tokenizer_from,
-               config_from=plan.donor.ref, command=command, config_text=spec.to_yaml())
+    write_card(
+        out,
+        spec,
+        rows,
+        title=title,
+        engine=engine,
+        dtype=dtype,
+        tokenizer_from=tokenizer_from,
+        config_from=plan.donor.ref,
+        command=command,
+        config_text=spec.to_yaml(),
+    )
     (out / "merge_config.yaml").write_text(spec.to_yaml(), encoding="utf-8")

@@ -14,8 +14,9 @@ from align.core.errors import ConfigError
 POLICIES = "expected equal, languages (cluster size), or a mapping of cluster to weight"
 
 
-def cluster_weights(policy: Any, clusters: dict[str, list[str]], *, source: str | None = None,
-                    key: str = "merge.weights") -> dict[str, float]:
+def cluster_weights(
+    policy: Any, clusters: dict[str, list[str]], *, source: str | None = None, key: str = "merge.weights"
+) -> dict[str, float]:
     """{cluster: weight} for every cluster, in the clusters' order. A mapping may leave clusters out (they get 0)
     but may not name one that does not exist, and must give some cluster a positive weight."""
     if policy == "equal":
@@ -26,16 +27,18 @@ def cluster_weights(policy: Any, clusters: dict[str, list[str]], *, source: str 
         raise ConfigError(source, key, POLICIES)
     unknown = [str(name) for name in policy if name not in clusters]
     if unknown:
-        raise ConfigError(source, f"{key}.{unknown[0]}",
-                          f"no cluster '{unknown[0]}' (clusters: {', '.join(clusters) or 'none'})")
+        raise ConfigError(
+            source, f"{key}.{unknown[0]}", f"no cluster '{unknown[0]}' (clusters: {', '.join(clusters) or 'none'})"
+        )
     weights = {name: _weight(policy.get(name, 0), f"{key}.{name}", source) for name in clusters}
     if not any(weights.values()):
         raise ConfigError(source, key, "every cluster's weight is 0: give at least one cluster a positive weight")
     return weights
 
 
-def with_previous(previous: str, new: str, weight: Any, *, source: str | None = None,
-                  key: str = "merge_with_previous") -> list[tuple[str, float]]:
+def with_previous(
+    previous: str, new: str, weight: Any, *, source: str | None = None, key: str = "merge_with_previous"
+) -> list[tuple[str, float]]:
     """The soup of the previous policy and the new one, `weight` being the new one's share."""
     if not _is_number(weight) or not 0 < weight <= 1:
         raise ConfigError(source, key, f"the new policy's weight must be in (0, 1], got {weight!r}")

@@ -21,9 +21,18 @@ from pathlib import Path
 import torch
 
 SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
 }
 TORCH_DTYPES = {code: dtype for dtype, code in SAFETENSORS_DTYPES.items()}
 
@@ -65,8 +74,11 @@ def header_bytes(entries: list[Entry]) -> bytes:
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for e in entries:
-        header[e.name] = {"dtype": SAFETENSORS_DTYPES[e.dtype], "shape": list(e.shape),
-                          "data_offsets": [offset, offset + e.nbytes]}
+        header[e.name] = {
+            "dtype": SAFETENSORS_DTYPES[e.dtype],
+            "shape": list(e.shape),
+            "data_offsets": [offset, offset + e.nbytes],
+        }
         offset += e.nbytes
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)  # safetensors pads the header so that the data starts 8-byte aligned
@@ -91,8 +103,10 @@ class ShardWriter:
             raise RuntimeError(f"unexpected tensor {name}: every planned tensor is written")
         shard, entry = self._queue[self._next]
         if name != entry.name or tensor.dtype != entry.dtype or tuple(tensor.shape) != entry.shape:
-            raise RuntimeError(f"tensor {name} {tensor.dtype} {list(tensor.shape)} does not match the planned "
-                               f"{entry.name} {entry.dtype} {list(entry.shape)}")
+            raise RuntimeError(
+                f"tensor {name} {tensor.dtype} {list(tensor.shape)} does not match the planned "
+                f"{entry.name} {entry.dtype} {list(entry.shape)}"
+            )
         if self._file is None:
             self._file = open(self.directory / self.names[shard], "wb")
             self._file.write(header_bytes(self.shards[shard]))

@@ -12,8 +12,15 @@ def load_ranker(spec: dict, model_args=None, *, log_dir=None):
     Arbitrage, online DPO and evaluation all build theirs here."""
     from reward.rules import ECHO_PENALTY, LanguageRanker, WithRulePenalties
 
-    spec = {"batch_size": 16, "max_length": 1024, "max_new_tokens": 256, "explain": True, "backend": "auto",
-            "echo_penalty": ECHO_PENALTY, **{k: v for k, v in spec.items() if v is not None}}
+    spec = {
+        "batch_size": 16,
+        "max_length": 1024,
+        "max_new_tokens": 256,
+        "explain": True,
+        "backend": "auto",
+        "echo_penalty": ECHO_PENALTY,
+        **{k: v for k, v in spec.items() if v is not None},
+    }
     if spec.get("rule"):
         return LanguageRanker(penalty=spec.get("language_penalty", 1.0), echo_penalty=spec["echo_penalty"])
     ranker = _model_ranker(spec, model_args, log_dir)
@@ -33,14 +40,22 @@ def _model_ranker(spec: dict, model_args, log_dir):
         from align.generation.api import APISpec, api_judge_backend
 
         log = Path(log_dir) / "judge_api.jsonl" if log_dir is not None else None
-        return PairwiseJudge(backend=api_judge_backend(APISpec(**spec["api"]), spec["max_new_tokens"], log=log),
-                             explain=spec["explain"])
+        return PairwiseJudge(
+            backend=api_judge_backend(APISpec(**spec["api"]), spec["max_new_tokens"], log=log), explain=spec["explain"]
+        )
     if spec.get("reward_model"):
-        return RewardRanker(spec["reward_model"], batch_size=spec["batch_size"], max_length=spec["max_length"],
-                            model_args=model_args)
+        return RewardRanker(
+            spec["reward_model"], batch_size=spec["batch_size"], max_length=spec["max_length"], model_args=model_args
+        )
     if spec.get("likelihood"):
-        return LikelihoodRanker(spec["likelihood"], batch_size=spec["batch_size"], max_length=spec["max_length"],
-                                model_args=model_args)
-    return PairwiseJudge(model=spec["judge"], batch_size=spec["batch_size"], model_args=model_args,
-                         max_new_tokens=spec["max_new_tokens"], explain=spec["explain"],
-                         backend_name=spec["backend"])
+        return LikelihoodRanker(
+            spec["likelihood"], batch_size=spec["batch_size"], max_length=spec["max_length"], model_args=model_args
+        )
+    return PairwiseJudge(
+        model=spec["judge"],
+        batch_size=spec["batch_size"],
+        model_args=model_args,
+        max_new_tokens=spec["max_new_tokens"],
+        explain=spec["explain"],
+        backend_name=spec["backend"],
+    )

@@ -28,8 +28,9 @@ class ScoreArgs(ModelArgs):
 def parse_score_config(raw: dict, source: str | None) -> ScoreArgs:
     args = build_dataclass(ScoreArgs, raw, source)
     if args.input is None:
-        raise ConfigError(source, "input", "missing: a JSONL of candidates {prompt, completion} or pairs "
-                          "{prompt, chosen, rejected}")
+        raise ConfigError(
+            source, "input", "missing: a JSONL of candidates {prompt, completion} or pairs {prompt, chosen, rejected}"
+        )
     if not args.output:
         raise ConfigError(source, "output", "missing: where to write the scored JSONL")
     if args.batch_size < 1:
@@ -94,8 +95,15 @@ def _candidate_row(loc, row: dict, by_id: dict | None) -> tuple[list, list, Any]
     if by_id is not None and str(row.get("id")) in by_id:
         found = by_id[str(row.get("id"))]
         return found["prompt"], [completion], lang or found.get("lang")
-    raise loc.error("missing" + (f" (and no prompt in `prompts` has id {row.get('id')!r})" if by_id is not None
-                                 else " (or give `prompts` to look it up by id)"), "prompt")
+    raise loc.error(
+        "missing"
+        + (
+            f" (and no prompt in `prompts` has id {row.get('id')!r})"
+            if by_id is not None
+            else " (or give `prompts` to look it up by id)"
+        ),
+        "prompt",
+    )
 
 
 def cmd_score(args: argparse.Namespace, extra: list[str]) -> int:
@@ -107,9 +115,14 @@ def cmd_score(args: argparse.Namespace, extra: list[str]) -> int:
     config = parse_score_config(raw, source)
     data = read_score_input(config.input, config.prompts)  # bad input stops before any model is loaded
     state = process_state()
-    ranker = RewardRanker(config.model, batch_size=config.batch_size, max_length=config.max_length,
-                          sort_by_length=config.sort_by_length, model_args=config,  # a ScoreArgs is a ModelArgs
-                          device=state.device if cuda_available() else None)
+    ranker = RewardRanker(
+        config.model,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        sort_by_length=config.sort_by_length,
+        model_args=config,  # a ScoreArgs is a ModelArgs
+        device=state.device if cuda_available() else None,
+    )
     width = 2 if data.kind == "pairs" else 1
     prompts = [p for p in data.prompts for _ in range(width)]
     completions = [c for group in data.completions for c in group]
@@ -123,10 +136,14 @@ def cmd_score(args: argparse.Namespace, extra: list[str]) -> int:
         else:
             rows.append({**row, "score": scored.scores[i]})
     write_jsonl(config.output, rows)
-    print(f"scored {len(rows)} {data.kind} ({len(completions)} completions, {scored.n_truncated} truncated to "
-          f"{config.max_length} tokens) with {config.model} on {state.num_processes} process(es) → {config.output}")
+    print(
+        f"scored {len(rows)} {data.kind} ({len(completions)} completions, {scored.n_truncated} truncated to "
+        f"{config.max_length} tokens) with {config.model} on {state.num_processes} process(es) → {config.output}"
+    )
     if data.kind == "pairs":
         acc = pairwise_accuracy(scored.scores[0::2], scored.scores[1::2], data.langs)
-        print(f"pairwise accuracy (chosen above rejected): {acc['accuracy']:.1%}; per language: "
-              + ", ".join(f"{lang} {v:.0%}" for lang, v in acc["per_language"].items()))
+        print(
+            f"pairwise accuracy (chosen above rejected): {acc['accuracy']:.1%}; per language: "
+            + ", ".join(f"{lang} {v:.0%}" for lang, v in acc["per_language"].items())
+        )
     return 0

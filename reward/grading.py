@@ -20,18 +20,22 @@ GRADE_SYSTEM = (
     "helpfulness, relevance, accuracy, depth and level of detail, and whether the response is written in the user's "
     "language (unless the user asked for another language, a response in a different language is worse, however "
     "good its content).{reference_rule} {explain}You must rate the response on a scale of 1 to {scale} by strictly "
-    "following this format: \"[[rating]]\", for example: \"Rating: [[{example}]]\"."
+    'following this format: "[[rating]]", for example: "Rating: [[{example}]]".'
 )
 REFERENCE_RULE = " You will be given a reference answer: compare the assistant's answer with it and identify mistakes."
 EXPLAIN = "Begin your evaluation by providing a short explanation. Be as objective as possible. After that, "
 TERSE = "Do not explain: give only the rating. "
-GRADE_USER = "[Question]\n{question}\n\n{reference}[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"
+GRADE_USER = (
+    "[Question]\n{question}\n\n{reference}[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"
+)
 REFERENCE_BLOCK = "[The Start of Reference Answer]\n{reference}\n[The End of Reference Answer]\n\n"
 SCALES = (10, 5)
 
 _BRACKETED = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*(?:/\s*\d+)?\s*\]\]")
-_LABELLED = re.compile(r"(?i:rating|score|grade|note|bewertung|puntuaci[oó]n)\s*[:=]?\s*\**\s*(\d+(?:\.\d+)?)"
-                       r"(?:\s*(?:/|out of)\s*\d+)?")
+_LABELLED = re.compile(
+    r"(?i:rating|score|grade|note|bewertung|puntuaci[oó]n)\s*[:=]?\s*\**\s*(\d+(?:\.\d+)?)"
+    r"(?:\s*(?:/|out of)\s*\d+)?"
+)
 
 
 def parse_rating(text: str, scale: int) -> float | None:
@@ -66,14 +70,22 @@ class Grader:
         self._example = 5 if self.scale == 10 else 3
 
     def messages(self, prompt: Text, answer: str, reference: str | None = None) -> Messages:
-        system = GRADE_SYSTEM.format(reference_rule=REFERENCE_RULE if reference else "", scale=self.scale,
-                                     explain=EXPLAIN if self.explain else TERSE, example=self._example)
-        user = GRADE_USER.format(question=conversation_text(as_messages(prompt, "user")), answer=answer,
-                                 reference=REFERENCE_BLOCK.format(reference=reference) if reference else "")
+        system = GRADE_SYSTEM.format(
+            reference_rule=REFERENCE_RULE if reference else "",
+            scale=self.scale,
+            explain=EXPLAIN if self.explain else TERSE,
+            example=self._example,
+        )
+        user = GRADE_USER.format(
+            question=conversation_text(as_messages(prompt, "user")),
+            answer=answer,
+            reference=REFERENCE_BLOCK.format(reference=reference) if reference else "",
+        )
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
-    def grade(self, prompts: Sequence[Text], answers: Sequence[str],
-              references: Sequence[str | None] | None = None) -> list[Grade]:
+    def grade(
+        self, prompts: Sequence[Text], answers: Sequence[str], references: Sequence[str | None] | None = None
+    ) -> list[Grade]:
         references = list(references) if references is not None else [None] * len(prompts)
         if not len(prompts) == len(answers) == len(references):
             raise ValueError(f"{len(prompts)} prompts, {len(answers)} answers, {len(references)} references")

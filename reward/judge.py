@@ -33,8 +33,8 @@ JUDGE_SYSTEM = (
     "for another language, an answer in a different language from the user's is worse, however good its content). "
     "Avoid any position bias: the order in which the responses were presented must not influence your decision. "
     "Do not let the length of the responses or the names of the assistants influence you. Be as objective as "
-    "possible. {explain}Output your final verdict by strictly following this format: \"[[A]]\" if assistant A is "
-    "better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie."
+    'possible. {explain}Output your final verdict by strictly following this format: "[[A]]" if assistant A is '
+    'better, "[[B]]" if assistant B is better, and "[[C]]" for a tie.'
 )
 EXPLAIN = "Begin with a short explanation comparing the two responses, then give your verdict. "
 TERSE = "Do not explain: give only the verdict. "
@@ -55,10 +55,13 @@ _NAMED = re.compile(_ASSISTANT + r"\s*[\"'«“]?\s*\(?([ab])\b", re.IGNORECASE)
 _VERDICT_PHRASE = re.compile(
     r"(?i:verdict|winner|decision|answer|choice|prefer(?:ence)?|better(?:\s+(?:one|answer|response))?)\s*"
     r"(?i:is|:|=|-)?\s*(?i:assistant\s*)?[\"'«“*(\[]*\s*"
-    r"(?:([ABC])\b(?![\w'’])|([abc])(?=[\s\"'»”*)\]]*(?:[.!,;]|$)))")
-_BETTER = re.compile(_ASSISTANT + r"\s*([ab])(?:'s|’s)?(?:\s+(?:answer|response))?\s+(?:is|was|wins|provides)\s+"
-                     r"(?:clearly\s+|slightly\s+|much\s+)?(?:the\s+)?(?:better|superior|preferable|winner|stronger)",
-                     re.IGNORECASE)
+    r"(?:([ABC])\b(?![\w'’])|([abc])(?=[\s\"'»”*)\]]*(?:[.!,;]|$)))"
+)
+_BETTER = re.compile(
+    _ASSISTANT + r"\s*([ab])(?:'s|’s)?(?:\s+(?:answer|response))?\s+(?:is|was|wins|provides)\s+"
+    r"(?:clearly\s+|slightly\s+|much\s+)?(?:the\s+)?(?:better|superior|preferable|winner|stronger)",
+    re.IGNORECASE,
+)
 _LONE = re.compile(r"^[\s\"'«“*(\[]*(?:assistant\s*)?([abc]|tie)[\s\"'»”*)\].:!,;]*$", re.IGNORECASE)
 _LEADING = re.compile(r"^[\s\"'«“*(\[]*([ab])\s*(?:[.):\]!]|$|\s+(?:is\s+better|wins))", re.IGNORECASE)
 _TIE = re.compile(r"\b(?:tie|draw|equally\s+(?:good|bad|helpful)|both\s+(?:are\s+)?equal)\b", re.IGNORECASE)
@@ -160,14 +163,16 @@ class PairwiseJudge:
         from align.generation.generate import BACKENDS
 
         if self.backend_name not in BACKENDS:
-            raise ConfigError(None, "backend", f"unknown judge backend {self.backend_name!r} (expected "
-                                               f"{', '.join(BACKENDS)})")
+            raise ConfigError(
+                None, "backend", f"unknown judge backend {self.backend_name!r} (expected {', '.join(BACKENDS)})"
+            )
 
     def messages(self, prompt: Text, a: Text, b: Text) -> Messages:
         """The judge's chat: instructions as the system turn, the question and both answers as the user turn."""
         system = JUDGE_SYSTEM.format(explain=EXPLAIN if self.explain else TERSE)
-        user = JUDGE_USER.format(question=conversation_text(as_messages(prompt, "user")), a=_answer_text(a),
-                                 b=_answer_text(b))
+        user = JUDGE_USER.format(
+            question=conversation_text(as_messages(prompt, "user")), a=_answer_text(a), b=_answer_text(b)
+        )
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def ask(self, chats: list[Messages]) -> list[str]:
@@ -194,13 +199,15 @@ class PairwiseJudge:
             from align.generation.generate import choose_backend, load_backend
             from align.models.loading import ModelArgs
 
-            args = dataclasses.replace(self.model_args, model=self.model) if self.model_args is not None \
+            args = (
+                dataclasses.replace(self.model_args, model=self.model)
+                if self.model_args is not None
                 else ModelArgs(model=self.model)
+            )
             self._loaded = load_backend(args, choose_backend(self.backend_name))
         return self._loaded
 
-    def compare(self, prompts: Sequence[Text], answers_a: Sequence[Text],
-                answers_b: Sequence[Text]) -> list[Judgement]:
+    def compare(self, prompts: Sequence[Text], answers_a: Sequence[Text], answers_b: Sequence[Text]) -> list[Judgement]:
         """Judge a against b for each prompt, in both orders (all 2N judge calls in one batched pass)."""
         if not len(prompts) == len(answers_a) == len(answers_b):
             raise ValueError(f"{len(prompts)} prompts, {len(answers_a)} answers a, {len(answers_b)} answers b")
@@ -219,8 +226,11 @@ class PairwiseJudge:
         if len(prompts) != len(candidates):
             raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
         games = [(g, i, j) for g, group in enumerate(candidates) for i, j in combinations(range(len(group)), 2)]
-        judgements = self.compare([prompts[g] for g, _, _ in games], [candidates[g][i] for g, i, _ in games],
-                                  [candidates[g][j] for g, _, j in games])
+        judgements = self.compare(
+            [prompts[g] for g, _, _ in games],
+            [candidates[g][i] for g, i, _ in games],
+            [candidates[g][j] for g, _, j in games],
+        )
         points = [[0.0] * len(group) for group in candidates]
         for (g, i, j), judgement in zip(games, judgements):
             to_i, to_j = POINTS[outcome_of_winner(judgement.winner)]
@@ -234,8 +244,11 @@ class PairwiseJudge:
 
 def _renders_system(tokenizer) -> bool:
     try:
-        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-                                      tokenize=False, add_generation_prompt=True)
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
         return True
     except Exception:  # jinja raises its own exception types from inside templates
         return False

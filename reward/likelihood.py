@@ -44,7 +44,11 @@ class LikelihoodRanker:
 
             from align.models.loading import ModelArgs, load_model, load_tokenizer, to_gpu_if_available
 
-            args = dataclasses.replace(self.model_args, model=self.model) if self.model_args else ModelArgs(model=self.model)
+            args = (
+                dataclasses.replace(self.model_args, model=self.model)
+                if self.model_args
+                else ModelArgs(model=self.model)
+            )
             self.tokenizer = load_tokenizer(args)
             self.model = to_gpu_if_available(load_model(args))
         elif self.tokenizer is None:
@@ -64,7 +68,7 @@ class LikelihoodRanker:
     def _completion_ids(self, prompt: list[dict], completion: list[dict], head: str) -> list[int]:
         """The completion as the template renders it after `head` (its end-of-turn included), capped."""
         full = self.tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-        return self._ids(full[len(os.path.commonprefix([full, head])):])[: self.max_length] or [self.pad]
+        return self._ids(full[len(os.path.commonprefix([full, head])) :])[: self.max_length] or [self.pad]
 
     def score(self, prompts: Sequence[Text], completions: Sequence[Text]) -> list[float]:
         if len(prompts) != len(completions):
@@ -74,7 +78,7 @@ class LikelihoodRanker:
             prompt = as_messages(prompt, "user")
             head = self._head(prompt)
             answer = self._completion_ids(prompt, as_messages(completion, "assistant"), head)
-            conditioned = self._ids(head)[-self.max_length:]
+            conditioned = self._ids(head)[-self.max_length :]
             rows += [(conditioned + answer, len(conditioned)), (self.unconditioned + answer, len(self.unconditioned))]
         means = self._mean_logprobs(rows)
         return [means[2 * i] - means[2 * i + 1] for i in range(len(prompts))]
@@ -92,17 +96,22 @@ class LikelihoodRanker:
             ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for r, i in enumerate(batch):
-                ids[r, width - len(rows[i][0]):] = torch.tensor(rows[i][0])
-                mask[r, width - len(rows[i][0]):] = 1
+                ids[r, width - len(rows[i][0]) :] = torch.tensor(rows[i][0])
+                mask[r, width - len(rows[i][0]) :] = 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                position_ids=positions.to(device), use_cache=False, logits_to_keep=tail + 1).logits
+            logits = self.model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                use_cache=False,
+                logits_to_keep=tail + 1,
+            ).logits
             logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # predicts the last `tail` tokens
-            targets = ids[:, width - tail:].to(device)
+            targets = ids[:, width - tail :].to(device)
             picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
             for r, i in enumerate(batch):
                 tokens, start = rows[i]
-                out[i] = float(picked[r, tail - (len(tokens) - start):].mean())
+                out[i] = float(picked[r, tail - (len(tokens) - start) :].mean())
         return out
 
     def rank_many(self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]]) -> list[Ranking]:

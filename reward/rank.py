@@ -98,7 +98,7 @@ class PairEncoder:
         if budget is None or len(prompt_ids) + len(completion_ids) <= budget:
             return Encoded(list(ids), False)
         keep_prompt, keep_completion = truncation_split(len(prompt_ids), len(completion_ids), budget)
-        kept = prompt_ids[len(prompt_ids) - keep_prompt:] + completion_ids[:keep_completion]
+        kept = prompt_ids[len(prompt_ids) - keep_prompt :] + completion_ids[:keep_completion]
         return Encoded(ids[:start] + kept + ids[end:], True)
 
 
@@ -125,10 +125,12 @@ def rank_by_scores(score, prompts: Sequence[Text], candidates: Sequence[Sequence
     """Rankings from a pointwise scorer `score(prompts, completions)`, called once on every pair of every prompt."""
     if len(prompts) != len(candidates):
         raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
-    flat = score([p for p, group in zip(prompts, candidates) for _ in group], [c for group in candidates for c in group])
+    flat = score(
+        [p for p, group in zip(prompts, candidates) for _ in group], [c for group in candidates for c in group]
+    )
     out, at = [], 0
     for group in candidates:
-        out.append(ranking_from_scores(flat[at: at + len(group)]))
+        out.append(ranking_from_scores(flat[at : at + len(group)]))
         at += len(group)
     return out
 
@@ -154,7 +156,7 @@ def pairwise_accuracy(chosen: Sequence[float], rejected: Sequence[float], langs:
 def length_batches(lengths: Sequence[int], batch_size: int, sort: bool = True) -> list[list[int]]:
     """Indices in batches of `batch_size`: longest first when sorted (ties in input order), else in input order."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)) if sort else list(range(len(lengths)))
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @dataclass

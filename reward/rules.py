@@ -53,18 +53,26 @@ def _languages(prompts: Sequence[Text], langs: Sequence[str | None] | None) -> l
     return [lang or prompt_language(p) for p, lang in zip(prompts, langs)]
 
 
-def penalties(prompts: Sequence[Text], candidates: Sequence[Sequence[Text]], language_penalty: float,
-              langs: Sequence[str | None] | None = None, echo_penalty: float = 0.0) -> list[list[float]]:
+def penalties(
+    prompts: Sequence[Text],
+    candidates: Sequence[Sequence[Text]],
+    language_penalty: float,
+    langs: Sequence[str | None] | None = None,
+    echo_penalty: float = 0.0,
+) -> list[list[float]]:
     """−(language_penalty × failed checks + echo_penalty × echo) of every candidate of every prompt."""
     if len(prompts) != len(candidates):
         raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
     languages = _languages(prompts, langs) if language_penalty else [None] * len(prompts)
-    return [[-language_penalty * failed_checks(c, lang) - echo_penalty * is_echo(answer_text(c), prompt)
-             for c in group] for prompt, group, lang in zip(prompts, candidates, languages)]
+    return [
+        [-language_penalty * failed_checks(c, lang) - echo_penalty * is_echo(answer_text(c), prompt) for c in group]
+        for prompt, group, lang in zip(prompts, candidates, languages)
+    ]
 
 
-def rank_in_languages(ranker, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]],
-                      langs: Sequence[str | None]) -> list[Ranking]:
+def rank_in_languages(
+    ranker, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]], langs: Sequence[str | None]
+) -> list[Ranking]:
     """`ranker.rank_many`, told each prompt's language when it checks languages (other rankers, a user's among them,
     keep the two-argument interface)."""
     if getattr(ranker, "language_aware", False):
@@ -72,8 +80,9 @@ def rank_in_languages(ranker, prompts: Sequence[Text], candidates: Sequence[Sequ
     return ranker.rank_many(prompts, candidates)
 
 
-def score_in_languages(ranker, prompts: Sequence[Text], completions: Sequence[Text],
-                       langs: Sequence[str | None]) -> list[float]:
+def score_in_languages(
+    ranker, prompts: Sequence[Text], completions: Sequence[Text], langs: Sequence[str | None]
+) -> list[float]:
     if getattr(ranker, "language_aware", False):
         return ranker.score(prompts, completions, langs=langs)
     return ranker.score(prompts, completions)
@@ -96,15 +105,18 @@ class LanguageRanker:
     def __post_init__(self):
         _check_penalties(self.penalty, self.echo_penalty)
 
-    def score(self, prompts: Sequence[Text], completions: Sequence[Text],
-              langs: Sequence[str | None] | None = None) -> list[float]:
+    def score(
+        self, prompts: Sequence[Text], completions: Sequence[Text], langs: Sequence[str | None] | None = None
+    ) -> list[float]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        return [group[0] for group in penalties(prompts, [[c] for c in completions], self.penalty, langs,
-                                                self.echo_penalty)]
+        return [
+            group[0] for group in penalties(prompts, [[c] for c in completions], self.penalty, langs, self.echo_penalty)
+        ]
 
-    def rank_many(self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]],
-                  langs: Sequence[str | None] | None = None) -> list[Ranking]:
+    def rank_many(
+        self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]], langs: Sequence[str | None] | None = None
+    ) -> list[Ranking]:
         return [ranking_from_scores(s) for s in penalties(prompts, candidates, self.penalty, langs, self.echo_penalty)]
 
     def rank(self, prompt: Text, candidates: Sequence[Text], lang: str | None = None) -> Ranking:
@@ -132,14 +144,16 @@ class WithRulePenalties:
             raise AttributeError(f"{type(self.base).__name__} gives no absolute score, only rankings")
         return self._score
 
-    def _score(self, prompts: Sequence[Text], completions: Sequence[Text],
-               langs: Sequence[str | None] | None = None) -> list[float]:
+    def _score(
+        self, prompts: Sequence[Text], completions: Sequence[Text], langs: Sequence[str | None] | None = None
+    ) -> list[float]:
         scores = self.base.score(prompts, completions)
         costs = penalties(prompts, [[c] for c in completions], self.penalty, langs, self.echo_penalty)
         return [float(s) + cost[0] for s, cost in zip(scores, costs)]
 
-    def rank_many(self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]],
-                  langs: Sequence[str | None] | None = None) -> list[Ranking]:
+    def rank_many(
+        self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]], langs: Sequence[str | None] | None = None
+    ) -> list[Ranking]:
         costs = penalties(prompts, candidates, self.penalty, langs, self.echo_penalty)
         rankings = self.base.rank_many(prompts, candidates)
         return [ranking_from_scores([s + c for s, c in zip(r.scores, cost)]) for r, cost in zip(rankings, costs)]

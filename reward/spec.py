@@ -36,8 +36,18 @@ class RankerSpec:
 
     def loaded_model(self) -> tuple[str, str] | None:
         """(key, model) of the local model this ranker loads, if any."""
-        return next(((k, v) for k, v in (("reward_model", self.reward_model), ("likelihood", self.likelihood),
-                                          ("judge", self.judge)) if v), None)
+        return next(
+            (
+                (k, v)
+                for k, v in (
+                    ("reward_model", self.reward_model),
+                    ("likelihood", self.likelihood),
+                    ("judge", self.judge),
+                )
+                if v
+            ),
+            None,
+        )
 
     def as_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -46,15 +56,22 @@ class RankerSpec:
 def parse_ranker(value, source: str | None, key: str = "ranker", *, backend: str | None = None) -> RankerSpec:
     """The spec under `key`, with `backend` (the stage's) for a judge that names none."""
     if not isinstance(value, dict):
-        raise ConfigError(source, key, "expected a mapping: {reward_model: path}, {likelihood: model}, {judge: model} or "
-                                       "{rule: language}")
+        raise ConfigError(
+            source,
+            key,
+            "expected a mapping: {reward_model: path}, {likelihood: model}, {judge: model} or {rule: language}",
+        )
     spec = build_dataclass(RankerSpec, value, source, prefix=f"{key}.")
     if sum(v is not None for v in (spec.reward_model, spec.likelihood, spec.judge, spec.api, spec.rule)) != 1:
-        raise ConfigError(source, key, f"give exactly one of {key}.reward_model (a reward model), {key}.likelihood "
-                                       f"(a chat LM scoring how much the prompt raises the answer's likelihood), "
-                                       f"{key}.judge "
-                                       f"(a judge LM), {key}.api (a judge behind an OpenAI-compatible endpoint) and "
-                                       f"{key}.rule ({' or '.join(RULES)}: a rule)")
+        raise ConfigError(
+            source,
+            key,
+            f"give exactly one of {key}.reward_model (a reward model), {key}.likelihood "
+            f"(a chat LM scoring how much the prompt raises the answer's likelihood), "
+            f"{key}.judge "
+            f"(a judge LM), {key}.api (a judge behind an OpenAI-compatible endpoint) and "
+            f"{key}.rule ({' or '.join(RULES)}: a rule)",
+        )
     if spec.api is not None:
         from align.generation.api import APISpec
 
@@ -71,15 +88,21 @@ def parse_ranker(value, source: str | None, key: str = "ranker", *, backend: str
     from align.generation.generate import BACKENDS
 
     if spec.backend is not None and spec.backend not in BACKENDS:
-        raise ConfigError(source, f"{key}.backend", f"unknown generation backend {spec.backend!r} (expected "
-                                                    f"{', '.join(BACKENDS)})")
+        raise ConfigError(
+            source, f"{key}.backend", f"unknown generation backend {spec.backend!r} (expected {', '.join(BACKENDS)})"
+        )
     if spec.backend is None:
         spec.backend = backend
     return spec
 
 
-KINDS = {"reward_model": "reward model", "likelihood": "likelihood ranker", "judge": "judge LM", "api": "judge API",
-         "rule": "rule"}
+KINDS = {
+    "reward_model": "reward model",
+    "likelihood": "likelihood ranker",
+    "judge": "judge LM",
+    "api": "judge API",
+    "rule": "rule",
+}
 
 
 def describe_ranker(spec: dict | None) -> str:

@@ -45,30 +45,42 @@ class RewardArgs(PaddingFreeArgs, TrainingArgs):
 
 
 # RewardConfig fields that would make trl tokenise or load differently from what polyalign does.
-REFUSED = {"chat_template_path": "set the chat template in the model's tokenizer instead",
-           "model_init_kwargs": "use polyalign's model keys (dtype, attn_implementation, trust_remote_code, revision)",
-           "pad_token": "polyalign pads with the tokenizer's pad token (or its eos token)",
-           "eos_token": "polyalign scores the text exactly as the chat template renders it"}
+REFUSED = {
+    "chat_template_path": "set the chat template in the model's tokenizer instead",
+    "model_init_kwargs": "use polyalign's model keys (dtype, attn_implementation, trust_remote_code, revision)",
+    "pad_token": "polyalign pads with the tokenizer's pad token (or its eos token)",
+    "eos_token": "polyalign scores the text exactly as the chat template renders it",
+}
 
 
 def parse_reward_config(raw: dict, source: str | None = None) -> TrainingJob:
     from trl import RewardConfig
 
-    args, trl_kwargs, lora = parse_training_keys(raw, source, RewardArgs, RewardConfig, dataset_help="preference "
-                                                 "data (prompt/chosen/rejected), a file, folder or datasets name (or "
-                                                 "a list of them)", output_help="where to write the reward model")
+    args, trl_kwargs, lora = parse_training_keys(
+        raw,
+        source,
+        RewardArgs,
+        RewardConfig,
+        dataset_help="preference data (prompt/chosen/rejected), a file, folder or datasets name (or a list of them)",
+        output_help="where to write the reward model",
+    )
     if not 0 <= args.eval_fraction < 1:
         raise ConfigError(source, "eval_fraction", f"must be in [0, 1), got {args.eval_fraction}")
     if args.eval_batch_size < 1:
         raise ConfigError(source, "eval_batch_size", f"must be at least 1, got {args.eval_batch_size}")
     if lora and not args.save_merged:
-        raise ConfigError(source, "save_merged", "a LoRA reward model is always saved merged into its base (the "
-                          "adapter beside it, under adapter/)")
+        raise ConfigError(
+            source,
+            "save_merged",
+            "a LoRA reward model is always saved merged into its base (the adapter beside it, under adapter/)",
+        )
     for key, why in REFUSED.items():
         if key in trl_kwargs:
             raise ConfigError(source, key, f"not supported by polyalign reward: {why}")
     if args.chat_template:  # the reward model reads text with its own tokenizer's template, or as plain text
-        raise ConfigError(source, "chat_template", f"not supported by polyalign reward: {REFUSED['chat_template_path']}")
+        raise ConfigError(
+            source, "chat_template", f"not supported by polyalign reward: {REFUSED['chat_template_path']}"
+        )
     return TrainingJob(args, build_trl_config(RewardConfig, trl_kwargs, args, source), lora, raw, source)
 
 
@@ -102,25 +114,34 @@ def encode_pairs(records: list[dict], encoder: PairEncoder, margin: bool):
     columns: dict[str, list] = {"chosen_ids": [], "rejected_ids": []}
     truncated = tokens = 0
     for record in records:
-        chosen, rejected = encoder.encode(record["prompt"], record["chosen"]), \
-            encoder.encode(record["prompt"], record["rejected"])
+        chosen, rejected = (
+            encoder.encode(record["prompt"], record["chosen"]),
+            encoder.encode(record["prompt"], record["rejected"]),
+        )
         columns["chosen_ids"].append(chosen.input_ids)
         columns["rejected_ids"].append(rejected.input_ids)
         truncated += chosen.truncated or rejected.truncated
         tokens += len(chosen.input_ids) + len(rejected.input_ids)
     if margin:
         columns["margin"] = [_margin(r) for r in records]
-    stats = {"pairs": len(records), "truncated": truncated, "tokens": tokens,
-             "pairs_per_language": dict(Counter(r["lang"] for r in records).most_common())}
+    stats = {
+        "pairs": len(records),
+        "truncated": truncated,
+        "tokens": tokens,
+        "pairs_per_language": dict(Counter(r["lang"] for r in records).most_common()),
+    }
     return datasets.Dataset.from_dict(columns), stats
 
 
 def _margin(record: dict) -> float:
     scores = record.get("chosen_score"), record.get("rejected_score")
     if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores):
-        raise InputError(record.get("source", "dataset"), "margin_from_scores needs numeric chosen_score and "
-                         f"rejected_score in every record; record '{record.get('id')}' has {scores}",
-                         field="chosen_score")
+        raise InputError(
+            record.get("source", "dataset"),
+            "margin_from_scores needs numeric chosen_score and "
+            f"rejected_score in every record; record '{record.get('id')}' has {scores}",
+            field="chosen_score",
+        )
     return float(scores[0] - scores[1])
 
 
@@ -151,8 +172,10 @@ class RewardStage(TrainingStage):
         job, seed = self.job, self.job.training.seed
         records = load_records(job.args.dataset, "preference", seed=seed, source=job.source)
         if job.args.eval_dataset is not None:
-            self.records, self.eval_records = records, load_records(job.args.eval_dataset, "preference", seed=seed,
-                                                                        source=job.source, key="eval_dataset")
+            self.records, self.eval_records = (
+                records,
+                load_records(job.args.eval_dataset, "preference", seed=seed, source=job.source, key="eval_dataset"),
+            )
         else:
             self.records, self.eval_records = split_heldout(records, job.args.eval_fraction, seed)
         if not self.records:
@@ -160,23 +183,35 @@ class RewardStage(TrainingStage):
         self.tokenizer = load_reward_tokenizer(job.args)
         encoder = PairEncoder(self.tokenizer, job.training.max_length)
         self.train_data, self.stats = encode_pairs(self.records, encoder, job.args.margin_from_scores)
-        self.eval_data, self.eval_stats = encode_pairs(self.eval_records, encoder, job.args.margin_from_scores) \
-            if self.eval_records else (None, {"pairs": 0, "truncated": 0})
+        self.eval_data, self.eval_stats = (
+            encode_pairs(self.eval_records, encoder, job.args.margin_from_scores)
+            if self.eval_records
+            else (None, {"pairs": 0, "truncated": 0})
+        )
         truncated = self.stats["truncated"] + self.eval_stats["truncated"]
-        return (f"Reward data: {len(self.records)} training pairs in {describe_languages(self.records)}; "
-                f"{len(self.eval_records)} held out, {truncated} truncated to {job.training.max_length} tokens")
+        return (
+            f"Reward data: {len(self.records)} training pairs in {describe_languages(self.records)}; "
+            f"{len(self.eval_records)} held out, {truncated} truncated to {job.training.max_length} tokens"
+        )
 
     def build(self):
         from align.training.packed_trainers import PackedRewardTrainer
 
         job = self.job
-        model = load_reward_model(job.args, new_head=True, pad_token_id=self.tokenizer.pad_token_id,
-                                  seed=job.training.seed)
+        model = load_reward_model(
+            job.args, new_head=True, pad_token_id=self.tokenizer.pad_token_id, seed=job.training.seed
+        )
         pack, self.layout = choose(job.args.padding_free, [model], scores=True, source=job.source)
-        return PackedRewardTrainer(model=model, args=job.training, train_dataset=self.train_data,
-                                   eval_dataset=self.eval_data, processing_class=self.tokenizer,
-                                   callbacks=self.callbacks, pack=pack,
-                                   peft_config=reward_lora_config(job.lora, model, job.source) if job.lora else None)
+        return PackedRewardTrainer(
+            model=model,
+            args=job.training,
+            train_dataset=self.train_data,
+            eval_dataset=self.eval_data,
+            processing_class=self.tokenizer,
+            callbacks=self.callbacks,
+            pack=pack,
+            peft_config=reward_lora_config(job.lora, model, job.source) if job.lora else None,
+        )
 
     def starting(self, resume: str | None) -> str:
         return f"Batches {self.layout}" + (f"; resuming from {resume}" if resume else "")
@@ -189,8 +224,13 @@ class RewardStage(TrainingStage):
         return result
 
     def _accuracy(self, trainer) -> dict | None:
-        return heldout_accuracy(trainer.model, self.tokenizer, self.eval_records, self.job.training.max_length,
-                                self.job.args.eval_batch_size)
+        return heldout_accuracy(
+            trainer.model,
+            self.tokenizer,
+            self.eval_records,
+            self.job.training.max_length,
+            self.job.args.eval_batch_size,
+        )
 
     def save(self, trainer, directory: Path, is_main: bool) -> None:
         if self.job.lora is None:
@@ -201,26 +241,42 @@ class RewardStage(TrainingStage):
             trainer.save_model(str(directory / "adapter"))
             trainer.accelerator.wait_for_everyone()
             if is_main:
-                save_merged(trainer, directory, adapter=directory / "adapter",
-                            load=lambda path: load_reward_model(self.job.args.model_args(path)))
+                save_merged(
+                    trainer,
+                    directory,
+                    adapter=directory / "adapter",
+                    load=lambda path: load_reward_model(self.job.args.model_args(path)),
+                )
         elif is_main:
             trainer.model.save_pretrained(directory / "adapter", safe_serialization=True)
             save_merged(trainer, directory)
 
     def metrics(self, trainer, result, common: dict) -> dict:
         stats, held = self.stats, self.eval_stats
-        return {"train_pairs": stats["pairs"], "eval_pairs": held["pairs"],
-                "truncated": stats["truncated"] + held["truncated"], "tokens": stats["tokens"],
-                "pairs_per_language": stats["pairs_per_language"], **common, "lora": self.job.lora is not None,
-                "eval": self.after, "eval_untrained": self.before}
+        return {
+            "train_pairs": stats["pairs"],
+            "eval_pairs": held["pairs"],
+            "truncated": stats["truncated"] + held["truncated"],
+            "tokens": stats["tokens"],
+            "pairs_per_language": stats["pairs_per_language"],
+            **common,
+            "lora": self.job.lora is not None,
+            "eval": self.after,
+            "eval_untrained": self.before,
+        }
 
     def rows(self, m: dict) -> list[tuple[str, object]]:
         def accuracy(block):
             return f"{block['accuracy']:.1%}" if block else "-"
 
-        rows = [("training pairs", m["train_pairs"]), ("held-out pairs", m["eval_pairs"]),
-                ("truncated", m["truncated"]), *super().rows(m), *layout_rows(m),
-                ("held-out accuracy", f"{accuracy(m['eval'])} (untrained {accuracy(m['eval_untrained'])})")]
+        rows = [
+            ("training pairs", m["train_pairs"]),
+            ("held-out pairs", m["eval_pairs"]),
+            ("truncated", m["truncated"]),
+            *super().rows(m),
+            *layout_rows(m),
+            ("held-out accuracy", f"{accuracy(m['eval'])} (untrained {accuracy(m['eval_untrained'])})"),
+        ]
         if m["eval"]:
             rows.append(("per language", ", ".join(f"{lang} {v:.0%}" for lang, v in m["eval"]["per_language"].items())))
         return rows

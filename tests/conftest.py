@@ -24,10 +24,19 @@ def build_tiny_llama(directory: Path, tokenizer, *, seed: int = 0, layers: int =
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(config)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
@@ -56,10 +65,18 @@ def tiny_reward_model(directory: Path, tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(3)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     LlamaForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -97,26 +114,59 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 # A small multilingual chat set with multi-turn dialogues and skewed lengths.
 CHATS = [
-    {"messages": [{"role": "user", "content": "Quelle est la capitale de la France ?"},
-                  {"role": "assistant", "content": "La capitale de la France est Paris."}], "lang": "fr"},
-    {"messages": [{"role": "system", "content": "Du bist ein knapper Assistent."},
-                  {"role": "user", "content": "Was ist zwei plus drei?"},
-                  {"role": "assistant", "content": "Zwei plus drei ist fünf."},
-                  {"role": "user", "content": "Und mal zwei?"},
-                  {"role": "assistant", "content": "Fünf mal zwei ist zehn."}], "lang": "de"},
-    {"messages": [{"role": "user", "content": "भारत की राजधानी क्या है?"},
-                  {"role": "assistant", "content": "भारत की राजधानी नई दिल्ली है।"}], "lang": "hi"},
-    {"messages": [{"role": "user", "content": "Explain in a few sentences why the sky is blue."},
-                  {"role": "assistant", "content": "Sunlight is scattered by the molecules of the air. Short, blue "
-                   "wavelengths scatter much more than long, red ones (Rayleigh scattering), so blue light reaches "
-                   "our eyes from every direction of the sky. At sunset the light crosses more air, the blue is "
-                   "scattered away, and the sky turns red and orange."}], "lang": "en"},
-    {"messages": [{"role": "user", "content": "日本の首都はどこですか？"},
-                  {"role": "assistant", "content": "日本の首都は東京です。"}], "lang": "ja"},
-    {"messages": [{"role": "user", "content": "¿Cuánto es siete por ocho?"},
-                  {"role": "assistant", "content": "Siete por ocho es cincuenta y seis."},
-                  {"role": "user", "content": "¿Y menos seis?"},
-                  {"role": "assistant", "content": "Cincuenta y seis menos seis es cincuenta."}], "lang": "es"},
+    {
+        "messages": [
+            {"role": "user", "content": "Quelle est la capitale de la France ?"},
+            {"role": "assistant", "content": "La capitale de la France est Paris."},
+        ],
+        "lang": "fr",
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "Du bist ein knapper Assistent."},
+            {"role": "user", "content": "Was ist zwei plus drei?"},
+            {"role": "assistant", "content": "Zwei plus drei ist fünf."},
+            {"role": "user", "content": "Und mal zwei?"},
+            {"role": "assistant", "content": "Fünf mal zwei ist zehn."},
+        ],
+        "lang": "de",
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "भारत की राजधानी क्या है?"},
+            {"role": "assistant", "content": "भारत की राजधानी नई दिल्ली है।"},
+        ],
+        "lang": "hi",
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Explain in a few sentences why the sky is blue."},
+            {
+                "role": "assistant",
+                "content": "Sunlight is scattered by the molecules of the air. Short, blue "
+                "wavelengths scatter much more than long, red ones (Rayleigh scattering), so blue light reaches "
+                "our eyes from every direction of the sky. At sunset the light crosses more air, the blue is "
+                "scattered away, and the sky turns red and orange.",
+            },
+        ],
+        "lang": "en",
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "日本の首都はどこですか？"},
+            {"role": "assistant", "content": "日本の首都は東京です。"},
+        ],
+        "lang": "ja",
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "¿Cuánto es siete por ocho?"},
+            {"role": "assistant", "content": "Siete por ocho es cincuenta y seis."},
+            {"role": "user", "content": "¿Y menos seis?"},
+            {"role": "assistant", "content": "Cincuenta y seis menos seis es cincuenta."},
+        ],
+        "lang": "es",
+    },
 ]
 
 

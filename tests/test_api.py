@@ -24,9 +24,17 @@ from align.generation.generate import GenerationArgs, generate_logged, plan_batc
 
 STARTUP_DEADLINE = 180  # seconds; the server takes about 10 s on two busy cores
 SHORT = GenerationArgs(max_new_tokens=8)
-PROMPTS = [[{"role": "user", "content": text}] for text in (
-    "What is the capital of France?", "Was ist zwei plus drei?", "日本の首都はどこですか？",
-    "¿Cuánto es siete por ocho?", "Name a colour.", "Say hello in Italian.")]
+PROMPTS = [
+    [{"role": "user", "content": text}]
+    for text in (
+        "What is the capital of France?",
+        "Was ist zwei plus drei?",
+        "日本の首都はどこですか？",
+        "¿Cuánto es siete por ocho?",
+        "Name a colour.",
+        "Say hello in Italian.",
+    )
+]
 
 
 def get(port: int, path: str) -> int:
@@ -45,10 +53,24 @@ def server(tmp_path_factory):
 
     model, port = model_path("smollm2-135m"), free_port()
     logs = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_CACHE": str(logs.parent / "hub")}
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", model, "--host", "127.0.0.1",
-               "--port", str(port), "--device", "cpu"]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_CACHE": str(logs.parent / "hub"),
+    }
+    command = [
+        str(Path(sys.executable).parent / "transformers"),
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
     with open(logs, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
@@ -121,8 +143,14 @@ class Proxy:
         finally:
             with self.lock:
                 self.in_flight -= 1
-                self.seen.append({"path": request.path, "authorization": request.headers.get("Authorization"),
-                                  "body": json.loads(data) if data else None, "status": status})
+                self.seen.append(
+                    {
+                        "path": request.path,
+                        "authorization": request.headers.get("Authorization"),
+                        "body": json.loads(data) if data else None,
+                        "status": status,
+                    }
+                )
         request.send_response(status)
         for name, value in {"Content-Type": "application/json", "Content-Length": str(len(body)), **extra}.items():
             request.send_header(name, value)
@@ -270,17 +298,26 @@ def test_a_missing_key_variable_is_a_one_line_error_naming_it(monkeypatch):
     raw = {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "POLYALIGN_UNSET_KEY"}
     with pytest.raises(ConfigError) as error:
         build_dataclass(APISpec, raw, "recipe.yaml", "judge.api.")
-    assert str(error.value) == ("recipe.yaml: 'judge.api.api_key_env': environment variable POLYALIGN_UNSET_KEY is "
-                                "not set (it must hold the endpoint's API key)")
+    assert str(error.value) == (
+        "recipe.yaml: 'judge.api.api_key_env': environment variable POLYALIGN_UNSET_KEY is "
+        "not set (it must hold the endpoint's API key)"
+    )
     pasted = "sk-live-abcdef0123456789"  # a key where the variable's name belongs is refused without echoing it
     with pytest.raises(ConfigError) as error:
         APISpec(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=pasted)
     assert pasted not in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("raw, key", [({"base_url": "127.0.0.1:8000"}, "base_url"), ({"model": ""}, "model"),
-                                      ({"max_concurrency": 0}, "max_concurrency"), ({"max_retries": -1}, "max_retries"),
-                                      ({"timeout": 0}, "timeout")])
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"base_url": "127.0.0.1:8000"}, "base_url"),
+        ({"model": ""}, "model"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"timeout": 0}, "timeout"),
+    ],
+)
 def test_spec_values_are_checked(raw, key):
     with pytest.raises(ConfigError) as error:
         APISpec(**{"base_url": "http://127.0.0.1:9/v1", "model": "m", **raw})
@@ -294,8 +331,12 @@ def test_batches_without_a_tokenizer_are_planned_by_characters():
 
 
 def api_config(spec: APISpec) -> dict:
-    return {"base_url": spec.base_url, "model": spec.model, "max_concurrency": spec.max_concurrency,
-            "max_retries": spec.max_retries}
+    return {
+        "base_url": spec.base_url,
+        "model": spec.model,
+        "max_concurrency": spec.max_concurrency,
+        "max_retries": spec.max_retries,
+    }
 
 
 def test_an_api_teacher_in_arbitrage_beside_a_checkpoint(spec, proxy, tmp_path, tokenizer):
@@ -304,12 +345,24 @@ def test_an_api_teacher_in_arbitrage_beside_a_checkpoint(spec, proxy, tmp_path, 
 
     from align.stages.arbitrage import run_arbitrage
 
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p[0]["content"], "lang": lang, "id": f"p{i}"}
-                                                 for i, (p, lang) in enumerate(zip(PROMPTS[:4], "en de ja es".split()))])
-    raw = {"prompts": str(prompts), "output_dir": str(tmp_path / "arbitrage"), "max_new_tokens": 8, "dtype": "fp32",
-           "teachers": [{"name": "endpoint", "api": api_config(spec)},
-                        {"name": "local", "model": str(scaled_teacher(tmp_path / "t", tokenizer, seed=1))}],
-           "ranker": {"reward_model": str(tiny_reward_model(tmp_path / "rm", tokenizer))}}
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": p[0]["content"], "lang": lang, "id": f"p{i}"}
+            for i, (p, lang) in enumerate(zip(PROMPTS[:4], "en de ja es".split()))
+        ],
+    )
+    raw = {
+        "prompts": str(prompts),
+        "output_dir": str(tmp_path / "arbitrage"),
+        "max_new_tokens": 8,
+        "dtype": "fp32",
+        "teachers": [
+            {"name": "endpoint", "api": api_config(spec)},
+            {"name": "local", "model": str(scaled_teacher(tmp_path / "t", tokenizer, seed=1))},
+        ],
+        "ranker": {"reward_model": str(tiny_reward_model(tmp_path / "rm", tokenizer))},
+    }
     out = run_arbitrage(raw)
     candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
     assert sum(c["model"] == "endpoint" for c in candidates) == 4 and all(c["completion"] for c in candidates)
@@ -324,13 +377,17 @@ def test_an_api_judge_in_evaluation(spec, proxy, tmp_path):
 
     from align.stages.evaluate import run_evaluate
 
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "What is the capital of France?", "lang": "en",
-                                                  "id": "q"}])
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "What is the capital of France?", "lang": "en", "id": "q"}])
     a = write_jsonl(tmp_path / "a.jsonl", [{"id": "q", "completion": "Paris is the capital of France."}])
     b = write_jsonl(tmp_path / "b.jsonl", [{"id": "q", "completion": "I like trains."}])
-    out = run_evaluate({"models": {"b": str(b), "a": str(a)}, "prompts": str(prompts),
-                        "output_dir": str(tmp_path / "eval"),
-                        "judge": {"api": api_config(spec), "max_new_tokens": 8, "explain": False}})
+    out = run_evaluate(
+        {
+            "models": {"b": str(b), "a": str(a)},
+            "prompts": str(prompts),
+            "output_dir": str(tmp_path / "eval"),
+            "judge": {"api": api_config(spec), "max_new_tokens": 8, "explain": False},
+        }
+    )
     counts = json.loads((out / "metrics.json").read_text())["models"]["a"]["vs_baseline"]["all"]
     assert counts["win"] + counts["loss"] + counts["tie"] == 1
     assert sum(asked(proxy).values()) == 2  # both orders, each asked once
@@ -341,13 +398,23 @@ def test_an_api_translator_in_contrast(spec, proxy, tmp_path, tokenizer):
 
     from align.stages.contrast import run_contrast
 
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Quelle est la capitale de la France ?", "lang": "fr",
-                                                  "id": "q"}])
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": "Quelle est la capitale de la France ?", "lang": "fr", "id": "q"}]
+    )
     local = str(scaled_teacher(tmp_path / "t", tokenizer, seed=1))
-    out = run_contrast({"prompts": str(prompts), "output_dir": str(tmp_path / "contrast"), "strong": local,
-                        "weak": local, "translator": {"api": api_config(spec), "name": "endpoint"},
-                        "english_prompt": "instruct", "check_language": False, "max_new_tokens": 8,
-                        "dtype": "fp32"})
+    out = run_contrast(
+        {
+            "prompts": str(prompts),
+            "output_dir": str(tmp_path / "contrast"),
+            "strong": local,
+            "weak": local,
+            "translator": {"api": api_config(spec), "name": "endpoint"},
+            "english_prompt": "instruct",
+            "check_language": False,
+            "max_new_tokens": 8,
+            "dtype": "fp32",
+        }
+    )
     pair = json.loads((out / "pairs.jsonl").read_text().splitlines()[0])
     assert pair["translated_by"] == "endpoint" and pair["rejected"][0]["content"]
     assert sum(asked(proxy).values()) == 1  # the weak answer translated once

@@ -18,29 +18,47 @@ from conftest import scaled_teacher, subprocess_env, tiny_reward_model, write_js
 from align.cli import main
 
 PROMPTS = [
-    ("Quelle est la capitale de la France ?", "fr"), ("Was ist zwei plus drei?", "de"),
-    ("Explain why the sky is blue.", "en"), ("¿Cuánto es siete por ocho?", "es"),
-    ("日本の首都はどこですか？", "ja"), ("भारत की राजधानी क्या है?", "hi"),
-    ("Combien de jours compte une année bissextile ?", "fr"), ("Wie heißt die Hauptstadt von Österreich?", "de"),
+    ("Quelle est la capitale de la France ?", "fr"),
+    ("Was ist zwei plus drei?", "de"),
+    ("Explain why the sky is blue.", "en"),
+    ("¿Cuánto es siete por ocho?", "es"),
+    ("日本の首都はどこですか？", "ja"),
+    ("भारत की राजधानी क्या है?", "hi"),
+    ("Combien de jours compte une année bissextile ?", "fr"),
+    ("Wie heißt die Hauptstadt von Österreich?", "de"),
 ]
 
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("pool")
-    return {"a": scaled_teacher(root / "teacher-a", tokenizer, seed=1),
-            "b": scaled_teacher(root / "teacher-b", tokenizer, seed=2),
-            "rm": tiny_reward_model(root / "rm", tokenizer)}
+    return {
+        "a": scaled_teacher(root / "teacher-a", tokenizer, seed=1),
+        "b": scaled_teacher(root / "teacher-b", tokenizer, seed=2),
+        "rm": tiny_reward_model(root / "rm", tokenizer),
+    }
 
 
 def recipe(tmp_path: Path, pool: dict, prompts: list[tuple[str, str]] = PROMPTS, **overrides) -> Path:
-    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "lang": lang, "id": f"p{i}"}
-                                                    for i, (p, lang) in enumerate(prompts)])
-    config = {"prompts": str(data), "output_dir": str(tmp_path / "arbitrage"), "seed": 0, "batch_size": 3,
-              "max_new_tokens": 8, "temperature": 1.0, "dtype": "fp32", "min_margin": 0.0,
-              "teachers": [{"name": "a", "model": str(pool["a"]), "samples": 2},
-                           {"name": "b", "model": str(pool["b"]), "languages": ["French", "de"]}],
-              "ranker": {"reward_model": str(pool["rm"]), "batch_size": 4}, **overrides}
+    data = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"prompt": p, "lang": lang, "id": f"p{i}"} for i, (p, lang) in enumerate(prompts)]
+    )
+    config = {
+        "prompts": str(data),
+        "output_dir": str(tmp_path / "arbitrage"),
+        "seed": 0,
+        "batch_size": 3,
+        "max_new_tokens": 8,
+        "temperature": 1.0,
+        "dtype": "fp32",
+        "min_margin": 0.0,
+        "teachers": [
+            {"name": "a", "model": str(pool["a"]), "samples": 2},
+            {"name": "b", "model": str(pool["b"]), "languages": ["French", "de"]},
+        ],
+        "ranker": {"reward_model": str(pool["rm"]), "batch_size": 4},
+        **overrides,
+    }
     path = tmp_path / "arbitrage.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))
     return path
@@ -113,8 +131,14 @@ def test_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path, pool):
     runs = {}
     for name in ("whole", "cut"):
         (tmp_path / name).mkdir()
-        runs[name] = [sys.executable, "-m", "align.cli", "arbitrage",
-                      "--config", str(recipe(tmp_path / name, pool, prompts=many, batch_size=2, max_new_tokens=16))]
+        runs[name] = [
+            sys.executable,
+            "-m",
+            "align.cli",
+            "arbitrage",
+            "--config",
+            str(recipe(tmp_path / name, pool, prompts=many, batch_size=2, max_new_tokens=16)),
+        ]
     whole = subprocess.run(runs["whole"], env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
 
@@ -136,17 +160,25 @@ def test_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path, pool):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
     for name in ("candidates.jsonl", "sft.jsonl", "pairs.jsonl", "routing.json"):
-        assert (tmp_path / "cut" / "arbitrage" / name).read_text() == (tmp_path / "whole" / "arbitrage" / name).read_text()
+        assert (tmp_path / "cut" / "arbitrage" / name).read_text() == (
+            tmp_path / "whole" / "arbitrage" / name
+        ).read_text()
     assert len(read(tmp_path / "cut" / "arbitrage" / "sft.jsonl")) == len(many)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"teachers": []}, "'teachers': the pool is empty"),
-    ({"teachers": [{"name": "x", "model": "/nonexistent/teacher"}]}, "'teachers[0].model': cannot load model"),
-    ({"teachers": [{"name": "x"}]}, "'teachers[0].model': missing"),
-    ({"ranker": {}}, "'ranker': give exactly one of ranker.reward_model"),
-    ({"teachers": [{"name": "x", "model": "m", "languages": ["Klingon"]}]}, "'teachers[0].languages': unknown language"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"teachers": []}, "'teachers': the pool is empty"),
+        ({"teachers": [{"name": "x", "model": "/nonexistent/teacher"}]}, "'teachers[0].model': cannot load model"),
+        ({"teachers": [{"name": "x"}]}, "'teachers[0].model': missing"),
+        ({"ranker": {}}, "'ranker': give exactly one of ranker.reward_model"),
+        (
+            {"teachers": [{"name": "x", "model": "m", "languages": ["Klingon"]}]},
+            "'teachers[0].languages': unknown language",
+        ),
+    ],
+)
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, pool, capsys, change, message):
     assert main(["arbitrage", "--config", str(recipe(tmp_path, pool, **change))]) == 2
     err = capsys.readouterr().err.strip()
@@ -183,17 +215,24 @@ def test_no_pair_of_equal_scores_or_identical_texts_at_zero_margin(tmp_path, poo
 def test_a_dataset_teacher_is_routed_like_a_model(tmp_path, pool):
     """A file of existing answers is a teacher: it answers the prompts it has (by id), the model answers the rest
     alone, and the ranker routes between both kinds per language."""
-    answers = write_jsonl(tmp_path / "human.jsonl", [
-        {"id": "p0", "completion": "La capitale de la France est Paris."},
-        {"id": "p1", "completion": "Zwei plus drei ist fünf."},
-        {"id": "p6", "completion": "Une année bissextile compte 366 jours."}])
+    answers = write_jsonl(
+        tmp_path / "human.jsonl",
+        [
+            {"id": "p0", "completion": "La capitale de la France est Paris."},
+            {"id": "p1", "completion": "Zwei plus drei ist fünf."},
+            {"id": "p6", "completion": "Une année bissextile compte 366 jours."},
+        ],
+    )
     teachers = [{"name": "human", "completions": str(answers)}, {"name": "a", "model": str(pool["a"])}]
     assert main(["arbitrage", "--config", str(recipe(tmp_path, pool, teachers=teachers))]) == 0
     out = tmp_path / "arbitrage"
     candidates = read(out / "candidates.jsonl")
     human = {c["id"]: c["completion"] for c in candidates if c["model"] == "human"}
-    assert human == {"p0": "La capitale de la France est Paris.", "p1": "Zwei plus drei ist fünf.",
-                     "p6": "Une année bissextile compte 366 jours."}
+    assert human == {
+        "p0": "La capitale de la France est Paris.",
+        "p1": "Zwei plus drei ist fünf.",
+        "p6": "Une année bissextile compte 366 jours.",
+    }
     assert {c["id"] for c in candidates if c["model"] == "a"} == {f"p{i}" for i in range(len(PROMPTS))}
     sft = {r["id"]: r for r in read(out / "sft.jsonl")}
     assert all(sft[f"p{i}"]["teacher"] == "a" for i in (2, 3, 4, 5, 7))  # the file does not cover these
@@ -203,10 +242,13 @@ def test_a_dataset_teacher_is_routed_like_a_model(tmp_path, pool):
     assert sum(routing["all"]["teachers"][t]["wins"] for t in ("human", "a")) == len(PROMPTS)
 
 
-@pytest.mark.parametrize("teacher, message", [
-    ({"name": "x", "completions": "/no/such/file.jsonl"}, "'teachers[0].completions': no such file"),
-    ({"name": "x", "model": "m", "completions": "f.jsonl"}, "give exactly one of model, api"),
-])
+@pytest.mark.parametrize(
+    "teacher, message",
+    [
+        ({"name": "x", "completions": "/no/such/file.jsonl"}, "'teachers[0].completions': no such file"),
+        ({"name": "x", "model": "m", "completions": "f.jsonl"}, "give exactly one of model, api"),
+    ],
+)
 def test_bad_dataset_teachers_are_one_line(tmp_path, pool, capsys, teacher, message):
     assert main(["arbitrage", "--config", str(recipe(tmp_path, pool, teachers=[teacher]))]) == 2
     err = capsys.readouterr().err.strip()
@@ -216,8 +258,9 @@ def test_bad_dataset_teachers_are_one_line(tmp_path, pool, capsys, teacher, mess
 def test_a_teacher_that_repeats_the_question_is_never_picked_and_echo_pairs_reject_it(tmp_path, pool):
     """Whatever the ranker's scores, the pair rule keeps echoes out of the SFT data; `echo_pairs` pairs every pick
     with the prompt itself."""
-    copies = write_jsonl(tmp_path / "copy.jsonl", [{"id": f"p{i}", "completion": f"{p} {p}"}
-                                                   for i, (p, _) in enumerate(PROMPTS)])
+    copies = write_jsonl(
+        tmp_path / "copy.jsonl", [{"id": f"p{i}", "completion": f"{p} {p}"} for i, (p, _) in enumerate(PROMPTS)]
+    )
     teachers = [{"name": "copy", "completions": str(copies)}, {"name": "a", "model": str(pool["a"])}]
     assert main(["arbitrage", "--config", str(recipe(tmp_path, pool, teachers=teachers, echo_pairs=True))]) == 0
     out = tmp_path / "arbitrage"

@@ -14,10 +14,42 @@ from conftest import REPO, scaled_teacher, write_jsonl
 from align.core.errors import ConfigError
 from align.evaluation.benchmarks import BenchmarkArgs, index_tasks, metric_name, resolve_tasks, run_benchmarks
 
-WORDS = ["Paris", "Berlin", "Roma", "Madrid", "Lisboa", "東京", "दिल्ली", "Варшава", "Athina", "Ankara", "Praha",
-         "Wien", "Seoul", "Hanoi", "Jakarta", "Kyiv", "Tehran", "Dublin", "Oslo", "Cairo"]
-QUESTIONS = ["La capitale est", "Die Hauptstadt ist", "The capital is", "La capital es", "A capital é",
-             "首都は", "राजधानी है", "Столица", "Başkent", "Thủ đô là", "Ibu kota adalah", "Stolica to"]
+WORDS = [
+    "Paris",
+    "Berlin",
+    "Roma",
+    "Madrid",
+    "Lisboa",
+    "東京",
+    "दिल्ली",
+    "Варшава",
+    "Athina",
+    "Ankara",
+    "Praha",
+    "Wien",
+    "Seoul",
+    "Hanoi",
+    "Jakarta",
+    "Kyiv",
+    "Tehran",
+    "Dublin",
+    "Oslo",
+    "Cairo",
+]
+QUESTIONS = [
+    "La capitale est",
+    "Die Hauptstadt ist",
+    "The capital is",
+    "La capital es",
+    "A capital é",
+    "首都は",
+    "राजधानी है",
+    "Столица",
+    "Başkent",
+    "Thủ đô là",
+    "Ibu kota adalah",
+    "Stolica to",
+]
 FLORES = REPO / "recipes" / "eval" / "tasks" / "flores200"
 MARGIN = 0.5  # nats between the chosen candidate and the next, so tokenisation details cannot flip the choice
 
@@ -51,10 +83,17 @@ def loglikelihoods(model_dir):
 
 def write_task(directory, name: str, rows: list[dict], data_file=None):
     data = data_file or write_jsonl(directory / f"{name}.jsonl", rows)
-    config = {"task": name, "dataset_path": "json",
-              "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(directory / "cache")},
-              "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{question}}",
-              "doc_to_choice": "choices", "doc_to_target": "label", "metric_list": [{"metric": "acc"}]}
+    config = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(directory / "cache")},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{question}}",
+        "doc_to_choice": "choices",
+        "doc_to_target": "label",
+        "metric_list": [{"metric": "acc"}],
+    }
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     return path
@@ -77,8 +116,9 @@ def labelled_rows(loglikelihoods, pick) -> list[dict]:
 def test_labels_are_wired_to_the_scores(model_dir, loglikelihoods, tmp_path):
     top = write_task(tmp_path, "tiny_top", labelled_rows(loglikelihoods, max))
     bottom = write_task(tmp_path, "tiny_bottom", labelled_rows(loglikelihoods, min))
-    results = run_benchmarks(str(model_dir), [str(top), str(bottom)], batch_size=4, backend="transformers",
-                             log_dir=tmp_path / "lm-eval")
+    results = run_benchmarks(
+        str(model_dir), [str(top), str(bottom)], batch_size=4, backend="transformers", log_dir=tmp_path / "lm-eval"
+    )
     assert results["tiny_top"]["acc"] == 1.0
     assert results["tiny_bottom"]["acc"] == 0.0
     assert "acc_stderr" in results["tiny_top"] and all("," not in m for m in results["tiny_top"])
@@ -87,13 +127,18 @@ def test_labels_are_wired_to_the_scores(model_dir, loglikelihoods, tmp_path):
 
 
 def test_a_group_reports_each_subtask(model_dir, tmp_path):
-    rows = [{"question": "The capital is", "choices": ["Paris", "Roma"], "label": 0},
-            {"question": "La capitale est", "choices": ["Berlin", "Oslo"], "label": 1}]
+    rows = [
+        {"question": "The capital is", "choices": ["Paris", "Roma"], "label": 0},
+        {"question": "La capitale est", "choices": ["Berlin", "Oslo"], "label": 1},
+    ]
     write_task(tmp_path, "tiny_fr", rows)
     write_task(tmp_path, "tiny_it", rows)
     assert resolve_tasks([str(tmp_path)]).names == ["tiny_fr", "tiny_it"]
-    group = {"group": "tiny_group", "task": ["tiny_fr", "tiny_it"],
-             "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}]}
+    group = {
+        "group": "tiny_group",
+        "task": ["tiny_fr", "tiny_it"],
+        "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}],
+    }
     (tmp_path / "group.yaml").write_text(yaml.safe_dump(group))
     resolved = resolve_tasks([str(tmp_path)])
     assert resolved.names == ["tiny_group"]
@@ -153,8 +198,12 @@ def test_flores_pairs_each_sentence_with_its_english(monkeypatch):
     spec = importlib.util.spec_from_file_location("flores200_utils", FLORES / "utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
-    english = datasets.DatasetDict({"dev": datasets.Dataset.from_dict({"text": ["a", "b", "c"]}),
-                                    "devtest": datasets.Dataset.from_dict({"text": ["x", "y"]})})
+    english = datasets.DatasetDict(
+        {
+            "dev": datasets.Dataset.from_dict({"text": ["a", "b", "c"]}),
+            "devtest": datasets.Dataset.from_dict({"text": ["x", "y"]}),
+        }
+    )
     monkeypatch.setattr(utils, "_english", lambda: english)
     french = utils.pair_with_english(datasets.Dataset.from_dict({"text": ["X", "Y"]}))
     assert list(zip(french["text"], french["eng"])) == [("X", "x"), ("Y", "y")]

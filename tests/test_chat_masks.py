@@ -11,9 +11,11 @@ from align.models.chat import IGNORE_INDEX, TemplateError, tokenize_chat
 
 TRL_TEMPLATES = Path(trl.__file__).parent / "chat_templates"
 
-MISTRAL = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
-           "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
-           "{{ message['content'] + eos_token }}{% endif %}{% endfor %}")
+MISTRAL = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
 
 CHAT = [
     {"role": "system", "content": "Antworte kurz."},
@@ -69,8 +71,9 @@ def test_matches_generation_markers_where_a_template_has_them(tokenizer):
     template = (TRL_TEMPLATES / "qwen2_5_training.jinja").read_text()
     messages = CHAT[1:]
     [ours] = tokenize_chat(tokenizer, messages, max_length=None, chat_template=template)
-    reference = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
-                                              return_assistant_tokens_mask=True)
+    reference = tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     assert ours.input_ids == reference["input_ids"]
     our_mask = [int(label != IGNORE_INDEX) for label in ours.labels]
     for token, mine, theirs in zip(ours.input_ids, our_mask, reference["assistant_masks"]):
@@ -97,32 +100,46 @@ TURN = "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
 # Reasoning shown only on the turns after the last user message, as Qwen3's template does.
 STRIPS_REASONING = (
     "{% set ns = namespace(last=0) %}{% for m in messages %}{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}"
-    "{% endif %}{% endfor %}" + OPEN +
-    "{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{% if loop.index0 > ns.last %}<think>\n"
+    "{% endif %}{% endfor %}"
+    + OPEN
+    + "{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{% if loop.index0 > ns.last %}<think>\n"
     "{{ m.get('reasoning_content', '') }}\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>\n"
-    "{% else %}" + TURN + "{% endif %}" + CLOSE)
+    "{% else %}" + TURN + "{% endif %}" + CLOSE
+)
 # The generation prompt opens a block the rendered turns do not have, and the final turn closes differently
 # (DeepSeek-R1's "<think>\n" prompt; templates that end the conversation with EOS).
-MARKS_THE_END = (OPEN + TURN.replace("<|im_end|>", "{% if loop.last and m['role'] == 'assistant' %}<|endoftext|>"
-                                                   "{% else %}<|im_end|>{% endif %}")
-                 + "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
-DEFAULT_SYSTEM = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                  "{% endif %}" + OPEN + TURN + CLOSE)
-REFUSES_SYSTEM = (OPEN + "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
-                  + TURN + CLOSE)
+MARKS_THE_END = (
+    OPEN
+    + TURN.replace(
+        "<|im_end|>", "{% if loop.last and m['role'] == 'assistant' %}<|endoftext|>{% else %}<|im_end|>{% endif %}"
+    )
+    + "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+DEFAULT_SYSTEM = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}" + OPEN + TURN + CLOSE
+)
+REFUSES_SYSTEM = (
+    OPEN + "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" + TURN + CLOSE
+)
 WITH_TOOLS = (
     "{% if tools %}<|im_start|>system\nTools:{% for t in tools %} {{ t['function']['name'] }}{% endfor %}<|im_end|>\n"
     "{% endif %}" + OPEN + "{% if m.get('tool_calls') %}<|im_start|>assistant\n{% for c in m['tool_calls'] %}"
-    "<tool_call>{{ c['function'] | tojson }}</tool_call>{% endfor %}<|im_end|>\n{% else %}" + TURN + "{% endif %}"
-    + CLOSE)
+    "<tool_call>{{ c['function'] | tojson }}</tool_call>{% endfor %}<|im_end|>\n{% else %}"
+    + TURN
+    + "{% endif %}"
+    + CLOSE
+)
 # Reasoning shown only after the last user turn, and tool calls: a call with no text is still a turn to label whole.
 REASONS_WITH_TOOLS = (
     "{% set ns = namespace(last=0) %}{% for m in messages %}{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}"
-    "{% endif %}{% endfor %}" + OPEN +
-    "{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{% if loop.index0 > ns.last %}<think>\n"
+    "{% endif %}{% endfor %}"
+    + OPEN
+    + "{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{% if loop.index0 > ns.last %}<think>\n"
     "{{ m.get('reasoning_content', '') }}\n</think>\n\n{% endif %}{{ m['content'] }}{% for c in m.get('tool_calls') or [] %}"
     "<tool_call>{{ c['function'] | tojson }}</tool_call>{% endfor %}<|im_end|>\n"
-    "{% else %}" + TURN + "{% endif %}" + CLOSE)
+    "{% else %}" + TURN + "{% endif %}" + CLOSE
+)
 ITERATES_TOOLS = "{% for t in tools %}{{ t }}{% endfor %}" + OPEN + TURN + CLOSE
 
 REASONING_CHAT = [
@@ -133,13 +150,24 @@ REASONING_CHAT = [
 ]
 TOOL_CHAT = [
     {"role": "user", "content": "Quel temps fait-il à Lyon ?"},
-    {"role": "assistant", "content": "",
-     "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Lyon"}}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Lyon"}}}],
+    },
     {"role": "tool", "name": "weather", "content": "18 °C, ensoleillé"},
     {"role": "assistant", "content": "Il fait 18 °C et il y a du soleil à Lyon."},
 ]
-TOOLS = [{"type": "function", "function": {"name": "weather", "description": "the weather in a city",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "description": "the weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 
 
 def labelled(tokenizer, chats) -> list[str]:
@@ -149,11 +177,15 @@ def labelled(tokenizer, chats) -> list[str]:
 
 def test_reasoning_stripped_from_earlier_turns_gives_each_turn_its_own_example(tokenizer):
     chats = tokenize_chat(tokenizer, REASONING_CHAT, max_length=None, chat_template=STRIPS_REASONING)
-    assert labelled(tokenizer, chats) == ["<think>\n2 + 2 = 4\n</think>\n\nQuatre.<|im_end|>\n",
-                                          "<think>\n3 × 3 = 9\n</think>\n\nNeuf.<|im_end|>\n"]
+    assert labelled(tokenizer, chats) == [
+        "<think>\n2 + 2 = 4\n</think>\n\nQuatre.<|im_end|>\n",
+        "<think>\n3 × 3 = 9\n</think>\n\nNeuf.<|im_end|>\n",
+    ]
     first, whole = (tokenizer.decode(c.input_ids) for c in chats)
-    assert first.endswith("Combien font deux et deux ?<|im_end|>\n<|im_start|>assistant\n<think>\n2 + 2 = 4\n"
-                          "</think>\n\nQuatre.<|im_end|>\n")
+    assert first.endswith(
+        "Combien font deux et deux ?<|im_end|>\n<|im_start|>assistant\n<think>\n2 + 2 = 4\n"
+        "</think>\n\nQuatre.<|im_end|>\n"
+    )
     assert "2 + 2 = 4" not in whole  # the later turn's example shows the earlier one as the template does in context
 
 
@@ -164,8 +196,10 @@ def test_a_prefix_preserving_template_still_gives_one_example(tokenizer):
 
 def test_a_final_turn_marked_differently_is_labelled_in_its_own_rendering(tokenizer):
     chats = tokenize_chat(tokenizer, CHAT, max_length=None, chat_template=MARKS_THE_END)
-    assert labelled(tokenizer, chats) == ["Die Hauptstadt von Österreich ist Wien.<|endoftext|>",
-                                          "Die Bundesstadt der Schweiz ist Bern.<|endoftext|>"]
+    assert labelled(tokenizer, chats) == [
+        "Die Hauptstadt von Österreich ist Wien.<|endoftext|>",
+        "Die Bundesstadt der Schweiz ist Bern.<|endoftext|>",
+    ]
     ending_any_turn = MARKS_THE_END.replace(" and m['role'] == 'assistant'", "")  # the prompt itself changes
     with pytest.raises(TemplateError, match="renders the conversation before assistant turn 2 differently"):
         tokenize_chat(tokenizer, CHAT, max_length=None, chat_template=ending_any_turn)
@@ -174,8 +208,9 @@ def test_a_final_turn_marked_differently_is_labelled_in_its_own_rendering(tokeni
 def test_an_injected_default_system_prompt_is_context_not_label(tokenizer):
     [chat] = tokenize_chat(tokenizer, CHAT[1:], max_length=None, chat_template=DEFAULT_SYSTEM)
     assert "You are a helpful assistant." in tokenizer.decode(chat.input_ids)
-    assert labelled(tokenizer, [chat]) == ["Die Hauptstadt von Österreich ist Wien.<|im_end|>\n"
-                                           "Die Bundesstadt der Schweiz ist Bern.<|im_end|>\n"]
+    assert labelled(tokenizer, [chat]) == [
+        "Die Hauptstadt von Österreich ist Wien.<|im_end|>\nDie Bundesstadt der Schweiz ist Bern.<|im_end|>\n"
+    ]
 
 
 def test_tool_calls_are_labelled_and_tool_results_are_not(tokenizer):
@@ -183,18 +218,25 @@ def test_tool_calls_are_labelled_and_tool_results_are_not(tokenizer):
     assert "Tools: weather" in tokenizer.decode(chat.input_ids)
     assert labelled(tokenizer, [chat]) == [
         '<tool_call>{"name": "weather", "arguments": {"city": "Lyon"}}</tool_call><|im_end|>\n'
-        "Il fait 18 °C et il y a du soleil à Lyon.<|im_end|>\n"]
+        "Il fait 18 °C et il y a du soleil à Lyon.<|im_end|>\n"
+    ]
 
 
 def test_a_tool_call_without_text_in_a_rewriting_template_is_labelled_whole(tokenizer):
     calling = [{**TOOL_CHAT[1], "reasoning_content": "Je consulte la météo."}, *TOOL_CHAT[2:]]
-    chat = [TOOL_CHAT[0], *calling, {"role": "user", "content": "Merci !"}, {"role": "assistant", "content": "De rien."}]
+    chat = [
+        TOOL_CHAT[0],
+        *calling,
+        {"role": "user", "content": "Merci !"},
+        {"role": "assistant", "content": "De rien."},
+    ]
     chats = tokenize_chat(tokenizer, chat, max_length=None, chat_template=REASONS_WITH_TOOLS, tools=TOOLS)
     assert labelled(tokenizer, chats) == [
         '<think>\nJe consulte la météo.\n</think>\n\n<tool_call>{"name": "weather", "arguments": {"city": "Lyon"}}'
         "</tool_call><|im_end|>\n",
         "<think>\n\n</think>\n\nIl fait 18 °C et il y a du soleil à Lyon.<|im_end|>\n",
-        "<think>\n\n</think>\n\nDe rien.<|im_end|>\n"]
+        "<think>\n\n</think>\n\nDe rien.<|im_end|>\n",
+    ]
 
 
 def test_a_template_without_tool_support_is_refused_by_name(tokenizer):
@@ -221,9 +263,11 @@ def test_sft_tokenising_counts_the_examples_a_rewriting_template_adds():
 
     tokenizer = load_tokenizer(ModelArgs())  # its own copy: the template is changed below
     tokenizer.chat_template = STRIPS_REASONING
-    records = [{"messages": REASONING_CHAT, "lang": "fr", "id": "r"},
-               {"messages": CHAT[1:3], "lang": "de", "id": "one-turn"},
-               {"messages": TOOL_CHAT, "lang": "fr", "id": "tool", "tools": TOOLS}]
+    records = [
+        {"messages": REASONING_CHAT, "lang": "fr", "id": "r"},
+        {"messages": CHAT[1:3], "lang": "de", "id": "one-turn"},
+        {"messages": TOOL_CHAT, "lang": "fr", "id": "tool", "tools": TOOLS},
+    ]
     with pytest.raises(TemplateError, match="record tool: .*no tool support"):
         tokenize_records(records, tokenizer, None)
     dataset, stats = tokenize_records(records[:2], tokenizer, None)

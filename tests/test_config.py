@@ -17,10 +17,29 @@ from align.core.errors import ConfigError
 
 
 def test_overrides_values_are_yaml_scalars():
-    assert parse_overrides(["--max_steps", "5", "--learning_rate", "0.0001", "--model", "org/model",
-                            "--packing", "false", "--dataset", "[a.jsonl, b.jsonl]", "--weight_decay", "-0.1"]) == {
-        "max_steps": 5, "learning_rate": 0.0001, "model": "org/model", "packing": False,
-        "dataset": ["a.jsonl", "b.jsonl"], "weight_decay": -0.1}
+    assert parse_overrides(
+        [
+            "--max_steps",
+            "5",
+            "--learning_rate",
+            "0.0001",
+            "--model",
+            "org/model",
+            "--packing",
+            "false",
+            "--dataset",
+            "[a.jsonl, b.jsonl]",
+            "--weight_decay",
+            "-0.1",
+        ]
+    ) == {
+        "max_steps": 5,
+        "learning_rate": 0.0001,
+        "model": "org/model",
+        "packing": False,
+        "dataset": ["a.jsonl", "b.jsonl"],
+        "weight_decay": -0.1,
+    }
 
 
 def test_override_1e_minus_4_is_a_float(tmp_path):
@@ -34,12 +53,13 @@ def test_override_1e_minus_4_is_a_float(tmp_path):
 
 def test_no_and_off_are_strings_not_booleans(tmp_path):
     """trl's enums spell "off" as `no`: `--save_strategy no` must reach SFTConfig as "no", not False."""
-    assert parse_overrides(["--save_strategy", "no", "--report_to", "none"]) == {"save_strategy": "no",
-                                                                              "report_to": "none"}
+    assert parse_overrides(["--save_strategy", "no", "--report_to", "none"]) == {
+        "save_strategy": "no",
+        "report_to": "none",
+    }
     recipe = tmp_path / "r.yaml"
     recipe.write_text("save_strategy: no\neval_strategy: no\npacking: false\nlearning_rate: 2e-5\n")
-    assert load_yaml(recipe) == {"save_strategy": "no", "eval_strategy": "no", "packing": False,
-                                 "learning_rate": 2e-5}
+    assert load_yaml(recipe) == {"save_strategy": "no", "eval_strategy": "no", "packing": False, "learning_rate": 2e-5}
     job = parse(tmp_path, save_strategy="no")
     assert job.training.save_strategy == "no"
 
@@ -59,7 +79,10 @@ def test_bare_flag_is_true():
 
 def test_key_equals_value_and_dashes():
     assert parse_overrides(["--max_steps=7", "--output-dir=out/run", "--model="]) == {
-        "max_steps": 7, "output_dir": "out/run", "model": ""}
+        "max_steps": 7,
+        "output_dir": "out/run",
+        "model": "",
+    }
     assert parse_overrides(["--per-device-train-batch-size", "4"]) == {"per_device_train_batch_size": 4}
 
 
@@ -73,7 +96,10 @@ def test_overrides_reject_positional_arguments(argv):
 def test_overrides_win_over_the_recipe():
     recipe = {"max_steps": 10, "lora": {"r": 8, "alpha": 16}, "model": "m"}
     assert deep_merge(recipe, parse_overrides(["--lora.r", "32", "--max_steps", "3"])) == {
-        "max_steps": 3, "lora": {"r": 32, "alpha": 16}, "model": "m"}
+        "max_steps": 3,
+        "lora": {"r": 32, "alpha": 16},
+        "model": "m",
+    }
     assert recipe == {"max_steps": 10, "lora": {"r": 8, "alpha": 16}, "model": "m"}  # not mutated
 
 
@@ -83,8 +109,7 @@ def test_overrides_win_over_the_recipe():
 def test_load_yaml(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("model: org/model\nlearning_rate: 2.0e-5\nlora:\n  r: 16\ndataset:\n  - a.jsonl\n")
-    assert load_yaml(path) == {"model": "org/model", "learning_rate": 2e-5, "lora": {"r": 16},
-                               "dataset": ["a.jsonl"]}
+    assert load_yaml(path) == {"model": "org/model", "learning_rate": 2e-5, "lora": {"r": 16}, "dataset": ["a.jsonl"]}
     path.write_text("# only a comment\n")
     assert load_yaml(path) == {}
 
@@ -145,8 +170,16 @@ def test_unknown_lora_key_suggests_the_closest(tmp_path):
 
 
 def test_trl_fields_pass_through(tmp_path):
-    job = parse(tmp_path, learning_rate=3e-5, max_steps="12", per_device_train_batch_size=4,
-                lr_scheduler_type="cosine", gradient_accumulation_steps=2, max_length=256, seed=7)
+    job = parse(
+        tmp_path,
+        learning_rate=3e-5,
+        max_steps="12",
+        per_device_train_batch_size=4,
+        lr_scheduler_type="cosine",
+        gradient_accumulation_steps=2,
+        max_length=256,
+        seed=7,
+    )
     t = job.training
     assert t.learning_rate == pytest.approx(3e-5)
     assert t.max_steps == 12
@@ -157,8 +190,9 @@ def test_trl_fields_pass_through(tmp_path):
 
 def test_recipe_file_to_config(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text(f"dataset: data.jsonl\noutput_dir: {tmp_path / 'out'}\nlearning_rate: 1e-4\nmax_steps: 20\n"
-                    "lora:\n  r: 16\n")
+    path.write_text(
+        f"dataset: data.jsonl\noutput_dir: {tmp_path / 'out'}\nlearning_rate: 1e-4\nmax_steps: 20\nlora:\n  r: 16\n"
+    )
     raw = deep_merge(load_yaml(path), parse_overrides(["--max_steps", "5"]))
     from align.stages.sft import parse_sft_config
 
@@ -197,8 +231,10 @@ def test_lora_of_the_wrong_type_is_a_config_error(tmp_path, value):
 
 
 def test_quantised_base_needs_lora(tmp_path):
-    assert config_error(tmp_path, "r.yaml", load_in_4bit=True) == \
-        "r.yaml: 'load_in_4bit': a 4/8-bit base can only be trained through LoRA adapters: add `lora: true`"
+    assert (
+        config_error(tmp_path, "r.yaml", load_in_4bit=True)
+        == "r.yaml: 'load_in_4bit': a 4/8-bit base can only be trained through LoRA adapters: add `lora: true`"
+    )
     assert config_error(tmp_path, load_in_8bit="true").startswith("command line: 'load_in_8bit': ")
     job = parse(tmp_path, load_in_4bit=True, lora=True)  # with adapters it is fine (no model is loaded here)
     assert job.args.load_in_4bit is True and job.lora is not None
@@ -255,8 +291,9 @@ def test_bf16_follows_this_machine(tmp_path):
 
 def test_polyalign_keys_and_defaults(tmp_path):
     out = tmp_path / "runs" / "sft"
-    job = parse(tmp_path, output_dir=str(out), model="org/model", dataset=["a.jsonl", {"path": "b.jsonl"}],
-                overwrite="yes")
+    job = parse(
+        tmp_path, output_dir=str(out), model="org/model", dataset=["a.jsonl", {"path": "b.jsonl"}], overwrite="yes"
+    )
     assert job.args.model == "org/model"
     assert job.args.output_dir == str(out)
     assert job.args.dataset == ["a.jsonl", {"path": "b.jsonl"}]
@@ -303,39 +340,51 @@ def test_cli_missing_config_file(tmp_path, capsys):
         root.handlers[:] = handlers
         root.setLevel(level)
     assert rc == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        f"polyalign sft: error: {tmp_path / 'nope.yaml'}: no such config file"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == f"polyalign sft: error: {tmp_path / 'nope.yaml'}: no such config file"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ training values
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("learning_rate", -1, "must be >= 0, got -1.0"),
-    ("num_train_epochs", 0, "must be > 0, got 0.0"),
-    ("max_steps", 0, "must be -1 (train for num_train_epochs) or at least 1, got 0"),
-    ("per_device_train_batch_size", 0, "must be at least 1, got 0"),
-    ("per_device_eval_batch_size", -2, "must be at least 1, got -2"),
-    ("gradient_accumulation_steps", 0, "must be at least 1, got 0"),
-    ("warmup_steps", -5, "must be a whole number of steps, or a ratio of the total steps in [0, 1), got -5.0"),
-    ("warmup_steps", 2.5, "must be a whole number of steps, or a ratio of the total steps in [0, 1), got 2.5"),
-    ("weight_decay", -0.1, "must be >= 0, got -0.1"),
-    ("max_grad_norm", -1, "must be >= 0 (0 turns clipping off), got -1.0"),
-    ("logging_steps", 0, "must be a whole number of steps > 0, or a ratio of the total steps in (0, 1), got 0.0"),
-    ("save_steps", -1, "must be a whole number of steps > 0, or a ratio of the total steps in (0, 1), got -1.0"),
-    ("max_length", 0, "must be at least 1, got 0"),
-    ("lora", {"r": 0}, "must be at least 1, got 0"),
-    ("lora", {"alpha": 0}, "must be > 0, got 0"),
-    ("lora", {"dropout": 1}, "must be in [0, 1), got 1.0"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("learning_rate", -1, "must be >= 0, got -1.0"),
+        ("num_train_epochs", 0, "must be > 0, got 0.0"),
+        ("max_steps", 0, "must be -1 (train for num_train_epochs) or at least 1, got 0"),
+        ("per_device_train_batch_size", 0, "must be at least 1, got 0"),
+        ("per_device_eval_batch_size", -2, "must be at least 1, got -2"),
+        ("gradient_accumulation_steps", 0, "must be at least 1, got 0"),
+        ("warmup_steps", -5, "must be a whole number of steps, or a ratio of the total steps in [0, 1), got -5.0"),
+        ("warmup_steps", 2.5, "must be a whole number of steps, or a ratio of the total steps in [0, 1), got 2.5"),
+        ("weight_decay", -0.1, "must be >= 0, got -0.1"),
+        ("max_grad_norm", -1, "must be >= 0 (0 turns clipping off), got -1.0"),
+        ("logging_steps", 0, "must be a whole number of steps > 0, or a ratio of the total steps in (0, 1), got 0.0"),
+        ("save_steps", -1, "must be a whole number of steps > 0, or a ratio of the total steps in (0, 1), got -1.0"),
+        ("max_length", 0, "must be at least 1, got 0"),
+        ("lora", {"r": 0}, "must be at least 1, got 0"),
+        ("lora", {"alpha": 0}, "must be > 0, got 0"),
+        ("lora", {"dropout": 1}, "must be in [0, 1), got 1.0"),
+    ],
+)
 def test_training_values_are_checked_when_the_recipe_is_read(tmp_path, key, value, message):
     named = f"lora.{next(iter(value))}" if key == "lora" else key
     assert config_error(tmp_path, "r.yaml", **{key: value}) == f"r.yaml: '{named}': {message}"
 
 
 def test_training_values_in_range_pass(tmp_path):
-    job = parse(tmp_path, learning_rate=0, warmup_steps=0.1, max_grad_norm=0, max_steps=-1, max_length=None,
-                lora={"r": 1, "dropout": 0})
+    job = parse(
+        tmp_path,
+        learning_rate=0,
+        warmup_steps=0.1,
+        max_grad_norm=0,
+        max_steps=-1,
+        max_length=None,
+        lora={"r": 1, "dropout": 0},
+    )
     assert (job.training.warmup_steps, job.training.max_grad_norm, job.lora.r) == (pytest.approx(0.1), 0, 1)
     # a steps key is checked only where its strategy uses it; max_steps overrides num_train_epochs
     assert parse(tmp_path, save_strategy="no", save_steps=0, max_steps=3, num_train_epochs=0).training.max_steps == 3
@@ -346,10 +395,12 @@ def test_dpo_and_reward_values_are_checked(tmp_path):
     from reward.train import parse_reward_config
 
     raw = {"dataset": "pairs.jsonl", "output_dir": str(tmp_path / "out")}
-    for parse_config, key, value, message in [(parse_dpo_config, "beta", 0, "must be > 0, got 0.0"),
-                                              (parse_dpo_config, "max_length", 0, "must be at least 1, got 0"),
-                                              (parse_reward_config, "learning_rate", -1, "must be >= 0, got -1.0"),
-                                              (parse_reward_config, "eval_batch_size", 0, "must be at least 1, got 0")]:
+    for parse_config, key, value, message in [
+        (parse_dpo_config, "beta", 0, "must be > 0, got 0.0"),
+        (parse_dpo_config, "max_length", 0, "must be at least 1, got 0"),
+        (parse_reward_config, "learning_rate", -1, "must be >= 0, got -1.0"),
+        (parse_reward_config, "eval_batch_size", 0, "must be at least 1, got 0"),
+    ]:
         with pytest.raises(ConfigError) as info:
             parse_config({**raw, key: value}, "r.yaml")
         assert str(info.value) == f"r.yaml: '{key}': {message}"
@@ -370,17 +421,22 @@ def run_cli_quietly(argv: list[str]) -> int:
 def test_bad_training_value_stops_before_anything_loads_naming_where_it_was_written(tmp_path, capsys):
     """The model and the data do not exist: had either been loaded first, the error would be about them."""
     recipe = tmp_path / "x.yaml"
-    recipe.write_text(f"model: {tmp_path / 'no-model'}\ndataset: {tmp_path / 'no-data.jsonl'}\n"
-                      f"output_dir: {tmp_path / 'out'}\nlearning_rate: -1\n")
+    recipe.write_text(
+        f"model: {tmp_path / 'no-model'}\ndataset: {tmp_path / 'no-data.jsonl'}\n"
+        f"output_dir: {tmp_path / 'out'}\nlearning_rate: -1\n"
+    )
     capsys.readouterr()
     assert run_cli_quietly(["sft", "--config", str(recipe)]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == \
-        [f"polyalign sft: error: {recipe}: 'learning_rate': must be >= 0, got -1.0"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"polyalign sft: error: {recipe}: 'learning_rate': must be >= 0, got -1.0"
+    ]
     recipe.write_text(recipe.read_text().replace("learning_rate: -1", "learning_rate: 1e-5"))
     assert run_cli_quietly(["sft", "--config", str(recipe), "--learning_rate", "-1"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == \
-        ["polyalign sft: error: command line: 'learning_rate': must be >= 0, got -1.0"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "polyalign sft: error: command line: 'learning_rate': must be >= 0, got -1.0"
+    ]
     assert run_cli_quietly(["sft", "--config", str(recipe), "--lora.r", "0"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == \
-        ["polyalign sft: error: command line: 'lora.r': must be at least 1, got 0"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "polyalign sft: error: command line: 'lora.r': must be at least 1, got 0"
+    ]
     assert [p.name for p in tmp_path.iterdir()] == ["x.yaml"]

@@ -30,16 +30,28 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-PROMPTS = [{"prompt": "Quelle est la capitale de la France ?", "lang": "fr", "id": "p-fr"},
-           {"prompt": "What is the capital of France?", "lang": "en", "id": "p-en"},  # skipped: nothing to contrast
-           {"prompt": "Wie heißt die Hauptstadt von Deutschland?", "lang": "de", "id": "p-de"}]
+PROMPTS = [
+    {"prompt": "Quelle est la capitale de la France ?", "lang": "fr", "id": "p-fr"},
+    {"prompt": "What is the capital of France?", "lang": "en", "id": "p-en"},  # skipped: nothing to contrast
+    {"prompt": "Wie heißt die Hauptstadt von Deutschland?", "lang": "de", "id": "p-de"},
+]
 
 
 def recipe(tmp_path: Path, **overrides) -> Path:
     data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
-    config = {"prompts": str(data), "output_dir": str(tmp_path / "contrast"), "strong": "smollm2-135m",
-              "weak": "smollm2-135m", "translator": "smollm2-135m", "max_new_tokens": 4, "temperature": 0.0,
-              "batch_size": 2, "check_language": False, "dtype": "fp32", **overrides}
+    config = {
+        "prompts": str(data),
+        "output_dir": str(tmp_path / "contrast"),
+        "strong": "smollm2-135m",
+        "weak": "smollm2-135m",
+        "translator": "smollm2-135m",
+        "max_new_tokens": 4,
+        "temperature": 0.0,
+        "batch_size": 2,
+        "check_language": False,
+        "dtype": "fp32",
+        **overrides,
+    }
     path = tmp_path / "contrast.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))
     return path
@@ -50,9 +62,12 @@ def read(path: Path) -> list[dict]:
 
 
 def test_contrast_on_the_embedded_default_makes_pairs_dpo_reads(tmp_path):
-    path = recipe(tmp_path, english_prompt="instruct",
-                  strong={"model": "smollm2-135m", "name": "strong", "system_prompt": "Answer in {language}."},
-                  weak={"model": "smollm2-135m", "name": "weak"})
+    path = recipe(
+        tmp_path,
+        english_prompt="instruct",
+        strong={"model": "smollm2-135m", "name": "strong", "system_prompt": "Answer in {language}."},
+        weak={"model": "smollm2-135m", "name": "weak"},
+    )
     assert main(["contrast", "--config", str(path)]) == 0
     out = tmp_path / "contrast"
     assert not (tmp_path / ".contrast.partial").exists()
@@ -67,7 +82,9 @@ def test_contrast_on_the_embedded_default_makes_pairs_dpo_reads(tmp_path):
         assert pair["chosen"] != pair["rejected"] and pair["weak_english"]
     records = load_records(str(out / "pairs.jsonl"), "preference")
     assert [(r["lang"], r["chosen_by"], r["rejected_by"], r["provenance"]) for r in records] == [
-        ("fr", "strong", "weak", "synthetic"), ("de", "strong", "weak", "synthetic")]
+        ("fr", "strong", "weak", "synthetic"),
+        ("de", "strong", "weak", "synthetic"),
+    ]
     assert records[0]["prompt"] == [{"role": "user", "content": PROMPTS[0]["prompt"]}]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["pairs"] == 2 and metrics["skipped_english"] == 1
@@ -76,45 +93,63 @@ def test_contrast_on_the_embedded_default_makes_pairs_dpo_reads(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("contrast-models")
-    return {name: str(scaled_teacher(root / name, tokenizer, seed=seed))
-            for name, seed in (("strong", 11), ("weak", 12), ("translator", 13))}
+    return {
+        name: str(scaled_teacher(root / name, tokenizer, seed=seed))
+        for name, seed in (("strong", 11), ("weak", 12), ("translator", 13))
+    }
 
 
 def answers(model_dir: str, chats: list[list[dict]], max_new_tokens: int = 6) -> list[str]:
     args = ModelArgs(model=model_dir, dtype="fp32")
-    return generate(load_model(args), load_tokenizer(args), chats,
-                    GenerationArgs(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=2), progress=False)
+    return generate(
+        load_model(args),
+        load_tokenizer(args),
+        chats,
+        GenerationArgs(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=2),
+        progress=False,
+    )
 
 
 def test_each_side_comes_from_the_model_that_should_write_it(tmp_path, tiny):
-    path = recipe(tmp_path, strong=tiny["strong"], weak=tiny["weak"], translator=tiny["translator"],
-                  max_new_tokens=6, english_prompt="translate")
+    path = recipe(
+        tmp_path,
+        strong=tiny["strong"],
+        weak=tiny["weak"],
+        translator=tiny["translator"],
+        max_new_tokens=6,
+        english_prompt="translate",
+    )
     assert main(["contrast", "--config", str(path)]) == 0
     pairs = read(tmp_path / "contrast" / "pairs.jsonl")
     job = parse_contrast_config(yaml.safe_load(path.read_text()))
     prompts = [[{"role": "user", "content": p["prompt"]}] for p in PROMPTS if p["lang"] != "en"]
     langs = ["fr", "de"]
     assert [p["chosen"][0]["content"] for p in pairs] == answers(tiny["strong"], prompts)
-    english = answers(tiny["translator"], [translation_request(job, job.translator, p[0]["content"], lang, "en")
-                                           for p, lang in zip(prompts, langs)])
+    english = answers(
+        tiny["translator"],
+        [translation_request(job, job.translator, p[0]["content"], lang, "en") for p, lang in zip(prompts, langs)],
+    )
     assert [p["prompt_english"][0]["content"] for p in pairs] == english
     weak = answers(tiny["weak"], [[{"role": "user", "content": e}] for e in english])
     assert [p["weak_english"] for p in pairs] == weak
-    rejected = answers(tiny["translator"], [translation_request(job, job.translator, w, "en", lang)
-                                            for w, lang in zip(weak, langs)])
+    rejected = answers(
+        tiny["translator"], [translation_request(job, job.translator, w, "en", lang) for w, lang in zip(weak, langs)]
+    )
     assert [p["rejected"][0]["content"] for p in pairs] == rejected
 
 
 def test_a_resumed_run_keeps_what_was_written(tmp_path, tiny):
-    path = recipe(tmp_path, strong=tiny["strong"], weak=tiny["weak"], translator=tiny["translator"],
-                  english_prompt="instruct")
+    path = recipe(
+        tmp_path, strong=tiny["strong"], weak=tiny["weak"], translator=tiny["translator"], english_prompt="instruct"
+    )
     raw = yaml.safe_load(path.read_text())
     partial = tmp_path / ".contrast.partial"
     partial.mkdir()
     (partial / "polyalign_config_hash").write_text(config_hash(raw))
     # A killed run had answered the first prompt with the strong model (and half-written the next line).
-    (partial / "chosen.jsonl").write_text(json.dumps({"index": "0", "completions": ["Paris, bien sûr."]})
-                                         + "\n{\"index\": ")
+    (partial / "chosen.jsonl").write_text(
+        json.dumps({"index": "0", "completions": ["Paris, bien sûr."]}) + '\n{"index": '
+    )
     assert main(["contrast", "--config", str(path)]) == 0
     pairs = read(tmp_path / "contrast" / "pairs.jsonl")
     assert pairs[0]["chosen"][0]["content"] == "Paris, bien sûr."
@@ -127,23 +162,35 @@ def test_language_check_and_degenerate_pairs_are_dropped(tmp_path):
     prompts = [{"prompt": [{"role": "user", "content": "q"}], "lang": "fr", "id": str(i)} for i in range(4)]
     french = "La capitale de la France est Paris, une grande ville située sur la Seine."
     translated = "La capitale française, c'est la ville de Paris, qui se trouve au bord de la Seine."
-    chosen = {"0": french, "1": "The capital of France is Paris, a large city on the river Seine.", "2": french,
-              "3": french}
-    rejected = {"0": translated, "1": translated, "2": french, "3": "Die Hauptstadt Frankreichs ist Paris an der Seine."}
+    chosen = {
+        "0": french,
+        "1": "The capital of France is Paris, a large city on the river Seine.",
+        "2": french,
+        "3": french,
+    }
+    rejected = {
+        "0": translated,
+        "1": translated,
+        "2": french,
+        "3": "Die Hauptstadt Frankreichs ist Paris an der Seine.",
+    }
     rows, drops = build_pairs(job, prompts, chosen, {k: "English" for k in chosen}, rejected, {})
     assert [r["id"] for r in rows] == ["0"]
     assert dict(drops["fr"]) == {"chosen_wrong_language": 1, "identical": 1, "rejected_wrong_language": 1}
 
 
-@pytest.mark.parametrize("overrides, key, message", [
-    ({"strong": None}, "strong", "missing"),
-    ({"weak": {"name": "w"}}, "weak.model", "missing"),
-    ({"translate_template": "Translate to {lang}: {text}"}, "translate_template", "unknown placeholder {lang}"),
-    ({"translate_template": "Translate into {target}."}, "translate_template", "must contain {text}"),
-    ({"english_prompt": "ask"}, "english_prompt", "translate, instruct"),
-    ({"strong": {"model": "smollm2-135m", "temprature": 1}}, "strong.temprature", "did you mean"),
-    ({"translator": "/no/such/model"}, "translator.model", "cannot load model"),
-])
+@pytest.mark.parametrize(
+    "overrides, key, message",
+    [
+        ({"strong": None}, "strong", "missing"),
+        ({"weak": {"name": "w"}}, "weak.model", "missing"),
+        ({"translate_template": "Translate to {lang}: {text}"}, "translate_template", "unknown placeholder {lang}"),
+        ({"translate_template": "Translate into {target}."}, "translate_template", "must contain {text}"),
+        ({"english_prompt": "ask"}, "english_prompt", "translate, instruct"),
+        ({"strong": {"model": "smollm2-135m", "temprature": 1}}, "strong.temprature", "did you mean"),
+        ({"translator": "/no/such/model"}, "translator.model", "cannot load model"),
+    ],
+)
 def test_bad_config_is_one_line_naming_the_key(tmp_path, capsys, overrides, key, message):
     assert main(["contrast", "--config", str(recipe(tmp_path, **overrides))]) == 2
     err = capsys.readouterr().err.strip()
@@ -161,9 +208,25 @@ def test_two_processes_share_every_phase_and_give_the_pairs_of_one(tmp_path, tin
     one = recipe(tmp_path / "one", **models, batch_size=1, english_prompt="translate")
     assert main(["contrast", "--config", str(one)]) == 0
     two = recipe(tmp_path / "two", **models, batch_size=1, english_prompt="translate")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "-m", "align.cli", "contrast", "--config", str(two)]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "align.cli",
+        "contrast",
+        "--config",
+        str(two),
+    ]
     result = subprocess.run(launch, env=subprocess_env(cpu=True), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = {name: tmp_path / name / "contrast" for name in ("one", "two")}

@@ -12,46 +12,87 @@ from conftest import write_jsonl
 
 from align.cli import main
 
-LONG = ("The old lighthouse on the northern cliff was built in 1872 by a family of fishermen who wanted to protect "
-        "their sons from the storms that wrecked so many boats every winter. Its lamp burned whale oil at first, then "
-        "kerosene, and finally electricity, and the keepers wrote every passing ship into a thick leather logbook.")
+LONG = (
+    "The old lighthouse on the northern cliff was built in 1872 by a family of fishermen who wanted to protect "
+    "their sons from the storms that wrecked so many boats every winter. Its lamp burned whale oil at first, then "
+    "kerosene, and finally electricity, and the keepers wrote every passing ship into a thick leather logbook."
+)
 NEAR = LONG.replace("northern cliff", "northern hill").replace("thick leather", "heavy leather")
 
 
 def chat(user: str, assistant: str, lang: str, rid: str, **extra) -> dict:
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}],
-            "lang": lang, "id": rid, **extra}
+    return {
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}],
+        "lang": lang,
+        "id": rid,
+        **extra,
+    }
 
 
 RECORDS = [
     chat("What is the capital of France?", "The capital of France is Paris, a city on the Seine.", "en", "en-capital"),
     # Same text once case, punctuation and spacing are normalised.
-    chat("what is the  capital of FRANCE", "The capital of France is Paris -- a city on the Seine!", "en",
-         "en-capital-dup"),
+    chat(
+        "what is the  capital of FRANCE",
+        "The capital of France is Paris -- a city on the Seine!",
+        "en",
+        "en-capital-dup",
+    ),
     chat("Tell me about the lighthouse.", LONG, "en", "en-lighthouse"),
     chat("Tell me about the lighthouse.", NEAR, "en", "en-lighthouse-near"),  # two words changed
-    chat("Quelle est la meilleure saison pour visiter la Bretagne ?",  # declared French, answered in German
-         "Die beste Reisezeit für die Bretagne ist der Spätsommer, wenn das Wasser warm ist und die Strände leer sind.",
-         "fr", "fr-german"),
-    chat("Quelle est la meilleure saison pour visiter la Bretagne ?",
-         "<p>La meilleure saison est la fin de l&#39;été, quand la mer est <b>chaude</b> et les plages calmes.</p>",
-         "fr", "fr-html"),
-    chat("Où puis-je lire la documentation de Python ?",
-         "Lisez la documentation officielle (https://docs.python.org/3/) 😀 : elle est très complète et bien écrite.",
-         "fr", "fr-url-emoji"),
-    chat("Wie viel ist zwei plus zwei?",
-         "Zwei plus zwei ist vier.\nUser: Und drei plus drei?\nAssistant: Drei plus drei ist sechs.", "de",
-         "de-merged"),
-    chat("Nenne die Schritte, um Tee zuzubereiten.",
-         "So bereitest du Tee zu:\n1. Wasser kochen.\n2. Teebeutel in die Tasse legen.\n2. Wasser eingießen.\n"
-         "4. Drei Minuten ziehen lassen.", "de", "de-numbering"),
-    chat("¿Cuál es el río más largo de España?", "El río más largo de España es el Tajo, que desemboca en Lisboa.",
-         "es", "es-river", source="mt-corpus"),
-    chat("¿Cuál es la capital de Perú?", "La capital de Perú es Lima, fundada en 1535 junto al río Rímac.", "es",
-         "es-lima", provenance="synthetic"),
+    chat(
+        "Quelle est la meilleure saison pour visiter la Bretagne ?",  # declared French, answered in German
+        "Die beste Reisezeit für die Bretagne ist der Spätsommer, wenn das Wasser warm ist und die Strände leer sind.",
+        "fr",
+        "fr-german",
+    ),
+    chat(
+        "Quelle est la meilleure saison pour visiter la Bretagne ?",
+        "<p>La meilleure saison est la fin de l&#39;été, quand la mer est <b>chaude</b> et les plages calmes.</p>",
+        "fr",
+        "fr-html",
+    ),
+    chat(
+        "Où puis-je lire la documentation de Python ?",
+        "Lisez la documentation officielle (https://docs.python.org/3/) 😀 : elle est très complète et bien écrite.",
+        "fr",
+        "fr-url-emoji",
+    ),
+    chat(
+        "Wie viel ist zwei plus zwei?",
+        "Zwei plus zwei ist vier.\nUser: Und drei plus drei?\nAssistant: Drei plus drei ist sechs.",
+        "de",
+        "de-merged",
+    ),
+    chat(
+        "Nenne die Schritte, um Tee zuzubereiten.",
+        "So bereitest du Tee zu:\n1. Wasser kochen.\n2. Teebeutel in die Tasse legen.\n2. Wasser eingießen.\n"
+        "4. Drei Minuten ziehen lassen.",
+        "de",
+        "de-numbering",
+    ),
+    chat(
+        "¿Cuál es el río más largo de España?",
+        "El río más largo de España es el Tajo, que desemboca en Lisboa.",
+        "es",
+        "es-river",
+        source="mt-corpus",
+    ),
+    chat(
+        "¿Cuál es la capital de Perú?",
+        "La capital de Perú es Lima, fundada en 1535 junto al río Rímac.",
+        "es",
+        "es-lima",
+        provenance="synthetic",
+    ),
 ]
-STEPS = ["clean", "exact_dedup", "minhash_dedup", "language_filter",
-         {"provenance": {"default": "native", "sources": {"mt-corpus": "machine-translated"}}}]
+STEPS = [
+    "clean",
+    "exact_dedup",
+    "minhash_dedup",
+    "language_filter",
+    {"provenance": {"default": "native", "sources": {"mt-corpus": "machine-translated"}}},
+]
 
 
 def recipe(tmp_path: Path, records=RECORDS, **overrides) -> Path:
@@ -76,12 +117,21 @@ def curated(tmp_path_factory):
 def test_each_step_keeps_and_drops_what_it_should(curated):
     kept = {r["id"]: r for r in read(curated / "curated.jsonl")}
     dropped = {r["id"]: r for r in read(curated / "dropped.jsonl")}
-    assert set(kept) == {"en-capital", "en-lighthouse", "fr-html", "fr-url-emoji", "de-merged", "de-numbering",
-                         "es-river", "es-lima"}
+    assert set(kept) == {
+        "en-capital",
+        "en-lighthouse",
+        "fr-html",
+        "fr-url-emoji",
+        "de-merged",
+        "de-numbering",
+        "es-river",
+        "es-lima",
+    }
     assert {i: (r["dropped_by"], r["drop_reason"]) for i, r in dropped.items()} == {
         "en-capital-dup": ("exact_dedup", "exact_duplicate"),
         "en-lighthouse-near": ("minhash_dedup", "near_duplicate"),
-        "fr-german": ("language_filter", "language_mismatch")}
+        "fr-german": ("language_filter", "language_mismatch"),
+    }
     assert dropped["en-capital-dup"]["drop_detail"] == "duplicate of en-capital"
     assert dropped["en-lighthouse-near"]["drop_detail"].startswith("near-duplicate of en-lighthouse")
     assert dropped["fr-german"]["drop_detail"].startswith("declared fr, detected de")
@@ -89,13 +139,15 @@ def test_each_step_keeps_and_drops_what_it_should(curated):
     answer = {i: r["messages"][-1]["content"] for i, r in kept.items()}
     assert answer["fr-html"] == "La meilleure saison est la fin de l'été, quand la mer est chaude et les plages calmes."
     assert answer["fr-url-emoji"] == "Lisez la documentation officielle : elle est très complète et bien écrite."
-    assert answer["de-numbering"].endswith("1. Wasser kochen.\n2. Teebeutel in die Tasse legen.\n3. Wasser "
-                                           "eingießen.\n4. Drei Minuten ziehen lassen.")
+    assert answer["de-numbering"].endswith(
+        "1. Wasser kochen.\n2. Teebeutel in die Tasse legen.\n3. Wasser eingießen.\n4. Drei Minuten ziehen lassen."
+    )
     assert kept["de-merged"]["messages"] == [
         {"role": "user", "content": "Wie viel ist zwei plus zwei?"},
         {"role": "assistant", "content": "Zwei plus zwei ist vier."},
         {"role": "user", "content": "Und drei plus drei?"},
-        {"role": "assistant", "content": "Drei plus drei ist sechs."}]
+        {"role": "assistant", "content": "Drei plus drei ist sechs."},
+    ]
     # Language detection is recorded; provenance comes from the source, the data, or the default.
     assert all(r["detected_lang"] == r["lang"] and 0 < r["lang_confidence"] <= 1 for r in kept.values())
     assert kept["es-river"]["provenance"] == "machine-translated"
@@ -138,8 +190,11 @@ def test_two_processes_and_small_chunks_give_the_same_result(curated, tmp_path):
 
 
 def test_switches_and_repeated_steps(tmp_path):
-    steps = [{"clean": {"html": False, "merged_dialogues": "drop"}}, {"exact_dedup": False},
-             {"exact_dedup": {"on": "prompt"}}]
+    steps = [
+        {"clean": {"html": False, "merged_dialogues": "drop"}},
+        {"exact_dedup": False},
+        {"exact_dedup": {"on": "prompt"}},
+    ]
     assert main(["curate", "--config", str(recipe(tmp_path, steps=steps))]) == 0
     out = tmp_path / "curated"
     kept = {r["id"]: r for r in read(out / "curated.jsonl")}
@@ -149,24 +204,30 @@ def test_switches_and_repeated_steps(tmp_path):
     assert dropped["de-merged"]["drop_reason"] == "merged_dialogue"
     # Prompt-level dedup: the second Brittany question and the second lighthouse prompt go.
     assert {i for i, r in dropped.items() if r["dropped_by"] == "exact_dedup#2"} == {
-        "en-capital-dup", "en-lighthouse-near", "fr-html"}
+        "en-capital-dup",
+        "en-lighthouse-near",
+        "fr-html",
+    }
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["disabled_steps"] == ["exact_dedup"]
     assert "Steps turned off: exact_dedup." in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("steps, key, message", [
-    (["clean", "exact_dedupe"], "steps[1]", "unknown step 'exact_dedupe' (did you mean 'exact_dedup'?)"),
-    ([{"minhash_dedup": {"treshold": 0.5}}], "steps[0].minhash_dedup.treshold", "did you mean"),
-    ([{"minhash_dedup": {"threshold": 1.5}}], "steps[0].minhash_dedup.threshold", "between 0 and 1"),
-    ([{"clean": {"merged_dialogues": "merge"}}], "steps[0].clean.merged_dialogues", "split, drop, keep"),
-    ([{"provenance": {"sources": {"x": "human"}}}], "steps[0].provenance.sources.x", "native"),
-    ([{"mix": {"temperature": 2}}, "clean"], "steps[0].mix", "mix must be the last step"),
-    ([{"mix": {"multipliers": {"klingon": 2}}}], "steps[0].mix.multipliers.klingon", "unknown language"),
-    ([{"mix": {"temperature": 0}}], "steps[0].mix.temperature", "must be a number > 0"),
-    ([{"language_filter": {"on": "answer"}}], "steps[0].language_filter.on", "conversation, prompt, response"),
-    ([], "steps", "non-empty list"),
-])
+@pytest.mark.parametrize(
+    "steps, key, message",
+    [
+        (["clean", "exact_dedupe"], "steps[1]", "unknown step 'exact_dedupe' (did you mean 'exact_dedup'?)"),
+        ([{"minhash_dedup": {"treshold": 0.5}}], "steps[0].minhash_dedup.treshold", "did you mean"),
+        ([{"minhash_dedup": {"threshold": 1.5}}], "steps[0].minhash_dedup.threshold", "between 0 and 1"),
+        ([{"clean": {"merged_dialogues": "merge"}}], "steps[0].clean.merged_dialogues", "split, drop, keep"),
+        ([{"provenance": {"sources": {"x": "human"}}}], "steps[0].provenance.sources.x", "native"),
+        ([{"mix": {"temperature": 2}}, "clean"], "steps[0].mix", "mix must be the last step"),
+        ([{"mix": {"multipliers": {"klingon": 2}}}], "steps[0].mix.multipliers.klingon", "unknown language"),
+        ([{"mix": {"temperature": 0}}], "steps[0].mix.temperature", "must be a number > 0"),
+        ([{"language_filter": {"on": "answer"}}], "steps[0].language_filter.on", "conversation, prompt, response"),
+        ([], "steps", "non-empty list"),
+    ],
+)
 def test_bad_config_is_one_line_naming_the_key(tmp_path, capsys, steps, key, message):
     assert main(["curate", "--config", str(recipe(tmp_path, steps=steps))]) == 2
     err = capsys.readouterr().err.strip()
@@ -233,7 +294,13 @@ def test_a_killed_run_leaves_no_output_and_the_next_run_clears_its_partial(tmp_p
     assert main(["curate", "--config", str(config)]) == 0
     assert len(read(tmp_path / "curated" / "curated.jsonl")) == 8
     assert sorted(p.name for p in (tmp_path / "curated").iterdir()) == [
-        "curated.jsonl", "curation.png", "dropped.jsonl", "metrics.json", "polyalign_recipe.json", "report.md"]
+        "curated.jsonl",
+        "curation.png",
+        "dropped.jsonl",
+        "metrics.json",
+        "polyalign_recipe.json",
+        "report.md",
+    ]
     assert not partial.exists()
 
     # A partial that a live process is building is refused, and left to it.

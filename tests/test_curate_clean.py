@@ -20,8 +20,10 @@ def chat(user: str, assistant: str) -> list[dict]:
 
 
 def test_html_tags_and_entities_go_but_text_about_tags_and_comparisons_stay():
-    text = ("<div class='x'><p>Paris est la capitale&nbsp;de la France &amp; sa plus grande ville.</p>"
-            "<script>alert(1)</script><!-- note --><ul><li>un</li><li>deux</li></ul></div>")
+    text = (
+        "<div class='x'><p>Paris est la capitale&nbsp;de la France &amp; sa plus grande ville.</p>"
+        "<script>alert(1)</script><!-- note --><ul><li>un</li><li>deux</li></ul></div>"
+    )
     assert tidy(strip_html(text)) == "Paris est la capitale de la France & sa plus grande ville.\n\n- un\n- deux"
     assert strip_html("if a < b and b > c then x<3") == "if a < b and b > c then x<3"
     # An escaped tag is text about a tag: it becomes the literal tag, not stripped.
@@ -60,17 +62,27 @@ def test_broken_list_numbering_is_fixed():
 
 
 def test_merged_dialogues_are_split_into_turns():
-    messages = chat("Wie viel ist zwei plus zwei?",
-                    "Vier.\nUser: Und drei plus drei?\nAssistant: Sechs.\n\n### Human: Danke!\n**Assistant:** Gern.")
+    messages = chat(
+        "Wie viel ist zwei plus zwei?",
+        "Vier.\nUser: Und drei plus drei?\nAssistant: Sechs.\n\n### Human: Danke!\n**Assistant:** Gern.",
+    )
     assert find_merged(messages) == [1]
     assert split_merged(messages) == [
-        {"role": "user", "content": "Wie viel ist zwei plus zwei?"}, {"role": "assistant", "content": "Vier."},
-        {"role": "user", "content": "Und drei plus drei?"}, {"role": "assistant", "content": "Sechs."},
-        {"role": "user", "content": "Danke!"}, {"role": "assistant", "content": "Gern."}]
+        {"role": "user", "content": "Wie viel ist zwei plus zwei?"},
+        {"role": "assistant", "content": "Vier."},
+        {"role": "user", "content": "Und drei plus drei?"},
+        {"role": "assistant", "content": "Sechs."},
+        {"role": "user", "content": "Danke!"},
+        {"role": "assistant", "content": "Gern."},
+    ]
     # A whole transcript pasted into the user turn.
     pasted = chat("Human: hi\nAssistant: hello\nHuman: what is 2+2?", "4")
-    assert split_merged(pasted) == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                                    {"role": "user", "content": "what is 2+2?"}, {"role": "assistant", "content": "4"}]
+    assert split_merged(pasted) == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "what is 2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
     # Ending on a user turn leaves nothing to train on: not a dialogue.
     assert split_merged(chat("Q?", "A.\nUser: and then?")) is None
     # An answer that only mentions a role, or uses its own, is not merged.

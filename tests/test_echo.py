@@ -25,7 +25,9 @@ def test_plain_statistics_are_sacrebleus(heldout):
     from sacrebleu.metrics import CHRF
 
     answers, refs = [prompt_text(r["prompt"]) for r in heldout], [r["reference"] for r in heldout]
-    assert chrf_score(chrf_statistics(answers, refs)) == pytest.approx(CHRF(word_order=2).corpus_score(answers, [refs]).score)
+    assert chrf_score(chrf_statistics(answers, refs)) == pytest.approx(
+        CHRF(word_order=2).corpus_score(answers, [refs]).score
+    )
 
 
 def test_the_prompt_as_answer_scores_zero_echo_free_and_below_every_real_answer(heldout):
@@ -60,17 +62,29 @@ def test_echo_rule_flags_copies_and_passes_every_reference_answer(heldout):
 
 def test_the_pair_rule_never_prefers_an_echo():
     prompt = {"prompt": [{"role": "user", "content": "Wie viele Kontinente gibt es auf der Erde?"}], "lang": "de"}
-    echo, real, english = ("Wie viele Kontinente gibt es auf der Erde?", "Es gibt sieben Kontinente.",
-                           "There are seven continents.")
+    echo, real, english = (
+        "Wie viele Kontinente gibt es auf der Erde?",
+        "Es gibt sieben Kontinente.",
+        "There are seven continents.",
+    )
     # the ranker's scores favour the echo (as PMI does): the rule still picks the answer, and rejects the echo
     choice = echo_choice(prompt, [echo, english, real], [5.0, 0.5, 1.0], min_margin=0.1)
     assert (choice.best, choice.worst, choice.dropped) == (2, 0, None) and choice.margin == -4.0
     # without echoes the scores alone decide; all echoes: no pick at all
     assert choose_pair([english, real], [0.5, 1.0], 0.1, [False, False]).best == 1
     assert echo_choice(prompt, [echo, echo + " " + echo], [1.0, 0.0]).dropped == "all_echo"
-    stats = pair_statistics([{"prompt": prompt["prompt"], "chosen": [{"role": "assistant", "content": real}],
-                              "rejected": [{"role": "assistant", "content": echo}], "lang": "de",
-                              "chosen_score": 1.0, "rejected_score": 5.0}])
+    stats = pair_statistics(
+        [
+            {
+                "prompt": prompt["prompt"],
+                "chosen": [{"role": "assistant", "content": real}],
+                "rejected": [{"role": "assistant", "content": echo}],
+                "lang": "de",
+                "chosen_score": 1.0,
+                "rejected_score": 5.0,
+            }
+        ]
+    )
     assert (stats["chosen_echo_share"], stats["rejected_echo_share"], stats["mean_margin"]) == (0.0, 1.0, -4.0)
 
 
@@ -78,8 +92,11 @@ def test_the_rule_ranker_ranks_answers_above_wrong_language_above_echoes():
     from reward.rules import LanguageRanker
 
     prompt = "Welches Organ pumpt das Blut durch den Körper?"
-    candidates = [prompt, "The heart pumps blood through the whole body.", "Das Herz pumpt das Blut durch den ganzen "
-                  "Körper."]
+    candidates = [
+        prompt,
+        "The heart pumps blood through the whole body.",
+        "Das Herz pumpt das Blut durch den ganzen Körper.",
+    ]
     ranking = LanguageRanker().rank(prompt, candidates, lang="de")
     assert ranking.best == 2 and ranking.worst == 0
     assert ranking.scores[2] > ranking.scores[1] > ranking.scores[0]
@@ -95,10 +112,13 @@ def test_evaluation_scores_the_echo_control_and_flags_a_copying_model(tmp_path, 
         "copier": [prompt_text(r["prompt"]) for r in rows],
         "answerer": [r["reference"].replace(".", "!") for r in rows],
     }
-    models = {n: str(write_jsonl(tmp_path / f"{n}.jsonl", [{"id": r["id"], "completion": a} for r, a in zip(rows, t)]))
-              for n, t in files.items()}
-    out = run_evaluate({"models": models, "prompts": str(prompts), "output_dir": str(tmp_path / "eval"),
-                        "resamples": 200})
+    models = {
+        n: str(write_jsonl(tmp_path / f"{n}.jsonl", [{"id": r["id"], "completion": a} for r, a in zip(rows, t)]))
+        for n, t in files.items()
+    }
+    out = run_evaluate(
+        {"models": models, "prompts": str(prompts), "output_dir": str(tmp_path / "eval"), "resamples": 200}
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     m = metrics["models"]
     assert m["echo"]["control"] and m["echo"]["echo_rate"]["all"]["mean"] == 1.0

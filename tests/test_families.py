@@ -21,9 +21,14 @@ from align.models.chat import IGNORE_INDEX
 from align.models.loading import LoraArgs, ModelArgs, linear_module_names, load_model, lora_config
 
 SLIDING = [f for f, keys in FAMILIES.items() if keys.get("sliding_window")]
-QUESTIONS = [("Quelle est la capitale de la France ?", "fr"), ("Wie spät ist es jetzt in Berlin?", "de"),
-             ("भारत की राजधानी क्या है?", "hi"), ("What is the tallest mountain on Earth?", "en"),
-             ("日本の首都はどこですか？", "ja"), ("¿Dónde está la estación de tren?", "es")]
+QUESTIONS = [
+    ("Quelle est la capitale de la France ?", "fr"),
+    ("Wie spät ist es jetzt in Berlin?", "de"),
+    ("भारत की राजधानी क्या है?", "hi"),
+    ("What is the tallest mountain on Earth?", "en"),
+    ("日本の首都はどこですか？", "ja"),
+    ("¿Dónde está la estación de tren?", "es"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +55,20 @@ def trained_sft(family, family_dir, outputs, tmp_path_factory, chat_records):
     if (family, "sft") not in outputs:
         root = tmp_path_factory.mktemp(f"{family}-sft")
         data = write_jsonl(root / "chats.jsonl", chat_records)
-        outputs[family, "sft"] = run_sft({"model": str(family_dir(family)), "dataset": str(data),
-                                          "output_dir": str(root / "sft"), "max_steps": 1, "max_length": 128,
-                                          "per_device_train_batch_size": 8, "save_strategy": "no", "dtype": "fp32",
-                                          "report_to": "none", "disable_tqdm": True})
+        outputs[family, "sft"] = run_sft(
+            {
+                "model": str(family_dir(family)),
+                "dataset": str(data),
+                "output_dir": str(root / "sft"),
+                "max_steps": 1,
+                "max_length": 128,
+                "per_device_train_batch_size": 8,
+                "save_strategy": "no",
+                "dtype": "fp32",
+                "report_to": "none",
+                "disable_tqdm": True,
+            }
+        )
     return outputs[family, "sft"]
 
 
@@ -61,8 +76,16 @@ def trained_sft(family, family_dir, outputs, tmp_path_factory, chat_records):
 def test_packed_sft_equals_each_example_alone(family, family_dir, chat_file, tmp_path):
     """All examples in one flattened row at learning rate 0: the loss is each example's own, run alone through the
     family's own attention (its sliding window and soft-capping applied by transformers)."""
-    trainer, stats = make_trainer(family_dir(family), chat_file, tmp_path, "auto", max_length=512,
-                                  per_device_train_batch_size=8, learning_rate=0.0, router_aux_loss_coef=0.0)
+    trainer, stats = make_trainer(
+        family_dir(family),
+        chat_file,
+        tmp_path,
+        "auto",
+        max_length=512,
+        per_device_train_batch_size=8,
+        learning_rate=0.0,
+        router_aux_loss_coef=0.0,
+    )
     assert stats["packed_attention"] == "segments", stats
     batch = next(iter(trainer.get_train_dataloader()))
     examples = split_packed(batch, trainer.processing_class.pad_token_id)
@@ -86,15 +109,15 @@ def test_negative_control_a_window_ignored_is_detected(family_dir, chat_file, tm
     """Drop the sliding window in the packed attention and the loss moves: the equality above sees the window."""
     from align.models import attention as segment_attention
 
-    trainer, _ = make_trainer(family_dir("gemma3_text"), chat_file, tmp_path, "auto", max_length=512,
-                              per_device_train_batch_size=8)
+    trainer, _ = make_trainer(
+        family_dir("gemma3_text"), chat_file, tmp_path, "auto", max_length=512, per_device_train_batch_size=8
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     model = trainer.model.eval()
     with torch.no_grad():
         windowed = trainer.compute_loss(model, dict(batch)).item()
         one_example = segment_attention._one_example
-        monkeypatch.setattr(segment_attention, "_one_example",
-                            lambda *args: one_example(*args[:-2], None, args[-1]))
+        monkeypatch.setattr(segment_attention, "_one_example", lambda *args: one_example(*args[:-2], None, args[-1]))
         unwindowed = trainer.compute_loss(model, dict(batch)).item()
     assert abs(windowed - unwindowed) > 1e-3
 
@@ -105,8 +128,16 @@ def test_moe_router_loss_is_the_same_packed_and_padded(family_dir, chat_file, tm
     padded batch passes its attention mask to transformers' load_balancing_loss_func."""
     losses = {}
     for packing in (True, False):
-        trainer, _ = make_trainer(family_dir("qwen3_moe"), chat_file, tmp_path, "auto", max_length=512,
-                                  per_device_train_batch_size=8, packing=packing, padding_free=packing)
+        trainer, _ = make_trainer(
+            family_dir("qwen3_moe"),
+            chat_file,
+            tmp_path,
+            "auto",
+            max_length=512,
+            per_device_train_batch_size=8,
+            packing=packing,
+            padding_free=packing,
+        )
         assert trainer.aux_loss_enabled
         batch = next(iter(trainer.get_train_dataloader()))
         assert ("attention_mask" in batch) != packing
@@ -154,9 +185,20 @@ def test_reward_model_trains_and_ranks(family, family_dir, outputs, tmp_path_fac
 
     root = tmp_path_factory.mktemp(f"{family}-rm")
     data = write_jsonl(root / "pairs.jsonl", RECORDS * 2)
-    out = run_reward({"model": str(family_dir(family)), "dataset": str(data), "output_dir": str(root / "rm"),
-                      "max_steps": 2, "per_device_train_batch_size": 4, "max_length": 128, "save_strategy": "no",
-                      "dtype": "fp32", "report_to": "none", "disable_tqdm": True})
+    out = run_reward(
+        {
+            "model": str(family_dir(family)),
+            "dataset": str(data),
+            "output_dir": str(root / "rm"),
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "max_length": 128,
+            "save_strategy": "no",
+            "dtype": "fp32",
+            "report_to": "none",
+            "disable_tqdm": True,
+        }
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"][0].endswith("ForSequenceClassification")
     ranker = load_ranker({"reward_model": str(out), "echo_penalty": 0}, ModelArgs(dtype="fp32"))
@@ -205,13 +247,27 @@ def test_one_online_iteration(family, family_dir, outputs, tmp_path):
 
     if (family, "reward") not in outputs:
         pytest.skip("needs this family's reward model (test_reward_model_trains_and_ranks)")
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": q, "lang": lang, "id": f"q{i}"}
-                                                       for i, (q, lang) in enumerate(QUESTIONS * 2)])
-    out = run_iterate({"model": str(family_dir(family)), "prompts": str(prompts), "output_dir": str(tmp_path / "online"),
-                       "iterations": 1, "samples": 2, "temperature": 1.0, "max_new_tokens": 8, "batch_size": 8,
-                       "heldout_fraction": 0.25, "dtype": "fp32", "lora": True,
-                       "ranker": {"reward_model": str(outputs[family, "reward"])},
-                       "dpo": {"max_steps": 1, "per_device_train_batch_size": 4, "disable_tqdm": True}})
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": q, "lang": lang, "id": f"q{i}"} for i, (q, lang) in enumerate(QUESTIONS * 2)],
+    )
+    out = run_iterate(
+        {
+            "model": str(family_dir(family)),
+            "prompts": str(prompts),
+            "output_dir": str(tmp_path / "online"),
+            "iterations": 1,
+            "samples": 2,
+            "temperature": 1.0,
+            "max_new_tokens": 8,
+            "batch_size": 8,
+            "heldout_fraction": 0.25,
+            "dtype": "fp32",
+            "lora": True,
+            "ranker": {"reward_model": str(outputs[family, "reward"])},
+            "dpo": {"max_steps": 1, "per_device_train_batch_size": 4, "disable_tqdm": True},
+        }
+    )
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["iterations"][0]["pairs"] > 0
     assert summary["iterations"][0]["training"]["padding_free"] == "packed (per_example)"

@@ -17,18 +17,21 @@ JAPANESE = "日本の首都は東京です。東京は本州にあります。"
 JAPANESE_ONE_WORD = "東京"
 
 
-@pytest.mark.parametrize("text, lang, expected", [
-    (FRENCH, "fr", (True, True)),
-    (FRENCH_WITH_ENGLISH, "fr", (False, True)),  # Latin-script language: no word level
-    (FRENCH_ONE_WORD_LINE, "French", (True, True)),  # a one-word line is too short to judge
-    (HINDI, "hi", (True, True)),
-    (HINDI_WITH_LATIN, "hi", (True, False)),  # the line still reads as Hindi; its English words fail
-    (ENGLISH_FOR_HINDI, "hin", (False, False)),
-    (JAPANESE, "ja", (True, True)),
-    (JAPANESE_ONE_WORD, "ja", (True, True)),
-    ("Столица России — Москва.\nIt is a very large and beautiful city.", "ru", (False, False)),
-    ("Hovedstaden i Norge er Oslo, som ligger ved Oslofjorden.", "nn", (True, True)),  # Bokmål passes for Nynorsk
-])
+@pytest.mark.parametrize(
+    "text, lang, expected",
+    [
+        (FRENCH, "fr", (True, True)),
+        (FRENCH_WITH_ENGLISH, "fr", (False, True)),  # Latin-script language: no word level
+        (FRENCH_ONE_WORD_LINE, "French", (True, True)),  # a one-word line is too short to judge
+        (HINDI, "hi", (True, True)),
+        (HINDI_WITH_LATIN, "hi", (True, False)),  # the line still reads as Hindi; its English words fail
+        (ENGLISH_FOR_HINDI, "hin", (False, False)),
+        (JAPANESE, "ja", (True, True)),
+        (JAPANESE_ONE_WORD, "ja", (True, True)),
+        ("Столица России — Москва.\nIt is a very large and beautiful city.", "ru", (False, False)),
+        ("Hovedstaden i Norge er Oslo, som ligger ved Oslofjorden.", "nn", (True, True)),  # Bokmål passes for Nynorsk
+    ],
+)
 def test_answer_fidelity_of_known_lines(text, lang, expected):
     assert answer_fidelity(text, lang) == expected
 
@@ -48,11 +51,27 @@ def test_line_length_counts_two_characters_of_unspaced_scripts_as_a_word():
 
 
 def test_table_has_exact_rates_per_language_and_overall():
-    answers = [FRENCH, FRENCH_WITH_ENGLISH, FRENCH_ONE_WORD_LINE, HINDI, HINDI_WITH_LATIN, ENGLISH_FOR_HINDI,
-               JAPANESE, JAPANESE_ONE_WORD]
+    answers = [
+        FRENCH,
+        FRENCH_WITH_ENGLISH,
+        FRENCH_ONE_WORD_LINE,
+        HINDI,
+        HINDI_WITH_LATIN,
+        ENGLISH_FOR_HINDI,
+        JAPANESE,
+        JAPANESE_ONE_WORD,
+    ]
     langs = ["fr", "fr", "fr", "hi", "hi", "hi", "ja", "ja"]
-    assert fidelity_flags(answers, langs) == [(True, True), (False, True), (True, True), (True, True),
-                                              (True, False), (False, False), (True, True), (True, True)]
+    assert fidelity_flags(answers, langs) == [
+        (True, True),
+        (False, True),
+        (True, True),
+        (True, True),
+        (True, False),
+        (False, False),
+        (True, True),
+        (True, True),
+    ]
     table = fidelity_table(answers, langs)
     assert list(table) == ["fr", "hi", "ja", "all"]
     # fr: 2 of 3 pass the line level, both of those the word level: harmonic mean of 2/3 and 1 is 0.8.

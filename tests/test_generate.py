@@ -18,10 +18,18 @@ from align.generation.generate import (
 )
 from align.models.loading import ModelArgs, load_model
 
-PROMPTS = [[{"role": "user", "content": text}] for text in (
-    "Hi", "Quelle est la capitale de la France ? Réponds en une phrase.", "Was ist zwei plus drei?",
-    "Explain in a few sentences why the sky is blue, and why sunsets are red.", "日本の首都はどこですか？",
-    "¿Cuánto es siete por ocho?", "नमस्ते")]
+PROMPTS = [
+    [{"role": "user", "content": text}]
+    for text in (
+        "Hi",
+        "Quelle est la capitale de la France ? Réponds en une phrase.",
+        "Was ist zwei plus drei?",
+        "Explain in a few sentences why the sky is blue, and why sunsets are red.",
+        "日本の首都はどこですか？",
+        "¿Cuánto es siete por ocho?",
+        "नमस्ते",
+    )
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +48,11 @@ def tiny(tiny_model_dir, tokenizer):
 def test_batches_are_length_sorted_and_cover_every_prompt(tokenizer):
     batches = plan_batches(PROMPTS, tokenizer, batch_size=3)
     assert sorted(i for b in batches for i in b) == list(range(len(PROMPTS)))
-    lengths = [len(tokenizer.apply_chat_template(PROMPTS[i], add_generation_prompt=True, return_dict=False))
-               for b in batches for i in b]
+    lengths = [
+        len(tokenizer.apply_chat_template(PROMPTS[i], add_generation_prompt=True, return_dict=False))
+        for b in batches
+        for i in b
+    ]
     assert lengths == sorted(lengths, reverse=True)
     assert len(batches) == 3 and max(len(b) for b in batches) <= 3  # short prompts: as few batches as possible
     assert plan_batches(PROMPTS, tokenizer, 3) == batches  # a function of the input alone
@@ -118,8 +129,9 @@ def test_packed_prefill_gives_the_batched_answers(tiny, monkeypatch):
     assert [len(c) for c in out] == [3] * len(PROMPTS)
     assert out == padded(PROMPTS, sampled, seed=3)
     # negative control: prompts that attend to each other in the packed row change the answers
-    monkeypatch.setattr(segment_attention, "segment_bounds",
-                        lambda position_ids, batch: [[(0, position_ids.shape[-1])]] * batch)
+    monkeypatch.setattr(
+        segment_attention, "segment_bounds", lambda position_ids, batch: [[(0, position_ids.shape[-1])]] * batch
+    )
     monkeypatch.setattr(segment_attention, "_last_bounds", None)
     assert packed(PROMPTS, greedy, seed=0) != expected
 
@@ -141,8 +153,7 @@ def test_resumed_sampling_equals_an_uninterrupted_run(tiny, tmp_path):
 
     def run(path, stop_after=None):
         with AppendLog(path, key=lambda r: r["i"]) as out:
-            for chunk in iter_batches(backend, tokenizer, PROMPTS, args, skip=lambda i: i in out.done,
-                                      progress=False):
+            for chunk in iter_batches(backend, tokenizer, PROMPTS, args, skip=lambda i: i in out.done, progress=False):
                 for i, completions in chunk:
                     out.append({"i": i, "completions": completions})
                     if stop_after is not None and len(out.done) == stop_after:
@@ -175,9 +186,14 @@ def test_each_process_on_a_node_gets_its_own_gpus_for_its_vllm_engine():
     # data parallel: 8 processes, one engine per GPU
     assert [engine_gpus(r, 8, 1, eight) for r in range(8)] == [[g] for g in eight]
     # 2 processes on the node, each engine over 4 GPUs; CUDA_VISIBLE_DEVICES names are kept
-    assert [engine_gpus(r, 2, 4, ["3", "5", "6", "7", "0", "1", "2", "4"]) for r in range(2)] == \
-           [["3", "5", "6", "7"], ["0", "1", "2", "4"]]
+    assert [engine_gpus(r, 2, 4, ["3", "5", "6", "7", "0", "1", "2", "4"]) for r in range(2)] == [
+        ["3", "5", "6", "7"],
+        ["0", "1", "2", "4"],
+    ]
     assert engine_gpus(0, 1, 8, eight) == eight  # one process, one engine over the node
-    with pytest.raises(ConfigError, match="'tensor_parallel_size': 8 process\\(es\\) on this node x "
-                                          "tensor_parallel_size 2 needs 16 GPUs; 8 are visible"):
+    with pytest.raises(
+        ConfigError,
+        match="'tensor_parallel_size': 8 process\\(es\\) on this node x "
+        "tensor_parallel_size 2 needs 16 GPUs; 8 are visible",
+    ):
         engine_gpus(0, 8, 2, eight)

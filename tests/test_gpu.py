@@ -20,8 +20,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 HAS_FLASH = importlib.util.find_spec("flash_attn") is not None
 # (attention backend, packed_attention): auto is `rows` on CUDA sdpa; `segments` is the per-example sdpa backend.
-BACKENDS = [("sdpa", "auto"), ("sdpa", "segments"), ("eager", "auto"), pytest.param(
-    "flash_attention_2", "auto", marks=pytest.mark.skipif(not HAS_FLASH, reason="flash-attn is not installed"))]
+BACKENDS = [
+    ("sdpa", "auto"),
+    ("sdpa", "segments"),
+    ("eager", "auto"),
+    pytest.param(
+        "flash_attention_2", "auto", marks=pytest.mark.skipif(not HAS_FLASH, reason="flash-attn is not installed")
+    ),
+]
 
 
 def packed_vs_alone(trainer, attention_mask=None) -> float:
@@ -30,12 +36,13 @@ def packed_vs_alone(trainer, attention_mask=None) -> float:
     model = trainer.model.eval()
     extra = {} if attention_mask is None else {"attention_mask": attention_mask(batch)}
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
-                       **extra).logits.float()
+        packed = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **extra
+        ).logits.float()
         worst = 0.0
         for row, start, input_ids, _ in split_packed(batch, pad_id(trainer)):
             alone = model(input_ids=input_ids[None], use_cache=False).logits[0].float()
-            worst = max(worst, (packed[row, start: start + len(input_ids)] - alone).abs().max().item())
+            worst = max(worst, (packed[row, start : start + len(input_ids)] - alone).abs().max().item())
     return worst
 
 
@@ -75,10 +82,34 @@ def test_packed_logits_match_unpacked_in_bf16(tiny_model_dir, chat_file, tmp_pat
 def _sft(tiny_model_dir, chat_file, out, *extra):
     from align.cli import main
 
-    return main(["sft", "--model", str(tiny_model_dir), "--dataset", str(chat_file), "--output_dir", str(out),
-                 "--max_steps", "3", "--max_length", "256", "--per_device_train_batch_size", "2",
-                 "--learning_rate", "1e-3", "--save_strategy", "no", "--gradient_checkpointing", "false", "--logging_steps", "1",
-                 "--disable_tqdm", "true", *extra])
+    return main(
+        [
+            "sft",
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            str(chat_file),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "3",
+            "--max_length",
+            "256",
+            "--per_device_train_batch_size",
+            "2",
+            "--learning_rate",
+            "1e-3",
+            "--save_strategy",
+            "no",
+            "--gradient_checkpointing",
+            "false",
+            "--logging_steps",
+            "1",
+            "--disable_tqdm",
+            "true",
+            *extra,
+        ]
+    )
 
 
 def test_bf16_full_fine_tuning(tiny_model_dir, chat_file, tmp_path):
@@ -133,11 +164,33 @@ def launch_sft(config_file: str, tiny_model_dir, chat_file, out, *extra: str):
 
     from conftest import REPO, subprocess_env
 
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / config_file),
-               "--num_processes", str(torch.cuda.device_count()), "--mixed_precision", "no",
-               str(REPO / "recipes" / "sft.py"), "--config", str(REPO / "tests" / "data" / "tiny_sft.yaml"),
-               "--model", str(tiny_model_dir), "--dataset", str(chat_file), "--output_dir", str(out),
-               "--max_steps", "3", "--dtype", "fp32", "--disable_tqdm", "true", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / config_file),
+        "--num_processes",
+        str(torch.cuda.device_count()),
+        "--mixed_precision",
+        "no",
+        str(REPO / "recipes" / "sft.py"),
+        "--config",
+        str(REPO / "tests" / "data" / "tiny_sft.yaml"),
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(chat_file),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "3",
+        "--dtype",
+        "fp32",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
     result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return json.loads((out / "metrics.json").read_text())
@@ -157,8 +210,16 @@ def test_fsdp2_sft_saves_a_whole_model(tiny_model_dir, chat_file, tmp_path):
 def test_fsdp2_lora_sft_saves_the_adapter_and_its_merge(tiny_model_dir, chat_file, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    metrics = launch_sft("recipes/accelerate/fsdp.yaml", tiny_model_dir, chat_file, tmp_path / "lora",
-                         "--lora", "true", "--save_merged", "true")
+    metrics = launch_sft(
+        "recipes/accelerate/fsdp.yaml",
+        tiny_model_dir,
+        chat_file,
+        tmp_path / "lora",
+        "--lora",
+        "true",
+        "--save_merged",
+        "true",
+    )
     assert metrics["engine"] == "FSDP2" and metrics["lora"]
     assert (tmp_path / "lora" / "adapter_model.safetensors").exists()
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora" / "merged")

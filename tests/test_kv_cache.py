@@ -45,7 +45,7 @@ def test_packed_prompts_become_left_padded_rows_repeated_per_sample():
         start = 0
         for prompt, n in enumerate(lengths):
             for row in (2 * prompt, 2 * prompt + 1):
-                assert torch.equal(layer.keys[row, :, 4 - n:], source.keys[0, :, start:start + n])
-                assert torch.equal(layer.values[row, :, 4 - n:], source.values[0, :, start:start + n])
-                assert not layer.keys[row, :, :4 - n].any()  # left padding, masked out by generate()
+                assert torch.equal(layer.keys[row, :, 4 - n :], source.keys[0, :, start : start + n])
+                assert torch.equal(layer.values[row, :, 4 - n :], source.values[0, :, start : start + n])
+                assert not layer.keys[row, :, : 4 - n].any()  # left padding, masked out by generate()
             start += n

@@ -23,8 +23,11 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     run.prepare()
     (run.partial / "result.txt").write_text("new")
     run.finish({"n": 1})
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "polyalign_recipe.json",
-                                                                   "result.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "metrics.json",
+        "polyalign_recipe.json",
+        "result.txt",
+    ]
 
 
 def test_same_config_resumes_and_a_changed_one_starts_over(tmp_path):
@@ -74,8 +77,17 @@ def test_finish_drops_work_files_and_records_point_at_the_output(tmp_path):
 
 def test_errors_name_the_file_or_the_command_line(tmp_path, capsys):
     path = tmp_path / "arbitrage.yaml"
-    path.write_text(yaml.safe_dump({"prompts": "p.jsonl", "output_dir": str(tmp_path / "out"), "temperature": -1,
-                                    "teachers": [{"name": "a", "model": "m"}], "ranker": {"judge": "m"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "prompts": "p.jsonl",
+                "output_dir": str(tmp_path / "out"),
+                "temperature": -1,
+                "teachers": [{"name": "a", "model": "m"}],
+                "ranker": {"judge": "m"},
+            }
+        )
+    )
     assert main(["arbitrage", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"{path}: 'temperature': temperature must be >= 0 and top_p in (0, 1]")
@@ -101,8 +113,21 @@ def test_generate_with_vllm_where_it_is_not_installed_is_one_line(tmp_path, caps
 
 def test_generate_writes_and_resumes_its_output(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "answers.jsonl"
-    args = ["generate", "--model", str(tiny_model_dir), "--dtype", "fp32", "--max_new_tokens", "3",
-            "--prompt", "Bonjour !", "--prompt", "Hallo!", "--output", str(out)]
+    args = [
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--dtype",
+        "fp32",
+        "--max_new_tokens",
+        "3",
+        "--prompt",
+        "Bonjour !",
+        "--prompt",
+        "Hallo!",
+        "--output",
+        str(out),
+    ]
     assert main(args) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["Bonjour !", "Hallo!"]

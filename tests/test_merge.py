@@ -36,7 +36,9 @@ def rewrite(directory: Path, tensors: dict, **config) -> Path:
     """Replace a checkpoint's weights (one file) and update keys of its config.json."""
     for file in directory.glob("model*.safetensors*"):
         file.unlink()
-    save_file({k: v.contiguous() for k, v in tensors.items()}, directory / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, directory / "model.safetensors", metadata={"format": "pt"}
+    )
     cfg = json.loads((directory / "config.json").read_text())
     cfg.update(config)
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -64,17 +66,23 @@ def zoo(tmp_path_factory, tokenizer) -> dict[str, Path]:
     torch.manual_seed(5)
     base = AutoModelForCausalLM.from_pretrained(models["m1"])
     # init_lora_weights=False: random A and B, so merging the adapter really changes q and v.
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+    )
     get_peft_model(base, lora).save_pretrained(root / "adapter")
-    assert json.loads((root / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(models["m1"])
+    assert json.loads((root / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        models["m1"]
+    )
     models["adapter"] = root / "adapter"
     return models
 
 
 def linear_config(models: list, weights: list, **extra) -> dict:
-    return {"merge_method": "linear",
-            "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(models, weights)], **extra}
+    return {
+        "merge_method": "linear",
+        "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(models, weights)],
+        **extra,
+    }
 
 
 def mergekit_merge(config: dict, out: Path) -> dict[str, torch.Tensor]:
@@ -83,8 +91,11 @@ def mergekit_merge(config: dict, out: Path) -> dict[str, torch.Tensor]:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    run_merge(MergeConfiguration.model_validate(config), str(out),
-              MergeOptions(quiet=True, lora_merge_cache=str(out.parent / f"{out.name}-lora"), write_model_card=False))
+    run_merge(
+        MergeConfiguration.model_validate(config),
+        str(out),
+        MergeOptions(quiet=True, lora_merge_cache=str(out.parent / f"{out.name}-lora"), write_model_card=False),
+    )
     return read_weights(out)
 
 
@@ -96,11 +107,15 @@ def assert_same_weights(ours: dict, theirs: dict) -> None:
         assert diff <= TOL, f"{name}: max abs diff {diff}"
 
 
-@pytest.mark.parametrize("weights, extra", [
-    ([0.5, 0.3, 0.2], {}),                                   # weighted; already sums to 1
-    ([3.0, 1.0, 1.0], {"dtype": "float32"}),                  # normalised to 0.6 / 0.2 / 0.2
-    ([0.5, 0.7, 0.1], {"parameters": {"normalize": False}}),  # used as given: sums to 1.3
-], ids=["weighted", "normalised", "no-normalize"])
+@pytest.mark.parametrize(
+    "weights, extra",
+    [
+        ([0.5, 0.3, 0.2], {}),  # weighted; already sums to 1
+        ([3.0, 1.0, 1.0], {"dtype": "float32"}),  # normalised to 0.6 / 0.2 / 0.2
+        ([0.5, 0.7, 0.1], {"parameters": {"normalize": False}}),  # used as given: sums to 1.3
+    ],
+    ids=["weighted", "normalised", "no-normalize"],
+)
 def test_linear_equals_mergekit(zoo, tmp_path, weights, extra):
     models = [zoo["m1"], zoo["m2"], zoo["m3"]]
     config = linear_config(models, weights, **extra)
@@ -115,8 +130,10 @@ def test_linear_equals_mergekit(zoo, tmp_path, weights, extra):
     torch.testing.assert_close(ours[name], expected, atol=TOL, rtol=0)
     # 4MB shards: the 12.6MB embedding alone in one, the rest in another, with transformers' index.
     index = json.loads((out / "model.safetensors.index.json").read_text())
-    assert sorted(set(index["weight_map"].values())) == ["model-00001-of-00002.safetensors",
-                                                        "model-00002-of-00002.safetensors"]
+    assert sorted(set(index["weight_map"].values())) == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
     assert set(index["weight_map"]) == set(ours) and "lm_head.weight" not in ours  # tied: no output embedding
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in ours.values())
 
@@ -134,8 +151,9 @@ def test_python_api_pairs_match_yaml(zoo, tmp_path):
 
 @pytest.mark.parametrize("dtype", [None, "float32"], ids=["bf16-out", "fp32-out"])
 def test_bf16_inputs_equal_mergekit(zoo, tmp_path, dtype):
-    config = linear_config([zoo["bf16_1"], zoo["bf16_2"], zoo["bf16_3"]], [0.2, 0.5, 0.3],
-                           **({"dtype": dtype} if dtype else {}))
+    config = linear_config(
+        [zoo["bf16_1"], zoo["bf16_2"], zoo["bf16_3"]], [0.2, 0.5, 0.3], **({"dtype": dtype} if dtype else {})
+    )
     out = soup(config, tmp_path / "ours", progress=False)
     ours = read_weights(out)
     assert_same_weights(ours, mergekit_merge(config, tmp_path / "mergekit"))
@@ -149,8 +167,9 @@ def test_lora_adapter_is_merged_into_its_base_first(zoo, tmp_path):
     out = soup(ours_config, tmp_path / "ours", progress=False)
     ours = read_weights(out)
     # mergekit spells the same input `base+adapter` and merges it with peft itself.
-    theirs = mergekit_merge(linear_config([f"{zoo['m1']}+{zoo['adapter']}", zoo["m2"]], [0.5, 0.5]),
-                            tmp_path / "mergekit")
+    theirs = mergekit_merge(
+        linear_config([f"{zoo['m1']}+{zoo['adapter']}", zoo["m2"]], [0.5, 0.5]), tmp_path / "mergekit"
+    )
     assert_same_weights(ours, theirs)
     # The adapter made a difference (only where LoRA reached), so the base alone was not what got averaged.
     plain = read_weights(soup(linear_config([zoo["m1"], zoo["m2"]], [0.5, 0.5]), tmp_path / "plain", progress=False))
@@ -184,10 +203,11 @@ def greedy(model_dir: Path, prompt: str = "Bonjour", tokens: int = 6) -> torch.T
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-    return out[0, ids["input_ids"].shape[1]:]
+    return out[0, ids["input_ids"].shape[1] :]
 
 
 def test_cli_linear_output_loads_and_generates(zoo, tmp_path, capsys):
@@ -215,10 +235,16 @@ def test_cli_linear_output_loads_and_generates(zoo, tmp_path, capsys):
 
 def test_ties_through_polyalign_merge(zoo, tmp_path):
     """A mergekit method from the same YAML: mergekit's numbers, polyalign's output handling."""
-    config = {"merge_method": "ties", "base_model": str(zoo["m1"]),
-              "models": [{"model": str(zoo["m2"]), "parameters": {"weight": 0.6, "density": 0.5}},
-                         {"model": str(zoo["m3"]), "parameters": {"weight": 0.4, "density": 0.5}}],
-              "parameters": {"normalize": True}, "dtype": "float32"}
+    config = {
+        "merge_method": "ties",
+        "base_model": str(zoo["m1"]),
+        "models": [
+            {"model": str(zoo["m2"]), "parameters": {"weight": 0.6, "density": 0.5}},
+            {"model": str(zoo["m3"]), "parameters": {"weight": 0.4, "density": 0.5}},
+        ],
+        "parameters": {"normalize": True},
+        "dtype": "float32",
+    }
     path = tmp_path / "ties.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "ties"
@@ -237,8 +263,13 @@ def test_writer_output_reads_back_with_safe_open(zoo, tmp_path):
     """polyalign writes safetensors itself (streamed): headers and bytes must be what safetensors expects."""
     from merge.writer import Entry, ShardWriter
 
-    tensors = {"a": torch.randn(3, 5), "b": torch.arange(7, dtype=torch.int64), "c": torch.randn(2, 2).bfloat16(),
-               "d": torch.tensor(1.5), "e": torch.zeros(0, 4)}
+    tensors = {
+        "a": torch.randn(3, 5),
+        "b": torch.arange(7, dtype=torch.int64),
+        "c": torch.randn(2, 2).bfloat16(),
+        "d": torch.tensor(1.5),
+        "e": torch.zeros(0, 4),
+    }
     writer = ShardWriter(tmp_path, [Entry(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()], 60)
     for name, tensor in tensors.items():
         writer.write(name, tensor)
@@ -252,16 +283,35 @@ def test_writer_output_reads_back_with_safe_open(zoo, tmp_path):
         ShardWriter(tmp_path / "x", [Entry("a", torch.float32, (3, 5))], 60).write("a", torch.zeros(5, 3))
 
 
-@pytest.mark.parametrize("config, vocab, engine", [
-    ({}, (100, 100), "StreamedLinear"),
-    ({"tokenizer_source": "base", "base_model": "a"}, (100, 100), "StreamedLinear"),  # one vocabulary: nothing to map
-    ({"tokenizer_source": "base", "base_model": "a"}, (100, 120), "Mergekit"),  # re-mapped onto a's tokenizer
-    ({}, (100, 120), "StreamedLinear"),  # (refused by the compatibility check: nothing to map the vocabularies onto)
-    ({"tokenizer_source": "union"}, (100, 100), "Mergekit"),
-    ({"merge_method": "ties", "base_model": "a"}, (100, 100), "Mergekit"),
-    ({"parameters": {"weight": [0.2, 0.8]}}, (100, 100), "Mergekit"),  # a per-layer gradient
-], ids=["plain", "base-tokenizer-same-vocab", "base-tokenizer-other-vocab", "no-tokenizer-other-vocab", "union",
-        "ties", "gradient"])
+@pytest.mark.parametrize(
+    "config, vocab, engine",
+    [
+        ({}, (100, 100), "StreamedLinear"),
+        (
+            {"tokenizer_source": "base", "base_model": "a"},
+            (100, 100),
+            "StreamedLinear",
+        ),  # one vocabulary: nothing to map
+        ({"tokenizer_source": "base", "base_model": "a"}, (100, 120), "Mergekit"),  # re-mapped onto a's tokenizer
+        (
+            {},
+            (100, 120),
+            "StreamedLinear",
+        ),  # (refused by the compatibility check: nothing to map the vocabularies onto)
+        ({"tokenizer_source": "union"}, (100, 100), "Mergekit"),
+        ({"merge_method": "ties", "base_model": "a"}, (100, 100), "Mergekit"),
+        ({"parameters": {"weight": [0.2, 0.8]}}, (100, 100), "Mergekit"),  # a per-layer gradient
+    ],
+    ids=[
+        "plain",
+        "base-tokenizer-same-vocab",
+        "base-tokenizer-other-vocab",
+        "no-tokenizer-other-vocab",
+        "union",
+        "ties",
+        "gradient",
+    ],
+)
 def test_one_rule_chooses_the_engine(config, vocab, engine):
     from merge.config import parse_config
     from merge.engines import choose_engine
@@ -281,25 +331,46 @@ def test_every_reference_is_found_once_and_swapped_for_mergekit():
     from merge.config import check_weights, parse_config
     from merge.methods import mergekit_config
 
-    recipe = {"merge_method": "slerp", "parameters": {"t": 0.5}, "modules": {
-        "text": {"slices": [{"base_model": "c", "sources": [
-            {"model": "a", "layer_range": [0, 2], "parameters": {"weight": 0.5}},
-            {"model": "b", "layer_range": [0, 2]}]}]},
-        "vision": {"models": ["d"]}}}
+    recipe = {
+        "merge_method": "slerp",
+        "parameters": {"t": 0.5},
+        "modules": {
+            "text": {
+                "slices": [
+                    {
+                        "base_model": "c",
+                        "sources": [
+                            {"model": "a", "layer_range": [0, 2], "parameters": {"weight": 0.5}},
+                            {"model": "b", "layer_range": [0, 2]},
+                        ],
+                    }
+                ]
+            },
+            "vision": {"models": ["d"]},
+        },
+    }
     spec = parse_config(recipe, "recipe.yaml")
     assert [m.ref for m in spec.models] == ["c", "a", "b", "d"] and spec.layered
     assert spec.layered_weights == [("modules.text.slices[0].sources[0].parameters.weight", "a", 0.5)]
     config = mergekit_config(spec, {ref: f"/resolved/{ref}" for ref in "abcd"})
     text = config.modules["text"].slices[0]
-    assert str(text.base_model) == "/resolved/c" and [str(s.model) for s in text.sources] == ["/resolved/a",
-                                                                                             "/resolved/b"]
+    assert str(text.base_model) == "/resolved/c" and [str(s.model) for s in text.sources] == [
+        "/resolved/a",
+        "/resolved/b",
+    ]
     assert str(config.modules["vision"].models[0].model) == "/resolved/d"
     assert recipe["modules"]["vision"]["models"] == ["d"]  # the caller's dict is left as it was
     recipe["modules"]["text"]["slices"][0]["sources"][1]["parameters"] = {"weight": -1}
-    with pytest.raises(ConfigError, match=r"recipe.yaml: 'modules.text.slices\[0\].sources\[1\].parameters.weight': "
-                                          r"weight of 'b' is negative"):
+    with pytest.raises(
+        ConfigError,
+        match=r"recipe.yaml: 'modules.text.slices\[0\].sources\[1\].parameters.weight': "
+        r"weight of 'b' is negative",
+    ):
         check_weights(parse_config(recipe, "recipe.yaml"))
-    with pytest.raises(ConfigError, match=r"recipe.yaml: 'modules.text.slices\[0\].sources\[0\].layer_range': "
-                                          "not a valid mergekit config"):
+    with pytest.raises(
+        ConfigError,
+        match=r"recipe.yaml: 'modules.text.slices\[0\].sources\[0\].layer_range': "
+        "not a valid mergekit config",
+    ):
         recipe["modules"]["text"]["slices"][0]["sources"][0]["layer_range"] = "all"
         mergekit_config(parse_config(recipe, "recipe.yaml"), {})

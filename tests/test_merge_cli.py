@@ -33,8 +33,10 @@ def pair(tmp_path_factory, tokenizer) -> tuple[Path, Path]:
 
 
 def write_config(path: Path, models: list, weights: list | None = None, **extra) -> Path:
-    entries = [{"model": str(m), **({"parameters": {"weight": w}} if weights else {})}
-               for m, w in zip(models, weights or [None] * len(models))]
+    entries = [
+        {"model": str(m), **({"parameters": {"weight": w}} if weights else {})}
+        for m, w in zip(models, weights or [None] * len(models))
+    ]
     path.write_text(yaml.safe_dump({"merge_method": "linear", "models": entries, **extra}, sort_keys=False))
     return path
 
@@ -88,7 +90,11 @@ def test_mismatched_tensor_shapes(pair, tmp_path, capsys):
     other = variant(pair[1], tmp_path / "wide", widen)
     out = tmp_path / "out"
     msg = refused(capsys, str(write_config(tmp_path / "c.yaml", [pair[0], other], [1, 1])), str(out))
-    assert "tensor shapes differ for model.layers.0.mlp.up_proj.weight" in msg and "[128, 64]" in msg and "[100, 64]" in msg
+    assert (
+        "tensor shapes differ for model.layers.0.mlp.up_proj.weight" in msg
+        and "[128, 64]" in msg
+        and "[100, 64]" in msg
+    )
     assert nothing_written(out)
 
 
@@ -117,16 +123,23 @@ def test_missing_directory_and_pickled_checkpoint(pair, tmp_path, capsys):
     assert nothing_written(out)
 
 
-@pytest.mark.parametrize("weights, expected", [
-    ([1, -0.5], "negative (-0.5)"),
-    ([1, float("nan")], "weights must be finite"),
-    ([0, 0], "the weights sum to zero"),
-    ([1, None], "missing for"),
-], ids=["negative", "nan", "zero-sum", "missing"])
+@pytest.mark.parametrize(
+    "weights, expected",
+    [
+        ([1, -0.5], "negative (-0.5)"),
+        ([1, float("nan")], "weights must be finite"),
+        ([0, 0], "the weights sum to zero"),
+        ([1, None], "missing for"),
+    ],
+    ids=["negative", "nan", "zero-sum", "missing"],
+)
 def test_bad_weights(pair, tmp_path, capsys, weights, expected):
-    config = {"merge_method": "linear",
-              "models": [{"model": str(m), **({"parameters": {"weight": w}} if w is not None else {})}
-                         for m, w in zip(pair, weights)]}
+    config = {
+        "merge_method": "linear",
+        "models": [
+            {"model": str(m), **({"parameters": {"weight": w}} if w is not None else {})} for m, w in zip(pair, weights)
+        ],
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "out"
     msg = refused(capsys, str(tmp_path / "c.yaml"), str(out))
@@ -155,17 +168,25 @@ def test_unknown_key_and_extra_arguments(pair, tmp_path, capsys):
 
 def test_mergekit_methods_get_the_same_checks(pair, tmp_path, capsys):
     """polyalign validates before handing a config to mergekit: shapes, and the method's own input contract."""
+
     def widen(t):
         t["model.layers.1.self_attn.o_proj.weight"] = torch.zeros(64, 32)
 
     other = variant(pair[1], tmp_path / "wide", widen)
-    ties = {"merge_method": "ties", "base_model": str(pair[0]),
-            "models": [{"model": str(other), "parameters": {"weight": 1.0, "density": 0.5}}]}
+    ties = {
+        "merge_method": "ties",
+        "base_model": str(pair[0]),
+        "models": [{"model": str(other), "parameters": {"weight": 1.0, "density": 0.5}}],
+    }
     (tmp_path / "ties.yaml").write_text(yaml.safe_dump(ties))
     msg = refused(capsys, str(tmp_path / "ties.yaml"), str(tmp_path / "out"))
     assert "tensor shapes differ for model.layers.1.self_attn.o_proj.weight" in msg
-    slerp = {"merge_method": "slerp", "base_model": str(pair[0]), "parameters": {"t": 0.5},
-             "models": [{"model": str(m)} for m in (*pair, other)]}
+    slerp = {
+        "merge_method": "slerp",
+        "base_model": str(pair[0]),
+        "parameters": {"t": 0.5},
+        "models": [{"model": str(m)} for m in (*pair, other)],
+    }
     (tmp_path / "slerp.yaml").write_text(yaml.safe_dump(slerp))
     msg = refused(capsys, str(tmp_path / "slerp.yaml"), str(tmp_path / "out"))
     assert "slerp" in msg and "exactly 2" in msg
@@ -189,8 +210,9 @@ def test_a_running_merge_into_the_same_output_is_not_clobbered(pair, tmp_path, c
 
 def test_alias_resolves_to_the_embedded_checkpoint(pair, tmp_path, capsys):
     """`smollm2-135m` is the embedded default's cached safetensors (30 layers), so the tiny model does not match."""
-    msg = refused(capsys, str(write_config(tmp_path / "c.yaml", [pair[0], "smollm2-135m"], [1, 1])),
-                  str(tmp_path / "out"))
+    msg = refused(
+        capsys, str(write_config(tmp_path / "c.yaml", [pair[0], "smollm2-135m"], [1, 1])), str(tmp_path / "out")
+    )
     assert "tensor names differ" in msg and "'smollm2-135m'" in msg and "no such directory" not in msg
 
 
@@ -232,8 +254,12 @@ def test_killed_merge_leaves_no_output(pair, tmp_path):
     config = write_config(tmp_path / "c.yaml", list(pair), [1, 1])
     out, marker = tmp_path / "out", tmp_path / "marker"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(marker), str(config), str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(marker), str(config), str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():

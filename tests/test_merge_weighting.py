@@ -27,15 +27,23 @@ def test_a_mapping_leaves_unnamed_clusters_at_zero():
     assert list(weights) == list(CLUSTERS) and all(isinstance(w, float) for w in weights.values())
 
 
-@pytest.mark.parametrize("policy, key, expected", [
-    ({"germanic": 1.0, "cjk": 1.0}, "merge.weights.germanic", "no cluster 'germanic' (clusters: romance, slavic, cjk)"),
-    ({"cjk": -1.0}, "merge.weights.cjk", "weights must be >= 0, got -1.0"),
-    ({"cjk": 0, "slavic": 0.0}, "merge.weights", "every cluster's weight is 0"),
-    ({}, "merge.weights", "every cluster's weight is 0"),
-    ({"cjk": "heavy"}, "merge.weights.cjk", "expected a number, got 'heavy'"),
-    ({"cjk": True}, "merge.weights.cjk", "expected a number, got True"),
-    ({"cjk": float("nan")}, "merge.weights.cjk", "expected a number, got nan"),
-], ids=["unknown-cluster", "negative", "all-zero", "empty", "not-a-number", "bool", "nan"])
+@pytest.mark.parametrize(
+    "policy, key, expected",
+    [
+        (
+            {"germanic": 1.0, "cjk": 1.0},
+            "merge.weights.germanic",
+            "no cluster 'germanic' (clusters: romance, slavic, cjk)",
+        ),
+        ({"cjk": -1.0}, "merge.weights.cjk", "weights must be >= 0, got -1.0"),
+        ({"cjk": 0, "slavic": 0.0}, "merge.weights", "every cluster's weight is 0"),
+        ({}, "merge.weights", "every cluster's weight is 0"),
+        ({"cjk": "heavy"}, "merge.weights.cjk", "expected a number, got 'heavy'"),
+        ({"cjk": True}, "merge.weights.cjk", "expected a number, got True"),
+        ({"cjk": float("nan")}, "merge.weights.cjk", "expected a number, got nan"),
+    ],
+    ids=["unknown-cluster", "negative", "all-zero", "empty", "not-a-number", "bool", "nan"],
+)
 def test_bad_mappings_name_the_recipe_and_the_key(policy, key, expected):
     with pytest.raises(ConfigError) as caught:
         cluster_weights(policy, CLUSTERS, source="pipeline.yaml")
@@ -48,8 +56,9 @@ def test_bad_mappings_name_the_recipe_and_the_key(policy, key, expected):
 def test_any_other_policy_lists_the_valid_ones(policy):
     with pytest.raises(ConfigError) as caught:
         cluster_weights(policy, CLUSTERS, source="pipeline.yaml", key="merge.weights")
-    assert str(caught.value) == ("pipeline.yaml: 'merge.weights': expected equal, languages (cluster size), or a "
-                                 "mapping of cluster to weight")
+    assert str(caught.value) == (
+        "pipeline.yaml: 'merge.weights': expected equal, languages (cluster size), or a mapping of cluster to weight"
+    )
 
 
 def test_with_previous_gives_the_new_policy_its_weight():

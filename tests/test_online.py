@@ -56,16 +56,34 @@ class DirectionJudge:
 
 
 def prompts_file(tmp_path: Path, n: int) -> Path:
-    return write_jsonl(tmp_path / "prompts.jsonl", [
-        {"prompt": f"Question {i}: {QUESTIONS[i % 4]}", "lang": LANGS[i % 4], "id": f"q{i}"} for i in range(n)])
+    return write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": f"Question {i}: {QUESTIONS[i % 4]}", "lang": LANGS[i % 4], "id": f"q{i}"} for i in range(n)],
+    )
 
 
 def config(tmp_path, policy, n=24, **overrides) -> dict:
-    return {"model": str(policy), "prompts": str(prompts_file(tmp_path, n)), "output_dir": str(tmp_path / "online"),
-            "iterations": 1, "samples": 4, "temperature": 1.0, "max_new_tokens": 8, "batch_size": 8,
-            "heldout_fraction": 0.25, "dtype": "fp32", "beta": 0.1,
-            "dpo": {"learning_rate": 5e-3, "num_train_epochs": 2, "per_device_train_batch_size": 8,
-                    "disable_tqdm": True, "logging_steps": 1}, **overrides}
+    return {
+        "model": str(policy),
+        "prompts": str(prompts_file(tmp_path, n)),
+        "output_dir": str(tmp_path / "online"),
+        "iterations": 1,
+        "samples": 4,
+        "temperature": 1.0,
+        "max_new_tokens": 8,
+        "batch_size": 8,
+        "heldout_fraction": 0.25,
+        "dtype": "fp32",
+        "beta": 0.1,
+        "dpo": {
+            "learning_rate": 5e-3,
+            "num_train_epochs": 2,
+            "per_device_train_batch_size": 8,
+            "disable_tqdm": True,
+            "logging_steps": 1,
+        },
+        **overrides,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +118,18 @@ def test_one_iteration_raises_the_heldout_reward(tmp_path, policy, reward):
 
 def test_pairs_take_best_and_worst_and_respect_margin_and_ties():
     prompts = [{"prompt": [{"role": "user", "content": f"q{i}"}], "lang": "en", "id": f"q{i}"} for i in range(4)]
-    samples = [{"index": 0, "completions": ["a", "b", "c"]},     # clear best c, worst a
-               {"index": 1, "completions": ["x", "y", "z"]},     # all tied: no pair
-               {"index": 2, "completions": ["same", "same "]},   # different scores, same text: no pair
-               {"index": 3, "completions": ["lo", "hi"]}]        # margin 0.5: kept only under a margin <= 0.5
+    samples = [
+        {"index": 0, "completions": ["a", "b", "c"]},  # clear best c, worst a
+        {"index": 1, "completions": ["x", "y", "z"]},  # all tied: no pair
+        {"index": 2, "completions": ["same", "same "]},  # different scores, same text: no pair
+        {"index": 3, "completions": ["lo", "hi"]},
+    ]  # margin 0.5: kept only under a margin <= 0.5
     scores = {0: [0.1, 0.5, 2.0], 1: [1.0, 1.0, 1.0], 2: [0.0, 3.0], 3: [0.0, 0.5]}
     pairs = build_pairs(prompts, samples, scores, min_margin=0.0)
     assert [(p["id"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
-        ("q0", "c", "a"), ("q3", "hi", "lo")]
+        ("q0", "c", "a"),
+        ("q3", "hi", "lo"),
+    ]
     assert [p["id"] for p in build_pairs(prompts, samples, scores, min_margin=1.0)] == ["q0"]
 
 
@@ -121,8 +143,9 @@ def test_config_checks(tmp_path, policy):
     with pytest.raises(ConfigError, match="'ranker': give exactly one"):
         parse_iterate_config(config(tmp_path, policy))
     with pytest.raises(ConfigError, match="'cluster_weights.asia': no cluster 'asia'"):
-        parse_iterate_config(config(tmp_path, policy, clusters={"europe": ["de"]}, cluster_weights={"asia": 1}),
-                             ranker_given=True)
+        parse_iterate_config(
+            config(tmp_path, policy, clusters={"europe": ["de"]}, cluster_weights={"asia": 1}), ranker_given=True
+        )
     with pytest.raises(ConfigError, match="'clusters': expected a mapping of cluster name to a list"):
         parse_iterate_config(config(tmp_path, policy, clusters={"europe": "de"}), ranker_given=True)
     with pytest.raises(ConfigError, match="'dpo.beta': set by the loop itself"):
@@ -131,9 +154,19 @@ def test_config_checks(tmp_path, policy):
 
 @pytest.mark.slow
 def test_lora_iterations_with_start_reference_per_iteration_beta_and_merging(tmp_path, policy, reward):
-    cfg = config(tmp_path, policy, n=12, iterations=2, samples=2, max_new_tokens=4, beta=[0.1, 0.3], lora=True,
-                 reference="start", merge_with_previous=0.5,
-                 dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4, "disable_tqdm": True})
+    cfg = config(
+        tmp_path,
+        policy,
+        n=12,
+        iterations=2,
+        samples=2,
+        max_new_tokens=4,
+        beta=[0.1, 0.3],
+        lora=True,
+        reference="start",
+        merge_with_previous=0.5,
+        dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4, "disable_tqdm": True},
+    )
     out = run_iterate(cfg, ranker=DirectionJudge(reward))
     first, second = (json.loads((out / f"iter_{i}" / "model" / "metrics.json").read_text()) for i in (1, 2))
     for i in (1, 2):  # a judge gives no held-out reward, but compares each iteration with the one before
@@ -158,9 +191,17 @@ def test_per_cluster_iterations_merge_the_cluster_models_and_sample_from_the_mer
     from safetensors.torch import load_file
 
     clusters = {"romance": ["fr", "es"], "other": ["de", "en"]}
-    cfg = config(tmp_path, policy, n=16, iterations=2, samples=2, max_new_tokens=4, clusters=clusters,
-                 cluster_weights={"romance": 3, "other": 1},
-                 dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4, "disable_tqdm": True})
+    cfg = config(
+        tmp_path,
+        policy,
+        n=16,
+        iterations=2,
+        samples=2,
+        max_new_tokens=4,
+        clusters=clusters,
+        cluster_weights={"romance": 3, "other": 1},
+        dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4, "disable_tqdm": True},
+    )
     out = run_iterate(cfg, ranker=reward)
     for i in (1, 2):
         directory = out / f"iter_{i}"
@@ -185,8 +226,15 @@ def test_per_cluster_iterations_merge_the_cluster_models_and_sample_from_the_mer
 @pytest.mark.slow
 def test_killed_run_resumes_with_the_records_of_an_uninterrupted_run(tmp_path, policy, tokenizer):
     rm = tiny_reward_model(tmp_path / "rm", tokenizer)
-    cfg = config(tmp_path, policy, n=24, samples=2, batch_size=2, ranker={"reward_model": str(rm)},
-                 dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4, "disable_tqdm": True})
+    cfg = config(
+        tmp_path,
+        policy,
+        n=24,
+        samples=2,
+        batch_size=2,
+        ranker={"reward_model": str(rm)},
+        dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4, "disable_tqdm": True},
+    )
     run_iterate({**cfg, "output_dir": str(tmp_path / "whole" / "online")})
     path = tmp_path / "cut" / "iterate.yaml"
     path.parent.mkdir()
@@ -217,22 +265,46 @@ def test_two_processes_sample_and_score_as_one_and_train_together(tmp_path, poli
     process) and train the DPO step together, LoRA or full; the output has the shape of a one-process run. The first
     iteration samples from the starting model, so one single-process run is the reference for both."""
     rm = tiny_reward_model(tmp_path / "rm", tokenizer)
-    cfg = config(tmp_path, policy, n=16, samples=2, batch_size=2, max_new_tokens=6, ranker={"reward_model": str(rm)},
-                 dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 2,
-                      "disable_tqdm": True})
+    cfg = config(
+        tmp_path,
+        policy,
+        n=16,
+        samples=2,
+        batch_size=2,
+        max_new_tokens=6,
+        ranker={"reward_model": str(rm)},
+        dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 2, "disable_tqdm": True},
+    )
     one = run_iterate({**cfg, "output_dir": str(tmp_path / "one")})
     for lora in (True, False):
         out = tmp_path / f"two_lora_{lora}"
         path = tmp_path / f"two_lora_{lora}.yaml"
         path.write_text(yaml.safe_dump({**cfg, "lora": lora, "output_dir": str(out)}))
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "-m", "align.cli", "iterate", "--config", str(path)]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "align.cli",
+            "iterate",
+            "--config",
+            str(path),
+        ]
         result = subprocess.run(command, env=subprocess_env(cpu=True), capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         for name in ("samples.jsonl", "scores.jsonl", "pairs.jsonl"):
-            assert sorted((out / "iter_1" / name).read_text().splitlines()) == \
-                sorted((one / "iter_1" / name).read_text().splitlines()), (lora, name)
+            assert sorted((out / "iter_1" / name).read_text().splitlines()) == sorted(
+                (one / "iter_1" / name).read_text().splitlines()
+            ), (lora, name)
         assert not list((out / "iter_1").glob("*.rank*.jsonl"))  # the processes' logs joined into one
         trained = json.loads((out / "iter_1" / "model" / "metrics.json").read_text())
         assert trained["processes"] == 2 and trained["steps"] == 2 and trained["engine"] == "DDP"
@@ -243,20 +315,27 @@ def test_two_processes_sample_and_score_as_one_and_train_together(tmp_path, poli
 
 
 def test_an_echo_is_never_chosen_and_echo_pairs_reject_the_prompt_itself():
-    prompts = [{"prompt": [{"role": "user", "content": q}], "lang": "de", "id": f"q{i}"}
-               for i, q in enumerate(["Wie viele Beine hat eine Spinne?", "Was ist die Hauptstadt von Italien?"])]
-    samples = [{"index": 0, "completions": ["Wie viele Beine hat eine Spinne?", "Acht.", "Sechs Beine."]},
-               {"index": 1, "completions": ["Was ist die Hauptstadt von Italien?", "Was ist die Hauptstadt?"]}]
+    prompts = [
+        {"prompt": [{"role": "user", "content": q}], "lang": "de", "id": f"q{i}"}
+        for i, q in enumerate(["Wie viele Beine hat eine Spinne?", "Was ist die Hauptstadt von Italien?"])
+    ]
+    samples = [
+        {"index": 0, "completions": ["Wie viele Beine hat eine Spinne?", "Acht.", "Sechs Beine."]},
+        {"index": 1, "completions": ["Was ist die Hauptstadt von Italien?", "Was ist die Hauptstadt?"]},
+    ]
     scores = {0: [9.0, 1.0, 0.5], 1: [2.0, 1.0]}  # the ranker scores the echo highest, as PMI does
     pairs = build_pairs(prompts, samples, scores, min_margin=0.0)
     assert [(p["id"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
-        ("q0", "Acht.", "Wie viele Beine hat eine Spinne?")]  # q1: every sample an echo, no pair
+        ("q0", "Acht.", "Wie viele Beine hat eine Spinne?")
+    ]  # q1: every sample an echo, no pair
     with_echo = build_pairs(prompts, samples, scores, min_margin=0.0, echo_pairs=True)
     # q0's own pair already rejects the prompt's text: no duplicate; a best sample with another worst gets both
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in with_echo] == [
-        ("Acht.", "Wie viele Beine hat eine Spinne?")]
+        ("Acht.", "Wie viele Beine hat eine Spinne?")
+    ]
     samples[0]["completions"] = ["Acht.", "Sechs Beine."]
     scores[0] = [1.0, 0.5]
-    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"], p.get("rejected_by")) for p in build_pairs(
-        prompts, samples, scores, min_margin=0.0, echo_pairs=True)] == [
-        ("Acht.", "Wie viele Beine hat eine Spinne?", "echo"), ("Acht.", "Sechs Beine.", None)]
+    assert [
+        (p["chosen"][0]["content"], p["rejected"][0]["content"], p.get("rejected_by"))
+        for p in build_pairs(prompts, samples, scores, min_margin=0.0, echo_pairs=True)
+    ] == [("Acht.", "Wie viele Beine hat eine Spinne?", "echo"), ("Acht.", "Sechs Beine.", None)]

@@ -21,10 +21,20 @@ LAYOUTS = [("sdpa", "segments"), ("sdpa", "rows"), ("eager", "rows")]
 
 
 def make_trainer(tiny_model_dir, chat_file, tmp_path, attention: str, layout: str = "auto", **overrides):
-    raw = {"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / "out"),
-           "attn_implementation": attention, "packed_attention": layout, "max_length": 256,
-           "per_device_train_batch_size": 4, "gradient_checkpointing": False, "save_strategy": "no", "seed": 0,
-           "dtype": "fp32", **overrides}
+    raw = {
+        "model": str(tiny_model_dir),
+        "dataset": str(chat_file),
+        "output_dir": str(tmp_path / "out"),
+        "attn_implementation": attention,
+        "packed_attention": layout,
+        "max_length": 256,
+        "per_device_train_batch_size": 4,
+        "gradient_checkpointing": False,
+        "save_strategy": "no",
+        "seed": 0,
+        "dtype": "fp32",
+        **overrides,
+    }
     job = parse_sft_config(raw)
     return build_trainer(job, load_records(job.args.dataset, "sft"))
 
@@ -90,7 +100,7 @@ def test_packed_logits_equal_unpacked_logits(tiny_model_dir, chat_file, tmp_path
         packed_logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         for row, start, input_ids, _ in split_packed(batch, pad_id(trainer)):
             alone = model(input_ids=input_ids[None], use_cache=False).logits[0]
-            torch.testing.assert_close(packed_logits[row, start: start + len(input_ids)], alone, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(packed_logits[row, start : start + len(input_ids)], alone, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["segments", "rows"])
@@ -107,7 +117,9 @@ def test_negative_control_cross_attention_is_detected(tiny_model_dir, chat_file,
         if layout == "rows":
             leaky_batch = {**batch, "attention_mask": torch.ones_like(batch["input_ids"])}
         else:
-            monkeypatch.setattr(segment_attention, "_bounds", lambda batch, kwargs: [[(0, kwargs["position_ids"].shape[-1])]] * batch)
+            monkeypatch.setattr(
+                segment_attention, "_bounds", lambda batch, kwargs: [[(0, kwargs["position_ids"].shape[-1])]] * batch
+            )
             leaky_batch = dict(batch)
         leaky = trainer.compute_loss(model, leaky_batch).item()
     assert abs(isolated - leaky) > 1e-3
@@ -124,8 +136,12 @@ def test_packing_fills_bins_and_keeps_every_token(tiny_model_dir, chat_file, tmp
 def test_rows_layout_never_labels_an_example_start():
     """The first token of an example is not a target: it would be predicted from the previous example's end."""
     collate = PackRowsCollator(pad_token_id=0)
-    batch = collate([{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, 7, 8, 9], "seq_lengths": [2, 3]},
-                     {"input_ids": [3, 4], "labels": [3, 4], "seq_lengths": [2]}])
+    batch = collate(
+        [
+            {"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, 7, 8, 9], "seq_lengths": [2, 3]},
+            {"input_ids": [3, 4], "labels": [3, 4], "seq_lengths": [2]},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [3, 4, 0, 0, 0]]
     assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2], [0, 1, 0, 1, 2]]  # the pad tail is its own segment
     assert batch["labels"].tolist() == [[-100, 6, -100, 8, 9], [-100, 4, -100, -100, -100]]

@@ -29,9 +29,15 @@ TIMING = ("seconds", "runtime", "per_second", "elapsed", "wall", "timed_")
 
 def run(recipe_path: Path, kill_after: float | None = None) -> int | None:
     """`polyalign run` in its own process group; SIGKILL to the whole group after `kill_after` seconds."""
-    process = subprocess.Popen([sys.executable, "-m", "align.cli", "run", str(recipe_path)], env=subprocess_env(),
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "align.cli", "run", str(recipe_path)],
+        env=subprocess_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         process.wait(timeout=kill_after if kill_after is not None else 900)
     except subprocess.TimeoutExpired:
@@ -43,8 +49,11 @@ def run(recipe_path: Path, kill_after: float | None = None) -> int | None:
 
 
 def files(run_dir: Path) -> dict[str, Path]:
-    return {str(p.relative_to(run_dir)): p for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(run_dir).parts)}
+    return {
+        str(p.relative_to(run_dir)): p
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(run_dir).parts)
+    }
 
 
 def without_timings(value, run_dir: str):
@@ -79,8 +88,9 @@ def test_random_sigkills_then_a_finished_run_equal_an_uninterrupted_one(tmp_path
         if run(paths["killed"], kill_after=moment) is not None:
             break
         state = tmp_path / "killed" / "run" / "state.json"
-        moments.append(f"{moment:.1f}s ({len(json.loads(state.read_text())['stages']) if state.exists() else 0} "
-                       "stages done)")
+        moments.append(
+            f"{moment:.1f}s ({len(json.loads(state.read_text())['stages']) if state.exists() else 0} stages done)"
+        )
     assert len(moments) >= 2, f"fewer than two kills landed: {moments}"
     run(paths["killed"])
 
@@ -97,5 +107,6 @@ def test_random_sigkills_then_a_finished_run_equal_an_uninterrupted_one(tmp_path
         elif name.endswith(".jsonl"):
             assert other.read_bytes() == path.read_bytes(), f"{name} (kills at {moments})"
         elif name.endswith("metrics.json"):
-            assert without_timings(json.loads(other.read_text()), str(killed_dir)) == \
-                without_timings(json.loads(path.read_text()), str(whole_dir)), f"{name} (kills at {moments})"
+            assert without_timings(json.loads(other.read_text()), str(killed_dir)) == without_timings(
+                json.loads(path.read_text()), str(whole_dir)
+            ), f"{name} (kills at {moments})"

@@ -19,8 +19,14 @@ pytestmark = pytest.mark.slow
 
 
 def start(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-u", "-m", "align.cli", *argv], env=subprocess_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-u", "-m", "align.cli", *argv],
+        env=subprocess_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def signal_when(process: subprocess.Popen, ready, signum: int, timeout: float = 300) -> tuple[int, str]:
@@ -37,9 +43,25 @@ def signal_when(process: subprocess.Popen, ready, signum: int, timeout: float = 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_during_training_saves_a_checkpoint_and_the_rerun_resumes(tiny_model_dir, chat_file, tmp_path, signum):
     out, partial = tmp_path / "sft", tmp_path / ".sft.partial"
-    argv = ["sft", "--config", str(REPO / "tests" / "data" / "tiny_sft.yaml"), "--model", str(tiny_model_dir),
-            "--dataset", str(chat_file), "--output_dir", str(out), "--max_steps", "60", "--logging_steps", "1",
-            "--disable_tqdm", "true", "--dtype", "fp32"]
+    argv = [
+        "sft",
+        "--config",
+        str(REPO / "tests" / "data" / "tiny_sft.yaml"),
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(chat_file),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "60",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        "--dtype",
+        "fp32",
+    ]
     process = start(argv)
     logged = []
 
@@ -57,8 +79,14 @@ def test_a_signal_during_training_saves_a_checkpoint_and_the_rerun_resumes(tiny_
     assert 0 < step < 60 and (partial / f"checkpoint-{step}" / "trainer_state.json").exists()
     assert not out.exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "align.cli", *argv], env=subprocess_env(), cwd=REPO,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "align.cli", *argv],
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"checkpoint-{step}" in resumed.stdout and "resuming from" in resumed.stdout.lower()
     metrics = json.loads((out / "metrics.json").read_text())
@@ -67,10 +95,22 @@ def test_a_signal_during_training_saves_a_checkpoint_and_the_rerun_resumes(tiny_
 
 
 def test_a_signal_during_generation_keeps_every_answer_and_the_rerun_finishes(tiny_model_dir, tmp_path):
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Question {i}: Wie spät ist es?", "id": f"q{i}"}
-                                                      for i in range(200)])
-    argv = ["generate", "--model", str(tiny_model_dir), "--dtype", "fp32", "--max_new_tokens", "4",
-            "--batch_size", "1", "--prompts", str(prompts)]
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"prompt": f"Question {i}: Wie spät ist es?", "id": f"q{i}"} for i in range(200)]
+    )
+    argv = [
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--dtype",
+        "fp32",
+        "--max_new_tokens",
+        "4",
+        "--batch_size",
+        "1",
+        "--prompts",
+        str(prompts),
+    ]
     process = start([*argv, "--output", str(tmp_path / "answers.jsonl")])
 
     def logs() -> list[Path]:
@@ -78,19 +118,37 @@ def test_a_signal_during_generation_keeps_every_answer_and_the_rerun_finishes(ti
 
     code, err = signal_when(process, lambda: any(log.stat().st_size > 0 for log in logs()), signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, err[-2000:]
-    assert err.count("polyalign generate: ") == 1 and ("polyalign generate: preempted by SIGTERM: stopped; every "
-                                                       "record written so far is kept, and the same command continues "
-                                                       "from it\n") in err, err[-2000:]
+    assert (
+        err.count("polyalign generate: ") == 1
+        and (
+            "polyalign generate: preempted by SIGTERM: stopped; every "
+            "record written so far is kept, and the same command continues "
+            "from it\n"
+        )
+        in err
+    ), err[-2000:]
     [log] = logs()
     kept = log.read_text()
     assert kept.endswith("\n") and 0 < len(kept.splitlines()) < 200
     assert not (tmp_path / "answers.jsonl").exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "align.cli", *argv, "--output", str(tmp_path / "answers.jsonl")],
-                             env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "align.cli", *argv, "--output", str(tmp_path / "answers.jsonl")],
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    whole = subprocess.run([sys.executable, "-m", "align.cli", *argv, "--output", str(tmp_path / "whole.jsonl")],
-                           env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    whole = subprocess.run(
+        [sys.executable, "-m", "align.cli", *argv, "--output", str(tmp_path / "whole.jsonl")],
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert whole.returncode == 0
     assert (tmp_path / "answers.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
 
@@ -128,13 +186,27 @@ def test_a_signal_to_the_pipeline_reaches_a_stage_launched_on_two_processes(tiny
     exits 128 + the signal with one line; the rerun resumes from that checkpoint."""
     out, partial = tmp_path / "sft", tmp_path / ".sft.partial"
     cfg = tmp_path / "sft.yaml"
-    cfg.write_text(json.dumps({"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(out),
-                               "max_length": 128, "per_device_train_batch_size": 1, "max_steps": 80,
-                               "logging_steps": 1, "disable_tqdm": True, "dtype": "fp32", "save_strategy": "no",
-                               "gradient_checkpointing": False}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "model": str(tiny_model_dir),
+                "dataset": str(chat_file),
+                "output_dir": str(out),
+                "max_length": 128,
+                "per_device_train_batch_size": 1,
+                "max_steps": 80,
+                "logging_steps": 1,
+                "disable_tqdm": True,
+                "dtype": "fp32",
+                "save_strategy": "no",
+                "gradient_checkpointing": False,
+            }
+        )
+    )
     argv = [sys.executable, "-u", "-c", DRIVER, str(cfg), str(tmp_path / "run")]
-    process = subprocess.Popen(argv, env=subprocess_env(cpu=True), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        argv, env=subprocess_env(cpu=True), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     code, err = signal_when(process, lambda: "'loss'" in process.stdout.readline(), signal.SIGUSR1)
     lines = [line for line in err.splitlines() if line.startswith("polyalign run:")]
     assert code == 128 + signal.SIGUSR1 and len(lines) == 1, err[-3000:]

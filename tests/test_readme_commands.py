@@ -26,12 +26,12 @@ README = REPO / "README.md"
 # Commands (by their opening words) the suite does not run, and why.
 EXCLUDED = {
     "make demo": "the recipe below (`polyalign run recipes/demo/pipeline.yaml`) on the real 135M model, ~9 minutes on "
-                 "2 cores; the fresh-clone check before each release runs it",
+    "2 cores; the fresh-clone check before each release runs it",
     "make test": "the suite itself",
     "accelerate launch --config_file recipes/accelerate/multi_gpu.yaml": "GPU: 8 CUDA processes in bf16; the same "
-                 "scripts run below under `accelerate launch --multi_gpu --num_processes 2` on CPU (gloo)",
+    "scripts run below under `accelerate launch --multi_gpu --num_processes 2` on CPU (gloo)",
     "polyalign run recipes/demo/pipeline.yaml --from dpo": "the last three stages of the run above once more (two "
-                 "minutes even on the tiny model); `--from` itself is tested in tests/test_pipeline.py",
+    "minutes even on the tiny model); `--from` itself is tested in tests/test_pipeline.py",
 }
 
 
@@ -78,8 +78,13 @@ def test_readme_parsing_finds_every_command():
     blocks = fenced_blocks(README.read_text(encoding="utf-8"), "bash")
     assert len(blocks) >= 10 and len(commands) >= 23
     assert all(not c.startswith("#") and "\\" not in c for _, c in commands)
-    assert any(c.startswith("accelerate launch --multi_gpu --num_processes 2 recipes/reward_model.py score --model "
-                            "runs/demo/reward --input candidates.jsonl") for _, c in commands)
+    assert any(
+        c.startswith(
+            "accelerate launch --multi_gpu --num_processes 2 recipes/reward_model.py score --model "
+            "runs/demo/reward --input candidates.jsonl"
+        )
+        for _, c in commands
+    )
     for opening in EXCLUDED:
         assert any(c.startswith(opening) for _, c in commands), f"EXCLUDED names a command README lost: {opening}"
 
@@ -95,41 +100,89 @@ def user_folder(root: Path, tokenizer) -> dict:
     build_tiny_llama(root / "path" / "to" / "judge-lm", tokenizer, seed=3)
     tiny_reward_model(root / "runs" / "rm", tokenizer)
     data = "recipes/demo/data"
-    soup = next(body for _, body in fenced_blocks(README.read_text(encoding="utf-8"), "yaml")
-                if body.startswith("merge_method: linear"))
+    soup = next(
+        body
+        for _, body in fenced_blocks(README.read_text(encoding="utf-8"), "yaml")
+        if body.startswith("merge_method: linear")
+    )
     files = {
         "soup.yaml": soup,
-        "ties.yaml": {"merge_method": "ties", "base_model": "smollm2-135m", "dtype": "float32",
-                      "models": [{"model": "runs/fr/sft", "parameters": {"weight": 0.5, "density": 0.5}},
-                                 {"model": "runs/hi/sft", "parameters": {"weight": 0.5, "density": 0.5}}]},
-        "my_sft.yaml": {"model": "smollm2-135m", "dataset": f"{data}/sft.jsonl", "output_dir": "runs/my_sft",
-                        "max_length": 256, "max_steps": 2, "per_device_train_batch_size": 2, "packing": True,
-                        "save_strategy": "no"},
+        "ties.yaml": {
+            "merge_method": "ties",
+            "base_model": "smollm2-135m",
+            "dtype": "float32",
+            "models": [
+                {"model": "runs/fr/sft", "parameters": {"weight": 0.5, "density": 0.5}},
+                {"model": "runs/hi/sft", "parameters": {"weight": 0.5, "density": 0.5}},
+            ],
+        },
+        "my_sft.yaml": {
+            "model": "smollm2-135m",
+            "dataset": f"{data}/sft.jsonl",
+            "output_dir": "runs/my_sft",
+            "max_length": 256,
+            "max_steps": 2,
+            "per_device_train_batch_size": 2,
+            "packing": True,
+            "save_strategy": "no",
+        },
         "my_arbitrage.yaml": {
-            "prompts": f"{data}/pipeline_prompts.jsonl", "output_dir": "runs/my_arbitrage", "max_new_tokens": 8,
-            "batch_size": 16, "seed": 0, "echo_pairs": True,
-            "teachers": [{"name": "student", "model": "smollm2-135m", "languages": ["en", "es", "fr", "de"]},
-                         {"name": "human", "completions": f"{data}/human_answers.jsonl"}],
-            "ranker": {"reward_model": "runs/rm", "batch_size": 16}},
-        "my_dpo.yaml": {"model": "smollm2-135m", "dataset": "runs/my_arbitrage/pairs.jsonl",
-                        "output_dir": "runs/my_dpo", "lora": True, "max_steps": 2, "per_device_train_batch_size": 2,
-                        "max_length": 128, "save_strategy": "no"},
-        "my_online.yaml": {"model": "smollm2-135m", "prompts": f"{data}/pipeline_prompts.jsonl",
-                           "output_dir": "runs/my_online", "iterations": 1, "samples": 2, "max_new_tokens": 8,
-                           "batch_size": 16, "lora": True, "ranker": {"reward_model": "runs/rm"},
-                           "dpo": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 128,
-                                   "save_strategy": "no"}},
-        "my_eval.yaml": {"models": {"base": "smollm2-135m", "dpo": "runs/my_dpo"},
-                         "prompts": f"{data}/prompts.jsonl", "output_dir": "runs/my_eval", "max_new_tokens": 8,
-                         "batch_size": 16, "judge": {"reward_model": "runs/rm"}},
+            "prompts": f"{data}/pipeline_prompts.jsonl",
+            "output_dir": "runs/my_arbitrage",
+            "max_new_tokens": 8,
+            "batch_size": 16,
+            "seed": 0,
+            "echo_pairs": True,
+            "teachers": [
+                {"name": "student", "model": "smollm2-135m", "languages": ["en", "es", "fr", "de"]},
+                {"name": "human", "completions": f"{data}/human_answers.jsonl"},
+            ],
+            "ranker": {"reward_model": "runs/rm", "batch_size": 16},
+        },
+        "my_dpo.yaml": {
+            "model": "smollm2-135m",
+            "dataset": "runs/my_arbitrage/pairs.jsonl",
+            "output_dir": "runs/my_dpo",
+            "lora": True,
+            "max_steps": 2,
+            "per_device_train_batch_size": 2,
+            "max_length": 128,
+            "save_strategy": "no",
+        },
+        "my_online.yaml": {
+            "model": "smollm2-135m",
+            "prompts": f"{data}/pipeline_prompts.jsonl",
+            "output_dir": "runs/my_online",
+            "iterations": 1,
+            "samples": 2,
+            "max_new_tokens": 8,
+            "batch_size": 16,
+            "lora": True,
+            "ranker": {"reward_model": "runs/rm"},
+            "dpo": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 128, "save_strategy": "no"},
+        },
+        "my_eval.yaml": {
+            "models": {"base": "smollm2-135m", "dpo": "runs/my_dpo"},
+            "prompts": f"{data}/prompts.jsonl",
+            "output_dir": "runs/my_eval",
+            "max_new_tokens": 8,
+            "batch_size": 16,
+            "judge": {"reward_model": "runs/rm"},
+        },
         "my.yaml": {"dataset": f"{data}/sft.jsonl", "output_dir": "runs/my_curated"},
     }
     for name, content in files.items():
         text = content if isinstance(content, str) else yaml.safe_dump(content, allow_unicode=True, sort_keys=False)
         (root / name).write_text(text, encoding="utf-8")
     prompts = [json.loads(line) for line in (REPO / data / "prompts.jsonl").read_text(encoding="utf-8").splitlines()]
-    write_jsonl(root / "candidates.jsonl", [{"prompt": p["prompt"], "completion": answer, "lang": p["lang"]}
-                                            for p in prompts[:6] for answer in (p["reference"], p["prompt"])])
+    write_jsonl(
+        root / "candidates.jsonl",
+        [
+            {"prompt": p["prompt"], "completion": answer, "lang": p["lang"]}
+            for p in prompts[:6]
+            for answer in (p["reference"], p["prompt"])
+        ],
+    )
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return {**subprocess_env(cpu=True), "PATH": path, "POLYALIGN_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
 
@@ -142,18 +195,32 @@ def test_every_readme_command_runs_as_written(tmp_path, tokenizer):
         if excluded(command):
             continue
         began = time.monotonic()
-        result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
-                                timeout=900)
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        )
         print(f"{time.monotonic() - began:6.1f} s  README.md:{line}: {command}")
-        assert result.returncode == 0 and "Traceback" not in result.stderr, \
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (
             f"README.md:{line}: {command}\nexit {result.returncode}\n{result.stderr[-3000:]}"
+        )
         ran.append(command)
     assert len(ran) + sum(map(bool, map(excluded, (c for _, c in commands)))) == len(commands)
-    produced = ["runs/demo/sft/model.safetensors", "runs/demo/generations.jsonl", "runs/soup/config.json",
-                "runs/ties/config.json", "runs/demo/reward/config.json", "scored.jsonl",
-                "runs/demo/pipeline/eval/report.md", "runs/my_arbitrage/pairs.jsonl", "runs/my_dpo",
-                "runs/my_online/iter_1", "runs/my_eval/metrics.json", "runs/demo/curated", "runs/my_curated",
-                "runs/demo/contrast", "runs/my_sft"]
+    produced = [
+        "runs/demo/sft/model.safetensors",
+        "runs/demo/generations.jsonl",
+        "runs/soup/config.json",
+        "runs/ties/config.json",
+        "runs/demo/reward/config.json",
+        "scored.jsonl",
+        "runs/demo/pipeline/eval/report.md",
+        "runs/my_arbitrage/pairs.jsonl",
+        "runs/my_dpo",
+        "runs/my_online/iter_1",
+        "runs/my_eval/metrics.json",
+        "runs/demo/curated",
+        "runs/my_curated",
+        "runs/demo/contrast",
+        "runs/my_sft",
+    ]
     assert [p for p in produced if not (tmp_path / p).exists()] == []
     scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
     assert len(scored) == 12 and all(isinstance(r["score"], float) for r in scored)
@@ -161,8 +228,14 @@ def test_every_readme_command_runs_as_written(tmp_path, tokenizer):
     # README's Python snippets, in the same folder (after the commands above made runs/demo/reward), with the
     # names they leave to the reader bound to small real values.
     for line, snippet in fenced_blocks(README.read_text(encoding="utf-8"), "python"):
-        result = subprocess.run([sys.executable, "-c", SNIPPET_NAMES + snippet], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [sys.executable, "-c", SNIPPET_NAMES + snippet],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, f"README.md:{line}: python block\n{result.stderr[-3000:]}"
 
 

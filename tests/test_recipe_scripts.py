@@ -22,9 +22,17 @@ def test_every_script_reaches_its_stage_from_another_folder(tmp_path):
     """Each script, started from outside the project, imports its stage and answers a recipe missing its data with
     the stage's one-line error (not an import error)."""
     (tmp_path / "bad.yaml").write_text("output_dir: out\n")
-    runs = {s.stem: subprocess.Popen([sys.executable, str(s), "--config", "bad.yaml"], cwd=tmp_path,
-                                     env=subprocess_env(cpu=True), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True) for s in SCRIPTS}
+    runs = {
+        s.stem: subprocess.Popen(
+            [sys.executable, str(s), "--config", "bad.yaml"],
+            cwd=tmp_path,
+            env=subprocess_env(cpu=True),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for s in SCRIPTS
+    }
     assert len(runs) == 7
     for name, run in runs.items():
         _, err = run.communicate(timeout=300)

@@ -11,17 +11,39 @@ from align.data.pairs import tally
 from reward.judge import Judgement, PairwiseJudge, combine, parse_verdict
 
 
-@pytest.mark.parametrize("reply, verdict", [
-    ("[[A]]", "A"), ("[[b]]", "B"), ("Final verdict: [[C]]", "tie"), ("**[[B]]**", "B"), ("[[ tie ]]", "tie"),
-    ('The format is "[[A]]", "[[B]]" or "[[C]]". My verdict: [[B]]', "B"),  # the last bracketed verdict counts
-    ("Assistant A", "A"), ("A", "A"), ("b.", "B"), ("B!", "B"), ("  a  ", "A"), ("(A)", "A"), ("a) the first", "A"),
-    ('Verdict: "A"', "A"), ("Final answer: b", "B"), ("My verdict is B because it is in French.", "B"),
-    ("Assistant B is better.", "B"), ("Assistant A's answer is better than Assistant B's.", "A"),
-    ("I prefer assistant A.", "A"), ("Assistent B ist besser.", "B"), ("Asistente B.", "B"),
-    ("tie", "tie"), ("It's a tie.", "tie"), ("Both are equally good.", "tie"),
-    ("I cannot decide.", None), ("A good answer would mention Paris.", None), ("", None),
-    ("The answer is a good one, but hard to judge", None),
-])
+@pytest.mark.parametrize(
+    "reply, verdict",
+    [
+        ("[[A]]", "A"),
+        ("[[b]]", "B"),
+        ("Final verdict: [[C]]", "tie"),
+        ("**[[B]]**", "B"),
+        ("[[ tie ]]", "tie"),
+        ('The format is "[[A]]", "[[B]]" or "[[C]]". My verdict: [[B]]', "B"),  # the last bracketed verdict counts
+        ("Assistant A", "A"),
+        ("A", "A"),
+        ("b.", "B"),
+        ("B!", "B"),
+        ("  a  ", "A"),
+        ("(A)", "A"),
+        ("a) the first", "A"),
+        ('Verdict: "A"', "A"),
+        ("Final answer: b", "B"),
+        ("My verdict is B because it is in French.", "B"),
+        ("Assistant B is better.", "B"),
+        ("Assistant A's answer is better than Assistant B's.", "A"),
+        ("I prefer assistant A.", "A"),
+        ("Assistent B ist besser.", "B"),
+        ("Asistente B.", "B"),
+        ("tie", "tie"),
+        ("It's a tie.", "tie"),
+        ("Both are equally good.", "tie"),
+        ("I cannot decide.", None),
+        ("A good answer would mention Paris.", None),
+        ("", None),
+        ("The answer is a good one, but hard to judge", None),
+    ],
+)
 def test_parse_verdict(reply, verdict):
     assert parse_verdict(reply) == verdict
 
@@ -72,8 +94,11 @@ def test_both_orders_are_asked_and_position_bias_gives_ties():
     assert [answers_in(c) for c in backend.chats[4:]] == list(zip(base, ours))
     assert [v.winner for v in verdicts] == ["a", "b", "tie", "a"]
     assert (verdicts[0].first, verdicts[0].second) == ("A", "B")
-    assert tally(verdicts, langs) == {"all": {"win": 2, "loss": 1, "tie": 1}, "en": {"win": 0, "loss": 0, "tie": 1},
-                                      "fr": {"win": 2, "loss": 1, "tie": 0}}
+    assert tally(verdicts, langs) == {
+        "all": {"win": 2, "loss": 1, "tie": 1},
+        "en": {"win": 0, "loss": 0, "tie": 1},
+        "fr": {"win": 2, "loss": 1, "tie": 0},
+    }
 
     biased = PairwiseJudge(backend=lambda chats: ["[[A]]"] * len(chats)).compare(prompts, ours, base)
     assert [v.winner for v in biased] == ["tie"] * 4  # always the first shown: the orders disagree

@@ -34,13 +34,13 @@ def _mean_logprob(model, tokenizer, head: list[dict], prompt_and_answer: list[di
     full = tokenizer.apply_chat_template(head + prompt_and_answer[-1:], tokenize=False)
     assert full.startswith(head_text)
     head_ids = tokenizer(head_text, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(full[len(head_text):], add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full[len(head_text) :], add_special_tokens=False)["input_ids"]
     ids = torch.tensor([head_ids + answer_ids])
     with torch.no_grad():
         logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
     targets = ids[0, 1:]
     picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return float(picked[len(head_ids) - 1:].mean())
+    return float(picked[len(head_ids) - 1 :].mean())
 
 
 def test_score_is_conditioned_minus_unconditioned_mean_logprob(tiny_ranker):
@@ -48,8 +48,7 @@ def test_score_is_conditioned_minus_unconditioned_mean_logprob(tiny_ranker):
     scores = tiny_ranker.score([p for p, _ in PAIRS], [c for _, c in PAIRS])
     for (prompt, answer), score in zip(PAIRS, scores):
         user, reply = [{"role": "user", "content": prompt}], {"role": "assistant", "content": answer}
-        expected = (_mean_logprob(model, tokenizer, user, [reply])
-                    - _mean_logprob(model, tokenizer, EMPTY_TURN, [reply]))
+        expected = _mean_logprob(model, tokenizer, user, [reply]) - _mean_logprob(model, tokenizer, EMPTY_TURN, [reply])
         assert score == pytest.approx(expected, abs=1e-4)
 
 
@@ -75,9 +74,13 @@ def test_rank_many_agrees_with_score(tiny_ranker):
 def test_max_length_caps_the_scored_answer_tokens(tiny_ranker):
     capped = LikelihoodRanker(tiny_ranker.model, tiny_ranker.tokenizer, max_length=4)
     long_answer = "Two plus two is four, because adding two to two gives four."
-    short = capped.tokenizer.decode(capped._completion_ids([{"role": "user", "content": "q"}],
-                                                           [{"role": "assistant", "content": long_answer}],
-                                                           capped._head([{"role": "user", "content": "q"}])))
+    short = capped.tokenizer.decode(
+        capped._completion_ids(
+            [{"role": "user", "content": "q"}],
+            [{"role": "assistant", "content": long_answer}],
+            capped._head([{"role": "user", "content": "q"}]),
+        )
+    )
     assert long_answer.startswith(short.strip()) and len(short.strip()) < len(long_answer)
 
 
@@ -107,12 +110,21 @@ def test_embedded_model_prefers_the_answer_to_the_question_in_its_language():
     answer in another language (the two failures the demo's arbitrage must catch)."""
     ranker = LikelihoodRanker("smollm2-135m", batch_size=8, max_length=64)
     cases = [
-        ("Wie viele Beine hat eine Spinne?", "Eine Spinne hat acht Beine.",
-         ["Die Hauptstadt von Italien ist Rom.", "A spider has eight legs."]),
-        ("Name three things that plants need to grow.", "Plants need water, sunlight and nutrients from the soil.",
-         ["The capital of Japan is Tokyo.", "Las plantas necesitan agua, luz solar y nutrientes del suelo."]),
-        ("¿Cuál es el océano más grande del mundo?", "El océano más grande del mundo es el Pacífico.",
-         ["Me gusta mucho el chocolate.", "The largest ocean in the world is the Pacific."]),
+        (
+            "Wie viele Beine hat eine Spinne?",
+            "Eine Spinne hat acht Beine.",
+            ["Die Hauptstadt von Italien ist Rom.", "A spider has eight legs."],
+        ),
+        (
+            "Name three things that plants need to grow.",
+            "Plants need water, sunlight and nutrients from the soil.",
+            ["The capital of Japan is Tokyo.", "Las plantas necesitan agua, luz solar y nutrientes del suelo."],
+        ),
+        (
+            "¿Cuál es el océano más grande del mundo?",
+            "El océano más grande del mundo es el Pacífico.",
+            ["Me gusta mucho el chocolate.", "The largest ocean in the world is the Pacific."],
+        ),
     ]
     rankings = ranker.rank_many([q for q, _, _ in cases], [[good, *bad] for _, good, bad in cases])
     assert [r.best for r in rankings] == [0, 0, 0], [r.scores for r in rankings]
@@ -124,12 +136,20 @@ def test_the_recipes_likelihood_ranker_puts_answers_above_wrong_language_above_e
     from reward.rules import rank_in_languages
 
     cases = [  # (prompt, lang, answer, the same answer in English)
-        ("Wie viele Kontinente gibt es auf der Erde?", "de", "Auf der Erde gibt es sieben Kontinente.",
-         "There are seven continents on Earth."),
+        (
+            "Wie viele Kontinente gibt es auf der Erde?",
+            "de",
+            "Auf der Erde gibt es sieben Kontinente.",
+            "There are seven continents on Earth.",
+        ),
         ("Что делают пчёлы?", "ru", "Пчёлы делают мёд и воск.", "Bees make honey and beeswax."),
         ("ミツバチは何を作りますか？", "ja", "ミツバチははちみつと蜜蝋を作ります。", "Bees make honey and beeswax."),
-        ("¿Cuál es lo contrario de caliente?", "es", "Lo contrario de caliente es frío.",
-         "The opposite of hot is cold."),
+        (
+            "¿Cuál es lo contrario de caliente?",
+            "es",
+            "Lo contrario de caliente es frío.",
+            "The opposite of hot is cold.",
+        ),
     ]
     prompts = [q for q, *_ in cases]
     candidates = [[answer, english, q] for q, _, answer, english in cases]

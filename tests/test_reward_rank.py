@@ -98,15 +98,16 @@ def test_encoding_uses_the_chat_template_and_truncation_keeps_prompt_end_and_com
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert untruncated.input_ids == ids and not untruncated.truncated
     head = tokenizer(text[:boundary], add_special_tokens=False)["input_ids"]
-    prompt_ids, completion_ids = ids[: len(head)], ids[len(head):]
+    prompt_ids, completion_ids = ids[: len(head)], ids[len(head) :]
     assert prompt_ids == head  # the boundary falls between tokens for ChatML
 
     cut = PairEncoder(tokenizer, 64).encode(prompt, completion)
     assert cut.truncated and len(cut.input_ids) == 64
     assert cut.input_ids == prompt_ids[-32:] + completion_ids[:32]  # both long: half each
     short = PairEncoder(tokenizer, 128).encode("Capitale ?", completion)
-    short_text, short_boundary = full.text([{"role": "user", "content": "Capitale ?"}],
-                                           [{"role": "assistant", "content": completion}])
+    short_text, short_boundary = full.text(
+        [{"role": "user", "content": "Capitale ?"}], [{"role": "assistant", "content": completion}]
+    )
     short_head = tokenizer(short_text[:short_boundary], add_special_tokens=False)["input_ids"]
     assert len(short_head) < 64 and short.truncated and len(short.input_ids) == 128
     assert short.input_ids[: len(short_head)] == short_head  # a prompt under half the budget is kept whole
@@ -121,8 +122,12 @@ def test_truncation_split():
 
 def test_truncation_is_reported(ranker):
     small = RewardRanker(ranker.model, ranker.tokenizer, batch_size=4, max_length=48)
-    lengths = [len(e.input_ids) for e in RewardRanker(ranker.model, ranker.tokenizer, max_length=None)
-               .encode([p for p, _ in PAIRS], [c for _, c in PAIRS])]
+    lengths = [
+        len(e.input_ids)
+        for e in RewardRanker(ranker.model, ranker.tokenizer, max_length=None).encode(
+            [p for p, _ in PAIRS], [c for _, c in PAIRS]
+        )
+    ]
     scored = small.score_pairs([p for p, _ in PAIRS], [c for _, c in PAIRS])
     assert scored.truncated == [n > 48 for n in lengths]
     assert 0 < scored.n_truncated < len(PAIRS)
@@ -180,17 +185,37 @@ def test_score_cli_writes_candidates_and_pairs_in_input_order(ranker, reward_dir
     rows.append({"id": "q1", "completion": "Paris.", "model": "lookup"})  # prompt found by id in `prompts`
     candidates = write_jsonl(tmp_path / "candidates.jsonl", rows)
     out = tmp_path / "scored.jsonl"
-    assert main(["score", "--model", str(reward_dir), "--input", str(candidates), "--prompts", str(prompts),
-                 "--output", str(out), "--batch_size", "3"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(reward_dir),
+                "--input",
+                str(candidates),
+                "--prompts",
+                str(prompts),
+                "--output",
+                str(out),
+                "--batch_size",
+                "3",
+            ]
+        )
+        == 0
+    )
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["model"] for r in scored] == [r["model"] for r in rows]  # input order, fields kept
     expected = ranker.score([p for p, _ in PAIRS] + ["Capitale de la France ?"], [c for _, c in PAIRS] + ["Paris."])
     assert [r["score"] for r in scored] == pytest.approx(expected, abs=1e-5)
     assert "scored 11 candidates" in capsys.readouterr().out
 
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
-        {"prompt": PAIRS[0][0], "chosen": PAIRS[0][1], "rejected": "Berlin.", "lang": "fr"},
-        {"prompt": PAIRS[1][0], "chosen": PAIRS[1][1], "rejected": "Five.", "lang": "en"}])
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": PAIRS[0][0], "chosen": PAIRS[0][1], "rejected": "Berlin.", "lang": "fr"},
+            {"prompt": PAIRS[1][0], "chosen": PAIRS[1][1], "rejected": "Five.", "lang": "en"},
+        ],
+    )
     assert main(["score", "--model", str(reward_dir), "--input", str(pairs), "--output", str(out)]) == 0
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     expected = ranker.score([PAIRS[0][0], PAIRS[0][0]], [PAIRS[0][1], "Berlin."])
@@ -209,8 +234,9 @@ def test_score_cli_missing_field_names_file_line_and_field(reward_dir, tmp_path,
     out = tmp_path / "out.jsonl"
     assert main(["score", "--model", str(reward_dir), "--input", str(bad), "--output", str(out)]) == 2
     assert _one_line_error(capsys) == f"polyalign score: error: {bad}:2: field 'completion': missing"
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"},
-                                                    {"prompt": "a", "chosen": "b"}])
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"}]
+    )
     assert main(["score", "--model", str(reward_dir), "--input", str(pairs), "--output", str(out)]) == 2
     assert f"{pairs}:2: field 'rejected': missing" in _one_line_error(capsys)
     assert not out.exists()
@@ -218,7 +244,10 @@ def test_score_cli_missing_field_names_file_line_and_field(reward_dir, tmp_path,
 
 def test_score_cli_refuses_a_causal_lm(tiny_model_dir, tmp_path, capsys):
     rows = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "a", "completion": "b"}])
-    assert main(["score", "--model", str(tiny_model_dir), "--input", str(rows), "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert (
+        main(["score", "--model", str(tiny_model_dir), "--input", str(rows), "--output", str(tmp_path / "o.jsonl")])
+        == 2
+    )
     err = _one_line_error(capsys)
     assert str(tiny_model_dir) in err and "not a reward model" in err and "LlamaForCausalLM" in err
 
@@ -228,10 +257,30 @@ def test_two_processes_score_like_one(reward_dir, ranker, tmp_path):
     rows = [{"prompt": p, "completion": c, "n": i} for i, (p, c) in enumerate(PAIRS)]
     candidates = write_jsonl(tmp_path / "candidates.jsonl", rows)
     out = tmp_path / "scored.jsonl"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              str(REPO / "recipes" / "reward_model.py"), "score", "--model", str(reward_dir), "--input", str(candidates),
-              "--output", str(out), "--batch_size", "2"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "recipes" / "reward_model.py"),
+        "score",
+        "--model",
+        str(reward_dir),
+        "--input",
+        str(candidates),
+        "--output",
+        str(out),
+        "--batch_size",
+        "2",
+    ]
     result = subprocess.run(launch, env=subprocess_env(cpu=True), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 process(es)" in result.stdout

@@ -32,8 +32,10 @@ def test_language_ranker_prefers_the_in_language_candidate():
 def test_language_comes_from_langs_else_the_last_user_message():
     ranker = LanguageRanker()
     assert ranker.rank(FRENCH_PROMPT, [IN_ENGLISH, IN_FRENCH], lang="en").best == 0
-    chat = [{"role": "system", "content": "You are a helpful assistant who answers briefly."},
-            {"role": "user", "content": FRENCH_PROMPT}]
+    chat = [
+        {"role": "system", "content": "You are a helpful assistant who answers briefly."},
+        {"role": "user", "content": FRENCH_PROMPT},
+    ]
     assert prompt_language(chat) == "fr"
     assert ranker.score([chat, chat], [IN_ENGLISH, IN_FRENCH]) == [-1.0, 0.0]
     assert ranker.score([chat, chat], [IN_ENGLISH, IN_FRENCH], langs=["en", "en"]) == [0.0, -1.0]
@@ -47,8 +49,9 @@ def reward_ranker(tmp_path_factory, tokenizer):
     from align.models.loading import ModelArgs
     from reward.rank import RewardRanker
 
-    return RewardRanker(str(tiny_reward_model(tmp_path_factory.mktemp("rm"), tokenizer)),
-                        model_args=ModelArgs(dtype="fp32"))
+    return RewardRanker(
+        str(tiny_reward_model(tmp_path_factory.mktemp("rm"), tokenizer)), model_args=ModelArgs(dtype="fp32")
+    )
 
 
 def test_penalty_on_a_reward_model_flips_its_ranking_only_when_large(reward_ranker):
@@ -83,24 +86,29 @@ def test_load_ranker_builds_the_rule_and_the_wrapper(tmp_path, tokenizer):
     assert isinstance(rule, LanguageRanker) and rule.penalty == 3.0
     assert load_ranker(parse_ranker({"rule": "language"}, "r.yaml").as_dict()).penalty == 1.0
     path = str(tiny_reward_model(tmp_path / "rm", tokenizer))
-    wrapped = load_ranker(parse_ranker({"reward_model": path, "language_penalty": 2}, "r.yaml").as_dict(),
-                          ModelArgs(dtype="fp32"))
+    wrapped = load_ranker(
+        parse_ranker({"reward_model": path, "language_penalty": 2}, "r.yaml").as_dict(), ModelArgs(dtype="fp32")
+    )
     assert isinstance(wrapped, WithRulePenalties) and wrapped.penalty == 2.0 and hasattr(wrapped, "score")
     default = load_ranker(parse_ranker({"reward_model": path}, "r.yaml").as_dict(), ModelArgs(dtype="fp32"))
     assert isinstance(default, WithRulePenalties) and (default.penalty, default.echo_penalty) == (0.0, ECHO_PENALTY)
-    plain = load_ranker(parse_ranker({"reward_model": path, "echo_penalty": 0}, "r.yaml").as_dict(),
-                        ModelArgs(dtype="fp32"))
+    plain = load_ranker(
+        parse_ranker({"reward_model": path, "echo_penalty": 0}, "r.yaml").as_dict(), ModelArgs(dtype="fp32")
+    )
     assert not isinstance(plain, WithRulePenalties)
 
 
-@pytest.mark.parametrize("value, message", [
-    ({}, "r.yaml: 'ranker': give exactly one of ranker.reward_model"),
-    ({"rule": "language", "reward_model": "rm"}, "'ranker': give exactly one of ranker.reward_model"),
-    ({"judge": "m", "rule": "language"}, "ranker.rule (language: a rule)"),
-    ({"rule": "length"}, "r.yaml: 'ranker.rule': unknown rule 'length' (expected language)"),
-    ({"reward_model": "rm", "language_penalty": -1}, "r.yaml: 'ranker.language_penalty': must be at least 0"),
-    ({"reward_model": "rm", "language_penalty": "high"}, "r.yaml: 'ranker.language_penalty': expected float"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ({}, "r.yaml: 'ranker': give exactly one of ranker.reward_model"),
+        ({"rule": "language", "reward_model": "rm"}, "'ranker': give exactly one of ranker.reward_model"),
+        ({"judge": "m", "rule": "language"}, "ranker.rule (language: a rule)"),
+        ({"rule": "length"}, "r.yaml: 'ranker.rule': unknown rule 'length' (expected language)"),
+        ({"reward_model": "rm", "language_penalty": -1}, "r.yaml: 'ranker.language_penalty': must be at least 0"),
+        ({"reward_model": "rm", "language_penalty": "high"}, "r.yaml: 'ranker.language_penalty': expected float"),
+    ],
+)
 def test_bad_ranker_keys_are_one_line_errors_naming_the_key(value, message):
     with pytest.raises(ConfigError) as error:
         parse_ranker(value, "r.yaml")

@@ -22,22 +22,48 @@ from reward.train import run_reward, split_heldout
 # language, the rejected one is the same answer in another language. Every language is chosen and rejected
 # equally often, so no per-language bias solves the task: the model must match the answer to the question.
 TEMPLATES = {
-    "en": [("What is {a} plus {b}?", "{a} plus {b} is {c}."),
-           ("Name a colour you like, number {a}.", "I like the colour blue, and {a} is my number.")],
-    "fr": [("Combien font {a} plus {b} ?", "{a} plus {b} font {c}."),
-           ("Donne une couleur que tu aimes, numéro {a}.", "J'aime la couleur bleue, et {a} est mon numéro.")],
-    "ar": [("كم يساوي {a} زائد {b}؟", "{a} زائد {b} يساوي {c}."),
-           ("اذكر لونًا تحبه، رقم {a}.", "أحب اللون الأزرق، و{a} هو رقمي.")],
-    "ru": [("Сколько будет {a} плюс {b}?", "{a} плюс {b} равно {c}."),
-           ("Назови любимый цвет, номер {a}.", "Я люблю синий цвет, а {a} — мой номер.")],
-    "hi": [("{a} और {b} का योग क्या है?", "{a} और {b} का योग {c} है।"),
-           ("अपना पसंदीदा रंग बताओ, संख्या {a}।", "मुझे नीला रंग पसंद है, और {a} मेरी संख्या है।")],
-    "ja": [("{a}足す{b}はいくつですか？", "{a}足す{b}は{c}です。"),
-           ("好きな色を教えてください、番号{a}。", "私は青が好きで、{a}が私の番号です。")],
+    "en": [
+        ("What is {a} plus {b}?", "{a} plus {b} is {c}."),
+        ("Name a colour you like, number {a}.", "I like the colour blue, and {a} is my number."),
+    ],
+    "fr": [
+        ("Combien font {a} plus {b} ?", "{a} plus {b} font {c}."),
+        ("Donne une couleur que tu aimes, numéro {a}.", "J'aime la couleur bleue, et {a} est mon numéro."),
+    ],
+    "ar": [
+        ("كم يساوي {a} زائد {b}؟", "{a} زائد {b} يساوي {c}."),
+        ("اذكر لونًا تحبه، رقم {a}.", "أحب اللون الأزرق، و{a} هو رقمي."),
+    ],
+    "ru": [
+        ("Сколько будет {a} плюс {b}?", "{a} плюс {b} равно {c}."),
+        ("Назови любимый цвет, номер {a}.", "Я люблю синий цвет, а {a} — мой номер."),
+    ],
+    "hi": [
+        ("{a} और {b} का योग क्या है?", "{a} और {b} का योग {c} है।"),
+        ("अपना पसंदीदा रंग बताओ, संख्या {a}।", "मुझे नीला रंग पसंद है, और {a} मेरी संख्या है।"),
+    ],
+    "ja": [
+        ("{a}足す{b}はいくつですか？", "{a}足す{b}は{c}です。"),
+        ("好きな色を教えてください、番号{a}。", "私は青が好きで、{a}が私の番号です。"),
+    ],
 }
 LANGS = sorted(TEMPLATES)
-FAST = ["--gradient_checkpointing", "false", "--disable_tqdm", "true", "--save_strategy", "no", "--max_length", "128",
-        "--per_device_train_batch_size", "8", "--lr_scheduler_type", "constant", "--logging_steps", "20"]
+FAST = [
+    "--gradient_checkpointing",
+    "false",
+    "--disable_tqdm",
+    "true",
+    "--save_strategy",
+    "no",
+    "--max_length",
+    "128",
+    "--per_device_train_batch_size",
+    "8",
+    "--lr_scheduler_type",
+    "constant",
+    "--logging_steps",
+    "20",
+]
 
 
 def preference_rows(n: int, seed: int) -> list[dict]:
@@ -48,8 +74,15 @@ def preference_rows(n: int, seed: int) -> list[dict]:
         other = rng.choice([x for x in LANGS if x != lang])
         k, a, b = rng.randrange(2), rng.randrange(2, 99), rng.randrange(2, 99)
         slots = {"a": a, "b": b, "c": a + b}
-        rows.append({"prompt": TEMPLATES[lang][k][0].format(**slots), "chosen": TEMPLATES[lang][k][1].format(**slots),
-                     "rejected": TEMPLATES[other][k][1].format(**slots), "lang": lang, "id": f"{seed}-{i}"})
+        rows.append(
+            {
+                "prompt": TEMPLATES[lang][k][0].format(**slots),
+                "chosen": TEMPLATES[lang][k][1].format(**slots),
+                "rejected": TEMPLATES[other][k][1].format(**slots),
+                "lang": lang,
+                "id": f"{seed}-{i}",
+            }
+        )
     return rows
 
 
@@ -61,8 +94,27 @@ def trained(tmp_path_factory, tokenizer) -> dict:
     held = write_jsonl(root / "eval.jsonl", preference_rows(60, seed=1))
     out = root / "rm"
     # 120 steps at 3e-3: at 60 steps and 6e-3 the held-out accuracy swung from 0.78 to 0.95 between CPUs.
-    assert main(["reward", "--model", str(base), "--dataset", str(train), "--eval_dataset", str(held),
-                 "--output_dir", str(out), "--learning_rate", "3e-3", "--max_steps", "120", *FAST]) == 0
+    assert (
+        main(
+            [
+                "reward",
+                "--model",
+                str(base),
+                "--dataset",
+                str(train),
+                "--eval_dataset",
+                str(held),
+                "--output_dir",
+                str(out),
+                "--learning_rate",
+                "3e-3",
+                "--max_steps",
+                "120",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     return {"out": out, "eval": held, "base": base, "metrics": json.loads((out / "metrics.json").read_text())}
 
 
@@ -91,8 +143,22 @@ def test_output_is_a_sequence_classifier_with_tokenizer_and_chat_template(traine
 
 def test_score_cli_reproduces_the_reported_accuracy(trained, tmp_path, capsys):
     scored = tmp_path / "scored.jsonl"
-    assert main(["score", "--model", str(trained["out"]), "--input", str(trained["eval"]), "--output", str(scored),
-                 "--max_length", "128"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(trained["out"]),
+                "--input",
+                str(trained["eval"]),
+                "--output",
+                str(scored),
+                "--max_length",
+                "128",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in scored.read_text().splitlines()]
     accuracy = sum(r["chosen_score"] > r["rejected_score"] for r in rows) / len(rows)
     assert accuracy == pytest.approx(trained["metrics"]["eval"]["accuracy"], abs=1e-4)
@@ -104,7 +170,7 @@ def test_trained_ranker_prefers_the_answer_in_the_users_language(trained):
     prompts, groups, right = [], [], []
     for i, lang in enumerate(LANGS * 2):
         a, b = rng.randrange(2, 99), rng.randrange(2, 99)
-        others = [x for x in LANGS if x != lang][i % 3::3][:2]
+        others = [x for x in LANGS if x != lang][i % 3 :: 3][:2]
         langs = [lang, *others]
         rng.shuffle(langs)
         prompts.append(TEMPLATES[lang][0][0].format(a=a, b=b))
@@ -135,9 +201,20 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tokenizer, tmp_path):
     base = build_tiny_llama(tmp_path / "base", tokenizer)
     data = write_jsonl(tmp_path / "p.jsonl", preference_rows(36, seed=2))
     out = tmp_path / "rm"
-    raw = {"model": str(base), "dataset": str(data), "output_dir": str(out), "max_steps": 4, "save_strategy": "steps",
-           "save_steps": 2, "learning_rate": 1e-3, "max_length": 128, "per_device_train_batch_size": 4,
-           "gradient_checkpointing": False, "disable_tqdm": True, "eval_fraction": 0.2}
+    raw = {
+        "model": str(base),
+        "dataset": str(data),
+        "output_dir": str(out),
+        "max_steps": 4,
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "learning_rate": 1e-3,
+        "max_length": 128,
+        "per_device_train_batch_size": 4,
+        "gradient_checkpointing": False,
+        "disable_tqdm": True,
+        "eval_fraction": 0.2,
+    }
     with pytest.raises(KeyboardInterrupt):
         run_reward(raw, callbacks=[StopAt(3)])
     assert not out.exists() and (tmp_path / ".rm.partial" / "checkpoint-2" / "trainer_state.json").exists()
@@ -164,9 +241,27 @@ def test_lora_reward_model_is_merged_and_its_adapter_scores_the_same(tokenizer, 
     base = build_tiny_llama(tmp_path / "base", tokenizer)
     data = write_jsonl(tmp_path / "p.jsonl", preference_rows(24, seed=3))
     out = tmp_path / "rm"
-    assert main(["reward", "--model", str(base), "--dataset", str(data), "--output_dir", str(out),
-                 "--lora.target_modules", "[q_proj, v_proj]", "--max_steps", "3", "--learning_rate", "1e-2",
-                 *FAST]) == 0
+    assert (
+        main(
+            [
+                "reward",
+                "--model",
+                str(base),
+                "--dataset",
+                str(data),
+                "--output_dir",
+                str(out),
+                "--lora.target_modules",
+                "[q_proj, v_proj]",
+                "--max_steps",
+                "3",
+                "--learning_rate",
+                "1e-2",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
     assert set(adapter["target_modules"]) == {"q_proj", "v_proj"}
@@ -195,8 +290,14 @@ def build_tiny_bert(directory: Path, rows: list[dict]) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *digits, *words]
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
@@ -207,8 +308,25 @@ def test_an_encoder_trains_and_scores_plain_text(tmp_path):
     encoder = build_tiny_bert(tmp_path / "bert", rows)
     data = write_jsonl(tmp_path / "p.jsonl", rows)
     out = tmp_path / "rm"
-    assert main(["reward", "--model", str(encoder), "--dataset", str(data), "--output_dir", str(out),
-                 "--max_steps", "2", "--learning_rate", "1e-3", *FAST]) == 0
+    assert (
+        main(
+            [
+                "reward",
+                "--model",
+                str(encoder),
+                "--dataset",
+                str(data),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+                "--learning_rate",
+                "1e-3",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert type(model).__name__ == "BertForSequenceClassification" and model.config.num_labels == 1
     ranker = RewardRanker(str(out), max_length=12, model_args=ModelArgs(dtype="fp32"))
@@ -219,8 +337,20 @@ def test_an_encoder_trains_and_scores_plain_text(tmp_path):
     cut = ranker.encoder.encode("What is 12 plus 30 plus 4 plus 5?", "12 plus 30 plus 4 plus 5 is 51.")
     assert cut.truncated and len(cut.input_ids) == 12
     # 10 content tokens, 5 from the end of the prompt and 5 from the start of the completion; specials survive
-    assert ranker.tokenizer.convert_ids_to_tokens(cut.input_ids) == \
-        ["[CLS]", "plus", "4", "plus", "5", "?", "1", "##2", "plus", "30", "plus", "[SEP]"]
+    assert ranker.tokenizer.convert_ids_to_tokens(cut.input_ids) == [
+        "[CLS]",
+        "plus",
+        "4",
+        "plus",
+        "5",
+        "?",
+        "1",
+        "##2",
+        "plus",
+        "30",
+        "plus",
+        "[SEP]",
+    ]
     scores = ranker.score(["What is 2 plus 3?"] * 2, ["2 plus 3 is 5.", "2 plus 3 font 5."])
     assert all(isinstance(s, float) for s in scores) and scores[0] != scores[1]
 
@@ -250,22 +380,59 @@ def test_bad_input_stops_with_one_line_naming_file_line_and_field(tiny_model_dir
     data = write_jsonl(tmp_path / "bad.jsonl", rows)
     out = tmp_path / "rm"
     assert main(["reward", "--model", str(tiny_model_dir), "--dataset", str(data), "--output_dir", str(out)]) == 2
-    assert _error_line(capsys) == f"polyalign reward: error: {data}:3: field 'rejected[0].content': expected text, got int"
+    assert (
+        _error_line(capsys) == f"polyalign reward: error: {data}:3: field 'rejected[0].content': expected text, got int"
+    )
     assert not out.exists() and not (tmp_path / ".rm.partial").exists()
 
     good = write_jsonl(tmp_path / "good.jsonl", preference_rows(4, seed=6))
-    assert main(["reward", "--model", str(tiny_model_dir), "--dataset", str(good), "--output_dir", str(out),
-                 "--chat_template_path", "x.jinja"]) == 2
+    assert (
+        main(
+            [
+                "reward",
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                str(good),
+                "--output_dir",
+                str(out),
+                "--chat_template_path",
+                "x.jinja",
+            ]
+        )
+        == 2
+    )
     assert "'chat_template_path': not supported" in _error_line(capsys)
-    assert main(["reward", "--model", str(tiny_model_dir), "--dataset", str(good), "--output_dir", str(out),
-                 "--eval_fraction", "1.5"]) == 2
+    assert (
+        main(
+            [
+                "reward",
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                str(good),
+                "--output_dir",
+                str(out),
+                "--eval_fraction",
+                "1.5",
+            ]
+        )
+        == 2
+    )
     assert "'eval_fraction': must be in [0, 1)" in _error_line(capsys)
 
 
 def test_bad_training_values_stop_before_the_model_loads(tmp_path, capsys):
     good = write_jsonl(tmp_path / "good.jsonl", preference_rows(4, seed=6))
-    common = ["reward", "--model", str(tmp_path / "no-model"), "--dataset", str(good), "--output_dir",
-              str(tmp_path / "rm")]
+    common = [
+        "reward",
+        "--model",
+        str(tmp_path / "no-model"),
+        "--dataset",
+        str(good),
+        "--output_dir",
+        str(tmp_path / "rm"),
+    ]
     assert main([*common, "--learning_rate", "-1"]) == 2
     assert _error_line(capsys) == "polyalign reward: error: command line: 'learning_rate': must be >= 0, got -1.0"
     assert main([*common, "--lora", "true", "--save_merged", "false"]) == 2

@@ -25,10 +25,19 @@ def test_segment_bounds_follow_position_restarts():
 
 
 def trainer_for(tiny_model_dir, chat_file, tmp_path, layout):
-    raw = {"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / layout),
-           "attn_implementation": "sdpa", "packed_attention": layout, "max_length": 128,
-           "per_device_train_batch_size": 4, "gradient_checkpointing": False, "save_strategy": "no", "seed": 0,
-           "dtype": "fp32"}
+    raw = {
+        "model": str(tiny_model_dir),
+        "dataset": str(chat_file),
+        "output_dir": str(tmp_path / layout),
+        "attn_implementation": "sdpa",
+        "packed_attention": layout,
+        "max_length": 128,
+        "per_device_train_batch_size": 4,
+        "gradient_checkpointing": False,
+        "save_strategy": "no",
+        "seed": 0,
+        "dtype": "fp32",
+    }
     job = parse_sft_config(raw)
     trainer, _ = build_trainer(job, load_records(job.args.dataset, "sft"))
     return trainer
@@ -76,7 +85,8 @@ def test_windowed_layers_are_handled_and_other_layer_kinds_refused():
     assert segment_attention.supports(MistralConfig(sliding_window=4096))
     assert segment_attention.supports(Gemma3TextConfig())  # alternating sliding and full layers
     assert segment_attention.supports(Qwen2Config(use_sliding_window=False))
-    assert not segment_attention.supports(Qwen2Config(layer_types=["linear_attention", "full_attention"],
-                                                      num_hidden_layers=2))
+    assert not segment_attention.supports(
+        Qwen2Config(layer_types=["linear_attention", "full_attention"], num_hidden_layers=2)
+    )
     assert not segment_attention.full_causal(MistralConfig(sliding_window=4096))  # no packed KV cache to cut
     assert segment_attention.full_causal(MistralConfig(sliding_window=None))

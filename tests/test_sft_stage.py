@@ -27,17 +27,32 @@ def run_cli(*args: str) -> int:
 def greedy(model_dir: Path, prompt: str, tokens: int = 12) -> str:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**ids, max_new_tokens=tokens, do_sample=False)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.mark.slow
 def test_embedded_default_trains_loads_and_generates(chat_file, tmp_path):
     out = tmp_path / "sft"
-    assert run_cli("--dataset", str(chat_file), "--output_dir", str(out), "--max_steps", "2",
-                   "--max_length", "256", "--learning_rate", "1e-5", *QUIET) == 0
+    assert (
+        run_cli(
+            "--dataset",
+            str(chat_file),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--max_length",
+            "256",
+            "--learning_rate",
+            "1e-5",
+            *QUIET,
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["examples"] == 6 and metrics["trained_tokens"] > 0
     assert metrics["train_loss"] == metrics["train_loss"]  # not NaN
@@ -50,19 +65,60 @@ def test_embedded_default_trains_loads_and_generates(chat_file, tmp_path):
 
 
 def test_lora_targets_that_match_nothing_are_one_line_listing_the_layers(tiny_model_dir, chat_file, tmp_path, capsys):
-    assert run_cli("--model", str(tiny_model_dir), "--dataset", str(chat_file), "--output_dir", str(tmp_path / "o"),
-                   "--lora", "true", "--lora.target_modules", "[q_proj, qkv_proj]", "--max_steps", "1", *QUIET) == 2
+    assert (
+        run_cli(
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            str(chat_file),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--lora",
+            "true",
+            "--lora.target_modules",
+            "[q_proj, qkv_proj]",
+            "--max_steps",
+            "1",
+            *QUIET,
+        )
+        == 2
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert len(err) == 1 and "'lora.target_modules': qkv_proj: no such linear layer in llama; its linear layers: " \
-        "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in err[0], err
+    assert (
+        len(err) == 1
+        and "'lora.target_modules': qkv_proj: no such linear layer in llama; its linear layers: "
+        "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"
+        in err[0]
+    ), err
     assert not (tmp_path / "o").exists()
 
 
 def test_lora_adapter_and_merged_model(tiny_model_dir, chat_file, tmp_path):
     out = tmp_path / "lora"
-    assert run_cli("--model", str(tiny_model_dir), "--dataset", str(chat_file), "--output_dir", str(out),
-                   "--lora", "true", "--save_merged", "true", "--max_steps", "2", "--learning_rate", "1e-2", "--dtype", "fp32",
-                   "--gradient_checkpointing", "false", *QUIET) == 0
+    assert (
+        run_cli(
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            str(chat_file),
+            "--output_dir",
+            str(out),
+            "--lora",
+            "true",
+            "--save_merged",
+            "true",
+            "--max_steps",
+            "2",
+            "--learning_rate",
+            "1e-2",
+            "--dtype",
+            "fp32",
+            "--gradient_checkpointing",
+            "false",
+            *QUIET,
+        )
+        == 0
+    )
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["lora_alpha"] == 16 and config["lora_dropout"] == 0.05
     assert set(config["target_modules"]) == {"q_proj", "v_proj"}  # peft's default for Llama
@@ -78,8 +134,9 @@ def test_lora_adapter_and_merged_model(tiny_model_dir, chat_file, tmp_path):
     adapted = load_model(ModelArgs(model=str(out), dtype="fp32"))
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
-        torch.testing.assert_close(adapted(ids).logits, AutoModelForCausalLM.from_pretrained(out / "merged")(ids).logits,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            adapted(ids).logits, AutoModelForCausalLM.from_pretrained(out / "merged")(ids).logits, atol=1e-4, rtol=1e-4
+        )
 
 
 def test_existing_output_dir_is_refused(tiny_model_dir, chat_file, tmp_path, capsys):
@@ -93,15 +150,39 @@ def test_existing_output_dir_is_refused(tiny_model_dir, chat_file, tmp_path, cap
 
 @pytest.mark.slow
 def test_two_cpu_processes_give_the_same_result_shape(tiny_model_dir, chat_file, tmp_path):
-    common = ["--config", str(REPO / "tests" / "data" / "tiny_sft.yaml"), "--model", str(tiny_model_dir),
-              "--dataset", str(chat_file), "--max_steps", "3", *QUIET]
+    common = [
+        "--config",
+        str(REPO / "tests" / "data" / "tiny_sft.yaml"),
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(chat_file),
+        "--max_steps",
+        "3",
+        *QUIET,
+    ]
     single, double = tmp_path / "one", tmp_path / "two"
     assert run_cli(*common, "--output_dir", str(single)) == 0
     # accelerate's --cpu flag starts several processes only through mpirun; its torchrun launcher (--multi_gpu)
     # with no GPU present gives the gloo CPU group that polyalign selects when CUDA is absent.
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              str(REPO / "recipes" / "sft.py"), *common, "--output_dir", str(double)]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "recipes" / "sft.py"),
+        *common,
+        "--output_dir",
+        str(double),
+    ]
     result = subprocess.run(launch, env=subprocess_env(cpu=True), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = (json.loads((d / "metrics.json").read_text()) for d in (single, double))
@@ -117,13 +198,36 @@ def test_two_cpu_processes_give_the_same_result_shape(tiny_model_dir, chat_file,
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, chat_file, tmp_path):
     out = tmp_path / "resumable"
     partial = tmp_path / ".resumable.partial"
-    cmd = [sys.executable, "-m", "align.cli", "sft", "--config", str(REPO / "tests" / "data" / "tiny_sft.yaml"),
-           "--model", str(tiny_model_dir), "--dataset", str(chat_file), "--output_dir", str(out),
-           "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "3", *QUIET]
+    cmd = [
+        sys.executable,
+        "-m",
+        "align.cli",
+        "sft",
+        "--config",
+        str(REPO / "tests" / "data" / "tiny_sft.yaml"),
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(chat_file),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "12",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--save_total_limit",
+        "3",
+        *QUIET,
+    ]
     process = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not (partial / "checkpoint-4" / "trainer_state.json").exists() \
-            and process.poll() is None:
+    while (
+        time.time() < deadline
+        and not (partial / "checkpoint-4" / "trainer_state.json").exists()
+        and process.poll() is None
+    ):
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -140,13 +244,20 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, chat_file, 
 
     # As an uninterrupted run reports it: the loss and token counts of the whole training, timings of this process.
     whole = tmp_path / "whole"
-    result = subprocess.run([*cmd[:cmd.index("--output_dir") + 1], str(whole), *cmd[cmd.index("--output_dir") + 2:]],
-                            env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*cmd[: cmd.index("--output_dir") + 1], str(whole), *cmd[cmd.index("--output_dir") + 2 :]],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     uninterrupted = json.loads((whole / "metrics.json").read_text())
     assert metrics["train_loss"] == pytest.approx(uninterrupted["train_loss"], abs=1e-5)
     assert metrics["tokens_seen"] == uninterrupted["tokens_seen"] and metrics["epochs"] == uninterrupted["epochs"]
-    assert metrics["timed_steps"] == 12 - int(metrics["resumed_from"].split("-")[1]) and uninterrupted["timed_steps"] == 12
+    assert (
+        metrics["timed_steps"] == 12 - int(metrics["resumed_from"].split("-")[1]) and uninterrupted["timed_steps"] == 12
+    )
 
 
 def test_packed_attention_errors_name_the_recipe(tiny_model_dir, chat_file, tmp_path):
@@ -154,8 +265,14 @@ def test_packed_attention_errors_name_the_recipe(tiny_model_dir, chat_file, tmp_
     from align.data import load_records
     from align.stages.sft import build_trainer, parse_sft_config
 
-    raw = {"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / "out"),
-           "dtype": "fp32", "attn_implementation": "eager", "packed_attention": "segments"}
+    raw = {
+        "model": str(tiny_model_dir),
+        "dataset": str(chat_file),
+        "output_dir": str(tmp_path / "out"),
+        "dtype": "fp32",
+        "attn_implementation": "eager",
+        "packed_attention": "segments",
+    }
     with pytest.raises(ConfigError) as info:
         parse_sft_config({**raw, "packed_attention": "diagonal"}, "r.yaml")
     assert str(info.value) == "r.yaml: 'packed_attention': expected one of auto, segments, rows, got 'diagonal'"
@@ -164,20 +281,47 @@ def test_packed_attention_errors_name_the_recipe(tiny_model_dir, chat_file, tmp_
     assert stats["packed_attention"] == "segments" and trainer.model.config._attn_implementation == "per_example"
 
 
-def test_with_an_eval_set_the_output_is_the_checkpoint_with_the_lowest_held_out_loss(tiny_model_dir, chat_file,
-                                                                                     tmp_path):
+def test_with_an_eval_set_the_output_is_the_checkpoint_with_the_lowest_held_out_loss(
+    tiny_model_dir, chat_file, tmp_path
+):
     from conftest import CHATS, write_jsonl
     from safetensors.torch import load_file
 
     # Held out: the training prompts with other answers, so that fitting the training answers soon costs held-out loss.
-    held = write_jsonl(tmp_path / "held.jsonl", [
-        {**chat, "messages": [*chat["messages"][:-1], {"role": "assistant", "content": "Je ne sais pas, désolé."}]}
-        for chat in CHATS])
+    held = write_jsonl(
+        tmp_path / "held.jsonl",
+        [
+            {**chat, "messages": [*chat["messages"][:-1], {"role": "assistant", "content": "Je ne sais pas, désolé."}]}
+            for chat in CHATS
+        ],
+    )
     out = tmp_path / "sft"
-    assert run_cli("--model", str(tiny_model_dir), "--dataset", str(chat_file), "--eval_dataset", str(held),
-                   "--output_dir", str(out), "--max_steps", "12", "--save_steps", "2", "--learning_rate", "3e-2",
-                   "--per_device_train_batch_size", "2", "--dtype", "fp32", "--keep_checkpoints", "true",
-                   *QUIET) == 0
+    assert (
+        run_cli(
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            str(chat_file),
+            "--eval_dataset",
+            str(held),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "12",
+            "--save_steps",
+            "2",
+            "--learning_rate",
+            "3e-2",
+            "--per_device_train_batch_size",
+            "2",
+            "--dtype",
+            "fp32",
+            "--keep_checkpoints",
+            "true",
+            *QUIET,
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     history = metrics["eval_loss_history"]
     assert [h["step"] for h in history] == [2, 4, 6, 8, 10, 12] and metrics["eval_examples"] == len(CHATS)
@@ -192,26 +336,45 @@ def test_with_an_eval_set_the_output_is_the_checkpoint_with_the_lowest_held_out_
 def test_eval_fraction_holds_records_out_of_training(tiny_model_dir, chat_file, tmp_path):
     from align.stages.sft import SFTStage, parse_sft_config
 
-    job = parse_sft_config({"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / "o"),
-                            "eval_fraction": 0.3, "save_steps": 4}, "r.yaml")
-    assert (job.training.eval_strategy, job.training.eval_steps, job.training.load_best_model_at_end) == \
-        ("steps", 4, True)
+    job = parse_sft_config(
+        {
+            "model": str(tiny_model_dir),
+            "dataset": str(chat_file),
+            "output_dir": str(tmp_path / "o"),
+            "eval_fraction": 0.3,
+            "save_steps": 4,
+        },
+        "r.yaml",
+    )
+    assert (job.training.eval_strategy, job.training.eval_steps, job.training.load_best_model_at_end) == (
+        "steps",
+        4,
+        True,
+    )
     stage = SFTStage(job)
     stage.load()
     train_ids, held_ids = {r["id"] for r in stage.records}, {r["id"] for r in stage.eval_records}
     assert held_ids and train_ids and not train_ids & held_ids and len(train_ids | held_ids) == 6
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"eval_strategy": "steps"}, "'eval_strategy': needs held-out records: add eval_dataset or eval_fraction"),
-    ({"eval_fraction": 1.0}, "'eval_fraction': must be in (0, 1), got 1.0"),
-    ({"eval_fraction": 0.1, "eval_dataset": "x.jsonl"}, "'eval_fraction': give eval_dataset or eval_fraction, not both"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"eval_strategy": "steps"}, "'eval_strategy': needs held-out records: add eval_dataset or eval_fraction"),
+        ({"eval_fraction": 1.0}, "'eval_fraction': must be in (0, 1), got 1.0"),
+        (
+            {"eval_fraction": 0.1, "eval_dataset": "x.jsonl"},
+            "'eval_fraction': give eval_dataset or eval_fraction, not both",
+        ),
+    ],
+)
 def test_eval_keys_are_checked_with_the_recipe(tiny_model_dir, chat_file, tmp_path, extra, message):
     from align.core.errors import ConfigError
     from align.stages.sft import parse_sft_config
 
     with pytest.raises(ConfigError) as info:
-        parse_sft_config({"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / "o"),
-                          **extra}, "r.yaml")
+        parse_sft_config(
+            {"model": str(tiny_model_dir), "dataset": str(chat_file), "output_dir": str(tmp_path / "o"), **extra},
+            "r.yaml",
+        )
     assert str(info.value) == f"r.yaml: {message}"

@@ -60,9 +60,34 @@ def test_labels_cover_the_assistant_turns_and_their_end_of_turn(base_model):
 def test_sft_on_a_base_model_with_chatml_saves_a_model_that_generates(tmp_path, base_model, capsys):
     data = write_jsonl(tmp_path / "chats.jsonl", CHATS)
     out = tmp_path / "sft"
-    assert main(["sft", "--model", str(base_model), "--dataset", str(data), "--output_dir", str(out),
-                 "--chat_template", "chatml", "--max_steps", "2", "--per_device_train_batch_size", "2",
-                 "--max_length", "128", "--save_strategy", "no", "--dtype", "fp32", "--report_to", "none"]) == 0
+    assert (
+        main(
+            [
+                "sft",
+                "--model",
+                str(base_model),
+                "--dataset",
+                str(data),
+                "--output_dir",
+                str(out),
+                "--chat_template",
+                "chatml",
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "2",
+                "--max_length",
+                "128",
+                "--save_strategy",
+                "no",
+                "--dtype",
+                "fp32",
+                "--report_to",
+                "none",
+            ]
+        )
+        == 0
+    )
     trained = load_tokenizer(ModelArgs(model=str(out)))  # no chat_template given: the output carries its own
     assert "<|im_start|>" in trained.chat_template and trained.eos_token == "<|im_end|>"
     model = load_model(ModelArgs(model=str(out), dtype="fp32"))
@@ -70,8 +95,10 @@ def test_sft_on_a_base_model_with_chatml_saves_a_model_that_generates(tmp_path, 
     eos = json.loads((out / "generation_config.json").read_text())["eos_token_id"]
     assert trained.eos_token_id in (eos if isinstance(eos, list) else [eos])
     capsys.readouterr()
-    assert main(["generate", "--model", str(out), "--dtype", "fp32", "--max_new_tokens", "4",
-                 "--prompt", "Bonjour !"]) == 0
+    assert (
+        main(["generate", "--model", str(out), "--dtype", "fp32", "--max_new_tokens", "4", "--prompt", "Bonjour !"])
+        == 0
+    )
     assert "Bonjour !" in capsys.readouterr().out
 
 

@@ -20,6 +20,7 @@ TRL_OVERRIDDEN = {"DPOTrainer._compute_loss": ("self", "model", "inputs", "retur
 
 # --------------------------------------------------------------------------------------------------------- sacrebleu
 
+
 def chrf_remove_punctuation(metric, text: str) -> str:
     """sacrebleu's chrF++ word tokenisation of one segment (CHRF._remove_punctuation)."""
     return metric._remove_punctuation(text)
@@ -36,6 +37,7 @@ def chrf_score_from_statistics(metric, statistics: list[int]) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------ transformers
+
 
 def generic_sequence_classifier():
     """transformers' GenericForSequenceClassification: a backbone and a score head read at the last non-pad token."""
@@ -68,6 +70,7 @@ def dynamic_cache_layer():
 
 
 # -------------------------------------------------------------------------------------------------------------- peft
+
 
 def peft_default_lora_targets() -> dict[str, list[str]]:
     """peft's default LoRA target modules per model type."""

@@ -32,15 +32,21 @@ class RecipeLoader(yaml.SafeLoader):
 
 
 RecipeLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool",
-                                                                        "tag:yaml.org,2002:float")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                   list("tTfF"))
+    first: [
+        (tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
 
 
 def parse_yaml(text: str):
@@ -57,8 +63,9 @@ def load_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as e:
         raw = path.read_bytes()
         line = raw.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"{path}:{line}", None,
-                          f"not UTF-8: byte 0x{raw[e.start]:02x} (save the file as UTF-8)") from None
+        raise ConfigError(
+            f"{path}:{line}", None, f"not UTF-8: byte 0x{raw[e.start]:02x} (save the file as UTF-8)"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -129,8 +136,11 @@ def _allowed(annotation: Any) -> tuple:
 def coerce(value: Any, annotation: Any, key: str, source: str | None) -> Any:
     """Turn command-line strings and YAML's literal quirks ('1e-4' is a string in YAML) into the field's type."""
     allowed = _allowed(annotation)
-    if value is None or any(isinstance(t, type) and isinstance(value, t) and not (t is int and isinstance(value, bool))
-                            for t in allowed if t is not typing.Any):
+    if value is None or any(
+        isinstance(t, type) and isinstance(value, t) and not (t is int and isinstance(value, bool))
+        for t in allowed
+        if t is not typing.Any
+    ):
         if float in allowed and isinstance(value, int) and not isinstance(value, bool) and int not in allowed:
             return float(value)
         return value

@@ -13,8 +13,9 @@ class PolyalignError(Exception):
 class InputError(PolyalignError):
     """Bad data: names the file (or dataset), the line or row, and the field."""
 
-    def __init__(self, source: str, message: str, *, line: int | None = None, row: int | None = None,
-                 field: str | None = None):
+    def __init__(
+        self, source: str, message: str, *, line: int | None = None, row: int | None = None, field: str | None = None
+    ):
         self.source, self.line, self.row, self.field, self.message = source, line, row, field, message
         where = source
         if line is not None:

@@ -178,7 +178,7 @@ def relocate_paths(directory: str | os.PathLike, old: str | os.PathLike, new: st
 
     def swap(value):
         if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
-            return new + value[len(old):]
+            return new + value[len(old) :]
         if isinstance(value, list):
             return [swap(v) for v in value]
         if isinstance(value, dict):

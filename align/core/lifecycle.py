@@ -45,8 +45,17 @@ class StageRun:
     `resumable=False` (merge: nothing in a cut merge is worth keeping) always starts over.
     """
 
-    def __init__(self, final: str | Path, raw: dict, *, stage: str, overwrite: bool, source: str | None = None,
-                 is_main: bool = True, resumable: bool = True):
+    def __init__(
+        self,
+        final: str | Path,
+        raw: dict,
+        *,
+        stage: str,
+        overwrite: bool,
+        source: str | None = None,
+        is_main: bool = True,
+        resumable: bool = True,
+    ):
         self.final = Path(final)
         self.partial = partial_dir(self.final)
         self.raw, self.stage, self.source = raw, stage, source
@@ -66,8 +75,11 @@ class StageRun:
             if self.is_main:
                 self._refuse_live_owner()
                 if not same:
-                    log.warning("%s holds %s: starting over", self.partial,
-                                "a run with another config" if marker.is_file() else "an unfinished run")
+                    log.warning(
+                        "%s holds %s: starting over",
+                        self.partial,
+                        "a run with another config" if marker.is_file() else "an unfinished run",
+                    )
                     shutil.rmtree(self.partial)
             self.resumed = same
         if self.is_main:

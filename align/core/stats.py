@@ -28,8 +28,9 @@ def interval(samples: Sequence[float], level: float = LEVEL) -> tuple[float, flo
     return round(float(low), 4), round(float(high), 4)
 
 
-def mean_interval(values: Sequence[float], *, resamples: int = RESAMPLES, seed: int = 0,
-                  level: float = LEVEL) -> tuple[float, float] | None:
+def mean_interval(
+    values: Sequence[float], *, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL
+) -> tuple[float, float] | None:
     """The interval of the mean of per-answer values (a win counts 1, a tie 1/2; a pass 1; a grade its value)."""
     values = np.asarray(values, dtype=float)
     if values.size < MIN_SAMPLE:
@@ -38,8 +39,9 @@ def mean_interval(values: Sequence[float], *, resamples: int = RESAMPLES, seed: 
     return interval(values[draws].mean(axis=1), level)
 
 
-def statistic_interval(n: int, statistic: Callable[[np.ndarray], float], *, resamples: int = RESAMPLES,
-                       seed: int = 0, level: float = LEVEL) -> tuple[float, float] | None:
+def statistic_interval(
+    n: int, statistic: Callable[[np.ndarray], float], *, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL
+) -> tuple[float, float] | None:
     """The interval of a statistic computed on resampled prompt indices (a corpus-level score such as chrF++)."""
     if n < MIN_SAMPLE:
         return None

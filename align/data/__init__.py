@@ -7,5 +7,14 @@ from align.data.formats import detect_format
 from align.data.languages import detect_language, normalize_lang
 from align.data.loader import DataSource, hold_out_by_id, iter_records, language_mix, load_records, parse_sources
 
-__all__ = ["DataSource", "detect_format", "detect_language", "hold_out_by_id", "iter_records", "language_mix", "load_records",
-           "normalize_lang", "parse_sources"]
+__all__ = [
+    "DataSource",
+    "detect_format",
+    "detect_language",
+    "hold_out_by_id",
+    "iter_records",
+    "language_mix",
+    "load_records",
+    "normalize_lang",
+    "parse_sources",
+]

@@ -24,7 +24,7 @@ def outside_code(text: str, fn) -> str:
         return fn(text)
     out, last = [], 0
     for match in _CODE.finditer(text):
-        out.append(fn(text[last:match.start()]))
+        out.append(fn(text[last : match.start()]))
         out.append(match.group(0))
         last = match.end()
     out.append(fn(text[last:]))
@@ -95,7 +95,8 @@ def strip_urls(text: str) -> str:
 _EMOJI = regex.compile(
     r"(?:\p{Emoji_Presentation}|\p{Extended_Pictographic}\uFE0F|[#*0-9]\uFE0F?\u20E3|\p{Regional_Indicator})"
     r"(?:\p{Emoji_Modifier}|\uFE0F|[\U000E0020-\U000E007F]"
-    r"|\u200D(?:\p{Extended_Pictographic}\uFE0F?|\p{Emoji_Presentation})\p{Emoji_Modifier}?)*")
+    r"|\u200D(?:\p{Extended_Pictographic}\uFE0F?|\p{Emoji_Presentation})\p{Emoji_Modifier}?)*"
+)
 
 
 def strip_emoji(text: str) -> str:
@@ -160,8 +161,7 @@ def _indent(line: str) -> int:
 # ------------------------------------------------------------------------------------------------ merged dialogues
 
 USER_MARKERS = ("User", "Human", "Utilisateur", "Usuario", "Benutzer", "Utente", "Usuário", "Пользователь")
-ASSISTANT_MARKERS = ("Assistant", "AI", "Bot", "GPT", "ChatGPT", "Assistent", "Asistente", "Assistente",
-                     "Ассистент")
+ASSISTANT_MARKERS = ("Assistant", "AI", "Bot", "GPT", "ChatGPT", "Assistent", "Asistente", "Assistente", "Ассистент")
 
 
 @dataclass
@@ -173,8 +173,9 @@ class Markers:
     def __post_init__(self):
         names = sorted({*self.user, *self.assistant}, key=len, reverse=True)
         # At a line start: optional Markdown heading or bold around the name, then a colon.
-        self.pattern = re.compile(r"^[ \t]*(?:#{1,4}[ \t]*)?\**(" + "|".join(map(re.escape, names))
-                                  + r")\**[ \t]*:\**[ \t]*", re.M)
+        self.pattern = re.compile(
+            r"^[ \t]*(?:#{1,4}[ \t]*)?\**(" + "|".join(map(re.escape, names)) + r")\**[ \t]*:\**[ \t]*", re.M
+        )
 
     def role(self, name: str) -> str:
         return "user" if name in self.user else "assistant"
@@ -221,12 +222,16 @@ def split_merged(messages: list[dict], markers: Markers = DEFAULT_MARKERS) -> li
             _append(out, {"role": message["role"], "content": head})
         for k, match in enumerate(matches):
             end = matches[k + 1].start() if k + 1 < len(matches) else len(content)
-            _append(out, {"role": markers.role(match.group(1)), "content": content[match.end(): end].strip()})
+            _append(out, {"role": markers.role(match.group(1)), "content": content[match.end() : end].strip()})
     out = [m for m in out if m["content"].strip() or m["role"] == "assistant"]
     dialogue = [m for m in out if m["role"] != "system"]
-    if (not dialogue or dialogue[0]["role"] != "user" or dialogue[-1]["role"] != "assistant"
-            or not dialogue[-1]["content"].strip()
-            or any(a["role"] == b["role"] for a, b in zip(dialogue, dialogue[1:]))):
+    if (
+        not dialogue
+        or dialogue[0]["role"] != "user"
+        or dialogue[-1]["role"] != "assistant"
+        or not dialogue[-1]["content"].strip()
+        or any(a["role"] == b["role"] for a, b in zip(dialogue, dialogue[1:]))
+    ):
         return None
     return out
 
@@ -261,8 +266,9 @@ class CleanArgs:
         return Markers(tuple(self.user_markers or USER_MARKERS), tuple(self.assistant_markers or ASSISTANT_MARKERS))
 
 
-def clean_messages(messages: list[dict], args: CleanArgs, markers: Markers = DEFAULT_MARKERS
-                   ) -> tuple[list[dict] | None, list[str], str | None]:
+def clean_messages(
+    messages: list[dict], args: CleanArgs, markers: Markers = DEFAULT_MARKERS
+) -> tuple[list[dict] | None, list[str], str | None]:
     """(cleaned messages or None, names of the cleaners that changed something, drop reason)."""
     changed: list[str] = []
     if args.merged_dialogues != "keep" and find_merged(messages, markers):
@@ -289,6 +295,7 @@ def clean_messages(messages: list[dict], args: CleanArgs, markers: Markers = DEF
                 content = tidy(content)
         out.append({**message, "content": content})
     if any(m["role"] == "user" and not m["content"].strip() for m in out) or not any(
-            m["role"] == "assistant" and m["content"].strip() for m in out):
+        m["role"] == "assistant" and m["content"].strip() for m in out
+    ):
         return None, changed, "empty_after_cleaning"
     return out, changed, None

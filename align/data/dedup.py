@@ -75,15 +75,18 @@ class ExactIndex:
 # ------------------------------------------------------------------------------------------------ MinHash
 
 # Scripts written without spaces: each character is a token, so shingles work for them too.
-_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0e7f\u0e80-\u0eff\u1000-\u109f"
-                    r"\u1780-\u17ff]|[^\W_]+", re.U)
+_TOKEN = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0e7f\u0e80-\u0eff\u1000-\u109f"
+    r"\u1780-\u17ff]|[^\W_]+",
+    re.U,
+)
 
 
 def shingles(text: str, ngram: int) -> set[bytes]:
     tokens = _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
     if len(tokens) <= ngram:
         return {" ".join(tokens).encode()} if tokens else set()
-    return {" ".join(tokens[i: i + ngram]).encode() for i in range(len(tokens) - ngram + 1)}
+    return {" ".join(tokens[i : i + ngram]).encode() for i in range(len(tokens) - ngram + 1)}
 
 
 @dataclass
@@ -100,8 +103,12 @@ class MinHasher:
     def signature(self, text: str) -> np.ndarray:
         from datasketch import MinHash
 
-        m = MinHash(num_perm=self.num_perm, seed=self.seed, permutations=self._template.permutations,
-                    scheme=self._template.scheme)
+        m = MinHash(
+            num_perm=self.num_perm,
+            seed=self.seed,
+            permutations=self._template.permutations,
+            scheme=self._template.scheme,
+        )
         m.update_batch(shingles(text, self.ngram))
         return m.hashvalues
 
@@ -164,8 +171,9 @@ def embedder_path(name: str) -> str:
 class Embedder:
     """Mean-pooled, L2-normalised sentence embeddings from any transformers encoder, in length-sorted batches."""
 
-    def __init__(self, model: str = DEFAULT_EMBEDDER, *, batch_size: int = 64, max_length: int = 256,
-                 device: str | None = None):
+    def __init__(
+        self, model: str = DEFAULT_EMBEDDER, *, batch_size: int = 64, max_length: int = 256, device: str | None = None
+    ):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -175,8 +183,9 @@ class Embedder:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
             self.model = AutoModel.from_pretrained(path, local_files_only=local)
         except OSError as e:
-            raise ConfigError(None, "model", f"cannot load embedding model {model!r} ({str(e).splitlines()[0]})") \
-                from None
+            raise ConfigError(
+                None, "model", f"cannot load embedding model {model!r} ({str(e).splitlines()[0]})"
+            ) from None
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.batch_size, self.max_length = batch_size, max_length
@@ -188,11 +197,21 @@ class Embedder:
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         with torch.inference_mode():
-            for start in tqdm(range(0, len(order), self.batch_size), desc="Embedding", unit="batch", leave=False,
-                              disable=len(order) < 8 * self.batch_size):
-                batch = order[start: start + self.batch_size]
-                encoded = self.tokenizer([texts[i] for i in batch], padding=True, truncation=True,
-                                         max_length=self.max_length, return_tensors="pt").to(self.device)
+            for start in tqdm(
+                range(0, len(order), self.batch_size),
+                desc="Embedding",
+                unit="batch",
+                leave=False,
+                disable=len(order) < 8 * self.batch_size,
+            ):
+                batch = order[start : start + self.batch_size]
+                encoded = self.tokenizer(
+                    [texts[i] for i in batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 hidden = self.model(**encoded).last_hidden_state
                 mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -221,7 +240,7 @@ class SemanticIndex:
             by_group.setdefault(group, []).append(i)
         for group, members in by_group.items():
             for start in range(0, len(members), self.block_size):
-                block = members[start: start + self.block_size]
+                block = members[start : start + self.block_size]
                 for i, verdict in zip(block, self._block(group, vectors[block], [ids[i] for i in block])):
                     result[i] = verdict
         return result
@@ -256,8 +275,9 @@ class SemanticIndex:
         matrix = self.kept.get(group)
         need = count + len(vectors)
         if matrix is None or need > len(matrix):
-            grown = np.zeros((max(need, 2 * (0 if matrix is None else len(matrix)), 1024), vectors.shape[1]),
-                             dtype=np.float32)
+            grown = np.zeros(
+                (max(need, 2 * (0 if matrix is None else len(matrix)), 1024), vectors.shape[1]), dtype=np.float32
+            )
             if matrix is not None:
                 grown[:count] = matrix[:count]
             self.kept[group] = matrix = grown

@@ -24,8 +24,10 @@ from collections.abc import Sequence
 import regex
 
 ECHO_THRESHOLD = 0.95  # share of the answer's words found in the prompt that makes it an echo
-RULE = (f"an answer is an echo when at least {ECHO_THRESHOLD:.0%} of its words (in Japanese, Chinese and Thai, "
-        "character pairs) occur in its prompt")
+RULE = (
+    f"an answer is an echo when at least {ECHO_THRESHOLD:.0%} of its words (in Japanese, Chinese and Thai, "
+    "character pairs) occur in its prompt"
+)
 _NOT_WORD = regex.compile(r"[^\p{L}\p{M}\p{N}]+")
 _DENSE = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]")
 
@@ -44,7 +46,7 @@ def _units(text: str) -> list[str]:
     units = []
     for word in _NOT_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split():
         if _DENSE.search(word) and len(word) > 2:
-            units += [word[i: i + 2] for i in range(len(word) - 1)]
+            units += [word[i : i + 2] for i in range(len(word) - 1)]
         else:
             units.append(word)
     return units

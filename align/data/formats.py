@@ -23,13 +23,32 @@ from align.data.languages import UnknownLanguage, base_language, detect_language
 from align.data.sources import Location
 
 ROLES = ("system", "user", "assistant", "tool")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
-                  "system": "system", "tool": "tool", "function": "tool", "observation": "tool",
-                  "function_call": "assistant"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+    "function_call": "assistant",
+}
 # Fields that travel with a record from input to output, when present.
-PASSTHROUGH = ("category", "provenance", "chosen_score", "rejected_score", "chosen_by", "rejected_by",
-               "reference", "references")
+PASSTHROUGH = (
+    "category",
+    "provenance",
+    "chosen_score",
+    "rejected_score",
+    "chosen_by",
+    "rejected_by",
+    "reference",
+    "references",
+)
 # Other datasets' names for PASSTHROUGH fields (UltraFeedback-binarized).
 RENAMED = {"score_chosen": "chosen_score", "score_rejected": "rejected_score"}
 TEXT_PARTS = ("text", "input_text", "output_text")
@@ -75,8 +94,9 @@ def detect_format(row: dict) -> str | None:
     """Name of the format a row is in, judged by its keys (and, for KTO's common name `label`, by the label being a
     boolean); None when nothing matches."""
     keys = set(row)
-    if ("kto_tag" in keys or ("label" in keys and _is_flag(row["label"]))) \
-            and (keys & {"messages", "conversations"} or {"prompt", "completion"} <= keys):
+    if ("kto_tag" in keys or ("label" in keys and _is_flag(row["label"]))) and (
+        keys & {"messages", "conversations"} or {"prompt", "completion"} <= keys
+    ):
         return "kto"
     if {"chosen", "rejected"} <= keys:
         if "conversations" in keys:
@@ -107,12 +127,14 @@ def detect_format(row: dict) -> str | None:
 
 def describe_unknown(row: dict) -> str:
     keys = ", ".join(sorted(row)[:12]) or "none"
-    return ("unrecognised format (columns: " + keys + "); expected one of: messages, conversations (ShareGPT), "
-            "instruction/output (Alpaca), inputs/targets (Aya, xP3), prompt/completion, messages or "
-            "prompt/completion with label or kto_tag (KTO), turns (MT-Bench), prompt/chosen/rejected, "
-            "chosen/rejected (HH transcripts), chosen_messages/rejected_messages, conversations/chosen/rejected "
-            "(ShareGPT preference), conversation_a/conversation_b/winner (Chatbot Arena), "
-            "prompt/response_a/response_b (Arena, Kaggle), prompt")
+    return (
+        "unrecognised format (columns: " + keys + "); expected one of: messages, conversations (ShareGPT), "
+        "instruction/output (Alpaca), inputs/targets (Aya, xP3), prompt/completion, messages or "
+        "prompt/completion with label or kto_tag (KTO), turns (MT-Bench), prompt/chosen/rejected, "
+        "chosen/rejected (HH transcripts), chosen_messages/rejected_messages, conversations/chosen/rejected "
+        "(ShareGPT preference), conversation_a/conversation_b/winner (Chatbot Arena), "
+        "prompt/response_a/response_b (Arena, Kaggle), prompt"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -290,8 +312,11 @@ def _sharegpt_turn(loc: Location, turn: Any, where: str) -> dict:
     if role is None:
         raise loc.error(f"unknown role {speaker!r} (expected human, gpt, system)", f"{where}.from")
     if str(speaker).lower() == "function_call":
-        return {"role": "assistant", "content": "", "tool_calls": _sharegpt_calls(loc, turn.get("value"),
-                                                                                  f"{where}.value")}
+        return {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": _sharegpt_calls(loc, turn.get("value"), f"{where}.value"),
+        }
     return {"role": role, "content": _content(loc, turn.get("value"), f"{where}.value", allow_empty=role != "user")}
 
 
@@ -326,15 +351,18 @@ def _parse_hh(loc: Location, text: Any, field: str) -> list[dict]:
     parts = HH_TURN.split(text)
     if parts[0].strip() or len(parts) < 3:
         raise loc.error("not an HH transcript ('\\n\\nHuman: ...\\n\\nAssistant: ...')", field)
-    messages = [{"role": "user" if speaker == "Human" else "assistant", "content": content.strip()}
-                for speaker, content in zip(parts[1::2], parts[2::2])]
+    messages = [
+        {"role": "user" if speaker == "Human" else "assistant", "content": content.strip()}
+        for speaker, content in zip(parts[1::2], parts[2::2])
+    ]
     if messages[-1]["role"] != "assistant":
         raise loc.error("transcript does not end with an Assistant turn", field)
     return messages
 
 
-def _split_shared_prefix(loc: Location, chosen: list[dict], rejected: list[dict],
-                         fields: tuple[str, str] = ("chosen", "rejected")) -> tuple[list, list, list]:
+def _split_shared_prefix(
+    loc: Location, chosen: list[dict], rejected: list[dict], fields: tuple[str, str] = ("chosen", "rejected")
+) -> tuple[list, list, list]:
     """Implicit-prompt preference data: the common leading messages are the prompt."""
     n = 0
     while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
@@ -358,7 +386,7 @@ def _compared(loc: Location, chosen: list[dict], rejected: list[dict], fields: t
         users = [i for i, m in enumerate(conversation) if m["role"] == "user"]
         if not users:
             raise loc.error("no user message", field)
-        answer = conversation[users[-1] + 1:]
+        answer = conversation[users[-1] + 1 :]
         if not answer or any(m["role"] != "assistant" for m in answer):
             raise loc.error("does not end with an assistant answer to its last user turn", field)
         ends.append((users[-1], answer))
@@ -446,8 +474,12 @@ def _from_alpaca(loc: Location, row: dict) -> dict:
 
 def _from_inputs_targets(loc: Location, row: dict) -> dict:
     """Aya dataset and xP3: one prompt, one answer (the language comes from the row, see `declared_lang`)."""
-    return {"messages": [{"role": "user", "content": _text(loc, row.get("inputs"), "inputs")},
-                         {"role": "assistant", "content": _text(loc, row.get("targets"), "targets")}]}
+    return {
+        "messages": [
+            {"role": "user", "content": _text(loc, row.get("inputs"), "inputs")},
+            {"role": "assistant", "content": _text(loc, row.get("targets"), "targets")},
+        ]
+    }
 
 
 def _from_prompt_completion(loc: Location, row: dict) -> dict:
@@ -478,7 +510,7 @@ def _from_preference(loc: Location, row: dict) -> dict:
     for name in ("chosen", "rejected"):
         completion = _turn_list(loc, row.get(name), name, "assistant")
         if completion[: len(prompt)] == prompt and len(completion) > len(prompt):
-            completion = completion[len(prompt):]  # the completion repeated the prompt
+            completion = completion[len(prompt) :]  # the completion repeated the prompt
         if any(m["role"] != "assistant" for m in completion):
             raise loc.error("expected only assistant turns after the prompt", name)
         out[name] = completion
@@ -508,8 +540,11 @@ def _from_sharegpt_preference(loc: Location, row: dict) -> dict:
         raise loc.error("ends with an assistant turn (the answers belong in chosen and rejected)", "conversations")
     if not any(m["role"] == "user" for m in prompt):
         raise loc.error("no user message", "conversations")
-    return {"prompt": prompt, "chosen": _one_answer(loc, row.get("chosen"), "chosen"),
-            "rejected": _one_answer(loc, row.get("rejected"), "rejected")}
+    return {
+        "prompt": prompt,
+        "chosen": _one_answer(loc, row.get("chosen"), "chosen"),
+        "rejected": _one_answer(loc, row.get("rejected"), "rejected"),
+    }
 
 
 def _from_arena(loc: Location, row: dict) -> dict:
@@ -545,8 +580,12 @@ def _from_arena_kaggle(loc: Location, row: dict) -> dict:
         prompt.append({"role": "user", "content": _text(loc, question, f"prompt[{i}]")})
         prompt.append({"role": "assistant", "content": _text(loc, answer, f"response_{won}[{i}]", allow_empty=True)})
     rejected = _text(loc, responses[lost][-1], f"response_{lost}[{len(prompts) - 1}]", allow_empty=True)
-    return {"prompt": prompt[:-1], "chosen": prompt[-1:], "rejected": [{"role": "assistant", "content": rejected}],
-            **_judged_models(row, won, lost)}
+    return {
+        "prompt": prompt[:-1],
+        "chosen": prompt[-1:],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        **_judged_models(row, won, lost),
+    }
 
 
 def _from_mt_bench(loc: Location, row: dict) -> dict:
@@ -601,8 +640,9 @@ def declared_lang(loc: Location, row: dict) -> str | None:
     """The language a row names: `lang`, else `language_code` (Aya) with `language` as the fallback, else `language`.
     Beside a code, a name of the same language wins, for it may say more: the code `zho` with "Traditional Chinese"
     is zh-Hant."""
-    given = {field: row.get(field) for field in ("lang", "language_code", "language")
-             if row.get(field) not in (None, "")}
+    given = {
+        field: row.get(field) for field in ("lang", "language_code", "language") if row.get(field) not in (None, "")
+    }
     if "lang" in given:
         return _lang(loc, given["lang"], "lang")
     if "language_code" not in given:
@@ -633,8 +673,9 @@ def resolve_lang(loc: Location, row: dict, record: dict, default_lang: str | Non
     record["lang_confidence"] = round(confidence, 4)
 
 
-def normalise_row(loc: Location, row: dict, fmt: str, *, source_name: str, index: int,
-                  default_lang: str | None = None) -> dict:
+def normalise_row(
+    loc: Location, row: dict, fmt: str, *, source_name: str, index: int, default_lang: str | None = None
+) -> dict:
     """A row as its canonical record; raises Skip for a row the loader drops and counts."""
     record = NORMALISERS[fmt](loc, row)
     if row.get("tools") is not None and (tools := _tools(loc, row["tools"])):

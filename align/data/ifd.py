@@ -65,8 +65,10 @@ class IFDScorer:
     def losses(self, sequences: list[tuple[list[int], list[int]]]) -> list[float | None]:
         """Mean token cross-entropy over the labelled tokens of each (ids, labels) sequence."""
         out: list[float | None] = [None] * len(sequences)
-        order = sorted((i for i, (_, labels) in enumerate(sequences) if any(x != IGNORE_INDEX for x in labels[1:])),
-                       key=lambda i: -len(sequences[i][0]))
+        order = sorted(
+            (i for i, (_, labels) in enumerate(sequences) if any(x != IGNORE_INDEX for x in labels[1:])),
+            key=lambda i: -len(sequences[i][0]),
+        )
         from tqdm.auto import tqdm
 
         device = next(self.model.parameters()).device
@@ -78,7 +80,7 @@ class IFDScorer:
             while start < len(order):
                 width = len(sequences[order[start]][0])
                 size = max(1, min(len(order) - start, self.batch_tokens // max(width, 1)))
-                batch = order[start: start + size]
+                batch = order[start : start + size]
                 start += size
                 ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
                 labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
@@ -93,8 +95,11 @@ class IFDScorer:
                     shift_logits = logits[:, :-1].float()
                     shift_labels = labels[:, 1:].to(device)
                     token_loss = torch.nn.functional.cross_entropy(
-                        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                        ignore_index=IGNORE_INDEX, reduction="none").view(len(batch), -1)
+                        shift_logits.reshape(-1, shift_logits.size(-1)),
+                        shift_labels.reshape(-1),
+                        ignore_index=IGNORE_INDEX,
+                        reduction="none",
+                    ).view(len(batch), -1)
                     counts = (shift_labels != IGNORE_INDEX).sum(1)
                     means = token_loss.sum(1) / counts.clamp(min=1)
                 for row, i in enumerate(batch):

@@ -40,8 +40,11 @@ _QUALIFIED_NAME = re.compile(r"(.+?)\s*\(([^()]+)\)")
 def _refused_subtags() -> frozenset[str]:
     from language_data.registry_parser import parse_registry
 
-    return frozenset(item["Subtag"] for item in parse_registry()
-                     if item.get("Type") == "language" and item.get("Scope") in _REFUSED_SCOPES)
+    return frozenset(
+        item["Subtag"]
+        for item in parse_registry()
+        if item.get("Type") == "language" and item.get("Scope") in _REFUSED_SCOPES
+    )
 
 
 def _from_tag(text: str) -> Language | None:
@@ -94,10 +97,15 @@ def _normalize(text: str) -> str:
     if language is not None:
         language = Language.get(langcodes.standardize_tag(language, macro=True))
     code = _FOLD.get(language.language, language.language) if language and language.language else ""
-    if (not _LANGUAGE_SUBTAG.fullmatch(code) or code in _FICTIONAL or _PRIVATE_USE.fullmatch(code)
-            or code in _refused_subtags()):
-        raise UnknownLanguage(f"unknown language {text!r} (use an ISO 639-1/639-3 code, a BCP-47 tag or an "
-                              "English name)")
+    if (
+        not _LANGUAGE_SUBTAG.fullmatch(code)
+        or code in _FICTIONAL
+        or _PRIVATE_USE.fullmatch(code)
+        or code in _refused_subtags()
+    ):
+        raise UnknownLanguage(
+            f"unknown language {text!r} (use an ISO 639-1/639-3 code, a BCP-47 tag or an English name)"
+        )
     script = language.update_dict({"language": code}).maximize().script
     return code if script == Language.get(code).maximize().script else f"{code}-{script}"
 

@@ -45,13 +45,18 @@ class DataSource:
             raise ConfigError(source, where, f"expected a path or a mapping with 'path', got {type(value).__name__}")
         unknown = set(value) - {"path", "weight", "split", "name", "lang"}
         if unknown:
-            raise ConfigError(source, f"{where}.{sorted(unknown)[0]}",
-                              "unknown key (expected path, weight, split, name, lang)")
+            raise ConfigError(
+                source, f"{where}.{sorted(unknown)[0]}", "unknown key (expected path, weight, split, name, lang)"
+            )
         if "path" not in value:
             raise ConfigError(source, f"{where}.path", "missing")
         entry = cls(**value)
-        if isinstance(entry.weight, bool) or not isinstance(entry.weight, (int, float)) \
-                or not math.isfinite(entry.weight) or entry.weight <= 0:
+        if (
+            isinstance(entry.weight, bool)
+            or not isinstance(entry.weight, (int, float))
+            or not math.isfinite(entry.weight)
+            or entry.weight <= 0
+        ):
             raise ConfigError(source, f"{where}.weight", f"must be a positive number, got {entry.weight!r}")
         if entry.lang is not None:
             try:
@@ -74,8 +79,16 @@ def parse_sources(value: Any, source: str | None = None, key: str = "dataset") -
 
 # (kind a file holds, kind a stage asks for) pairs that formats.to_kind can convert; unpaired (KTO) files give their
 # desirable records.
-CONVERSIONS = {("sft", "sft"), ("preference", "preference"), ("prompt", "prompt"), ("sft", "prompt"),
-               ("preference", "prompt"), ("preference", "sft"), ("unpaired", "sft"), ("unpaired", "prompt")}
+CONVERSIONS = {
+    ("sft", "sft"),
+    ("preference", "preference"),
+    ("prompt", "prompt"),
+    ("sft", "prompt"),
+    ("preference", "prompt"),
+    ("preference", "sft"),
+    ("unpaired", "sft"),
+    ("unpaired", "prompt"),
+}
 
 
 def describe_skipped(skipped: Counter) -> str:
@@ -104,19 +117,22 @@ def iter_source_records(entry: DataSource, kind: str, skipped: Counter | None = 
                 if row_fmt is None:
                     raise loc.error(describe_unknown(row))
                 if FORMAT_KINDS[row_fmt] == "unpaired" and kind == "preference":
-                    raise InputError(unit, "unpaired data (KTO labels): preference training needs chosen and "
-                                           "rejected answers for one prompt")
+                    raise InputError(
+                        unit,
+                        "unpaired data (KTO labels): preference training needs chosen and "
+                        "rejected answers for one prompt",
+                    )
                 if (FORMAT_KINDS[row_fmt], kind) not in CONVERSIONS:
-                    raise loc.error(f"holds {row_fmt} data ({FORMAT_KINDS[row_fmt]} records), which cannot serve "
-                                    f"as {kind} records")
+                    raise loc.error(
+                        f"holds {row_fmt} data ({FORMAT_KINDS[row_fmt]} records), which cannot serve as {kind} records"
+                    )
                 fmt = row_fmt
                 log.info("%s: format %s", unit, fmt)
             elif row_fmt is None or FORMAT_KINDS[row_fmt] != FORMAT_KINDS[fmt]:
                 # Same-kind formats may mix in one file (messages and ShareGPT rows, say); other rows are errors.
                 raise loc.error(f"row does not match this file's format ({fmt}): " + describe_unknown(row))
             try:
-                record = normalise_row(loc, row, row_fmt, source_name=source_name, index=index,
-                                       default_lang=entry.lang)
+                record = normalise_row(loc, row, row_fmt, source_name=source_name, index=index, default_lang=entry.lang)
             except Skip as skip:
                 dropped[skip.reason] += 1
                 continue
@@ -145,8 +161,15 @@ def _no_records(sources: list[DataSource], skipped: Counter) -> InputError:
     return InputError(", ".join(s.path for s in sources), "no records after weighting" + (f" ({why})" if why else ""))
 
 
-def load_records(dataset: Any, kind: str, *, seed: int = 0, source: str | None = None, key: str = "dataset",
-                 skipped: Counter | None = None) -> list[dict]:
+def load_records(
+    dataset: Any,
+    kind: str,
+    *,
+    seed: int = 0,
+    source: str | None = None,
+    key: str = "dataset",
+    skipped: Counter | None = None,
+) -> list[dict]:
     """Read every source of a recipe's `dataset` entry, weighted, as canonical `kind` records (`source`, `key`: where
     the entry was written, for its errors). `skipped`, when given, receives the count of rows dropped per reason
     (`describe_skipped` words it for the stage's summary); each file's is logged at INFO."""
@@ -160,8 +183,15 @@ def load_records(dataset: Any, kind: str, *, seed: int = 0, source: str | None =
     return records
 
 
-def iter_records(dataset: Any, kind: str, *, seed: int = 0, source: str | None = None, key: str = "dataset",
-                 skipped: Counter | None = None) -> Iterator[dict]:
+def iter_records(
+    dataset: Any,
+    kind: str,
+    *,
+    seed: int = 0,
+    source: str | None = None,
+    key: str = "dataset",
+    skipped: Counter | None = None,
+) -> Iterator[dict]:
     """`load_records` one record at a time: sources of weight 1 stream row by row (a weighted source is read whole,
     since its seeded sample needs its size). Records come in the order `load_records` returns them; `skipped` is
     complete once the iterator is exhausted."""
@@ -193,7 +223,7 @@ def hold_out_by_id(records: list[dict], fraction: float, seed: int) -> tuple[lis
         return records, []
 
     def bucket(record):
-        return int(hashlib.sha256(f"{seed}:{record['id']}".encode()).hexdigest()[:8], 16) / 16 ** 8
+        return int(hashlib.sha256(f"{seed}:{record['id']}".encode()).hexdigest()[:8], 16) / 16**8
 
     held = [r for r in records if bucket(r) < fraction] or records[-1:]
     held_ids = {id(r) for r in held}

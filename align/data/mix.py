@@ -46,8 +46,9 @@ class LanguagePlan:
     target: int  # records of the language in the mix
 
 
-def language_multipliers(args: MixArgs, langs: list[str], source: str | None = None, where: str = ""
-                         ) -> dict[str, float]:
+def language_multipliers(
+    args: MixArgs, langs: list[str], source: str | None = None, where: str = ""
+) -> dict[str, float]:
     """Each language's multiplier: its own, else its tier's, else 1. Bad values are ConfigErrors naming the key
     (`where` prefixes it: "steps[7].mix.")."""
     if not isinstance(args.multipliers or {}, dict):
@@ -64,8 +65,9 @@ def language_multipliers(args: MixArgs, langs: list[str], source: str | None = N
             raise ConfigError(source, where_tier, "expected {languages: [...], multiplier: x}")
         unknown = set(spec) - {"languages", "multiplier"}
         if unknown:
-            raise ConfigError(source, f"{where_tier}.{sorted(unknown)[0]}",
-                              "unknown key (expected languages, multiplier)")
+            raise ConfigError(
+                source, f"{where_tier}.{sorted(unknown)[0]}", "unknown key (expected languages, multiplier)"
+            )
         multiplier = _multiplier(spec["multiplier"], f"{where_tier}.multiplier", source)
         languages = spec["languages"] if isinstance(spec["languages"], list) else [spec["languages"]]
         for lang in languages:
@@ -102,8 +104,7 @@ def largest_remainder(weights: dict[str, float], total: int) -> dict[str, int]:
     return out
 
 
-def plan_mix(counts: dict[str, int], args: MixArgs, source: str | None = None, where: str = ""
-             ) -> list[LanguagePlan]:
+def plan_mix(counts: dict[str, int], args: MixArgs, source: str | None = None, where: str = "") -> list[LanguagePlan]:
     """How many records of each language the mix takes, from the per-language counts."""
     if args.temperature is not None and (not math.isfinite(args.temperature) or args.temperature <= 0):
         raise ConfigError(source, f"{where}temperature", f"must be a number > 0, got {args.temperature!r}")
@@ -132,9 +133,17 @@ def sample_to(records: list[dict], target: int, rng: random.Random) -> list[int]
     return sorted(picked)
 
 
-def mix_records(records: list[dict], *, multipliers: dict | None = None, tiers: dict | None = None,
-                temperature: float | None = None, total: int | None = None, seed: int = 0,
-                source: str | None = None, where: str = "") -> tuple[list[dict], list[LanguagePlan]]:
+def mix_records(
+    records: list[dict],
+    *,
+    multipliers: dict | None = None,
+    tiers: dict | None = None,
+    temperature: float | None = None,
+    total: int | None = None,
+    seed: int = 0,
+    source: str | None = None,
+    where: str = "",
+) -> tuple[list[dict], list[LanguagePlan]]:
     """The mixed records (input order, repeats adjacent) and the per-language plan."""
     args = MixArgs(multipliers=multipliers or {}, tiers=tiers or {}, temperature=temperature, total=total, seed=seed)
     by_lang: dict[str, list[int]] = {}
@@ -155,10 +164,19 @@ def format_plan(plan: list[LanguagePlan]) -> str:
     """The mix as a table, printed before training and written into the curation report."""
     rows = [("lang", "records", "multiplier", "share", "in mix", "ratio")]
     for p in plan:
-        rows.append((p.lang, str(p.available), f"{p.multiplier:g}", f"{p.share:.1%}", str(p.target),
-                     f"{p.target / p.available:.2f}x" if p.available else "-"))
+        rows.append(
+            (
+                p.lang,
+                str(p.available),
+                f"{p.multiplier:g}",
+                f"{p.share:.1%}",
+                str(p.target),
+                f"{p.target / p.available:.2f}x" if p.available else "-",
+            )
+        )
     total_in, total_out = sum(p.available for p in plan), sum(p.target for p in plan)
-    rows.append(("all", str(total_in), "", "100.0%", str(total_out),
-                 f"{total_out / total_in:.2f}x" if total_in else "-"))
+    rows.append(
+        ("all", str(total_in), "", "100.0%", str(total_out), f"{total_out / total_in:.2f}x" if total_in else "-")
+    )
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)

@@ -54,11 +54,14 @@ class PairChoice:
     dropped: str | None  # single | all_echo | tie | below_margin | identical
 
 
-def choose_pair(texts: Sequence[str], scores: Sequence[float], min_margin: float = 0.0,
-                echoes: Sequence[bool] | None = None) -> PairChoice:
+def choose_pair(
+    texts: Sequence[str], scores: Sequence[float], min_margin: float = 0.0, echoes: Sequence[bool] | None = None
+) -> PairChoice:
     if len(texts) != len(scores) or (echoes is not None and len(echoes) != len(texts)):
-        raise ValueError(f"{len(texts)} completions but {len(scores)} scores"
-                         + (f" and {len(echoes)} echo flags" if echoes is not None else ""))
+        raise ValueError(
+            f"{len(texts)} completions but {len(scores)} scores"
+            + (f" and {len(echoes)} echo flags" if echoes is not None else "")
+        )
     ranking = ranking_from_scores(scores)
     best, worst, margin = ranking.best, ranking.worst, ranking.margin
     decided_by_rule = False
@@ -108,15 +111,20 @@ def pair_statistics(pairs: Sequence[dict]) -> dict:
         return {"pairs": 0}
     chosen = [text(p["chosen"]) for p in pairs]
     rejected = [text(p["rejected"]) for p in pairs]
-    margins = [p["chosen_score"] - p["rejected_score"] for p in pairs
-               if p.get("chosen_score") is not None and p.get("rejected_score") is not None]
-    return {"pairs": len(pairs), "per_language": dict(sorted(Counter(p.get("lang") or "?" for p in pairs).items())),
-            "mean_margin": round(statistics.fmean(margins), 4) if margins else None,
-            "chosen_mean_words": round(statistics.fmean(len(t.split()) for t in chosen), 2),
-            "rejected_mean_words": round(statistics.fmean(len(t.split()) for t in rejected), 2),
-            "chosen_echo_share": round(sum(is_echo(t, p["prompt"]) for t, p in zip(chosen, pairs)) / len(pairs), 4),
-            "rejected_echo_share": round(sum(is_echo(t, p["prompt"]) for t, p in zip(rejected, pairs)) / len(pairs),
-                                         4)}
+    margins = [
+        p["chosen_score"] - p["rejected_score"]
+        for p in pairs
+        if p.get("chosen_score") is not None and p.get("rejected_score") is not None
+    ]
+    return {
+        "pairs": len(pairs),
+        "per_language": dict(sorted(Counter(p.get("lang") or "?" for p in pairs).items())),
+        "mean_margin": round(statistics.fmean(margins), 4) if margins else None,
+        "chosen_mean_words": round(statistics.fmean(len(t.split()) for t in chosen), 2),
+        "rejected_mean_words": round(statistics.fmean(len(t.split()) for t in rejected), 2),
+        "chosen_echo_share": round(sum(is_echo(t, p["prompt"]) for t, p in zip(chosen, pairs)) / len(pairs), 4),
+        "rejected_echo_share": round(sum(is_echo(t, p["prompt"]) for t, p in zip(rejected, pairs)) / len(pairs), 4),
+    }
 
 
 def echo_pair(prompt: dict, texts: Sequence[str], choice: PairChoice, **extra) -> dict | None:
@@ -134,9 +142,14 @@ def echo_pair(prompt: dict, texts: Sequence[str], choice: PairChoice, **extra) -
 
 def preference_record(prompt: dict, chosen: str, rejected: str, **extra) -> dict:
     """The canonical preference record (ARCHITECTURE.md) of a prompt record and two completion texts."""
-    return {"prompt": prompt["prompt"], "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}], "lang": prompt["lang"], "id": prompt["id"],
-            **extra}
+    return {
+        "prompt": prompt["prompt"],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "lang": prompt["lang"],
+        "id": prompt["id"],
+        **extra,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ comparisons

@@ -19,8 +19,19 @@ from align.core.errors import InputError
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 # Columns that hold lists or dicts; in CSV cells they arrive as JSON text.
-STRUCTURED_COLUMNS = ("messages", "conversations", "prompt", "chosen", "rejected", "completion", "turns",
-                      "chosen_messages", "rejected_messages", "conversation_a", "conversation_b")
+STRUCTURED_COLUMNS = (
+    "messages",
+    "conversations",
+    "prompt",
+    "chosen",
+    "rejected",
+    "completion",
+    "turns",
+    "chosen_messages",
+    "rejected_messages",
+    "conversation_a",
+    "conversation_b",
+)
 
 
 @dataclass(frozen=True)
@@ -37,8 +48,13 @@ class Location:
 
 def list_files(path: Path) -> list[Path]:
     """Supported data files under a folder, in a stable order."""
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     if not files:
         raise InputError(str(path), f"folder holds no data files ({', '.join(sorted(SUFFIXES))})")
     return files
@@ -68,10 +84,14 @@ def read_utf8(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line_start = raw.rfind(b"\n", 0, e.start) + 1
-        before = raw[line_start:e.start].decode("utf-8", errors="replace")
+        before = raw[line_start : e.start].decode("utf-8", errors="replace")
         keys = re.findall(r'"([^"\\]+)"\s*:', before)
-        raise InputError(str(path), f"not UTF-8: byte 0x{raw[e.start]:02x} at column {len(before) + 1} (save the file "
-                         "as UTF-8)", line=raw.count(b"\n", 0, e.start) + 1, field=keys[-1] if keys else None) from None
+        raise InputError(
+            str(path),
+            f"not UTF-8: byte 0x{raw[e.start]:02x} at column {len(before) + 1} (save the file as UTF-8)",
+            line=raw.count(b"\n", 0, e.start) + 1,
+            field=keys[-1] if keys else None,
+        ) from None
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[Location, dict]]:
@@ -98,8 +118,9 @@ def _iter_json(path: Path) -> Iterator[tuple[Location, dict]]:
         raise InputError(str(path), f"invalid JSON ({e.msg} at column {e.colno})", line=e.lineno) from None
     if isinstance(value, dict):
         # A {"data": [...]} or {"train": [...]} wrapper, as some exports write them; otherwise a single record.
-        lists = [(k, v) for k, v in value.items()
-                 if isinstance(v, list) and v and all(isinstance(item, dict) for item in v)]
+        lists = [
+            (k, v) for k, v in value.items() if isinstance(v, list) and v and all(isinstance(item, dict) for item in v)
+        ]
         if len(lists) == 1 and lists[0][0] not in STRUCTURED_COLUMNS:
             value = lists[0][1]
         else:

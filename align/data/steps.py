@@ -122,8 +122,9 @@ class CleanStep(Step):
     def validate(self):
         super().validate()
         if self.args.merged_dialogues not in MERGED_ACTIONS:
-            raise self.error("merged_dialogues", f"expected one of {', '.join(MERGED_ACTIONS)}, got "
-                                                 f"{self.args.merged_dialogues!r}")
+            raise self.error(
+                "merged_dialogues", f"expected one of {', '.join(MERGED_ACTIONS)}, got {self.args.merged_dialogues!r}"
+            )
         bad = [r for r in self.args.roles if r not in ("system", "user", "assistant", "tool")]
         if bad:
             raise self.error("roles", f"unknown role {bad[0]!r} (expected system, user, assistant, tool)")
@@ -259,11 +260,19 @@ class SemanticDedupStep(Step):
         return verdicts
 
     def notes(self):
-        lines = [f"embedding model: {self.args.model}; threshold {self.args.threshold}; "
-                 + ("within each language" if self.args.per_language else "across languages")]
+        lines = [
+            f"embedding model: {self.args.model}; threshold {self.args.threshold}; "
+            + ("within each language" if self.args.per_language else "across languages")
+        ]
         if self.skipped:
-            why = ("not mostly in Latin script (the default English MiniLM cannot tell them apart; set `model` to a "
-                   "multilingual encoder and `languages: all`)") if self.latin_only else "in languages not listed"
+            why = (
+                (
+                    "not mostly in Latin script (the default English MiniLM cannot tell them apart; set `model` to a "
+                    "multilingual encoder and `languages: all`)"
+                )
+                if self.latin_only
+                else "in languages not listed"
+            )
             lines.append(f"{self.skipped} records passed unjudged: {why}")
         return lines
 
@@ -318,8 +327,7 @@ class LanguageFilterStep(Step):
         if confidence < self.args.min_confidence:
             return Verdict(None, "low_language_confidence", f"{code} at {confidence:.2f}")
         if self.args.check_declared and code != base_language(record["lang"]):
-            return Verdict(None, "language_mismatch", f"declared {record['lang']}, detected {code} "
-                                                      f"({confidence:.2f})")
+            return Verdict(None, "language_mismatch", f"declared {record['lang']}, detected {code} ({confidence:.2f})")
         return Verdict(tagged)
 
 
@@ -391,16 +399,23 @@ class IFDStep(Step):
             ranked = sorted(members, key=lambda i: (-verdicts[i].record["ifd"], i))
             cutoff = verdicts[ranked[keep - 1]].record["ifd"] if keep else math.inf
             for i in ranked[keep:]:
-                verdicts[i] = Verdict(None, "ifd_below_top_percent",
-                                      f"IFD {verdicts[i].record['ifd']:.3f} below the top {a.top_percent}% "
-                                      f"(cutoff {cutoff:.3f})")
+                verdicts[i] = Verdict(
+                    None,
+                    "ifd_below_top_percent",
+                    f"IFD {verdicts[i].record['ifd']:.3f} below the top {a.top_percent}% (cutoff {cutoff:.3f})",
+                )
         return verdicts
 
     def notes(self):
         a = self.args
-        return [f"scoring model: {a.model}; keep IFD in [{a.min_ifd or 0}, {a.max_ifd or 'inf'})"
-                + (f", then the top {a.top_percent}% " + ("per language" if a.per_language else "overall")
-                   if a.top_percent else "")]
+        return [
+            f"scoring model: {a.model}; keep IFD in [{a.min_ifd or 0}, {a.max_ifd or 'inf'})"
+            + (
+                f", then the top {a.top_percent}% " + ("per language" if a.per_language else "overall")
+                if a.top_percent
+                else ""
+            )
+        ]
 
 
 # ------------------------------------------------------------------------------------------------ provenance
@@ -464,10 +479,28 @@ class MixStep(Step):
         from align.data.mix import mix_records
 
         a = self.args
-        return mix_records(records, multipliers=a.multipliers, tiers=a.tiers, temperature=a.temperature,
-                           total=a.total, seed=a.seed, source=self.source, where=f"{self.where}.")
+        return mix_records(
+            records,
+            multipliers=a.multipliers,
+            tiers=a.tiers,
+            temperature=a.temperature,
+            total=a.total,
+            seed=a.seed,
+            source=self.source,
+            where=f"{self.where}.",
+        )
 
 
-STEPS: dict[str, type[Step]] = {cls.name: cls for cls in (CleanStep, ExactDedupStep, MinHashDedupStep,
-                                                          SemanticDedupStep, LanguageFilterStep, IFDStep,
-                                                          ProvenanceStep, MixStep)}
+STEPS: dict[str, type[Step]] = {
+    cls.name: cls
+    for cls in (
+        CleanStep,
+        ExactDedupStep,
+        MinHashDedupStep,
+        SemanticDedupStep,
+        LanguageFilterStep,
+        IFDStep,
+        ProvenanceStep,
+        MixStep,
+    )
+}

@@ -40,8 +40,9 @@ class BenchmarkArgs:
         if isinstance(self.tasks, str):
             self.tasks = [self.tasks]
         if self.backend not in BACKENDS:
-            raise ConfigError(None, "backend", f"unknown benchmark backend {self.backend!r} (expected "
-                                               f"{', '.join(BACKENDS)})")
+            raise ConfigError(
+                None, "backend", f"unknown benchmark backend {self.backend!r} (expected {', '.join(BACKENDS)})"
+            )
         for key in ("limit", "batch_size"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(None, key, f"must be at least 1, got {getattr(self, key)}")
@@ -130,7 +131,10 @@ def _build(manager, name: str, source: str | None) -> list:
 
 def _dataset_missing(error: Exception) -> bool:
     return isinstance(error, (ConnectionError, FileNotFoundError)) or type(error).__name__ in (
-        "DatasetNotFoundError", "DataFilesNotFoundError", "EmptyDatasetError")
+        "DatasetNotFoundError",
+        "DataFilesNotFoundError",
+        "EmptyDatasetError",
+    )
 
 
 def _first_line(error: BaseException) -> str:
@@ -138,10 +142,18 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def run_benchmarks(model: str, tasks: list[str] | ResolvedTasks, *, model_args: ModelArgs | None = None,
-                   limit: int | None = None, num_fewshot: int | None = None, batch_size: int = 8,
-                   backend: str = "auto", log_dir: str | Path | None = None,
-                   source: str | None = None) -> dict[str, dict[str, float]]:
+def run_benchmarks(
+    model: str,
+    tasks: list[str] | ResolvedTasks,
+    *,
+    model_args: ModelArgs | None = None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    backend: str = "auto",
+    log_dir: str | Path | None = None,
+    source: str | None = None,
+) -> dict[str, dict[str, float]]:
     """`{task: {metric: value}}` for one model (a path, alias or LoRA adapter directory), a group's subtasks each
     under its own name (one per language) and the group's aggregate, when lm-eval computes one, under the group's."""
     import lm_eval
@@ -150,9 +162,16 @@ def run_benchmarks(model: str, tasks: list[str] | ResolvedTasks, *, model_args: 
     model_type, lm_args = lm_model(model, model_args or ModelArgs(model=model), backend)
     log.info("lm-eval %s on %s: %s", model_type, model, ", ".join(resolved.names))
     results = lm_eval.simple_evaluate(
-        model=model_type, model_args=lm_args, tasks=resolved.objects, task_manager=resolved.manager,
-        num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
-        device="cuda" if cuda_available() else "cpu", log_samples=log_dir is not None)
+        model=model_type,
+        model_args=lm_args,
+        tasks=resolved.objects,
+        task_manager=resolved.manager,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        batch_size=batch_size,
+        device="cuda" if cuda_available() else "cpu",
+        log_samples=log_dir is not None,
+    )
     if log_dir is not None:
         _save_log(results, Path(log_dir))
     return metrics_of(results)
@@ -164,8 +183,11 @@ def lm_model(model: str, args: ModelArgs, backend: str = "auto") -> tuple[str, d
     path = model_path(model)
     base = adapter_base(Path(path))
     dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
-    lm_args: dict[str, Any] = {"pretrained": model_path(base) if base else path, "dtype": dtype,
-                               "trust_remote_code": args.trust_remote_code}
+    lm_args: dict[str, Any] = {
+        "pretrained": model_path(base) if base else path,
+        "dtype": dtype,
+        "trust_remote_code": args.trust_remote_code,
+    }
     if args.revision:
         lm_args["revision"] = args.revision
     if backend == "vllm":
@@ -182,8 +204,11 @@ def metrics_of(results: dict) -> dict[str, dict[str, float]]:
     """lm-eval's results table as `{task: {metric: value}}`: numbers only (a group's stderr may be "N/A")."""
     table = {}
     for task, row in {**results.get("results", {}), **results.get("groups", {})}.items():
-        metrics = {metric_name(key): float(value) for key, value in row.items()
-                   if "," in key and isinstance(value, (int, float)) and not isinstance(value, bool)}
+        metrics = {
+            metric_name(key): float(value)
+            for key, value in row.items()
+            if "," in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
         if metrics:
             table[task] = metrics
     return table

@@ -34,8 +34,7 @@ def _ngrams(text: str) -> list[Counter]:
     return grams + [extract_word_ngrams(words, n) for n in range(1, metric.word_order + 1)]
 
 
-def chrf_statistics(answers: Sequence[str], references: Sequence[str],
-                    prompts: Sequence | None = None) -> np.ndarray:
+def chrf_statistics(answers: Sequence[str], references: Sequence[str], prompts: Sequence | None = None) -> np.ndarray:
     """[answers, 3 x orders] chrF++ statistics (hypothesis, reference and matched counts per order), as sacrebleu
     computes them for one reference each; with `prompts`, each answer without the n-grams its prompt holds
     (echo-free)."""
@@ -45,8 +44,10 @@ def chrf_statistics(answers: Sequence[str], references: Sequence[str],
     for k, (answer, reference) in enumerate(zip(answers, references)):
         ours = _ngrams(answer)
         if prompts is not None:
-            ours = [Counter({g: n for g, n in a.items() if g not in p}) for a, p in
-                    zip(ours, _ngrams(prompt_text(prompts[k])))]
+            ours = [
+                Counter({g: n for g, n in a.items() if g not in p})
+                for a, p in zip(ours, _ngrams(prompt_text(prompts[k])))
+            ]
         row: list[int] = []
         for a, r in zip(ours, _ngrams(reference)):
             row += compat.chrf_match_statistics(metric, a, r)

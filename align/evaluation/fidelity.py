@@ -36,7 +36,8 @@ MIN_LATIN_WORD = 4
 # Languages written in a non-Latin script (Serbian is written in both and is left out).
 NON_LATIN = frozenset(
     "am ar as be bg bn el fa gu he hi hy ja ka kk km kn ko ky lo mk ml mn mr my ne or pa ps ru sd si ta te tg th "
-    "tt ug uk ur yi zh".split())
+    "tt ug uk ur yi zh".split()
+)
 
 # Standard varieties the detector tells apart only by chance: one passes for another.
 _SAME = [frozenset(group) for group in (("nb", "nn"), ("bs", "hr", "sr"), ("fil", "tl"))]
@@ -141,6 +142,10 @@ def rates_table(flags: Sequence[tuple[bool, bool]], langs: Sequence[str]) -> dic
     table = {}
     for lang, group in groups.items():
         line, word, both = fidelity_rates(group)
-        table[lang] = {"answers": len(group), "line_pass_rate": round(line, 4), "word_pass_rate": round(word, 4),
-                       "pass_rate": round(both, 4)}
+        table[lang] = {
+            "answers": len(group),
+            "line_pass_rate": round(line, 4),
+            "word_pass_rate": round(word, 4),
+            "pass_rate": round(both, 4),
+        }
     return table

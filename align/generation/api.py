@@ -53,8 +53,12 @@ class APISpec:
             raise ConfigError(None, "model", "must name the model the endpoint serves")
         if self.api_key_env is not None and not _ENV_NAME.fullmatch(str(self.api_key_env)):
             # never echo the value: a key pasted here by mistake must not reach a terminal or a log
-            raise ConfigError(None, "api_key_env", "must be the name of an environment variable (letters, digits "
-                                                   "and _) that holds the key, not the key itself")
+            raise ConfigError(
+                None,
+                "api_key_env",
+                "must be the name of an environment variable (letters, digits "
+                "and _) that holds the key, not the key itself",
+            )
         for key, least in (("max_concurrency", 1), ("max_retries", 0)):
             if getattr(self, key) < least:
                 raise ConfigError(None, key, f"must be at least {least}, got {getattr(self, key)}")
@@ -68,8 +72,11 @@ class APISpec:
             return NO_KEY
         key = os.environ.get(self.api_key_env)
         if not key:
-            raise ConfigError(None, "api_key_env", f"environment variable {self.api_key_env} is not set (it must "
-                                                   f"hold the endpoint's API key)")
+            raise ConfigError(
+                None,
+                "api_key_env",
+                f"environment variable {self.api_key_env} is not set (it must hold the endpoint's API key)",
+            )
         return key
 
 
@@ -95,8 +102,9 @@ class APIBackend:
 
         self.spec = spec
         self.requests = 0
-        self._client = openai.OpenAI(base_url=spec.base_url, api_key=spec.api_key(), max_retries=spec.max_retries,
-                                     timeout=spec.timeout)
+        self._client = openai.OpenAI(
+            base_url=spec.base_url, api_key=spec.api_key(), max_retries=spec.max_retries, timeout=spec.timeout
+        )
         self._lock = threading.Lock()
         self._log = Path(log) if log is not None else None
         self._answered: dict[str, list[str]] = {}
@@ -124,15 +132,22 @@ class APIBackend:
         """`args.num_samples` completions of one prompt, asking again while the server returns fewer."""
         samples: list[str] = []
         for draw in range(args.num_samples):  # each draw returns at least one sample: bounded
-            body = {"model": self.spec.model, "messages": prompt, "max_tokens": args.max_new_tokens,
-                    "temperature": args.temperature, "top_p": args.top_p}
+            body = {
+                "model": self.spec.model,
+                "messages": prompt,
+                "max_tokens": args.max_new_tokens,
+                "temperature": args.temperature,
+                "top_p": args.top_p,
+            }
             if args.temperature > 0:  # greedy requests go seedless: the same chat is the same request anywhere
                 body["seed"] = request_seed(seed, position, draw)
             samples += self._choices(body, args.num_samples - len(samples))
             if len(samples) >= args.num_samples:
-                return samples[:args.num_samples]
-        raise APIError(f"{self.spec.base_url}: {self.spec.model} returned fewer than {args.num_samples} completions "
-                       f"in {args.num_samples} requests")
+                return samples[: args.num_samples]
+        raise APIError(
+            f"{self.spec.base_url}: {self.spec.model} returned fewer than {args.num_samples} completions "
+            f"in {args.num_samples} requests"
+        )
 
     def _choices(self, body: dict, n: int) -> list[str]:
         """The texts of one request's choices: from the log when an earlier run made it, else from the server."""
@@ -160,11 +175,13 @@ class APIBackend:
         try:
             return self._client.chat.completions.create(**body, **({"n": n} if n > 1 else {}))
         except openai.APIStatusError as e:
-            raise APIError(f"{self.spec.base_url}: HTTP {e.status_code} from the chat endpoint "
-                           f"({_first_line(e.message)})") from None
+            raise APIError(
+                f"{self.spec.base_url}: HTTP {e.status_code} from the chat endpoint ({_first_line(e.message)})"
+            ) from None
         except openai.APIConnectionError as e:
-            raise APIError(f"{self.spec.base_url}: no answer after {self.spec.max_retries} retries "
-                           f"({_first_line(str(e))})") from None
+            raise APIError(
+                f"{self.spec.base_url}: no answer after {self.spec.max_retries} retries ({_first_line(str(e))})"
+            ) from None
 
 
 def _first_line(text: str | None) -> str:
@@ -172,8 +189,9 @@ def _first_line(text: str | None) -> str:
     return lines[0] if lines else "no message"
 
 
-def api_judge_backend(spec: APISpec, max_new_tokens: int = 256, *,
-                      log: str | os.PathLike | None = None) -> Callable[[list[Messages]], list[str]]:
+def api_judge_backend(
+    spec: APISpec, max_new_tokens: int = 256, *, log: str | os.PathLike | None = None
+) -> Callable[[list[Messages]], list[str]]:
     """A reward.judge.JudgeBackend over an endpoint: one greedy reply per chat, every chat's request in flight at
     once up to `max_concurrency` (`PairwiseJudge(backend=api_judge_backend(spec))`)."""
     backend = APIBackend(spec, log=log)

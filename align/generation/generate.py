@@ -62,17 +62,22 @@ class DecodingArgs:
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
-            raise ConfigError(None, "backend", f"unknown generation backend {self.backend!r} (expected "
-                                               f"{', '.join(BACKENDS)})")
+            raise ConfigError(
+                None, "backend", f"unknown generation backend {self.backend!r} (expected {', '.join(BACKENDS)})"
+            )
         if self.tensor_parallel_size > 1 and self.backend == "transformers":
-            raise ConfigError(None, "tensor_parallel_size", "tensor parallelism is vLLM's: use backend vllm (or auto "
-                                                            "on a machine with vLLM and CUDA)")
+            raise ConfigError(
+                None,
+                "tensor_parallel_size",
+                "tensor parallelism is vLLM's: use backend vllm (or auto on a machine with vLLM and CUDA)",
+            )
         for key in ("max_new_tokens", "batch_size", "max_batch_tokens", "tensor_parallel_size"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(None, key, f"must be at least 1, got {getattr(self, key)}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ConfigError(None, "temperature" if self.temperature < 0 else "top_p",
-                              "temperature must be >= 0 and top_p in (0, 1]")
+            raise ConfigError(
+                None, "temperature" if self.temperature < 0 else "top_p", "temperature must be >= 0 and top_p in (0, 1]"
+            )
         getattr(super(), "__post_init__", lambda: None)()
 
     def generation(self, **overrides) -> GenerationArgs:
@@ -134,8 +139,14 @@ def prompt_length(prompt: Messages, tokenizer) -> int:
     return len(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=False))
 
 
-def plan_batches(prompts: list[Messages], tokenizer, batch_size: int, max_batch_tokens: int | None = None,
-                 samples: int = 1, step_cost: int | None = None) -> list[list[int]]:
+def plan_batches(
+    prompts: list[Messages],
+    tokenizer,
+    batch_size: int,
+    max_batch_tokens: int | None = None,
+    samples: int = 1,
+    step_cost: int | None = None,
+) -> list[list[int]]:
     """Indices of the prompts, grouped into batches of similar length (longest first; ties keep input order).
 
     A batch holds at most `batch_size` prompts and, when `max_batch_tokens` is set, at most that many padded prompt
@@ -159,7 +170,7 @@ def plan_batches(prompts: list[Messages], tokenizer, batch_size: int, max_batch_
                 cost[end], first[end] = cost[begin] + step_cost + padded, begin
     batches, end = [], len(order)
     while end:
-        batches.append(order[first[end]:end])
+        batches.append(order[first[end] : end])
         end = first[end]
     return batches[::-1]
 
@@ -179,8 +190,11 @@ class TransformersBackend:
         self.model, self.tokenizer = model, tokenizer
         self.generated_tokens = 0  # new tokens before each sequence's end (benchmarks, progress reports)
         if packed_prefill is None:
-            packed_prefill = (next(model.parameters()).device.type == "cpu" and can_use(model)
-                              and full_causal(unwrapped(model).config))
+            packed_prefill = (
+                next(model.parameters()).device.type == "cpu"
+                and can_use(model)
+                and full_causal(unwrapped(model).config)
+            )
         self.packed_prefill = packed_prefill
 
     def prefilled_cache(self, encoded: list[list[int]], width: int, copies: int, room: int, device):
@@ -200,23 +214,29 @@ class TransformersBackend:
         with torch.no_grad(), packed_attention(self.model) as switched:
             if not switched:
                 raise ValueError("packed prefill needs a model that can run per_example attention")
-            self.model(input_ids=torch.tensor([sum(heads, [])], device=device), use_cache=True,
-                       position_ids=torch.cat([torch.arange(len(h)) for h in heads])[None].to(device),
-                       past_key_values=packed, logits_to_keep=1)
+            self.model(
+                input_ids=torch.tensor([sum(heads, [])], device=device),
+                use_cache=True,
+                position_ids=torch.cat([torch.arange(len(h)) for h in heads])[None].to(device),
+                past_key_values=packed,
+                logits_to_keep=1,
+            )
         return unpack_to_batch(packed, [len(h) for h in heads], width - 1, copies, room, self.model.config)
 
     def __call__(self, prompts: list[Messages], args: GenerationArgs, seed: int) -> list[list[str]]:
         tokenizer, model = self.tokenizer, self.model
-        encoded = [tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=False)
-                   for p in prompts]
+        encoded = [
+            tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=False)
+            for p in prompts
+        ]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         width = max(len(ids) for ids in encoded)
         k = args.num_samples
         input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
         for row, ids in enumerate(encoded):  # left padding: every prompt ends where generation starts
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention_mask[row, width - len(ids):] = 1
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
         device = next(model.parameters()).device
         sampling = args.temperature > 0
         was_training = model.training
@@ -230,16 +250,22 @@ class TransformersBackend:
             torch.manual_seed(seed)
             with torch.no_grad():
                 output = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                    max_new_tokens=args.max_new_tokens, do_sample=sampling,
-                    temperature=args.temperature if sampling else None, top_p=args.top_p if sampling else None,
-                    top_k=None, pad_token_id=pad_id, **extra)
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    max_new_tokens=args.max_new_tokens,
+                    do_sample=sampling,
+                    temperature=args.temperature if sampling else None,
+                    top_p=args.top_p if sampling else None,
+                    top_k=None,
+                    pad_token_id=pad_id,
+                    **extra,
+                )
         finally:
             model.train(was_training)
         new = output[:, width:]
         self.generated_tokens += int((new != pad_id).sum())
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [[t.strip() for t in texts[i * k: (i + 1) * k]] for i in range(len(prompts))]
+        return [[t.strip() for t in texts[i * k : (i + 1) * k]] for i in range(len(prompts))]
 
 
 class VLLMBackend:
@@ -250,21 +276,42 @@ class VLLMBackend:
     frees its GPUs whole.
     """
 
-    def __init__(self, model_path: str, *, dtype: str = "auto", trust_remote_code: bool = False,
-                 adapter: str | None = None, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
-                 max_model_len: int | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        adapter: str | None = None,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+    ):
         import os
 
         from vllm import LLM
 
         self.adapter = adapter
-        gpus = engine_gpus(int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
-                           tensor_parallel_size, visible_gpus())
-        with environment(CUDA_VISIBLE_DEVICES=",".join(gpus), VLLM_ENABLE_V1_MULTIPROCESSING="1",
-                         VLLM_WORKER_MULTIPROC_METHOD="spawn"):  # the engine's processes see only this slice
-            self.llm = LLM(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code,
-                           enable_lora=bool(adapter), tensor_parallel_size=tensor_parallel_size,
-                           gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+        gpus = engine_gpus(
+            int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+            tensor_parallel_size,
+            visible_gpus(),
+        )
+        with environment(
+            CUDA_VISIBLE_DEVICES=",".join(gpus),
+            VLLM_ENABLE_V1_MULTIPROCESSING="1",
+            VLLM_WORKER_MULTIPROC_METHOD="spawn",
+        ):  # the engine's processes see only this slice
+            self.llm = LLM(
+                model=model_path,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                enable_lora=bool(adapter),
+                tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization,
+                max_model_len=max_model_len,
+            )
 
     def __call__(self, prompts: list[Messages], args: GenerationArgs, seed: int) -> list[list[str]]:
         from vllm import SamplingParams
@@ -274,8 +321,13 @@ class VLLMBackend:
             from vllm.lora.request import LoRARequest
 
             lora = LoRARequest("adapter", 1, self.adapter)
-        params = SamplingParams(n=args.num_samples, temperature=args.temperature, top_p=args.top_p,
-                                max_tokens=args.max_new_tokens, seed=seed)
+        params = SamplingParams(
+            n=args.num_samples,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=args.max_new_tokens,
+            seed=seed,
+        )
         outputs = self.llm.chat(prompts, params, use_tqdm=False, lora_request=lora)
         return [[c.text.strip() for c in out.outputs] for out in outputs]
 
@@ -295,10 +347,14 @@ def engine_gpus(local_rank: int, local_processes: int, tensor_parallel_size: int
     the engines of one node's processes never share a GPU."""
     needed = local_processes * tensor_parallel_size
     if needed > len(visible):
-        raise ConfigError(None, "tensor_parallel_size", f"{local_processes} process(es) on this node x "
-                                                        f"tensor_parallel_size {tensor_parallel_size} needs {needed} "
-                                                        f"GPUs; {len(visible)} are visible")
-    return visible[local_rank * tensor_parallel_size:(local_rank + 1) * tensor_parallel_size]
+        raise ConfigError(
+            None,
+            "tensor_parallel_size",
+            f"{local_processes} process(es) on this node x "
+            f"tensor_parallel_size {tensor_parallel_size} needs {needed} "
+            f"GPUs; {len(visible)} are visible",
+        )
+    return visible[local_rank * tensor_parallel_size : (local_rank + 1) * tensor_parallel_size]
 
 
 @contextlib.contextmanager
@@ -326,8 +382,11 @@ def choose_backend(name: str) -> str:
     if name == "auto":
         return "vllm" if vllm_usable() else "transformers"
     if name == "vllm" and not vllm_usable():
-        raise ConfigError(None, "backend", "vllm needs the vllm package and a CUDA GPU: pip install vllm, or use "
-                                           "backend: transformers")
+        raise ConfigError(
+            None,
+            "backend",
+            "vllm needs the vllm package and a CUDA GPU: pip install vllm, or use backend: transformers",
+        )
     return name
 
 
@@ -341,9 +400,13 @@ def load_backend(model_args: ModelArgs, backend: str, adapter: str | None = None
         base = adapter_base(Path(path))
         if base is not None:  # an adapter directory given as the model
             adapter, path = path, model_path(base)
-        return VLLMBackend(path, dtype=model_args.dtype, trust_remote_code=model_args.trust_remote_code,
-                           adapter=model_path(adapter) if adapter else None,
-                           tensor_parallel_size=tensor_parallel_size), tokenizer
+        return VLLMBackend(
+            path,
+            dtype=model_args.dtype,
+            trust_remote_code=model_args.trust_remote_code,
+            adapter=model_path(adapter) if adapter else None,
+            tensor_parallel_size=tensor_parallel_size,
+        ), tokenizer
     model = match_embeddings(load_model(model_args), tokenizer)
     if adapter:
         from peft import PeftModel
@@ -352,9 +415,17 @@ def load_backend(model_args: ModelArgs, backend: str, adapter: str | None = None
     return TransformersBackend(to_gpu_if_available(model), tokenizer), tokenizer
 
 
-def iter_batches(backend: Backend, tokenizer, prompts: list[Messages], args: GenerationArgs, *,
-                 skip: Callable[[int], bool] = lambda i: False, progress: bool = True, desc: str = "Generating",
-                 shard: tuple[int, int] = (0, 1)) -> Iterator[list[tuple[int, list[str]]]]:
+def iter_batches(
+    backend: Backend,
+    tokenizer,
+    prompts: list[Messages],
+    args: GenerationArgs,
+    *,
+    skip: Callable[[int], bool] = lambda i: False,
+    progress: bool = True,
+    desc: str = "Generating",
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[list[tuple[int, list[str]]]]:
     """Yield each planned batch's (prompt index, completions), skipping batches whose every prompt `skip`s.
 
     A batch with some prompts done is regenerated whole (same prompts, same seed, so the same completions) and only
@@ -364,10 +435,10 @@ def iter_batches(backend: Backend, tokenizer, prompts: list[Messages], args: Gen
     """
     rank, processes = shard
     batches = plan_batches(prompts, tokenizer, args.batch_size, batch_token_budget(args), args.num_samples)
-    todo = [(b, batch) for b, batch in enumerate(batches)
-            if b % processes == rank and not all(skip(i) for i in batch)]
-    bar = tqdm(total=sum(len(batch) for _, batch in todo), desc=desc, unit="prompt",
-               disable=not progress or len(prompts) < 2)
+    todo = [(b, batch) for b, batch in enumerate(batches) if b % processes == rank and not all(skip(i) for i in batch)]
+    bar = tqdm(
+        total=sum(len(batch) for _, batch in todo), desc=desc, unit="prompt", disable=not progress or len(prompts) < 2
+    )
     for b, batch in todo:
         completions = backend([prompts[i] for i in batch], args, batch_seed(args.seed, b))
         yield [(i, c) for i, c in zip(batch, completions) if not skip(i)]
@@ -375,8 +446,15 @@ def iter_batches(backend: Backend, tokenizer, prompts: list[Messages], args: Gen
     bar.close()
 
 
-def complete(backend: Backend, tokenizer, prompts: list[Messages], args: GenerationArgs, *,
-             progress: bool = True, desc: str = "Generating") -> list[list[str]]:
+def complete(
+    backend: Backend,
+    tokenizer,
+    prompts: list[Messages],
+    args: GenerationArgs,
+    *,
+    progress: bool = True,
+    desc: str = "Generating",
+) -> list[list[str]]:
     """`args.num_samples` completions per prompt, in input order, held in memory (a judge's replies, a test's
     answers); a stage that must survive a kill streams into a log with `generate_logged` instead."""
     results: list[list[str] | None] = [None] * len(prompts)
@@ -386,10 +464,19 @@ def complete(backend: Backend, tokenizer, prompts: list[Messages], args: Generat
     return results  # type: ignore[return-value]
 
 
-def generate_logged(path: str | Path, prompts: list[Messages], args: GenerationArgs, load: Callable[[], tuple], *,
-                    keys: Sequence[Hashable] | None = None, extra: Callable[[int], dict] | None = None,
-                    done: set = frozenset(), desc: str = "Generating", progress: bool = True,
-                    shard: tuple[int, int] = (0, 1)) -> list[dict]:
+def generate_logged(
+    path: str | Path,
+    prompts: list[Messages],
+    args: GenerationArgs,
+    load: Callable[[], tuple],
+    *,
+    keys: Sequence[Hashable] | None = None,
+    extra: Callable[[int], dict] | None = None,
+    done: set = frozenset(),
+    desc: str = "Generating",
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+) -> list[dict]:
     """The one generation primitive of the stages: answer `prompts` into the append log at `path`, one flushed
     record per prompt, `{"index": key, **extra(i), "completions": [...]}`, and return the log's records in input order.
 
@@ -403,8 +490,16 @@ def generate_logged(path: str | Path, prompts: list[Messages], args: GenerationA
         finished = log_file.done | set(done)
         if any(k not in finished for k in keys):
             backend, tokenizer = load()
-            for chunk in iter_batches(backend, tokenizer, prompts, args, skip=lambda i: keys[i] in finished,
-                                      desc=desc, progress=progress, shard=shard):
+            for chunk in iter_batches(
+                backend,
+                tokenizer,
+                prompts,
+                args,
+                skip=lambda i: keys[i] in finished,
+                desc=desc,
+                progress=progress,
+                shard=shard,
+            ):
                 for i, completions in chunk:
                     log_file.append({"index": keys[i], **(extra(i) if extra else {}), "completions": completions})
             del backend, tokenizer
@@ -413,17 +508,37 @@ def generate_logged(path: str | Path, prompts: list[Messages], args: GenerationA
     return [by_key[k] for k in keys if k in by_key]
 
 
-def generate_sharded(directory: Path, stem: str, prompts: list[Messages], args: GenerationArgs,
-                     load: Callable[[], tuple], *, rank: int, processes: int, barrier: Callable[[], None],
-                     keys: Sequence[Hashable] | None = None, extra: Callable[[int], dict] | None = None,
-                     desc: str = "Generating") -> list[dict]:
+def generate_sharded(
+    directory: Path,
+    stem: str,
+    prompts: list[Messages],
+    args: GenerationArgs,
+    load: Callable[[], tuple],
+    *,
+    rank: int,
+    processes: int,
+    barrier: Callable[[], None],
+    keys: Sequence[Hashable] | None = None,
+    extra: Callable[[int], dict] | None = None,
+    desc: str = "Generating",
+) -> list[dict]:
     """`generate_logged` on one or several processes: each answers its share of the batches into its own log
     (align.core.io.shard_log), the main process joins them into `<stem>.jsonl`, and every process returns all records in
     input order (those one process makes)."""
     keys = list(range(len(prompts))) if keys is None else list(keys)
     done = {r["index"] for pattern in (f"{stem}.jsonl", f"{stem}.rank*.jsonl") for r in read_logs(directory, pattern)}
-    generate_logged(shard_log(directory, stem, rank, processes), prompts, args, load, keys=keys, done=done,
-                    extra=extra, desc=desc, progress=rank == 0, shard=(rank, processes))
+    generate_logged(
+        shard_log(directory, stem, rank, processes),
+        prompts,
+        args,
+        load,
+        keys=keys,
+        done=done,
+        extra=extra,
+        desc=desc,
+        progress=rank == 0,
+        shard=(rank, processes),
+    )
     barrier()
     if rank == 0:
         order = {k: n for n, k in enumerate(keys)}
@@ -433,8 +548,9 @@ def generate_sharded(directory: Path, stem: str, prompts: list[Messages], args: 
     return [by_key[k] for k in keys]
 
 
-def check_models(models: Sequence[tuple[str, str, str | None]], source: str | None, *,
-                 trust_remote_code: bool = False) -> None:
+def check_models(
+    models: Sequence[tuple[str, str, str | None]], source: str | None, *, trust_remote_code: bool = False
+) -> None:
     """Every (key, model, adapter) must resolve to a loadable config before any work starts: a typo fails in
     seconds, not after the first teacher has answered."""
     from transformers import AutoConfig
@@ -453,8 +569,9 @@ def check_models(models: Sequence[tuple[str, str, str | None]], source: str | No
 def generate(model, tokenizer, prompts: list[Messages], args: GenerationArgs, *, progress: bool = True) -> list[str]:
     """One completion per prompt (a list of chat messages), in the order given, with the transformers backend."""
     single = GenerationArgs(**{**args.__dict__, "num_samples": 1, "backend": "transformers"})
-    return [c[0] for c in complete(TransformersBackend(model, tokenizer), tokenizer, prompts, single,
-                                   progress=progress)]
+    return [
+        c[0] for c in complete(TransformersBackend(model, tokenizer), tokenizer, prompts, single, progress=progress)
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ polyalign generate
@@ -478,8 +595,9 @@ def run_generate(raw: dict, source: str | None = None) -> list[dict]:
 
     args = build_dataclass(GenerateArgs, raw, source)
     if args.prompt:
-        records = [{"prompt": [{"role": "user", "content": p}], "id": str(i), "lang": None}
-                   for i, p in enumerate(args.prompt)]
+        records = [
+            {"prompt": [{"role": "user", "content": p}], "id": str(i), "lang": None} for i, p in enumerate(args.prompt)
+        ]
     elif args.prompts is not None:
         records = load_records(args.prompts, "prompt", seed=args.seed, source=source, key="prompts")
     else:
@@ -498,8 +616,16 @@ def run_generate(raw: dict, source: str | None = None) -> list[dict]:
     else:  # streamed into a log beside the output, keyed by the config, so a killed run resumes
         log_path = output.parent / f".{output.name}.{config_hash({k: v for k, v in raw.items() if k != 'overwrite'})}"
         answers = [a["completions"] for a in generate_logged(log_path, chats, args, load)]
-    rows = [{"id": r["id"], "lang": r.get("lang"), "prompt": r["prompt"][-1]["content"], "completion": a[0],
-             **({"completions": a} if args.num_samples > 1 else {})} for r, a in zip(records, answers)]
+    rows = [
+        {
+            "id": r["id"],
+            "lang": r.get("lang"),
+            "prompt": r["prompt"][-1]["content"],
+            "completion": a[0],
+            **({"completions": a} if args.num_samples > 1 else {}),
+        }
+        for r, a in zip(records, answers)
+    ]
     for row in rows:
         print(f"[{row['lang'] or '?'}] {row['prompt']}\n  → {row['completion']}\n", flush=True)
     if output is not None:

@@ -29,8 +29,12 @@ class PreallocatedLayer(compat.dynamic_cache_layer()):
         keys, values = self.buffers
         start = self.keys.shape[-2]
         end = start + key_states.shape[-2]
-        if (end > keys.shape[-2] or self.keys.data_ptr() != keys.data_ptr()
-                or self.keys.shape[0] != keys.shape[0] or key_states.shape[0] != keys.shape[0]):
+        if (
+            end > keys.shape[-2]
+            or self.keys.data_ptr() != keys.data_ptr()
+            or self.keys.shape[0] != keys.shape[0]
+            or key_states.shape[0] != keys.shape[0]
+        ):
             return super().update(key_states, value_states, *args, **kwargs)
         keys[:, :, start:end] = key_states
         values[:, :, start:end] = value_states
@@ -38,8 +42,9 @@ class PreallocatedLayer(compat.dynamic_cache_layer()):
         return self.keys, self.values
 
 
-def unpack_to_batch(packed: DynamicCache, lengths: list[int], width: int, copies: int, room: int,
-                    config) -> DynamicCache:
+def unpack_to_batch(
+    packed: DynamicCache, lengths: list[int], width: int, copies: int, room: int, config
+) -> DynamicCache:
     """Split a one-row cache of prompts packed end to end (`lengths` tokens each) into a batch: one row per prompt,
     repeated `copies` times, left-padded with zeros to `width` tokens, with room for `room` more."""
     cache = DynamicCache(config=config)
@@ -51,8 +56,8 @@ def unpack_to_batch(packed: DynamicCache, lengths: list[int], width: int, copies
         start = 0
         for row, n in enumerate(lengths):
             rows = slice(row * copies, (row + 1) * copies)
-            keys[rows, :, width - n:width] = layer.keys[0, :, start:start + n]
-            values[rows, :, width - n:width] = layer.values[0, :, start:start + n]
+            keys[rows, :, width - n : width] = layer.keys[0, :, start : start + n]
+            values[rows, :, width - n : width] = layer.values[0, :, start : start + n]
             start += n
         layers.append(PreallocatedLayer(keys, values, width))
     cache.layers = layers

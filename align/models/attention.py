@@ -55,9 +55,17 @@ def _bounds(batch: int, kwargs: dict) -> list[list[tuple[int, int]]] | None:
     return _last_bounds[1]
 
 
-def per_example_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                          is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+def per_example_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     batch, _, q_length, _ = query.shape
@@ -67,16 +75,32 @@ def per_example_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
         raise ValueError(f"{NAME} does not implement attention sinks (s_aux)")
     if attention_mask is None and causal and key.shape[2] == q_length:
         bounds = _bounds(batch, kwargs) or [[(0, q_length)]] * batch
-        rows = [torch.cat([_one_example(module, query[row: row + 1, :, a:b], key[row: row + 1, :, a:b],
-                                        value[row: row + 1, :, a:b], dropout, scaling, window, softcap)
-                           for a, b in segments], dim=2)
-                for row, segments in enumerate(bounds)]
+        rows = [
+            torch.cat(
+                [
+                    _one_example(
+                        module,
+                        query[row : row + 1, :, a:b],
+                        key[row : row + 1, :, a:b],
+                        value[row : row + 1, :, a:b],
+                        dropout,
+                        scaling,
+                        window,
+                        softcap,
+                    )
+                    for a, b in segments
+                ],
+                dim=2,
+            )
+            for row, segments in enumerate(bounds)
+        ]
         output = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
         return output.transpose(1, 2).contiguous(), None
     if softcap is not None:  # sdpa has no soft-capping: the family's own eager attention, on sdpa's boolean mask
         return _soft_capped(module, query, key, value, attention_mask, dropout, scaling, softcap, **kwargs), None
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                  is_causal=is_causal, **kwargs)
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+    )
 
 
 def _one_example(module, query, key, value, dropout, scaling, window, softcap) -> torch.Tensor:
@@ -85,15 +109,17 @@ def _one_example(module, query, key, value, dropout, scaling, window, softcap) -
     length = query.shape[2]
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     if softcap is None and (window is None or length <= window):
-        return torch.nn.functional.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling,
-                                                                is_causal=True, enable_gqa=gqa)
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa
+        )
     positions = torch.arange(length, device=query.device)
     allowed = positions[None, :] <= positions[:, None]
     if window is not None:  # transformers' sliding_window_overlay: kv_idx > q_idx - window
         allowed &= positions[None, :] > positions[:, None] - window
     if softcap is None:
-        return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed, dropout_p=dropout,
-                                                                scale=scaling, enable_gqa=gqa)
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=allowed, dropout_p=dropout, scale=scaling, enable_gqa=gqa
+        )
     return _soft_capped(module, query, key, value, allowed, dropout, scaling, softcap).transpose(1, 2)
 
 
@@ -102,8 +128,9 @@ def _soft_capped(module, query, key, value, mask, dropout, scaling, softcap, **k
     takes as an additive one."""
     if mask is not None and mask.dtype == torch.bool:
         mask = torch.zeros_like(mask, dtype=query.dtype).masked_fill(~mask, torch.finfo(query.dtype).min)
-    return _family_eager(module)(module, query, key, value, mask, dropout=dropout, scaling=scaling, softcap=softcap,
-                                 **kwargs)[0]
+    return _family_eager(module)(
+        module, query, key, value, mask, dropout=dropout, scaling=scaling, softcap=softcap, **kwargs
+    )[0]
 
 
 def _family_eager(module):
@@ -114,16 +141,34 @@ def _family_eager(module):
     return function
 
 
-def per_example_mask(*args, q_length: int, kv_length: int, attention_mask: torch.Tensor | None = None,
-                     local_size: int | None = None, config=None, **kwargs):
+def per_example_mask(
+    *args,
+    q_length: int,
+    kv_length: int,
+    attention_mask: torch.Tensor | None = None,
+    local_size: int | None = None,
+    config=None,
+    **kwargs,
+):
     """No mask where the attention above needs none (no padding, no cache; a sliding window it applies itself, as the
     layers pass it their window); sdpa's own mask everywhere else, which transformers builds packing-aware."""
     from transformers.masking_utils import sdpa_mask
 
-    if attention_mask is None and q_length == kv_length and local_size in (None, getattr(config, "sliding_window", None)):
+    if (
+        attention_mask is None
+        and q_length == kv_length
+        and local_size in (None, getattr(config, "sliding_window", None))
+    ):
         return None
-    return sdpa_mask(*args, q_length=q_length, kv_length=kv_length, attention_mask=attention_mask,
-                     local_size=local_size, config=config, **kwargs)
+    return sdpa_mask(
+        *args,
+        q_length=q_length,
+        kv_length=kv_length,
+        attention_mask=attention_mask,
+        local_size=local_size,
+        config=config,
+        **kwargs,
+    )
 
 
 def register() -> str:

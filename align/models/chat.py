@@ -27,8 +27,14 @@ class TemplateError(PolyalignError):
     """The chat template cannot render a conversation, or renders it without the assistant's words."""
 
 
-def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool = False, chat_template=None,
-           tools: list[dict] | None = None) -> str:
+def render(
+    tokenizer,
+    messages: list[dict],
+    *,
+    add_generation_prompt: bool = False,
+    chat_template=None,
+    tools: list[dict] | None = None,
+) -> str:
     """The template's text for `messages`. Without tools a template gets `tools=None`, as at inference; one that
     iterates over `tools` unguarded gets an empty list instead."""
     if not messages:
@@ -36,8 +42,13 @@ def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool = Fal
     from jinja2 import TemplateError as JinjaError
 
     def apply(tool_list):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             chat_template=chat_template, tools=tool_list)
+        return tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            chat_template=chat_template,
+            tools=tool_list,
+        )
 
     try:
         try:
@@ -66,7 +77,7 @@ def _closes(span: str, answer: list[str]) -> bool:
     """Whether a turn's span holds its answer and then the end-of-turn: where a template marks the final turn
     differently, the whole conversation and the one ending at the turn part ways right after the answer."""
     ends = [span.find(piece) + len(piece) for piece in answer]
-    return _holds(span, answer) and bool(span[max(ends, default=0):].strip())
+    return _holds(span, answer) and bool(span[max(ends, default=0) :].strip())
 
 
 def _check_tools(text: str, messages: list[dict], tools: list[dict] | None) -> None:
@@ -76,8 +87,10 @@ def _check_tools(text: str, messages: list[dict], tools: list[dict] | None) -> N
     names += [t["function"]["name"] for t in tools or []]
     missing = sorted({n for n in names if n not in text})
     if missing:
-        raise TemplateError(f"the chat template has no tool support: it does not render the tool calls or "
-                            f"definitions {', '.join(missing)}")
+        raise TemplateError(
+            f"the chat template has no tool support: it does not render the tool calls or "
+            f"definitions {', '.join(missing)}"
+        )
 
 
 @dataclass
@@ -88,31 +101,35 @@ class Rendering:
     spans: list[tuple[int, int]]
 
 
-def assistant_renderings(tokenizer, messages: list[dict], chat_template=None,
-                         tools: list[dict] | None = None) -> list[Rendering]:
+def assistant_renderings(
+    tokenizer, messages: list[dict], chat_template=None, tools: list[dict] | None = None
+) -> list[Rendering]:
     """The renderings that label every assistant turn once: the whole conversation, holding the turns it renders as
     they render at the end of a conversation, last; before it one rendering per turn it shows otherwise."""
     full = render(tokenizer, messages, chat_template=chat_template, tools=tools)
     _check_tools(full, messages, tools)
     # Where two renderings part ways inside a token ("<|im_end|>" against "<|endoftext|>" share "<|"), they part at
     # that token's start.
-    boundaries = sorted({e for _, e in tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-                         ["offset_mapping"]} | {0})
+    boundaries = sorted(
+        {e for _, e in tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]} | {0}
+    )
     own, spans = [], []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render(tokenizer, messages[:i], add_generation_prompt=True, chat_template=chat_template,
-                        tools=tools)
+        before = render(tokenizer, messages[:i], add_generation_prompt=True, chat_template=chat_template, tools=tools)
         through = render(tokenizer, messages[: i + 1], chat_template=chat_template, tools=tools)
         # A generation prompt may open what the rendered turn does not (DeepSeek-R1's "<think>\n"): the turn starts
         # where the two part ways.
         start = len(os.path.commonprefix([before, through]))
-        if start < len(os.path.commonprefix([before, render(tokenizer, messages[:i], chat_template=chat_template,
-                                                            tools=tools)])):
-            raise TemplateError(f"the chat template renders the conversation before assistant turn {i} differently "
-                                "when the turn follows it, so where the turn starts is unknown; use another template, "
-                                "or set assistant_only_loss: false")
+        if start < len(
+            os.path.commonprefix([before, render(tokenizer, messages[:i], chat_template=chat_template, tools=tools)])
+        ):
+            raise TemplateError(
+                f"the chat template renders the conversation before assistant turn {i} differently "
+                "when the turn follows it, so where the turn starts is unknown; use another template, "
+                "or set assistant_only_loss: false"
+            )
         answer = _answer(message)
         # Templates may close a conversation with something they omit mid-conversation (phi3 appends EOS), so in
         # the whole conversation the turn ends where its rendering and the whole part ways.
@@ -123,9 +140,11 @@ def assistant_renderings(tokenizer, messages: list[dict], chat_template=None,
         elif _holds(through[start:], answer):
             own.append(Rendering(through, [(start, len(through))]))
         else:
-            raise TemplateError(f"the chat template does not render assistant turn {i} after its conversation (its "
-                                "words are missing from the rendering that ends with it), so its tokens cannot be "
-                                "located; use another template, or set assistant_only_loss: false")
+            raise TemplateError(
+                f"the chat template does not render assistant turn {i} after its conversation (its "
+                "words are missing from the rendering that ends with it), so its tokens cannot be "
+                "located; use another template, or set assistant_only_loss: false"
+            )
     return [*own, Rendering(full, spans)]
 
 
@@ -152,8 +171,15 @@ def _labels(tokenizer, rendering: Rendering, assistant_only: bool) -> tuple[list
     return input_ids, labels
 
 
-def tokenize_chat(tokenizer, messages: list[dict], *, max_length: int | None, assistant_only: bool = True,
-                  chat_template=None, tools: list[dict] | None = None) -> list[TokenizedChat]:
+def tokenize_chat(
+    tokenizer,
+    messages: list[dict],
+    *,
+    max_length: int | None,
+    assistant_only: bool = True,
+    chat_template=None,
+    tools: list[dict] | None = None,
+) -> list[TokenizedChat]:
     """The training examples of one conversation (one for most templates; see the module docstring), with labels
     IGNORE_INDEX outside assistant turns, each cut to `max_length` from the end. The whole conversation is last."""
     if assistant_only:

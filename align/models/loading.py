@@ -24,8 +24,14 @@ from align.models.embedded import DEFAULT_MODEL, resolve_model
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 
@@ -57,14 +63,21 @@ class LoadingArgs:
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ConfigError(None, "dtype", f"unknown dtype {self.dtype!r} (expected auto, {', '.join(DTYPES)})")
         if self.attn_implementation not in ATTENTION:
-            raise ConfigError(None, "attn_implementation", f"unknown backend {self.attn_implementation!r} (expected "
-                                                           f"{', '.join(ATTENTION)})")
+            raise ConfigError(
+                None,
+                "attn_implementation",
+                f"unknown backend {self.attn_implementation!r} (expected {', '.join(ATTENTION)})",
+            )
         getattr(super(), "__post_init__", lambda: None)()
 
     def model_args(self, model: str = DEFAULT_MODEL) -> ModelArgs:
         """`model` loaded the way this config says (a ranker's loader takes the model name from its own spec)."""
-        return ModelArgs(model=model, dtype=self.dtype, attn_implementation=self.attn_implementation,
-                         trust_remote_code=self.trust_remote_code)
+        return ModelArgs(
+            model=model,
+            dtype=self.dtype,
+            attn_implementation=self.attn_implementation,
+            trust_remote_code=self.trust_remote_code,
+        )
 
 
 # Not trl's ModelConfig: its keys (model_name_or_path, use_peft, lora_r, ...) would rename every recipe's `model` and
@@ -96,12 +109,18 @@ def resolve_attention(name: str, dtype: torch.dtype) -> str:
     """The attention backend for `name` (one of ATTENTION, checked by LoadingArgs), refusing what this machine lacks."""
     has_flash = importlib.util.find_spec("flash_attn") is not None
     if name == "auto":
-        return "flash_attention_2" if has_flash and cuda_available() and dtype in (torch.bfloat16, torch.float16) else "sdpa"
+        return (
+            "flash_attention_2"
+            if has_flash and cuda_available() and dtype in (torch.bfloat16, torch.float16)
+            else "sdpa"
+        )
     if name.startswith("flash_attention"):
         if not cuda_available():
             raise ConfigError(None, "attn_implementation", f"{name} needs a CUDA GPU; none is available")
         if name == "flash_attention_2" and not has_flash:
-            raise ConfigError(None, "attn_implementation", "flash_attention_2 needs flash-attn: pip install 'polyalign[gpu]'")
+            raise ConfigError(
+                None, "attn_implementation", "flash_attention_2 needs flash-attn: pip install 'polyalign[gpu]'"
+            )
     return name
 
 
@@ -118,9 +137,13 @@ def quantization_config(args: ModelArgs, dtype: torch.dtype):
 
     if args.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=args.bnb_4bit_quant_type,
-                              bnb_4bit_use_double_quant=args.bnb_4bit_use_double_quant,
-                              bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=args.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,
+    )
 
 
 def _placement(quant, device_map) -> dict:
@@ -158,8 +181,9 @@ def _auto_tokenizer(args: ModelArgs):
     path = model_path(args.model)
     base = None if (Path(path) / "tokenizer_config.json").is_file() else adapter_base(Path(path))
     try:
-        return AutoTokenizer.from_pretrained(resolve_model(base) if base else path,
-                                             trust_remote_code=args.trust_remote_code, revision=args.revision)
+        return AutoTokenizer.from_pretrained(
+            resolve_model(base) if base else path, trust_remote_code=args.trust_remote_code, revision=args.revision
+        )
     except (OSError, ValueError) as e:
         raise PolyalignError(f"model '{args.model}': cannot load its tokenizer ({str(e).splitlines()[0]})") from None
 
@@ -173,8 +197,10 @@ def load_tokenizer(args: ModelArgs):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
-        raise PolyalignError(f"model '{args.model}': its tokenizer has no chat template; give one with "
-                             "`chat_template:` (chatml, llama3, gemma, ... or a Jinja file), or use an instruct model")
+        raise PolyalignError(
+            f"model '{args.model}': its tokenizer has no chat template; give one with "
+            "`chat_template:` (chatml, llama3, gemma, ... or a Jinja file), or use an instruct model"
+        )
     return tokenizer
 
 
@@ -202,11 +228,21 @@ def load_model(args: ModelArgs, *, device_map=None):
     path = model_path(args.model)
     if adapter_base(Path(path)):
         return _load_adapter(args, Path(path))
-    kwargs = dict(dtype=dtype, trust_remote_code=args.trust_remote_code, revision=args.revision,
-                  use_safetensors=True, **_placement(quant, device_map))
+    kwargs = dict(
+        dtype=dtype,
+        trust_remote_code=args.trust_remote_code,
+        revision=args.revision,
+        use_safetensors=True,
+        **_placement(quant, device_map),
+    )
     model, attention = _with_attention(
-        lambda attempt: AutoModelForCausalLM.from_pretrained(path, attn_implementation=attempt, **kwargs), args, attention)
-    log.info("loaded %s (%s, %s, attention=%s)", args.model, sum(p.numel() for p in model.parameters()), dtype, attention)
+        lambda attempt: AutoModelForCausalLM.from_pretrained(path, attn_implementation=attempt, **kwargs),
+        args,
+        attention,
+    )
+    log.info(
+        "loaded %s (%s, %s, attention=%s)", args.model, sum(p.numel() for p in model.parameters()), dtype, attention
+    )
     return model
 
 
@@ -222,17 +258,28 @@ def _load_adapter(args: ModelArgs, path: Path):
 def lora_config(lora: LoraArgs, model, task_type: str = "CAUSAL_LM", source: str | None = None):
     from peft import LoraConfig
 
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora_targets(lora.target_modules, model, source),
-                      bias=lora.bias, modules_to_save=lora.modules_to_save,
-                      layers_to_transform=lora.layers_to_transform, task_type=task_type)
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora_targets(lora.target_modules, model, source),
+        bias=lora.bias,
+        modules_to_save=lora.modules_to_save,
+        layers_to_transform=lora.layers_to_transform,
+        task_type=task_type,
+    )
 
 
 def linear_module_names(model) -> list[str]:
     """The distinct names (last component) of the model's linear layers, its output heads left out."""
     heads = {"lm_head", "score", "classifier"}
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in heads})
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in heads
+        }
+    )
 
 
 def lora_targets(targets: list[str] | str | None, model, source: str | None = None) -> list[str] | str:
@@ -247,21 +294,30 @@ def lora_targets(targets: list[str] | str | None, model, source: str | None = No
     how = "as asked"
     if targets is None:
         targets = compat.peft_default_lora_targets().get(model_type)
-        how = (f"peft's default for {model_type}" if targets else
-               f"every linear layer, peft having no default for {model_type}; fused expert weights are not layers")
+        how = (
+            f"peft's default for {model_type}"
+            if targets
+            else f"every linear layer, peft having no default for {model_type}; fused expert weights are not layers"
+        )
         targets = list(targets or linear)
     if targets == "all-linear":
         chosen = linear
     elif isinstance(targets, str):
         chosen = [name for name in linear if re.fullmatch(targets, name)]
         if not any(re.fullmatch(targets, name) for name, _ in model.named_modules()):
-            raise ConfigError(source, "lora.target_modules", f"{targets!r} matches no module of {model_type}; its "
-                              f"linear layers: {', '.join(linear)}")
+            raise ConfigError(
+                source,
+                "lora.target_modules",
+                f"{targets!r} matches no module of {model_type}; its linear layers: {', '.join(linear)}",
+            )
     else:
         missing = [t for t in targets if t not in linear]
         if missing:
-            raise ConfigError(source, "lora.target_modules", f"{', '.join(missing)}: no such linear layer in "
-                              f"{model_type}; its linear layers: {', '.join(linear)}")
+            raise ConfigError(
+                source,
+                "lora.target_modules",
+                f"{', '.join(missing)}: no such linear layer in {model_type}; its linear layers: {', '.join(linear)}",
+            )
         chosen = list(targets)
     log.info("LoRA targets (%s): %s", how, ", ".join(chosen))
     return targets
@@ -286,8 +342,9 @@ def load_reward_tokenizer(args: ModelArgs):
     return tokenizer
 
 
-def load_reward_model(args: ModelArgs, *, new_head: bool = False, pad_token_id: int | None = None, seed: int = 0,
-                      device_map=None):
+def load_reward_model(
+    args: ModelArgs, *, new_head: bool = False, pad_token_id: int | None = None, seed: int = 0, device_map=None
+):
     """Load a one-output AutoModelForSequenceClassification (a Bradley–Terry reward model), safetensors only.
 
     new_head=False (scoring): the checkpoint must already be a sequence classifier with one label; a causal LM is
@@ -302,16 +359,27 @@ def load_reward_model(args: ModelArgs, *, new_head: bool = False, pad_token_id: 
         return _load_reward_adapter(args, Path(path), new_head=new_head, pad_token_id=pad_token_id, seed=seed)
     config = _reward_config(args, path, new_head)
     classifier = is_sequence_classifier(config)
-    kwargs = dict(dtype=dtype, trust_remote_code=args.trust_remote_code, revision=args.revision, use_safetensors=True,
-                  num_labels=1, **_placement(quant, device_map))
+    kwargs = dict(
+        dtype=dtype,
+        trust_remote_code=args.trust_remote_code,
+        revision=args.revision,
+        use_safetensors=True,
+        num_labels=1,
+        **_placement(quant, device_map),
+    )
     if pad_token_id is not None and config.get_text_config().pad_token_id is None:
         kwargs["pad_token_id"] = pad_token_id
     attention = resolve_attention(args.attn_implementation, dtype)
     model, attention = _classifier_from_pretrained(args, path, attention, kwargs, None if classifier else seed)
     if pad_token_id is not None and model.config.get_text_config().pad_token_id is None:
         model.config.get_text_config().pad_token_id = pad_token_id
-    log.info("loaded reward model %s (%s head, %s, attention=%s)", args.model, "new" if not classifier else "trained",
-             dtype, attention)
+    log.info(
+        "loaded reward model %s (%s head, %s, attention=%s)",
+        args.model,
+        "new" if not classifier else "trained",
+        dtype,
+        attention,
+    )
     return model
 
 
@@ -326,11 +394,15 @@ def _reward_config(args: ModelArgs, path: str, new_head: bool):
     classifier = is_sequence_classifier(config)
     if not classifier and not new_head:
         found = ", ".join(getattr(config, "architectures", None) or [config.model_type])
-        raise PolyalignError(f"model '{args.model}': not a reward model (a {found} checkpoint, not a "
-                             "...ForSequenceClassification one); train one with `polyalign reward`")
+        raise PolyalignError(
+            f"model '{args.model}': not a reward model (a {found} checkpoint, not a "
+            "...ForSequenceClassification one); train one with `polyalign reward`"
+        )
     if classifier and config.num_labels != 1:
-        raise PolyalignError(f"model '{args.model}': a classifier with {config.num_labels} labels; a reward model "
-                             "has one output (num_labels=1)")
+        raise PolyalignError(
+            f"model '{args.model}': a classifier with {config.num_labels} labels; a reward model "
+            "has one output (num_labels=1)"
+        )
     return config
 
 
@@ -355,12 +427,15 @@ def sequence_classifier_class(config):
     linear score head read at the last non-pad token). It saves as `<Family>ForSequenceClassification`; loading it
     outside polyalign takes this function (README, "Reward models")."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
     if compat.registered_model_class(AutoModelForSequenceClassification, config) is not None:
         return AutoModelForSequenceClassification
     causal = compat.registered_model_class(AutoModelForCausalLM, config)
     if causal is None:
-        raise PolyalignError(f"{config.model_type}: transformers has neither a sequence classifier nor a causal LM "
-                             "for this family, so polyalign cannot build a reward model on it")
+        raise PolyalignError(
+            f"{config.model_type}: transformers has neither a sequence classifier nor a causal LM "
+            "for this family, so polyalign cannot build a reward model on it"
+        )
     pretrained = next(base for base in causal.__mro__[1:] if base.__name__.endswith("PreTrainedModel"))
     name = causal.__name__.replace("ForCausalLM", "ForSequenceClassification")
     # The family's modeling module as its home: transformers reads that module's source to allow attention switches.
@@ -370,18 +445,23 @@ def sequence_classifier_class(config):
 def _with_attention(load, args: ModelArgs, attention: str, what: str = ""):
     """(load(attention), attention used). Under `auto`, a family without sdpa (Gemma 2's soft-capped logits, some
     encoders) gets eager, as transformers itself would choose."""
-    attempts = [attention, "eager"] if args.attn_implementation == "auto" and attention not in ("eager",) else [attention]
+    attempts = (
+        [attention, "eager"] if args.attn_implementation == "auto" and attention not in ("eager",) else [attention]
+    )
     for attempt in attempts:
         try:
             return load(attempt), attempt
         except ValueError as e:
             if attempt != attempts[-1] and ("attn_implementation" in str(e) or "does not support" in str(e)):
                 continue
-            raise PolyalignError(f"model '{args.model}': cannot load{' ' + what if what else ''} "
-                                 f"({str(e).splitlines()[0]})") from None
+            raise PolyalignError(
+                f"model '{args.model}': cannot load{' ' + what if what else ''} ({str(e).splitlines()[0]})"
+            ) from None
         except OSError as e:
-            raise PolyalignError(f"model '{args.model}': cannot load ({str(e).splitlines()[0]}); polyalign loads "
-                                 "safetensors checkpoints only") from None
+            raise PolyalignError(
+                f"model '{args.model}': cannot load ({str(e).splitlines()[0]}); polyalign loads "
+                "safetensors checkpoints only"
+            ) from None
     raise AssertionError("unreachable")
 
 

@@ -12,9 +12,11 @@ from pathlib import Path
 from align.core.errors import ConfigError
 
 # polyalign's own, for the names mergekit does not ship (mergekit's: chatml, llama3, mistral, alpaca, exaone).
-GEMMA = ("{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
-         "else message['role'] %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
-         "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
+GEMMA = (
+    "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
+    "else message['role'] %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
 OWN = {"gemma": GEMMA}
 # The token that closes an assistant turn, per named template (for a file, the last special token of the template).
 END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "gemma": "<end_of_turn>"}
@@ -43,8 +45,11 @@ def resolve(value: str, key: str = "chat_template") -> tuple[str, str | None]:
     path = Path(value).expanduser()
     if path.is_file():
         return path.read_text(encoding="utf-8"), None
-    raise ConfigError(None, key, f"{value!r} is neither a known template ({', '.join(sorted(known))}), a Jinja file, "
-                                 "nor template text")
+    raise ConfigError(
+        None,
+        key,
+        f"{value!r} is neither a known template ({', '.join(sorted(known))}), a Jinja file, nor template text",
+    )
 
 
 def apply(tokenizer, value: str) -> list[str]:

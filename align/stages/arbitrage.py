@@ -60,7 +60,9 @@ class ArbitrageArgs(LoadingArgs, DecodingArgs):
     teachers: list = field(default_factory=list)
     ranker: dict = field(default_factory=dict)
     min_margin: float = 0.0  # a pair is kept when best − worst reaches this (and is above zero)
-    echo_pairs: bool = False  # also pair each pick with the prompt itself as the rejected answer (align.data.pairs.echo_pair)
+    echo_pairs: bool = (
+        False  # also pair each pick with the prompt itself as the rejected answer (align.data.pairs.echo_pair)
+    )
     overwrite: bool = False
     seed: int = 0
     max_prompts: int | None = None
@@ -78,8 +80,12 @@ class ArbitrageJob:
 
 def parse_arbitrage_config(raw: dict, source: str | None = None) -> ArbitrageJob:
     args = build_dataclass(ArbitrageArgs, raw, source)
-    require(args, source, output_dir="where to write candidates, SFT records and pairs",
-            prompts="a prompt dataset (any format polyalign reads)")
+    require(
+        args,
+        source,
+        output_dir="where to write candidates, SFT records and pairs",
+        prompts="a prompt dataset (any format polyalign reads)",
+    )
     if not isinstance(args.teachers, list) or not args.teachers:
         raise ConfigError(source, "teachers", "the pool is empty: list at least one teacher {name, model}")
     teachers = []
@@ -90,9 +96,13 @@ def parse_arbitrage_config(raw: dict, source: str | None = None) -> ArbitrageJob
             raise ConfigError(source, f"teachers[{i}].name", "missing")
         kinds = [k for k in ("model", "api", "completions") if item.get(k)]
         if len(kinds) != 1:
-            raise ConfigError(source, f"teachers[{i}].{kinds[1] if kinds else 'model'}",
-                              "give exactly one of model, api (an endpoint) and completions (a file of answers)"
-                              if kinds else "missing: give the teacher a model, an api endpoint or completions")
+            raise ConfigError(
+                source,
+                f"teachers[{i}].{kinds[1] if kinds else 'model'}",
+                "give exactly one of model, api (an endpoint) and completions (a file of answers)"
+                if kinds
+                else "missing: give the teacher a model, an api endpoint or completions",
+            )
         teacher = build_dataclass(TeacherSpec, item, source, prefix=f"teachers[{i}].")
         if teacher.api is not None:
             from align.generation.api import APISpec
@@ -144,8 +154,7 @@ def serves(teacher: TeacherSpec, lang: str | None) -> bool:
     return teacher.languages is None or lang in teacher.languages
 
 
-def answered_from_file(teacher: TeacherSpec, prompts: list[dict], eligible: list[int], log: Path,
-                       done: set) -> None:
+def answered_from_file(teacher: TeacherSpec, prompts: list[dict], eligible: list[int], log: Path, done: set) -> None:
     """A dataset teacher: its answers to the prompts it has (by id) go into its log as if it had generated them;
     the prompts it lacks are left to the other teachers, and the languages it covers follow from that."""
     from align.data.completions import read_completions
@@ -159,9 +168,12 @@ def answered_from_file(teacher: TeacherSpec, prompts: list[dict], eligible: list
 
 def generation_args(job: ArbitrageJob, teacher: TeacherSpec):
     a = job.args
-    return a.generation(max_new_tokens=teacher.max_new_tokens or a.max_new_tokens,
-                        temperature=a.temperature if teacher.temperature is None else teacher.temperature,
-                        top_p=a.top_p if teacher.top_p is None else teacher.top_p, num_samples=teacher.samples)
+    return a.generation(
+        max_new_tokens=teacher.max_new_tokens or a.max_new_tokens,
+        temperature=a.temperature if teacher.temperature is None else teacher.temperature,
+        top_p=a.top_p if teacher.top_p is None else teacher.top_p,
+        num_samples=teacher.samples,
+    )
 
 
 def load_teacher(job: ArbitrageJob, teacher: TeacherSpec, backend: str, api_log: Path):
@@ -171,12 +183,14 @@ def load_teacher(job: ArbitrageJob, teacher: TeacherSpec, backend: str, api_log:
         from align.generation.api import APIBackend, APISpec
 
         return APIBackend(APISpec(**teacher.api), log=api_log), None
-    return load_backend(job.args.model_args(teacher.model), backend, teacher.adapter,
-                        tensor_parallel_size=job.args.tensor_parallel_size)
+    return load_backend(
+        job.args.model_args(teacher.model), backend, teacher.adapter, tensor_parallel_size=job.args.tensor_parallel_size
+    )
 
 
-def generate_candidates(job: ArbitrageJob, prompts: list[dict], partial: Path, rank: int, processes: int,
-                        is_main: bool) -> None:
+def generate_candidates(
+    job: ArbitrageJob, prompts: list[dict], partial: Path, rank: int, processes: int, is_main: bool
+) -> None:
     """Every teacher's answers, each process writing its own log: a model teacher's batches are planned over every
     prompt it serves and dealt out to the processes (align.generation.generate.iter_batches), so that the completions are those of
     one process; a file teacher's records are dealt out by prompt."""
@@ -185,20 +199,29 @@ def generate_candidates(job: ArbitrageJob, prompts: list[dict], partial: Path, r
         done = {r["index"] for r in read_logs(partial, f"generations.{t}.*.jsonl")}
         eligible = [i for i in range(len(prompts)) if serves(teacher, prompts[i]["lang"])]
         if teacher.completions:
-            answered_from_file(teacher, prompts, eligible[rank::processes],
-                               partial / f"generations.{t}.rank{rank}.jsonl", done)
+            answered_from_file(
+                teacher, prompts, eligible[rank::processes], partial / f"generations.{t}.rank{rank}.jsonl", done
+            )
             continue
         todo = [i for i in eligible if i not in done]
         if todo and is_main:
-            print(f"Teacher {teacher.name} ({teacher.model or teacher.api['base_url']}): {len(todo)} of "
-                  f"{len(eligible)} prompts to answer",
-                  flush=True)
-        generate_logged(partial / f"generations.{t}.rank{rank}.jsonl",
-                        [teacher_prompt(teacher, prompts[i]["prompt"]) for i in eligible],
-                        generation_args(job, teacher),
-                        lambda: load_teacher(job, teacher, backend, partial / f"api.{t}.rank{rank}.jsonl"),
-                        keys=eligible, extra=lambda j: {"teacher": teacher.name}, done=done,
-                        desc=f"Generating ({teacher.name})", progress=is_main, shard=(rank, processes))
+            print(
+                f"Teacher {teacher.name} ({teacher.model or teacher.api['base_url']}): {len(todo)} of "
+                f"{len(eligible)} prompts to answer",
+                flush=True,
+            )
+        generate_logged(
+            partial / f"generations.{t}.rank{rank}.jsonl",
+            [teacher_prompt(teacher, prompts[i]["prompt"]) for i in eligible],
+            generation_args(job, teacher),
+            lambda: load_teacher(job, teacher, backend, partial / f"api.{t}.rank{rank}.jsonl"),
+            keys=eligible,
+            extra=lambda j: {"teacher": teacher.name},
+            done=done,
+            desc=f"Generating ({teacher.name})",
+            progress=is_main,
+            shard=(rank, processes),
+        )
 
 
 # ------------------------------------------------------------------------------------------------ ranking
@@ -214,8 +237,9 @@ def candidates_by_prompt(job: ArbitrageJob, partial: Path) -> dict[int, list[tup
     return out
 
 
-def score_candidates(job: ArbitrageJob, prompts: list[dict], partial: Path, rank: int, processes: int,
-                     is_main: bool, chunk: int = 32) -> None:
+def score_candidates(
+    job: ArbitrageJob, prompts: list[dict], partial: Path, rank: int, processes: int, is_main: bool, chunk: int = 32
+) -> None:
     from tqdm.auto import tqdm
 
     done = {r["index"] for r in read_logs(partial, "scores.*.jsonl")}
@@ -223,7 +247,7 @@ def score_candidates(job: ArbitrageJob, prompts: list[dict], partial: Path, rank
     # Fixed chunks over every prompt, dealt out to the processes: each chunk is scored as one process scores it, and
     # a cut chunk is rescored whole, as the uninterrupted run scored it.
     served = [i for i in range(len(prompts)) if i in candidates]
-    chunks = [served[k: k + chunk] for k in range(0, len(served), chunk)][rank::processes]
+    chunks = [served[k : k + chunk] for k in range(0, len(served), chunk)][rank::processes]
     chunks = [c for c in chunks if any(i not in done for i in c)]
     if not chunks:
         return
@@ -233,9 +257,12 @@ def score_candidates(job: ArbitrageJob, prompts: list[dict], partial: Path, rank
     ranker = load_ranker(job.ranker.as_dict(), job.args.model_args(), log_dir=partial / f"api.rank{rank}")
     with AppendLog(partial / f"scores.rank{rank}.jsonl", key=lambda r: r["index"]) as out:
         for indices in tqdm(chunks, desc="Scoring", disable=not is_main, unit="chunk"):
-            rankings = rank_in_languages(ranker, [prompts[i]["prompt"] for i in indices],
-                                         [[c for _, _, c in candidates[i]] for i in indices],
-                                         [prompts[i]["lang"] for i in indices])
+            rankings = rank_in_languages(
+                ranker,
+                [prompts[i]["prompt"] for i in indices],
+                [[c for _, _, c in candidates[i]] for i in indices],
+                [prompts[i]["lang"] for i in indices],
+            )
             for i, ranking in zip(indices, rankings):
                 if i not in done:
                     out.append({"index": i, "scores": ranking.scores})
@@ -261,8 +288,17 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
             continue
         lang, group_scores = prompt["lang"], scores[i]
         for (teacher, sample, completion), score in zip(group, group_scores):
-            candidate_rows.append({"id": prompt["id"], "lang": lang, "model": teacher, "sample": sample,
-                                   "prompt": prompt["prompt"], "completion": completion, "score": score})
+            candidate_rows.append(
+                {
+                    "id": prompt["id"],
+                    "lang": lang,
+                    "model": teacher,
+                    "sample": sample,
+                    "prompt": prompt["prompt"],
+                    "completion": completion,
+                    "score": score,
+                }
+            )
             sums[lang][teacher].append(score)
         texts = [c for _, _, c in group]
         choice = echo_choice(prompt, texts, group_scores, job.args.min_margin)
@@ -271,38 +307,67 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
             dropped["all_echo"] += 1
             continue
         wins[lang][best_by] += 1
-        sft_rows.append({"messages": [*prompt["prompt"], {"role": "assistant", "content": best}], "lang": lang,
-                         "id": prompt["id"], "source": "arbitrage", "teacher": best_by,
-                         "score": group_scores[choice.best]})
-        echo = echo_pair(prompt, texts, choice, source="arbitrage", chosen_score=group_scores[choice.best],
-                         chosen_by=best_by) if job.args.echo_pairs else None
+        sft_rows.append(
+            {
+                "messages": [*prompt["prompt"], {"role": "assistant", "content": best}],
+                "lang": lang,
+                "id": prompt["id"],
+                "source": "arbitrage",
+                "teacher": best_by,
+                "score": group_scores[choice.best],
+            }
+        )
+        echo = (
+            echo_pair(
+                prompt, texts, choice, source="arbitrage", chosen_score=group_scores[choice.best], chosen_by=best_by
+            )
+            if job.args.echo_pairs
+            else None
+        )
         if echo:
             pair_rows.append(echo)
         if choice.dropped:
             dropped[choice.dropped] += 1
             continue
-        pair_rows.append(preference_record(prompt, best, worst, source="arbitrage",
-                                           chosen_score=group_scores[choice.best],
-                                           rejected_score=group_scores[choice.worst], chosen_by=best_by,
-                                           rejected_by=worst_by))
+        pair_rows.append(
+            preference_record(
+                prompt,
+                best,
+                worst,
+                source="arbitrage",
+                chosen_score=group_scores[choice.best],
+                rejected_score=group_scores[choice.worst],
+                chosen_by=best_by,
+                rejected_by=worst_by,
+            )
+        )
     routing = routing_table(job, prompts, wins, sums)
     write_jsonl(partial / "candidates.jsonl", candidate_rows)
     write_jsonl(partial / "sft.jsonl", sft_rows)
     write_jsonl(partial / "pairs.jsonl", pair_rows)
     write_json(partial / "routing.json", routing)
     plot_routing(routing, partial / "routing.png")
-    metrics = {"prompts": len(prompts), "candidates": len(candidate_rows), "sft_records": len(sft_rows),
-               "pairs": len(pair_rows), "echo_pairs": sum(p["rejected_by"] == "echo" for p in pair_rows),
-               "pairs_below_margin": sum(n for k, n in dropped.items() if k in ("tie", "below_margin", "identical")),
-               "pairs_dropped": dict(dropped), "prompts_with_one_candidate": dropped["single"],
-               "prompts_all_echo": dropped["all_echo"],
-               "candidate_echo_share": round(sum(is_echo(r["completion"], r["prompt"]) for r in candidate_rows)
-                                             / max(len(candidate_rows), 1), 4),
-               "sft_echo_share": round(sum(is_echo(r["messages"][-1]["content"], r["messages"][:-1])
-                                           for r in sft_rows) / max(len(sft_rows), 1), 4),
-               "pair_statistics": pair_statistics(pair_rows),
-               "prompts_no_teacher_serves": dropped["no_teacher_serves"], "min_margin": job.args.min_margin,
-               "teachers": [t.name for t in job.teachers]}
+    metrics = {
+        "prompts": len(prompts),
+        "candidates": len(candidate_rows),
+        "sft_records": len(sft_rows),
+        "pairs": len(pair_rows),
+        "echo_pairs": sum(p["rejected_by"] == "echo" for p in pair_rows),
+        "pairs_below_margin": sum(n for k, n in dropped.items() if k in ("tie", "below_margin", "identical")),
+        "pairs_dropped": dict(dropped),
+        "prompts_with_one_candidate": dropped["single"],
+        "prompts_all_echo": dropped["all_echo"],
+        "candidate_echo_share": round(
+            sum(is_echo(r["completion"], r["prompt"]) for r in candidate_rows) / max(len(candidate_rows), 1), 4
+        ),
+        "sft_echo_share": round(
+            sum(is_echo(r["messages"][-1]["content"], r["messages"][:-1]) for r in sft_rows) / max(len(sft_rows), 1), 4
+        ),
+        "pair_statistics": pair_statistics(pair_rows),
+        "prompts_no_teacher_serves": dropped["no_teacher_serves"],
+        "min_margin": job.args.min_margin,
+        "teachers": [t.name for t in job.teachers],
+    }
     return metrics, routing
 
 
@@ -317,9 +382,12 @@ def routing_table(job: ArbitrageJob, prompts: list[dict], wins, sums) -> dict:
             name = teacher.name
             won = wins[lang][name] if lang != "all" else sum(wins[l][name] for l in langs)
             scores = sums[lang][name] if lang != "all" else [s for l in langs for s in sums[l][name]]
-            row[name] = {"wins": won, "share": round(won / routed, 4) if routed else 0.0,
-                         "mean_score": round(sum(scores) / len(scores), 4) if scores else None,
-                         "candidates": len(scores)}
+            row[name] = {
+                "wins": won,
+                "share": round(won / routed, 4) if routed else 0.0,
+                "mean_score": round(sum(scores) / len(scores), 4) if scores else None,
+                "candidates": len(scores),
+            }
         table[lang] = {"prompts": routed, "teachers": row}
     return table
 
@@ -353,17 +421,25 @@ def print_summary(routing: dict, metrics: dict, final: Path) -> None:
     for lang, row in routing.items():
         cells = [lang, str(row["prompts"])]
         cells += [f"{row['teachers'][t]['share']:.0%}" for t in teachers]
-        cells += ["-" if row["teachers"][t]["mean_score"] is None else f"{row['teachers'][t]['mean_score']:.3f}"
-                  for t in teachers]
+        cells += [
+            "-" if row["teachers"][t]["mean_score"] is None else f"{row['teachers'][t]['mean_score']:.3f}"
+            for t in teachers
+        ]
         rows.append(cells)
     print_table("Arbitrage summary", header, rows, left=())
-    print(f"  {metrics['sft_records']} SFT records, {metrics['pairs']} pairs ({metrics['echo_pairs']} against the "
-          "prompt itself) "
-          f"({metrics['pairs_below_margin']} below margin {metrics['min_margin']}, tied or identical), "
-          f"{metrics['prompts_no_teacher_serves']} prompts no teacher serves → {final}", flush=True)
-    print(f"  echoes of the prompt: {metrics['candidate_echo_share']:.0%} of candidates, "
-          f"{metrics['sft_echo_share']:.0%} of picks; {metrics['prompts_all_echo']} prompts where every candidate "
-          "was one (no pick)", flush=True)
+    print(
+        f"  {metrics['sft_records']} SFT records, {metrics['pairs']} pairs ({metrics['echo_pairs']} against the "
+        "prompt itself) "
+        f"({metrics['pairs_below_margin']} below margin {metrics['min_margin']}, tied or identical), "
+        f"{metrics['prompts_no_teacher_serves']} prompts no teacher serves → {final}",
+        flush=True,
+    )
+    print(
+        f"  echoes of the prompt: {metrics['candidate_echo_share']:.0%} of candidates, "
+        f"{metrics['sft_echo_share']:.0%} of picks; {metrics['prompts_all_echo']} prompts where every candidate "
+        "was one (no pick)",
+        flush=True,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ stage
@@ -372,14 +448,24 @@ def print_summary(routing: dict, metrics: dict, final: Path) -> None:
 def run_arbitrage(raw: dict, source: str | None = None) -> Path:
     job = parse_arbitrage_config(raw, source)
     state = process_state()
-    run = StageRun(job.args.output_dir, raw, stage="arbitrage", overwrite=job.args.overwrite, source=source,
-                   is_main=state.is_main_process)
+    run = StageRun(
+        job.args.output_dir,
+        raw,
+        stage="arbitrage",
+        overwrite=job.args.overwrite,
+        source=source,
+        is_main=state.is_main_process,
+    )
     check_models(named_models(job), source, trust_remote_code=job.args.trust_remote_code)
-    prompts = load_records(job.args.prompts, "prompt", seed=job.args.seed, source=source, key="prompts")[: job.args.max_prompts or None]
+    prompts = load_records(job.args.prompts, "prompt", seed=job.args.seed, source=source, key="prompts")[
+        : job.args.max_prompts or None
+    ]
     resumed = run.prepare_shared(state)
     if state.is_main_process:
-        print(f"Arbitrage: {len(prompts)} prompts, {len(job.teachers)} teachers"
-              + (" (resuming)" if resumed else ""), flush=True)
+        print(
+            f"Arbitrage: {len(prompts)} prompts, {len(job.teachers)} teachers" + (" (resuming)" if resumed else ""),
+            flush=True,
+        )
     rank, processes = state.process_index, state.num_processes
     generate_candidates(job, prompts, run.partial, rank, processes, state.is_main_process)
     state.wait_for_everyone()

@@ -45,8 +45,9 @@ from align.models.loading import LoadingArgs, release_memory
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATE = ("Translate the following text from {source} to {target}. Reply with the translation only, "
-                    "nothing else.\n\n{text}")
+DEFAULT_TEMPLATE = (
+    "Translate the following text from {source} to {target}. Reply with the translation only, nothing else.\n\n{text}"
+)
 DEFAULT_ENGLISH_INSTRUCTION = "Always answer in English, whatever the language of the question."
 ENGLISH_PROMPT_MODES = ("translate", "instruct")
 
@@ -104,8 +105,9 @@ def _role(value: Any, key: str, source: str | None) -> RoleSpec:
     if not isinstance(value, dict):
         raise ConfigError(source, key, "missing: a model (alias, path or hub id) or {model, name, system_prompt, ...}")
     if bool(value.get("model")) == bool(value.get("api")):
-        raise ConfigError(source, f"{key}.model", "missing" if not value.get("api") else
-                          "give a model or an api endpoint, not both")
+        raise ConfigError(
+            source, f"{key}.model", "missing" if not value.get("api") else "give a model or an api endpoint, not both"
+        )
     role = build_dataclass(RoleSpec, value, source, prefix=f"{key}.")
     if role.api is not None:
         from align.generation.api import APISpec
@@ -126,21 +128,26 @@ def check_template(template: str, key: str, source: str | None, fields: set[str]
         raise ConfigError(source, key, f"not a valid template ({e})") from None
     unknown = used - fields
     if unknown:
-        raise ConfigError(source, key, f"unknown placeholder {{{sorted(unknown)[0]}}} (expected "
-                                       + ", ".join("{" + f + "}" for f in sorted(fields)) + ")")
+        raise ConfigError(
+            source,
+            key,
+            f"unknown placeholder {{{sorted(unknown)[0]}}} (expected "
+            + ", ".join("{" + f + "}" for f in sorted(fields))
+            + ")",
+        )
     if "text" in fields and "text" not in used:
         raise ConfigError(source, key, "must contain {text}, where the text to translate goes")
 
 
 def parse_contrast_config(raw: dict, source: str | None = None) -> ContrastJob:
     args = build_dataclass(ContrastArgs, raw, source)
-    require(args, source, output_dir="where to write pairs.jsonl",
-            prompts="a prompt dataset in the target languages")
+    require(args, source, output_dir="where to write pairs.jsonl", prompts="a prompt dataset in the target languages")
     strong, weak = _role(args.strong, "strong", source), _role(args.weak, "weak", source)
     translator = _role(args.translator, "translator", source)
     if args.english_prompt not in ENGLISH_PROMPT_MODES:
-        raise ConfigError(source, "english_prompt", f"expected one of {', '.join(ENGLISH_PROMPT_MODES)}, got "
-                                                    f"{args.english_prompt!r}")
+        raise ConfigError(
+            source, "english_prompt", f"expected one of {', '.join(ENGLISH_PROMPT_MODES)}, got {args.english_prompt!r}"
+        )
     check_template(args.translate_template, "translate_template", source, {"text", "source", "target"})
     for key, role in (("strong", strong), ("weak", weak), ("translator", translator)):
         if role.system_prompt:
@@ -155,10 +162,17 @@ def parse_contrast_config(raw: dict, source: str | None = None) -> ContrastJob:
 
 def generation_args(job: ContrastJob, role: RoleSpec, default_temperature: float | None = None) -> GenerationArgs:
     a = job.args
-    temperature = role.temperature if role.temperature is not None else (
-        default_temperature if default_temperature is not None else a.temperature)
-    return a.generation(max_new_tokens=role.max_new_tokens or a.max_new_tokens, temperature=temperature,
-                        top_p=a.top_p if role.top_p is None else role.top_p, max_batch_tokens=a.max_batch_tokens)
+    temperature = (
+        role.temperature
+        if role.temperature is not None
+        else (default_temperature if default_temperature is not None else a.temperature)
+    )
+    return a.generation(
+        max_new_tokens=role.max_new_tokens or a.max_new_tokens,
+        temperature=temperature,
+        top_p=a.top_p if role.top_p is None else role.top_p,
+        max_batch_tokens=a.max_batch_tokens,
+    )
 
 
 def with_system(role: RoleSpec, chat: list[dict], lang: str, override: str | None = None) -> list[dict]:
@@ -185,8 +199,12 @@ class ModelSlot:
 
                 self.loaded = APIBackend(APISpec(**role.api), log=api_log), None
             else:
-                self.loaded = load_backend(self.job.args.model_args(role.model), self.backend_name, role.adapter,
-                                           tensor_parallel_size=self.job.args.tensor_parallel_size)
+                self.loaded = load_backend(
+                    self.job.args.model_args(role.model),
+                    self.backend_name,
+                    role.adapter,
+                    tensor_parallel_size=self.job.args.tensor_parallel_size,
+                )
             self.key = key
         return self.loaded
 
@@ -196,8 +214,15 @@ class ModelSlot:
             release_memory()
 
 
-def run_phase(slot: ModelSlot, partial: Path, phase: str, role: RoleSpec, requests: list[tuple[str, list[dict]]],
-              gen: GenerationArgs, state) -> dict[str, str]:
+def run_phase(
+    slot: ModelSlot,
+    partial: Path,
+    phase: str,
+    role: RoleSpec,
+    requests: list[tuple[str, list[dict]]],
+    gen: GenerationArgs,
+    state,
+) -> dict[str, str]:
     """Answer every (key, chat) request with `role`'s model into `<phase>.jsonl`, the processes of `state`
     (accelerate's) sharing the batches; key → completion.
 
@@ -210,24 +235,39 @@ def run_phase(slot: ModelSlot, partial: Path, phase: str, role: RoleSpec, reques
             print(f"{phase}: {role.name} answers", flush=True)
         return slot.get(role, shard_log(partial, f"api.{phase}", rank, processes))
 
-    records = generate_sharded(partial, phase, [chat for _, chat in requests], gen, load, rank=rank,
-                               processes=processes, barrier=state.wait_for_everyone,
-                               keys=[key for key, _ in requests], desc=f"{phase} ({role.name})")
+    records = generate_sharded(
+        partial,
+        phase,
+        [chat for _, chat in requests],
+        gen,
+        load,
+        rank=rank,
+        processes=processes,
+        barrier=state.wait_for_everyone,
+        keys=[key for key, _ in requests],
+        desc=f"{phase} ({role.name})",
+    )
     return {r["index"]: r["completions"][0] for r in records}
 
 
-def translation_request(job: ContrastJob, role: RoleSpec, text: str, source_lang: str, target_lang: str
-                        ) -> list[dict]:
-    prompt = job.args.translate_template.format(text=text, source=language_name(source_lang),
-                                                target=language_name(target_lang))
+def translation_request(job: ContrastJob, role: RoleSpec, text: str, source_lang: str, target_lang: str) -> list[dict]:
+    prompt = job.args.translate_template.format(
+        text=text, source=language_name(source_lang), target=language_name(target_lang)
+    )
     return with_system(role, [{"role": "user", "content": prompt}], target_lang)
 
 
 # ------------------------------------------------------------------------------------------------ stage
 
 
-def build_pairs(job: ContrastJob, prompts: list[dict], chosen: dict, weak: dict, rejected: dict,
-                english_prompts: dict[str, list[dict]]) -> tuple[list[dict], dict]:
+def build_pairs(
+    job: ContrastJob,
+    prompts: list[dict],
+    chosen: dict,
+    weak: dict,
+    rejected: dict,
+    english_prompts: dict[str, list[dict]],
+) -> tuple[list[dict], dict]:
     rows, drops = [], defaultdict(Counter)
     for i, prompt in enumerate(prompts):
         key, lang = str(i), prompt["lang"]
@@ -244,20 +284,37 @@ def build_pairs(job: ContrastJob, prompts: list[dict], chosen: dict, weak: dict,
             drops[lang][reason] += 1
             continue
         extra = {"prompt_english": english_prompts[key]} if key in english_prompts else {}
-        rows.append(preference_record(
-            prompt, good, bad, source="contrast", chosen_by=job.strong.name, rejected_by=job.weak.name,
-            translated_by=job.translator.name, provenance="synthetic", chosen_provenance="synthetic",
-            rejected_provenance="machine-translated", weak_english=weak[key], **extra))
+        rows.append(
+            preference_record(
+                prompt,
+                good,
+                bad,
+                source="contrast",
+                chosen_by=job.strong.name,
+                rejected_by=job.weak.name,
+                translated_by=job.translator.name,
+                provenance="synthetic",
+                chosen_provenance="synthetic",
+                rejected_provenance="machine-translated",
+                weak_english=weak[key],
+                **extra,
+            )
+        )
     return rows, drops
 
 
 def print_summary(metrics: dict, final: Path) -> None:
-    rows = [[lang, str(m["prompts"]), str(m["pairs"]),
-             ", ".join(f"{k} {v}" for k, v in m["dropped"].items()) or "-"] for lang, m in metrics["languages"].items()]
+    rows = [
+        [lang, str(m["prompts"]), str(m["pairs"]), ", ".join(f"{k} {v}" for k, v in m["dropped"].items()) or "-"]
+        for lang, m in metrics["languages"].items()
+    ]
     print_table("Contrast summary", ["lang", "prompts", "pairs", "dropped"], rows, left=(0, 3))
     skipped = metrics["skipped_english"]
-    print(f"  {metrics['pairs']} pairs from {metrics['prompts']} prompts ({skipped} English prompt"
-          f"{'' if skipped == 1 else 's'} skipped) → {final}", flush=True)
+    print(
+        f"  {metrics['pairs']} pairs from {metrics['prompts']} prompts ({skipped} English prompt"
+        f"{'' if skipped == 1 else 's'} skipped) → {final}",
+        flush=True,
+    )
 
 
 def read_prompts(job: ContrastJob, source: str | None) -> tuple[list[dict], int]:
@@ -274,37 +331,62 @@ def answer_phases(job: ContrastJob, prompts: list[dict], partial: Path, state) -
     a = job.args
     slot = ModelSlot(job, choose_backend(a.backend))
     keys = [str(i) for i in range(len(prompts))]
-    chosen = run_phase(slot, partial, "chosen", job.strong, [
-        (k, with_system(job.strong, p["prompt"], p["lang"])) for k, p in zip(keys, prompts)],
-        generation_args(job, job.strong), state)
+    chosen = run_phase(
+        slot,
+        partial,
+        "chosen",
+        job.strong,
+        [(k, with_system(job.strong, p["prompt"], p["lang"])) for k, p in zip(keys, prompts)],
+        generation_args(job, job.strong),
+        state,
+    )
     english_prompts: dict[str, list[dict]] = {}
     translator_gen = generation_args(job, job.translator, default_temperature=0.0)
     if a.english_prompt == "translate":
-        requests = [(f"{k}.{m}", translation_request(job, job.translator, message["content"], p["lang"], "en"))
-                    for k, p in zip(keys, prompts) for m, message in enumerate(p["prompt"])]
+        requests = [
+            (f"{k}.{m}", translation_request(job, job.translator, message["content"], p["lang"], "en"))
+            for k, p in zip(keys, prompts)
+            for m, message in enumerate(p["prompt"])
+        ]
         translated = run_phase(slot, partial, "prompt_english", job.translator, requests, translator_gen, state)
         for k, p in zip(keys, prompts):
-            english_prompts[k] = [{"role": message["role"], "content": translated[f"{k}.{m}"]}
-                                  for m, message in enumerate(p["prompt"])]
+            english_prompts[k] = [
+                {"role": message["role"], "content": translated[f"{k}.{m}"]} for m, message in enumerate(p["prompt"])
+            ]
         weak_requests = [(k, with_system(job.weak, english_prompts[k], "en")) for k in keys]
     else:
-        weak_requests = [(k, with_system(job.weak, p["prompt"], "en", override=a.english_instruction))
-                         for k, p in zip(keys, prompts)]
+        weak_requests = [
+            (k, with_system(job.weak, p["prompt"], "en", override=a.english_instruction)) for k, p in zip(keys, prompts)
+        ]
     weak = run_phase(slot, partial, "weak_english", job.weak, weak_requests, generation_args(job, job.weak), state)
-    rejected = run_phase(slot, partial, "rejected", job.translator, [
-        (k, translation_request(job, job.translator, weak[k], "en", p["lang"])) for k, p in zip(keys, prompts)],
-        translator_gen, state)
+    rejected = run_phase(
+        slot,
+        partial,
+        "rejected",
+        job.translator,
+        [(k, translation_request(job, job.translator, weak[k], "en", p["lang"])) for k, p in zip(keys, prompts)],
+        translator_gen,
+        state,
+    )
     slot.release()
     return chosen, weak, rejected, english_prompts
 
 
 def contrast_metrics(job: ContrastJob, prompts: list[dict], rows: list[dict], drops: dict, skipped: int) -> dict:
     langs, made = Counter(p["lang"] for p in prompts), Counter(r["lang"] for r in rows)
-    return {"prompts": len(prompts), "pairs": len(rows), "skipped_english": skipped,
-            "english_prompt": job.args.english_prompt, "check_language": job.args.check_language,
-            "strong": job.strong.name, "weak": job.weak.name, "translator": job.translator.name,
-            "languages": {lang: {"prompts": n, "pairs": made[lang], "dropped": dict(drops[lang])}
-                          for lang, n in langs.most_common()}}
+    return {
+        "prompts": len(prompts),
+        "pairs": len(rows),
+        "skipped_english": skipped,
+        "english_prompt": job.args.english_prompt,
+        "check_language": job.args.check_language,
+        "strong": job.strong.name,
+        "weak": job.weak.name,
+        "translator": job.translator.name,
+        "languages": {
+            lang: {"prompts": n, "pairs": made[lang], "dropped": dict(drops[lang])} for lang, n in langs.most_common()
+        },
+    }
 
 
 def run_contrast(raw: dict, source: str | None = None) -> Path:
@@ -314,27 +396,54 @@ def run_contrast(raw: dict, source: str | None = None) -> Path:
 
     job = parse_contrast_config(raw, source)
     state = process_state()
-    run = StageRun(job.args.output_dir, raw, stage="contrast", overwrite=job.args.overwrite, source=source,
-                   is_main=state.is_main_process)
-    check_models([(f"{key}.model", role.model, role.adapter) for key, role in
-                  (("strong", job.strong), ("weak", job.weak), ("translator", job.translator)) if role.model], source,
-                 trust_remote_code=job.args.trust_remote_code)
+    run = StageRun(
+        job.args.output_dir,
+        raw,
+        stage="contrast",
+        overwrite=job.args.overwrite,
+        source=source,
+        is_main=state.is_main_process,
+    )
+    check_models(
+        [
+            (f"{key}.model", role.model, role.adapter)
+            for key, role in (("strong", job.strong), ("weak", job.weak), ("translator", job.translator))
+            if role.model
+        ],
+        source,
+        trust_remote_code=job.args.trust_remote_code,
+    )
     prompts, skipped = read_prompts(job, source)
     resumed = run.prepare_shared(state)
     if state.is_main_process:
-        print(f"Contrast: {len(prompts)} prompts; chosen by {job.strong.name}, rejected by {job.weak.name} in "
-              f"English translated by {job.translator.name}" + (" (resuming)" if resumed else ""), flush=True)
+        print(
+            f"Contrast: {len(prompts)} prompts; chosen by {job.strong.name}, rejected by {job.weak.name} in "
+            f"English translated by {job.translator.name}" + (" (resuming)" if resumed else ""),
+            flush=True,
+        )
     chosen, weak, rejected, english_prompts = answer_phases(job, prompts, run.partial, state)
     if not state.is_main_process:
         return run.final
     rows, drops = build_pairs(job, prompts, chosen, weak, rejected, english_prompts)
     if not rows:
-        raise PolyalignError("contrast: no pair survived (" + ", ".join(
-            f"{k} {v}" for k, v in sum(drops.values(), Counter()).items()) + "); with check_language, the strong "
-            "model must answer in the prompt's language and the translator translate into it")
+        raise PolyalignError(
+            "contrast: no pair survived ("
+            + ", ".join(f"{k} {v}" for k, v in sum(drops.values(), Counter()).items())
+            + "); with check_language, the strong "
+            "model must answer in the prompt's language and the translator translate into it"
+        )
     write_jsonl(run.partial / "pairs.jsonl", rows)
     metrics = contrast_metrics(job, prompts, rows, drops, skipped)
-    run.finish(metrics, drop=("chosen.jsonl", "prompt_english.jsonl", "weak_english.jsonl", "rejected.jsonl",
-                              "api.*.jsonl", "*.rank*.jsonl"))
+    run.finish(
+        metrics,
+        drop=(
+            "chosen.jsonl",
+            "prompt_english.jsonl",
+            "weak_english.jsonl",
+            "rejected.jsonl",
+            "api.*.jsonl",
+            "*.rank*.jsonl",
+        ),
+    )
     print_summary(metrics, run.final)
     return run.final

@@ -66,8 +66,12 @@ class CurateJob:
 
 def parse_steps(value: Any, source: str | None) -> tuple[list[Step], list[str]]:
     if not isinstance(value, list) or not value:
-        raise ConfigError(source, "steps", "expected a non-empty list of steps, e.g. [clean, exact_dedup, "
-                                           "{minhash_dedup: {threshold: 0.8}}] (known: " + ", ".join(STEPS) + ")")
+        raise ConfigError(
+            source,
+            "steps",
+            "expected a non-empty list of steps, e.g. [clean, exact_dedup, "
+            "{minhash_dedup: {threshold: 0.8}}] (known: " + ", ".join(STEPS) + ")",
+        )
     steps, disabled, seen = [], [], Counter()
     for i, item in enumerate(value):
         where = f"steps[{i}]"
@@ -79,8 +83,12 @@ def parse_steps(value: Any, source: str | None) -> tuple[list[Step], list[str]]:
             raise ConfigError(source, where, "expected a step name or a mapping {name: {options}}")
         if name not in STEPS:
             close = difflib.get_close_matches(str(name), list(STEPS), n=1)
-            raise ConfigError(source, where, f"unknown step {name!r}" + (f" (did you mean '{close[0]}'?)" if close
-                                                                           else f" (known: {', '.join(STEPS)})"))
+            raise ConfigError(
+                source,
+                where,
+                f"unknown step {name!r}"
+                + (f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(STEPS)})"),
+            )
         if options is None or options is True:
             options = {}
         elif options is False:
@@ -99,15 +107,22 @@ def parse_steps(value: Any, source: str | None) -> tuple[list[Step], list[str]]:
         steps.append(step)
     mixes = [k for k, s in enumerate(steps) if isinstance(s, MixStep)]
     if len(mixes) > 1 or (mixes and mixes[0] != len(steps) - 1):
-        raise ConfigError(source, steps[mixes[0]].where, "mix must be the last step, and only one (it samples the "
-                                                         "curated set into mixed.jsonl)")
+        raise ConfigError(
+            source,
+            steps[mixes[0]].where,
+            "mix must be the last step, and only one (it samples the curated set into mixed.jsonl)",
+        )
     return steps, disabled
 
 
 def parse_curate_config(raw: dict, source: str | None = None) -> CurateJob:
     args = build_dataclass(CurateArgs, raw, source)
-    require(args, source, output_dir="where to write curated.jsonl and the report",
-            dataset="the data to curate (any format polyalign reads)")
+    require(
+        args,
+        source,
+        output_dir="where to write curated.jsonl and the report",
+        dataset="the data to curate (any format polyalign reads)",
+    )
     sources = parse_sources(args.dataset, source)
     if args.num_proc < 1:
         raise ConfigError(source, "num_proc", f"must be at least 1, got {args.num_proc}")
@@ -124,8 +139,10 @@ class Tally:
     """Per step: records in, kept, dropped (by reason), changed (by what); dropped records go to dropped.jsonl."""
 
     def __init__(self, steps: list[Step], dropped_path: Path):
-        self.rows = {s.label: {"in": 0, "kept": 0, "dropped": 0, "reasons": Counter(), "changed": Counter(),
-                               "seconds": 0.0} for s in steps}
+        self.rows = {
+            s.label: {"in": 0, "kept": 0, "dropped": 0, "reasons": Counter(), "changed": Counter(), "seconds": 0.0}
+            for s in steps
+        }
         self.langs: dict[str, Counter] = defaultdict(Counter)  # lang → {"input": n, "curated": n, "mixed": n}
         self._dropped = open(dropped_path, "w", encoding="utf-8")
 
@@ -182,8 +199,15 @@ def _apply_chain(steps: list[Step], tails: list[Step], record: dict) -> Applied:
 
 
 def _map_batch(batch: dict, steps: list[Step], tails: list[Step]) -> dict:
-    out: dict[str, list] = {"record": [], "dropped_at": [], "reason": [], "detail": [], "changed": [], "seconds": [],
-                            **{f"feature{t}": [] for t in range(len(tails))}}
+    out: dict[str, list] = {
+        "record": [],
+        "dropped_at": [],
+        "reason": [],
+        "detail": [],
+        "changed": [],
+        "seconds": [],
+        **{f"feature{t}": [] for t in range(len(tails))},
+    }
     for text in batch["record"]:
         a = _apply_chain(steps, tails, json.loads(text))
         out["record"].append(json.dumps(a.record, ensure_ascii=False))
@@ -217,24 +241,44 @@ def parallel_apply(chunk: list[dict], steps: list[Step], tails: list[Step], num_
         return [_apply_chain(steps, tails, r) for r in chunk]
     import datasets
 
-    features = datasets.Features({
-        "record": datasets.Value("string"), "dropped_at": datasets.Value("int32"), "reason": datasets.Value("string"),
-        "detail": datasets.Value("string"), "changed": datasets.Value("string"),
-        "seconds": datasets.Sequence(datasets.Value("float64")),
-        **{f"feature{t}": datasets.Value("binary") for t in range(len(tails))}})
+    features = datasets.Features(
+        {
+            "record": datasets.Value("string"),
+            "dropped_at": datasets.Value("int32"),
+            "reason": datasets.Value("string"),
+            "detail": datasets.Value("string"),
+            "changed": datasets.Value("string"),
+            "seconds": datasets.Sequence(datasets.Value("float64")),
+            **{f"feature{t}": datasets.Value("binary") for t in range(len(tails))},
+        }
+    )
     table = datasets.Dataset.from_dict({"record": [json.dumps(r, ensure_ascii=False) for r in chunk]})
     with _quiet_datasets():
-        mapped = table.map(_map_batch, batched=True, batch_size=max(1, min(1000, -(-len(chunk) // num_proc))),
-                           num_proc=num_proc, fn_kwargs={"steps": steps, "tails": tails}, remove_columns=["record"],
-                           features=features, keep_in_memory=True, new_fingerprint=tag).to_dict()
+        mapped = table.map(
+            _map_batch,
+            batched=True,
+            batch_size=max(1, min(1000, -(-len(chunk) // num_proc))),
+            num_proc=num_proc,
+            fn_kwargs={"steps": steps, "tails": tails},
+            remove_columns=["record"],
+            features=features,
+            keep_in_memory=True,
+            new_fingerprint=tag,
+        ).to_dict()
     out = []
     for i in range(len(chunk)):
         k = mapped["dropped_at"][i]
         verdict = Verdict(None, mapped["reason"][i] or None, mapped["detail"][i] or None) if k >= 0 else None
-        out.append(Applied(json.loads(mapped["record"][i]), k, verdict,
-                           [tuple(c) for c in json.loads(mapped["changed"][i])],
-                           [mapped[f"feature{t}"][i] for t in range(len(tails))] if k < 0 else [],
-                           mapped["seconds"][i]))
+        out.append(
+            Applied(
+                json.loads(mapped["record"][i]),
+                k,
+                verdict,
+                [tuple(c) for c in json.loads(mapped["changed"][i])],
+                [mapped[f"feature{t}"][i] for t in range(len(tails))] if k < 0 else [],
+                mapped["seconds"][i],
+            )
+        )
     return out
 
 
@@ -301,7 +345,7 @@ class ProcessStage:
             tally.rows[self.step.label]["seconds"] += time.perf_counter() - start
             if self.step.whole_set:
                 for k in range(0, len(kept), self.chunk_size):
-                    yield kept[k: k + self.chunk_size]
+                    yield kept[k : k + self.chunk_size]
             else:
                 yield kept
 
@@ -354,9 +398,18 @@ def step_rows(job: CurateJob, tally: Tally) -> list[dict]:
         if isinstance(step, MixStep):
             continue
         row = tally.rows[step.label]
-        rows.append({"step": step.label, "in": row["in"], "kept": row["kept"], "dropped": row["dropped"],
-                     "reasons": dict(row["reasons"].most_common()), "changed": dict(row["changed"].most_common()),
-                     "seconds": round(row["seconds"], 3), "notes": step.notes()})
+        rows.append(
+            {
+                "step": step.label,
+                "in": row["in"],
+                "kept": row["kept"],
+                "dropped": row["dropped"],
+                "reasons": dict(row["reasons"].most_common()),
+                "changed": dict(row["changed"].most_common()),
+                "seconds": round(row["seconds"], 3),
+                "notes": step.notes(),
+            }
+        )
     return rows
 
 
@@ -370,32 +423,51 @@ def _counts(counter: dict) -> str:
 
 def write_report(path: Path, job: CurateJob, metrics: dict, plan_text: str | None) -> None:
     m = metrics
-    lines = ["# Curation report", "",
-             f"Input: {m['input']} records from `{json.dumps(job.args.dataset, ensure_ascii=False)}`; curated: "
-             f"{m['curated']} ({m['curated'] / m['input']:.1%} kept), dropped: {m['dropped']}"
-             + (f"; mixed: {m['mixed']}" if m.get("mixed") is not None else "") + ".",
-             f"Processes for per-record steps: {job.args.num_proc}; wall time {m['seconds']:.1f} s "
-             f"({_rate(m['records_per_second'])} input records/s).", "",
-             "| step | in | kept | dropped | why dropped | changed (kept records) | step seconds* |",
-             "|---|---:|---:|---:|---|---|---:|"]
+    lines = [
+        "# Curation report",
+        "",
+        f"Input: {m['input']} records from `{json.dumps(job.args.dataset, ensure_ascii=False)}`; curated: "
+        f"{m['curated']} ({m['curated'] / m['input']:.1%} kept), dropped: {m['dropped']}"
+        + (f"; mixed: {m['mixed']}" if m.get("mixed") is not None else "")
+        + ".",
+        f"Processes for per-record steps: {job.args.num_proc}; wall time {m['seconds']:.1f} s "
+        f"({_rate(m['records_per_second'])} input records/s).",
+        "",
+        "| step | in | kept | dropped | why dropped | changed (kept records) | step seconds* |",
+        "|---|---:|---:|---:|---|---|---:|",
+    ]
     for row in m["steps"]:
-        lines.append(f"| {row['step']} | {row['in']} | {row['kept']} | {row['dropped']} | {_counts(row['reasons'])} "
-                     f"| {_counts(row['changed'])} | {row['seconds']:.2f} |")
-    lines += ["", "\\* time spent in the step, summed over the processes of the per-record steps (wall time for "
-                  "the others)."]
+        lines.append(
+            f"| {row['step']} | {row['in']} | {row['kept']} | {row['dropped']} | {_counts(row['reasons'])} "
+            f"| {_counts(row['changed'])} | {row['seconds']:.2f} |"
+        )
+    lines += [
+        "",
+        "\\* time spent in the step, summed over the processes of the per-record steps (wall time for the others).",
+    ]
     if job.disabled:
         lines += ["", f"Steps turned off: {', '.join(job.disabled)}."]
     notes = [f"- {row['step']}: {note}" for row in m["steps"] for note in row["notes"]]
     if notes:
         lines += ["", "## Step settings", "", *notes]
-    lines += ["", "## Records per language", "", "| lang | input | curated |" + (" mixed |" if plan_text else ""),
-              "|---|---:|---:|" + ("---:|" if plan_text else "")]
+    lines += [
+        "",
+        "## Records per language",
+        "",
+        "| lang | input | curated |" + (" mixed |" if plan_text else ""),
+        "|---|---:|---:|" + ("---:|" if plan_text else ""),
+    ]
     for lang, row in m["languages"].items():
         lines.append(f"| {lang} | {row['input']} | {row['curated']} |" + (f" {row['mixed']} |" if plan_text else ""))
     if plan_text:
         lines += ["", "## Mix", "", "```", plan_text, "```"]
-    lines += ["", "Dropped records, each with `dropped_by`, `drop_reason` and `drop_detail`, are in `dropped.jsonl`.",
-              "", "![records kept and dropped by each step](curation.png)", ""]
+    lines += [
+        "",
+        "Dropped records, each with `dropped_by`, `drop_reason` and `drop_detail`, are in `dropped.jsonl`.",
+        "",
+        "![records kept and dropped by each step](curation.png)",
+        "",
+    ]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -420,12 +492,18 @@ def plot_curation(metrics: dict, path: Path) -> None:
     left.set_xlabel("records")
     left.set_title("Records in each step: kept and dropped")
     left.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
-    series = [("input", "#9aa5b1"), ("curated", "#4c9f70")] + ([("mixed", "#3d5a80")]
-                                                               if metrics.get("mixed") is not None else [])
+    series = [("input", "#9aa5b1"), ("curated", "#4c9f70")] + (
+        [("mixed", "#3d5a80")] if metrics.get("mixed") is not None else []
+    )
     width = 0.8 / len(series)
     for k, (key, color) in enumerate(series):
-        right.bar([x + k * width for x in range(len(langs))], [metrics["languages"][l][key] for l in langs], width,
-                  label=key, color=color)
+        right.bar(
+            [x + k * width for x in range(len(langs))],
+            [metrics["languages"][l][key] for l in langs],
+            width,
+            label=key,
+            color=color,
+        )
     right.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(langs))], langs)
     right.set_ylabel("records")
     right.set_title("Records per language")
@@ -435,12 +513,16 @@ def plot_curation(metrics: dict, path: Path) -> None:
 
 def print_summary(metrics: dict, final: Path) -> None:
     header = ["step", "in", "kept", "dropped", "why dropped"]
-    rows = [[r["step"], str(r["in"]), str(r["kept"]), str(r["dropped"]), _counts(r["reasons"])]
-            for r in metrics["steps"]]
+    rows = [
+        [r["step"], str(r["in"]), str(r["kept"]), str(r["dropped"]), _counts(r["reasons"])] for r in metrics["steps"]
+    ]
     print_table("Curation summary", header, rows, left=(0, 4))
-    print(f"  {metrics['input']} records in, {metrics['curated']} curated"
-          + (f", {metrics['mixed']} in the mix" if metrics.get("mixed") is not None else "")
-          + f" ({_rate(metrics['records_per_second'])} records/s) → {final}", flush=True)
+    print(
+        f"  {metrics['input']} records in, {metrics['curated']} curated"
+        + (f", {metrics['mixed']} in the mix" if metrics.get("mixed") is not None else "")
+        + f" ({_rate(metrics['records_per_second'])} records/s) → {final}",
+        flush=True,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ stage
@@ -449,8 +531,9 @@ def print_summary(metrics: dict, final: Path) -> None:
 def write_curated(job: CurateJob, tally: Tally, path: Path, keep: bool) -> tuple[int, list[dict]]:
     """Stream the dataset through the stages into `path`: the number of records curated, and the records themselves
     when `keep` (the mix samples from all of them)."""
-    chunks: Iterable[list[dict]] = chunked(iter_records(job.sources, "sft", seed=job.args.seed),
-                                           job.args.chunk_size, tally)
+    chunks: Iterable[list[dict]] = chunked(
+        iter_records(job.sources, "sft", seed=job.args.seed), job.args.chunk_size, tally
+    )
     for stage in build_stages(job.steps, job.args.num_proc, job.args.chunk_size):
         chunks = stage.run(chunks, tally)
     count, kept = 0, []
@@ -476,8 +559,7 @@ def write_mixed(mix: MixStep, curated: list[dict], tally: Tally, path: Path) -> 
     write_jsonl(path, mixed)
     for record in mixed:
         tally.langs[record["lang"]]["mixed"] += 1
-    return len(mixed), {"plan": [p.__dict__ for p in plan], "seconds": round(time.perf_counter() - start, 3)}, \
-        plan_text
+    return len(mixed), {"plan": [p.__dict__ for p in plan], "seconds": round(time.perf_counter() - start, 3)}, plan_text
 
 
 def curate(job: CurateJob, partial: Path) -> dict:
@@ -493,16 +575,24 @@ def curate(job: CurateJob, partial: Path) -> dict:
         tally.close()
     if n_curated == 0:
         raise ConfigError(job.source, "steps", "no record survived curation; loosen the thresholds")
-    n_mixed, mix_metrics, plan_text = (None, None, None) if mix is None else \
-        write_mixed(mix, curated, tally, partial / "mixed.jsonl")
+    n_mixed, mix_metrics, plan_text = (
+        (None, None, None) if mix is None else write_mixed(mix, curated, tally, partial / "mixed.jsonl")
+    )
     seconds = time.perf_counter() - start
     total_in = sum(c["input"] for c in tally.langs.values())
     metrics = {
-        "input": total_in, "curated": n_curated, "dropped": total_in - n_curated, "mixed": n_mixed,
-        "steps": step_rows(job, tally), "disabled_steps": job.disabled,
-        "languages": {lang: {"input": c["input"], "curated": c["curated"], "mixed": c["mixed"]}
-                      for lang, c in sorted(tally.langs.items(), key=lambda kv: (-kv[1]["input"], kv[0]))},
-        "num_proc": job.args.num_proc, "seconds": round(seconds, 3),
+        "input": total_in,
+        "curated": n_curated,
+        "dropped": total_in - n_curated,
+        "mixed": n_mixed,
+        "steps": step_rows(job, tally),
+        "disabled_steps": job.disabled,
+        "languages": {
+            lang: {"input": c["input"], "curated": c["curated"], "mixed": c["mixed"]}
+            for lang, c in sorted(tally.langs.items(), key=lambda kv: (-kv[1]["input"], kv[0]))
+        },
+        "num_proc": job.args.num_proc,
+        "seconds": round(seconds, 3),
         "records_per_second": round(total_in / seconds, 1) if seconds else None,
     }
     if mix_metrics is not None:
@@ -516,12 +606,16 @@ def run_curate(raw: dict, source: str | None = None) -> Path:
     """The `curate` stage. Its output appears whole when the run ends; a failed run leaves no output and no partial,
     a killed one only a partial, which the next run clears (nothing in it is worth resuming)."""
     job = parse_curate_config(raw, source)
-    run = StageRun(job.args.output_dir, job.raw, stage="curate", overwrite=job.args.overwrite, source=source,
-                   resumable=False)
+    run = StageRun(
+        job.args.output_dir, job.raw, stage="curate", overwrite=job.args.overwrite, source=source, resumable=False
+    )
     run.prepare()
     with run.building():
-        print(f"Curate: {', '.join(s.label for s in job.steps)} ({job.args.num_proc} process"
-              f"{'es' if job.args.num_proc > 1 else ''} for per-record steps)", flush=True)
+        print(
+            f"Curate: {', '.join(s.label for s in job.steps)} ({job.args.num_proc} process"
+            f"{'es' if job.args.num_proc > 1 else ''} for per-record steps)",
+            flush=True,
+        )
         metrics = curate(job, run.partial)
         final = run.finish(metrics)
     print_summary(metrics, final)

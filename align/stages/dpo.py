@@ -38,8 +38,13 @@ class DPOArgs(PaddingFreeArgs, TrainingArgs):
 def parse_dpo_config(raw: dict, source: str | None = None) -> TrainingJob:
     from trl import DPOConfig
 
-    args, trl_kwargs, lora = parse_training_keys(raw, source, DPOArgs, DPOConfig, dataset_help="preference data "
-                                                 "(prompt/chosen/rejected, HH transcripts, arbitrage pairs)")
+    args, trl_kwargs, lora = parse_training_keys(
+        raw,
+        source,
+        DPOArgs,
+        DPOConfig,
+        dataset_help="preference data (prompt/chosen/rejected, HH transcripts, arbitrage pairs)",
+    )
     return TrainingJob(args, build_trl_config(DPOConfig, trl_kwargs, args, source), lora, raw, source)
 
 
@@ -49,9 +54,17 @@ def preference_dataset(records: list[dict]):
     import datasets
 
     tools = any(r.get("tools") for r in records)
-    return datasets.Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
-                                        **({"tools": json.dumps(r.get("tools"))} if tools else {})}
-                                       for r in records])
+    return datasets.Dataset.from_list(
+        [
+            {
+                "prompt": r["prompt"],
+                "chosen": r["chosen"],
+                "rejected": r["rejected"],
+                **({"tools": json.dumps(r.get("tools"))} if tools else {}),
+            }
+            for r in records
+        ]
+    )
 
 
 def _key_paths(value, prefix=()) -> frozenset:
@@ -76,7 +89,8 @@ def _check_call_arguments(records: list[dict]) -> None:
                         f"records {first[0]} and {record.get('id')}: preference training needs every tool call's "
                         f"arguments to have the same keys ({sorted(map('.'.join, first[1]))} vs "
                         f"{sorted(map('.'.join, keys))}); split the data by tool, or train these calls with SFT",
-                        field="tool_calls")
+                        field="tool_calls",
+                    )
 
 
 def reference_kind(job: TrainingJob, policy) -> str:
@@ -112,9 +126,15 @@ def build_dpo_trainer(job: TrainingJob, records: list[dict]):
     pack, layout = choose(job.args.padding_free, [policy] + ([ref] if ref is not None else []), source=job.source)
     from align.training.packed_trainers import PackedDPOTrainer
 
-    trainer = PackedDPOTrainer(model=policy, ref_model=ref, args=job.training,
-                               train_dataset=preference_dataset(records), processing_class=tokenizer,
-                               peft_config=lora_config(job.lora, policy, source=job.source) if job.lora else None, pack=pack)
+    trainer = PackedDPOTrainer(
+        model=policy,
+        ref_model=ref,
+        args=job.training,
+        train_dataset=preference_dataset(records),
+        processing_class=tokenizer,
+        peft_config=lora_config(job.lora, policy, source=job.source) if job.lora else None,
+        pack=pack,
+    )
     if job.training.precompute_ref_log_probs and trainer.ref_model is not None:
         trainer.ref_model = None  # its log-probs are in the dataset now: free it
         del ref
@@ -126,8 +146,7 @@ class DPOStage(TrainingStage):
     stage, label, kind, noun = "dpo", "DPO", "preference", "pairs"
 
     def starting(self, resume: str | None) -> str:
-        return (f"Reference: {self.reference}; batches {self.layout}"
-                + (f"; resuming from {resume}" if resume else ""))
+        return f"Reference: {self.reference}; batches {self.layout}" + (f"; resuming from {resume}" if resume else "")
 
     def load(self) -> str:
         line = super().load()
@@ -140,16 +159,28 @@ class DPOStage(TrainingStage):
 
     def metrics(self, trainer, result, common: dict) -> dict:
         last = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
-        return {"pairs": len(self.records), "pairs_per_language": language_mix(self.records), **common,
-                "final_reward_accuracy": last.get("rewards/accuracies"),
-                "final_reward_margin": last.get("rewards/margins"), "beta": trainer.args.beta,
-                "loss_type": trainer.args.loss_type, "reference": self.reference,
-                "steps_per_second": round(common["timed_steps"] / self.wall, 3) if self.wall else None}
+        return {
+            "pairs": len(self.records),
+            "pairs_per_language": language_mix(self.records),
+            **common,
+            "final_reward_accuracy": last.get("rewards/accuracies"),
+            "final_reward_margin": last.get("rewards/margins"),
+            "beta": trainer.args.beta,
+            "loss_type": trainer.args.loss_type,
+            "reference": self.reference,
+            "steps_per_second": round(common["timed_steps"] / self.wall, 3) if self.wall else None,
+        }
 
     def rows(self, m: dict) -> list[tuple[str, object]]:
-        return [("pairs", m["pairs"]), *super().rows(m), ("reward accuracy (last log)", m["final_reward_accuracy"]),
-                ("reward margin (last log)", m["final_reward_margin"]), ("beta", m["beta"]),
-                ("reference", m["reference"]), *layout_rows(m)]
+        return [
+            ("pairs", m["pairs"]),
+            *super().rows(m),
+            ("reward accuracy (last log)", m["final_reward_accuracy"]),
+            ("reward margin (last log)", m["final_reward_margin"]),
+            ("beta", m["beta"]),
+            ("reference", m["reference"]),
+            *layout_rows(m),
+        ]
 
 
 def run_dpo(raw: dict, source: str | None = None, *, records: list[dict] | None = None) -> Path:

@@ -84,27 +84,43 @@ class Entry:
 
 def parse_evaluate_config(raw: dict, source: str | None = None) -> tuple[EvaluateArgs, list[Entry]]:
     args = build_dataclass(EvaluateArgs, raw, source)
-    require(args, source, models="{name: checkpoint or answers JSONL}", prompts="the held-out prompts",
-            output_dir="where to write the report")
-    entries = [_entry(str(k), v, source) for k, v in (args.models.items() if isinstance(args.models, dict)
-                                                      else ((str(m), m) for m in args.models))]
+    require(
+        args,
+        source,
+        models="{name: checkpoint or answers JSONL}",
+        prompts="the held-out prompts",
+        output_dir="where to write the report",
+    )
+    entries = [
+        _entry(str(k), v, source)
+        for k, v in (args.models.items() if isinstance(args.models, dict) else ((str(m), m) for m in args.models))
+    ]
     if len(entries) < 2:
         raise ConfigError(source, "models", "give at least two models: a baseline and one to compare with it")
     names = [e.name for e in entries]
     if ECHO in names:
-        raise ConfigError(source, f"models.{ECHO}", f"{ECHO!r} is the name of the control row (the prompt as the "
-                                                    "answer); give the model another name")
+        raise ConfigError(
+            source,
+            f"models.{ECHO}",
+            f"{ECHO!r} is the name of the control row (the prompt as the answer); give the model another name",
+        )
     args.baseline = args.baseline or names[0]
     if args.baseline not in names:
         raise ConfigError(source, "baseline", f"{args.baseline!r} is not one of the models ({', '.join(names)})")
     if args.judge:
         args.judge = parse_ranker(args.judge, source, "judge", backend=args.backend)
         if args.judge.language_penalty:
-            raise ConfigError(source, "judge.language_penalty", "evaluation measures language fidelity on its own; "
-                                                                "remove the penalty from the judge")
+            raise ConfigError(
+                source,
+                "judge.language_penalty",
+                "evaluation measures language fidelity on its own; remove the penalty from the judge",
+            )
         if args.judge.echo_penalty:
-            raise ConfigError(source, "judge.echo_penalty", "evaluation measures echo on its own (echo rate, "
-                                                            "echo-free chrF++, the echo row); remove the penalty")
+            raise ConfigError(
+                source,
+                "judge.echo_penalty",
+                "evaluation measures echo on its own (echo rate, echo-free chrF++, the echo row); remove the penalty",
+            )
     if args.grader:
         args.grader = _grader_spec(args.grader, source, args.backend)
     if args.resamples < 100:
@@ -144,33 +160,48 @@ def answer(args: EvaluateArgs, entry: Entry, prompts: list[dict], directory: Pat
         return read_answers(entry.answers, prompts)
     gen = args.generation()
     key = config_hash({"model": entry.model, "generation": gen.__dict__, "prompts": [p["id"] for p in prompts]})
-    records = generate_sharded(directory, f"{safe_name(entry.name)}.{key}", [p["prompt"] for p in prompts], gen,
-                               entry_loader(args, entry),
-                               rank=state.process_index, processes=state.num_processes,
-                               barrier=state.wait_for_everyone, desc=f"Answering ({entry.name})")
+    records = generate_sharded(
+        directory,
+        f"{safe_name(entry.name)}.{key}",
+        [p["prompt"] for p in prompts],
+        gen,
+        entry_loader(args, entry),
+        rank=state.process_index,
+        processes=state.num_processes,
+        barrier=state.wait_for_everyone,
+        desc=f"Answering ({entry.name})",
+    )
     return [r["completions"][0] for r in records]
 
 
 def entry_loader(args: EvaluateArgs, entry: Entry):
     """What loads the entry's model for generation (called only when something is left to answer)."""
-    return lambda: load_backend(args.model_args(entry.model), choose_backend(args.backend),
-                                tensor_parallel_size=args.tensor_parallel_size)
+    return lambda: load_backend(
+        args.model_args(entry.model), choose_backend(args.backend), tensor_parallel_size=args.tensor_parallel_size
+    )
 
 
-def second_turns(args: EvaluateArgs, entry: Entry, prompts: list[dict], first: list[str],
-                 directory: Path) -> list[str] | None:
+def second_turns(
+    args: EvaluateArgs, entry: Entry, prompts: list[dict], first: list[str], directory: Path
+) -> list[str] | None:
     """A checkpoint's answers to the second user turn of multi-turn (MT-Bench) prompts, with its own first answer in
     context; None for an answers file, or when no prompt has a second turn."""
     followed = [(p, a) for p, a in zip(prompts, first) if len(p.get("turns") or []) > 1]
     if entry.answers or not followed:
         return None
-    chats = [[*p["prompt"], {"role": "assistant", "content": a}, {"role": "user", "content": p["turns"][1]}]
-             for p, a in followed]
+    chats = [
+        [*p["prompt"], {"role": "assistant", "content": a}, {"role": "user", "content": p["turns"][1]}]
+        for p, a in followed
+    ]
     gen = args.generation()
     key = config_hash({"model": entry.model, "generation": gen.__dict__, "chats": chats})
-    records = generate_logged(directory / f"{safe_name(entry.name)}.turn2.{key}.jsonl", chats, gen,
-                              entry_loader(args, entry),
-                              desc=f"Second turns ({entry.name})")
+    records = generate_logged(
+        directory / f"{safe_name(entry.name)}.turn2.{key}.jsonl",
+        chats,
+        gen,
+        entry_loader(args, entry),
+        desc=f"Second turns ({entry.name})",
+    )
     return [r["completions"][0] for r in records]
 
 
@@ -186,8 +217,9 @@ def read_answers(path: str, prompts: list[dict]) -> list[str]:
     by_id = read_completions(path)
     missing = [p["id"] for p in prompts if str(p["id"]) not in by_id]
     if missing:
-        raise InputError(path, f"no answer for prompt id {missing[0]!r} ({len(missing)} of {len(prompts)} missing)",
-                         field="id")
+        raise InputError(
+            path, f"no answer for prompt id {missing[0]!r} ({len(missing)} of {len(prompts)} missing)", field="id"
+        )
     return [by_id[str(p["id"])] for p in prompts]
 
 
@@ -239,8 +271,10 @@ def comparisons(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], a
         out[entry.name] = {"vs_baseline": compare(args, scorer, prompts, answers[entry.name], answers[args.baseline])}
         previous = previous_stage(entries, k)
         if previous not in (None, args.baseline):
-            out[entry.name]["vs_previous"] = {"model": previous, **compare(args, scorer, prompts, answers[entry.name],
-                                                                           answers[previous])}
+            out[entry.name]["vs_previous"] = {
+                "model": previous,
+                **compare(args, scorer, prompts, answers[entry.name], answers[previous]),
+            }
     return out
 
 
@@ -249,8 +283,11 @@ def per_language(values: list[float | None], langs: list[str], args: EvaluateArg
     table = {}
     for lang in sorted(set(langs)) + ["all"]:
         kept = [v for v, l in zip(values, langs) if (lang == "all" or l == lang) and v is not None]
-        table[lang] = {"mean": round(sum(kept) / len(kept), 4) if kept else None, "n": len(kept),
-                       "interval": mean_interval(kept, resamples=args.resamples, seed=args.seed)}
+        table[lang] = {
+            "mean": round(sum(kept) / len(kept), 4) if kept else None,
+            "n": len(kept),
+            "interval": mean_interval(kept, resamples=args.resamples, seed=args.seed),
+        }
     return table
 
 
@@ -259,8 +296,11 @@ def grades(args: EvaluateArgs, prompts: list[dict], answers: dict, partial: Path
     from reward import load_ranker
     from reward.grading import Grader
 
-    judge = load_ranker(unpenalised({k: v for k, v in args.grader.items() if k != "scale"}), args.model_args(),
-                        log_dir=partial / "api" / "grader")
+    judge = load_ranker(
+        unpenalised({k: v for k, v in args.grader.items() if k != "scale"}),
+        args.model_args(),
+        log_dir=partial / "api" / "grader",
+    )
     grader = Grader(ask=judge.ask, scale=args.grader["scale"], explain=args.grader.get("explain", True))
     langs, refs = [p["lang"] for p in prompts], [reference_of(p) for p in prompts]
     out = {}
@@ -277,8 +317,9 @@ def reference_of(prompt: dict) -> str | None:
     return (refs[0] if isinstance(refs, list) else refs) or None
 
 
-def chrf(prompts: list[dict], answers: list[str], *, echo_free: bool = False, resamples: int = 1000,
-         seed: int = 0) -> dict[str, dict]:
+def chrf(
+    prompts: list[dict], answers: list[str], *, echo_free: bool = False, resamples: int = 1000, seed: int = 0
+) -> dict[str, dict]:
     """chrF++ per language (and 'all') over the prompts that carry references, with a bootstrap interval over the
     prompts; `echo_free` scores only what each answer adds beyond its prompt (align.data.echo)."""
     groups: dict[str, list[int]] = {}
@@ -289,23 +330,27 @@ def chrf(prompts: list[dict], answers: list[str], *, echo_free: bool = False, re
     out = {}
     for lang, rows in sorted(groups.items()):
         stats = reference_statistics([prompts[i] for i in rows], [answers[i] for i in rows], echo_free)
-        out[lang] = {"score": round(chrf_score(stats), 2), "n": len(rows),
-                     "interval": statistic_interval(len(rows), lambda d: chrf_score(stats[d]), resamples=resamples,
-                                                    seed=seed)}
+        out[lang] = {
+            "score": round(chrf_score(stats), 2),
+            "n": len(rows),
+            "interval": statistic_interval(len(rows), lambda d: chrf_score(stats[d]), resamples=resamples, seed=seed),
+        }
     return out
 
 
 def reference_statistics(prompts: list[dict], answers: list[str], echo_free: bool):
     """chrF++ sentence statistics of answers to prompts that all carry a reference."""
-    return chrf_statistics(answers, [reference_of(p) for p in prompts],
-                           [p["prompt"] for p in prompts] if echo_free else None)
+    return chrf_statistics(
+        answers, [reference_of(p) for p in prompts], [p["prompt"] for p in prompts] if echo_free else None
+    )
 
 
 REFERENCE_METRICS = {"chrf++": False, "echo_free_chrf++": True}  # name: scored on what the answer adds only
 
 
-def paired_differences(args: EvaluateArgs, names: list[str], prompts: list[dict], answers: dict,
-                       flags: dict[str, list] | None = None):
+def paired_differences(
+    args: EvaluateArgs, names: list[str], prompts: list[dict], answers: dict, flags: dict[str, list] | None = None
+):
     """`paired(ours, theirs)` for any two of `names`: `ours` minus `theirs` with paired bootstrap intervals (the same
     resampled prompts for both): language fidelity's pass rate, and plain and echo-free chrF++ where prompts carry
     references. An interval holding 0 is noise."""
@@ -317,24 +362,45 @@ def paired_differences(args: EvaluateArgs, names: list[str], prompts: list[dict]
         flags = {name: fidelity_flags(answers[name], [p["lang"] for p in prompts]) for name in names}
     judged = [i for i, p in enumerate(prompts) if reference_of(p)]
     # sentence statistics once per model and metric; a resample's corpus score sums them
-    stats = {(metric, name): reference_statistics([prompts[i] for i in judged], [answers[name][i] for i in judged],
-                                                  echo_free)
-             for metric, echo_free in REFERENCE_METRICS.items() for name in names} if judged else {}
+    stats = (
+        {
+            (metric, name): reference_statistics(
+                [prompts[i] for i in judged], [answers[name][i] for i in judged], echo_free
+            )
+            for metric, echo_free in REFERENCE_METRICS.items()
+            for name in names
+        }
+        if judged
+        else {}
+    )
 
     def difference(metric: str, ours: str, theirs: str) -> dict:
         a, b = stats[metric, ours], stats[metric, theirs]
-        bounds = statistic_interval(len(judged), lambda d: chrf_score(a[d]) - chrf_score(b[d]),
-                                    resamples=args.resamples, seed=args.seed)
+        bounds = statistic_interval(
+            len(judged), lambda d: chrf_score(a[d]) - chrf_score(b[d]), resamples=args.resamples, seed=args.seed
+        )
         every = np.arange(len(judged))
-        return {"difference": round(chrf_score(a[every]) - chrf_score(b[every]), 2), "interval": bounds,
-                "within_noise": within_noise(bounds, 0.0)}
+        return {
+            "difference": round(chrf_score(a[every]) - chrf_score(b[every]), 2),
+            "interval": bounds,
+            "within_noise": within_noise(bounds, 0.0),
+        }
 
     def paired(ours: str, theirs: str) -> dict:
         a, b = flags[ours], flags[theirs]
-        fid = statistic_interval(len(prompts), lambda d: fidelity_rates([a[i] for i in d])[2]
-                                 - fidelity_rates([b[i] for i in d])[2], resamples=args.resamples, seed=args.seed)
-        out = {"language_fidelity": {"difference": round(fidelity_rates(a)[2] - fidelity_rates(b)[2], 4),
-                                     "interval": fid, "within_noise": within_noise(fid, 0.0)}}
+        fid = statistic_interval(
+            len(prompts),
+            lambda d: fidelity_rates([a[i] for i in d])[2] - fidelity_rates([b[i] for i in d])[2],
+            resamples=args.resamples,
+            seed=args.seed,
+        )
+        out = {
+            "language_fidelity": {
+                "difference": round(fidelity_rates(a)[2] - fidelity_rates(b)[2], 4),
+                "interval": fid,
+                "within_noise": within_noise(fid, 0.0),
+            }
+        }
         if judged:
             out.update({metric: difference(metric, ours, theirs) for metric in REFERENCE_METRICS})
         return out
@@ -342,8 +408,9 @@ def paired_differences(args: EvaluateArgs, names: list[str], prompts: list[dict]
     return paired
 
 
-def differences(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict,
-                flags: dict[str, list] | None = None) -> dict[str, dict]:
+def differences(
+    args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict, flags: dict[str, list] | None = None
+) -> dict[str, dict]:
     """{model: {vs_baseline, vs_previous, vs_echo}}: each model minus the baseline, minus the stage before it, and
     minus the echo control where there is one."""
     names = [e.name for e in entries] + ([ECHO] if ECHO in answers else [])
@@ -384,8 +451,9 @@ def fidelity(prompts: list[dict], flags: list[tuple[bool, bool]], args: Evaluate
     table = rates_table(flags, langs)
     for lang, rates in table.items():
         rows = [f for f, l in zip(flags, langs) if lang == "all" or normalize_lang(l) == lang]
-        rates["pass_rate_interval"] = statistic_interval(len(rows), lambda draw: fidelity_rates([rows[i] for i in draw])[2],
-                                                         resamples=args.resamples, seed=args.seed)
+        rates["pass_rate_interval"] = statistic_interval(
+            len(rows), lambda draw: fidelity_rates([rows[i] for i in draw])[2], resamples=args.resamples, seed=args.seed
+        )
     return table
 
 
@@ -395,10 +463,20 @@ def fidelity(prompts: list[dict], flags: list[tuple[bool, bool]], args: Evaluate
 def measure(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict, partial: Path) -> dict:
     """metrics.json: everything measured, per model and language."""
     langs = [p["lang"] for p in prompts]
-    results: dict = {"baseline": args.baseline, "prompts": len(prompts), "languages": dict(Counter(langs).most_common()),
-                     "judged_by": args.judge.as_dict() if args.judge else None, "graded_by": args.grader or None,
-                     "models": {e.name: {"model": e.described, "mean_words": round(
-                         sum(len(a.split()) for a in answers[e.name]) / max(len(prompts), 1), 2)} for e in entries}}
+    results: dict = {
+        "baseline": args.baseline,
+        "prompts": len(prompts),
+        "languages": dict(Counter(langs).most_common()),
+        "judged_by": args.judge.as_dict() if args.judge else None,
+        "graded_by": args.grader or None,
+        "models": {
+            e.name: {
+                "model": e.described,
+                "mean_words": round(sum(len(a.split()) for a in answers[e.name]) / max(len(prompts), 1), 2),
+            }
+            for e in entries
+        },
+    }
     clock = Stopwatch()
     if args.judge:
         with clock("pairwise"):
@@ -406,8 +484,11 @@ def measure(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answe
                 results["models"][name].update(entry)
     rows = [e.name for e in entries] + ([ECHO] if ECHO in answers else [])
     if ECHO in answers:
-        results["models"][ECHO] = {"model": "control: the prompt itself as the answer", "control": True,
-                                   "mean_words": round(sum(len(a.split()) for a in answers[ECHO]) / len(prompts), 2)}
+        results["models"][ECHO] = {
+            "model": "control: the prompt itself as the answer",
+            "control": True,
+            "mean_words": round(sum(len(a.split()) for a in answers[ECHO]) / len(prompts), 2),
+        }
     with clock("chrf"):
         for name in rows:
             for metric, echo_free in REFERENCE_METRICS.items():
@@ -427,7 +508,9 @@ def measure(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answe
                 results["models"][name][f"{versus}_difference"] = row
             if "vs_echo" in paired:  # beats the echo control beyond noise on what answers add to the prompt
                 versus_echo = paired["vs_echo"]["echo_free_chrf++"]
-                results["models"][name]["beats_echo"] = versus_echo["difference"] > 0 and not versus_echo["within_noise"]
+                results["models"][name]["beats_echo"] = (
+                    versus_echo["difference"] > 0 and not versus_echo["within_noise"]
+                )
     if args.judge and any(len(p.get("turns") or []) > 1 for p in prompts):
         with clock("second_turns"):
             results["second_turns"] = second_turn_measures(args, entries, prompts, answers, partial)
@@ -441,8 +524,9 @@ def measure(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answe
     return results
 
 
-def second_turn_measures(args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict,
-                         partial: Path) -> dict:
+def second_turn_measures(
+    args: EvaluateArgs, entries: list[Entry], prompts: list[dict], answers: dict, partial: Path
+) -> dict:
     """Second turns of multi-turn prompts: each checkpoint's two-turn conversation against the baseline's, judged as
     transcripts of both turns, and the fidelity of the second answers."""
     from reward import load_ranker
@@ -457,11 +541,17 @@ def second_turn_measures(args: EvaluateArgs, entries: list[Entry], prompts: list
     talks = {n: [transcript([a, b]) for a, b in zip(firsts[n], s)] for n, s in seconds.items() if s is not None}
     out = {}
     for name, talk in talks.items():
-        write_jsonl(partial / "answers" / f"{safe_name(name)}.turn2.jsonl",
-                    [{"id": p["id"], "lang": p["lang"], "turns": p["turns"][:2], "completions": [a, b]}
-                     for p, a, b in zip(multi, firsts[name], seconds[name])])
-        out[name] = {"prompts": len(multi), "language_fidelity": fidelity(
-            multi, fidelity_flags(seconds[name], [p["lang"] for p in multi]), args)}
+        write_jsonl(
+            partial / "answers" / f"{safe_name(name)}.turn2.jsonl",
+            [
+                {"id": p["id"], "lang": p["lang"], "turns": p["turns"][:2], "completions": [a, b]}
+                for p, a, b in zip(multi, firsts[name], seconds[name])
+            ],
+        )
+        out[name] = {
+            "prompts": len(multi),
+            "language_fidelity": fidelity(multi, fidelity_flags(seconds[name], [p["lang"] for p in multi]), args),
+        }
         if name != args.baseline:
             out[name]["vs_baseline"] = compare(args, scorer, asked, talk, talks[args.baseline])
     return out
@@ -474,10 +564,16 @@ def benchmarks(args: EvaluateArgs, entries: list[Entry], partial: Path) -> dict:
     out = {}
     for entry in entries:
         if entry.model:
-            out[entry.name] = run_benchmarks(entry.model, args.tasks, model_args=args.model_args(entry.model),
-                                             limit=args.benchmark_limit, num_fewshot=args.benchmark_fewshot,
-                                             batch_size=args.batch_size, backend=args.backend,
-                                             log_dir=partial / "benchmarks" / safe_name(entry.name))
+            out[entry.name] = run_benchmarks(
+                entry.model,
+                args.tasks,
+                model_args=args.model_args(entry.model),
+                limit=args.benchmark_limit,
+                num_fewshot=args.benchmark_fewshot,
+                batch_size=args.batch_size,
+                backend=args.backend,
+                log_dir=partial / "benchmarks" / safe_name(entry.name),
+            )
     return out
 
 
@@ -489,10 +585,12 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
 
     args, entries = parse_evaluate_config(raw, source)
     state = process_state()
-    run = StageRun(args.output_dir, raw, stage="evaluate", overwrite=args.overwrite, source=source,
-                   is_main=state.is_main_process)
-    prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source,
-                           key="prompts")[: args.max_prompts or None]
+    run = StageRun(
+        args.output_dir, raw, stage="evaluate", overwrite=args.overwrite, source=source, is_main=state.is_main_process
+    )
+    prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source, key="prompts")[
+        : args.max_prompts or None
+    ]
     answers = {e.name: read_answers(e.answers, prompts) for e in entries if e.answers}  # bad files fail first
     control = echo_control(prompts)
     if args.benchmarks:  # every task and its data resolved once, before any model runs: a missing one fails now
@@ -502,21 +600,35 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
     run.prepare_shared(state)
     clock = Stopwatch()
     with clock("answers"):
-        answers = {e.name: answers.get(e.name) or answer(args, e, prompts, run.partial / "generations", state)
-                   for e in entries}
+        answers = {
+            e.name: answers.get(e.name) or answer(args, e, prompts, run.partial / "generations", state) for e in entries
+        }
     if control is not None:
         answers[ECHO] = control
     if not state.is_main_process:
         return run.final  # the main process measures, reports and moves the output into place (no barrier: a
-                          # judge may take longer than a collective's timeout)
+        # judge may take longer than a collective's timeout)
     results = measure(args, entries, prompts, answers, run.partial)
     results["seconds"] = {**clock.seconds, **results["seconds"]}
     for name in answers:
-        write_jsonl(run.partial / "answers" / f"{safe_name(name)}.jsonl",
-                    [{"id": p["id"], "lang": p["lang"], "prompt": p["prompt"], "completion": a,
-                      "echo": is_echo(a, p["prompt"])} for p, a in zip(prompts, answers[name])])
-    write_report(results, run.partial, judges=(describe_ranker(results.get("judged_by")),
-                                             describe_ranker(results.get("graded_by"))))
+        write_jsonl(
+            run.partial / "answers" / f"{safe_name(name)}.jsonl",
+            [
+                {
+                    "id": p["id"],
+                    "lang": p["lang"],
+                    "prompt": p["prompt"],
+                    "completion": a,
+                    "echo": is_echo(a, p["prompt"]),
+                }
+                for p, a in zip(prompts, answers[name])
+            ],
+        )
+    write_report(
+        results,
+        run.partial,
+        judges=(describe_ranker(results.get("judged_by")), describe_ranker(results.get("graded_by"))),
+    )
     run.finish(results, drop=("generations", "benchmarks", "api"))
     print_summary(results, run.final)
     return run.final

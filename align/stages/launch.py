@@ -63,8 +63,9 @@ def launch_flags(launch: dict, source: str | None, key: str) -> Launch:
     from accelerate.commands.launch import launch_command_parser
 
     if not isinstance(launch, dict):
-        raise ConfigError(source, key, "expected a mapping of accelerate launch options (num_processes, "
-                                       "config_file, ...)")
+        raise ConfigError(
+            source, key, "expected a mapping of accelerate launch options (num_processes, config_file, ...)"
+        )
     options = dict(launch)
     prefix = options.pop("prefix", None) or []
     if isinstance(prefix, str):
@@ -72,8 +73,12 @@ def launch_flags(launch: dict, source: str | None, key: str) -> Launch:
     if isinstance(prefix, list):  # started from this process: expanded here (the node rank is expanded per node)
         prefix = [os.path.expandvars(str(p)) for p in prefix]
     if not isinstance(prefix, list):
-        raise ConfigError(source, f"{key}.prefix", "expected the command that starts accelerate launch on every "
-                                                  "node, e.g. 'srun --nodes 2 --ntasks-per-node 1'")
+        raise ConfigError(
+            source,
+            f"{key}.prefix",
+            "expected the command that starts accelerate launch on every "
+            "node, e.g. 'srun --nodes 2 --ntasks-per-node 1'",
+        )
     if "config_file" in options:
         if not Path(os.path.expandvars(str(options["config_file"]))).is_file():
             raise ConfigError(source, f"{key}.config_file", f"{options['config_file']} is not a file")
@@ -109,17 +114,24 @@ def run_launched(stage: str, command: str, cfg: dict, launch: Launch, run_dir: P
     argv = launch.argv(["-m", "align.cli", command, "--config", str(config)])
     print(f"{launch.describe()} -m align.cli {command} --config {config}", flush=True)
     tail: deque[str] = deque(maxlen=LOG_TAIL)
-    with open(log, "w", encoding="utf-8") as out, subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            env=preemption_env()) as proc, preemption.forwarded(proc):
+    with (
+        open(log, "w", encoding="utf-8") as out,
+        subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=preemption_env()
+        ) as proc,
+        preemption.forwarded(proc),
+    ):
         for line in proc.stdout:
             sys.stdout.write(line)
             out.write(line)
             tail.append(line.rstrip("\n"))
         code = proc.wait()
     if code != 0 and preemption.requested():
-        raise preemption.Preempted(preemption.requested(), f"stage {stage} was passed the signal and exited with "
-                                   f"code {code} (log: {log}); the same command resumes it")
+        raise preemption.Preempted(
+            preemption.requested(),
+            f"stage {stage} was passed the signal and exited with "
+            f"code {code} (log: {log}); the same command resumes it",
+        )
     if code != 0:
         print(f"--- last lines of {log} ---", *tail, sep="\n", file=sys.stderr, flush=True)
         raise PolyalignError(f"stage {stage} exited with code {code} under accelerate launch (log: {log})")
@@ -129,8 +141,12 @@ def preemption_env() -> dict:
     """The launched stage's environment: torchrun's agent passes SIGUSR1 on to its workers as it does SIGTERM (by
     default SIGUSR1 would kill the agent and orphan them), and waits for them to save a checkpoint before it
     kills them (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default; a user's own value is kept)."""
-    names = {n.strip() for n in os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE",
-                                               "SIGTERM,SIGINT,SIGHUP,SIGQUIT").split(",")}
+    names = {
+        n.strip() for n in os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT").split(",")
+    }
     names |= {s.name for s in preemption.SIGNALS}
-    return {**os.environ, "TORCHELASTIC_SIGNALS_TO_HANDLE": ",".join(sorted(names)),
-            "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")}
+    return {
+        **os.environ,
+        "TORCHELASTIC_SIGNALS_TO_HANDLE": ",".join(sorted(names)),
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600"),
+    }

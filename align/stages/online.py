@@ -89,11 +89,18 @@ class IterateArgs(LoadingArgs, DecodingArgs):
 
 def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: bool = False) -> IterateArgs:
     args = build_dataclass(IterateArgs, raw, source)
-    require(args, source, output_dir="where the iterations go",
-            prompts="the prompts to sample from (any format polyalign reads)")
+    require(
+        args,
+        source,
+        output_dir="where the iterations go",
+        prompts="the prompts to sample from (any format polyalign reads)",
+    )
     if args.iterations < 1 or args.samples < 2:
-        raise ConfigError(source, "iterations" if args.iterations < 1 else "samples",
-                          "need at least 1 iteration and 2 samples per prompt (a pair needs two)")
+        raise ConfigError(
+            source,
+            "iterations" if args.iterations < 1 else "samples",
+            "need at least 1 iteration and 2 samples per prompt (a pair needs two)",
+        )
     if args.reference not in ("start", "previous"):
         raise ConfigError(source, "reference", f"expected start or previous, got {args.reference!r}")
     betas = args.beta if isinstance(args.beta, list) else [args.beta] * args.iterations
@@ -109,11 +116,15 @@ def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: 
     if args.clusters is not None:
         from merge.weighting import cluster_weights
 
-        if not isinstance(args.clusters, dict) or not args.clusters or not all(
-                isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in args.clusters.values()):
+        if (
+            not isinstance(args.clusters, dict)
+            or not args.clusters
+            or not all(isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in args.clusters.values())
+        ):
             raise ConfigError(source, "clusters", "expected a mapping of cluster name to a list of language codes")
-        args.cluster_weights = cluster_weights(args.cluster_weights, args.clusters, source=source,
-                                               key="cluster_weights")
+        args.cluster_weights = cluster_weights(
+            args.cluster_weights, args.clusters, source=source, key="cluster_weights"
+        )
     if not ranker_given:
         args.ranker = parse_ranker(args.ranker, source, backend=args.backend).as_dict()
     from align.stages.dpo import parse_dpo_config
@@ -174,31 +185,56 @@ class Loop:
         """The policy that iteration i samples from: the start, or iteration i-1's final model."""
         if i == 1:
             return self.args.model
-        return iteration_model(self.out, i - 1, merged=self.args.merge_with_previous is not None,
-                               lora=bool(self.args.lora), clusters=self.args.clusters is not None)
+        return iteration_model(
+            self.out,
+            i - 1,
+            merged=self.args.merge_with_previous is not None,
+            lora=bool(self.args.lora),
+            clusters=self.args.clusters is not None,
+        )
 
-    def generate(self, policy: str, prompts: list[dict], directory: Path, stem: str, args: GenerationArgs,
-                 desc: str) -> list[dict]:
+    def generate(
+        self, policy: str, prompts: list[dict], directory: Path, stem: str, args: GenerationArgs, desc: str
+    ) -> list[dict]:
         """Answers of `policy` to `prompts`, streamed into `<directory>/<stem>.jsonl` and resumed from it."""
+
         def load():
-            return load_backend(self.args.model_args(policy), choose_backend(self.args.backend),
-                                tensor_parallel_size=self.args.tensor_parallel_size)
+            return load_backend(
+                self.args.model_args(policy),
+                choose_backend(self.args.backend),
+                tensor_parallel_size=self.args.tensor_parallel_size,
+            )
 
-        return generate_sharded(directory, stem, [p["prompt"] for p in prompts], args, load, rank=self.rank,
-                                processes=self.processes, barrier=self.barrier, desc=desc,
-                                extra=lambda j: {"id": prompts[j]["id"], "lang": prompts[j]["lang"]})
+        return generate_sharded(
+            directory,
+            stem,
+            [p["prompt"] for p in prompts],
+            args,
+            load,
+            rank=self.rank,
+            processes=self.processes,
+            barrier=self.barrier,
+            desc=desc,
+            extra=lambda j: {"id": prompts[j]["id"], "lang": prompts[j]["lang"]},
+        )
 
-    def score(self, prompts: list[dict], answers: list[dict], directory: Path, chunk: int = 32) -> dict[int, list[float]]:
+    def score(
+        self, prompts: list[dict], answers: list[dict], directory: Path, chunk: int = 32
+    ) -> dict[int, list[float]]:
         """The ranker's score of every completion into `scores.jsonl`, in fixed chunks (a cut chunk is rescored
         whole), dealt out to the processes."""
         done = {r["index"] for pattern in ("scores.jsonl", "scores.rank*.jsonl") for r in read_logs(directory, pattern)}
         with AppendLog(shard_log(directory, "scores", self.rank, self.processes), key=lambda r: r["index"]) as out:
-            chunks = [answers[k: k + chunk] for k in range(0, len(answers), chunk)][self.rank::self.processes]
+            chunks = [answers[k : k + chunk] for k in range(0, len(answers), chunk)][self.rank :: self.processes]
             for group in chunks:
                 if all(r["index"] in done | out.done for r in group):
                     continue
-                rankings = rank_in_languages(self.ranker(), [prompts[r["index"]]["prompt"] for r in group],
-                                             [r["completions"] for r in group], [prompts[r["index"]]["lang"] for r in group])
+                rankings = rank_in_languages(
+                    self.ranker(),
+                    [prompts[r["index"]]["prompt"] for r in group],
+                    [r["completions"] for r in group],
+                    [prompts[r["index"]]["lang"] for r in group],
+                )
                 for r, ranking in zip(group, rankings):
                     if r["index"] not in done | out.done:
                         out.append({"index": r["index"], "scores": ranking.scores})
@@ -218,9 +254,16 @@ class Loop:
             ranker = self.ranker()
             texts = [a["completions"][0] for a in answers]
             # An absolute reward where the ranker has one (a reward model); a judge only compares (see versus()).
-            scores = score_in_languages(ranker, [heldout[a["index"]]["prompt"] for a in answers], texts,
-                                        [heldout[a["index"]]["lang"] for a in answers]) \
-                if hasattr(ranker, "score") else [None] * len(answers)
+            scores = (
+                score_in_languages(
+                    ranker,
+                    [heldout[a["index"]]["prompt"] for a in answers],
+                    texts,
+                    [heldout[a["index"]]["lang"] for a in answers],
+                )
+                if hasattr(ranker, "score")
+                else [None] * len(answers)
+            )
             write_jsonl(path, [{**a, "completion": t, "score": s} for a, t, s in zip(answers, texts, scores)])
         self.barrier()
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -229,9 +272,12 @@ class Loop:
         """'win' / 'loss' / 'tie' of each current held-out answer against the previous policy's, by the ranker
         (a judge compares them in both orders and gives 1 point to the winner, 1/2 each for a tie)."""
         old = {h["index"]: h["completion"] for h in previous}
-        rankings = rank_in_languages(self.ranker(), [heldout[h["index"]]["prompt"] for h in current],
-                                     [[h["completion"], old[h["index"]]] for h in current],
-                                     [heldout[h["index"]]["lang"] for h in current])
+        rankings = rank_in_languages(
+            self.ranker(),
+            [heldout[h["index"]]["prompt"] for h in current],
+            [[h["completion"], old[h["index"]]] for h in current],
+            [heldout[h["index"]]["lang"] for h in current],
+        )
         return [outcome_of_scores(*r.scores) for r in rankings]
 
     def run_iteration(self, i: int, train: list[dict], heldout: list[dict], previous_heldout: list[dict]) -> dict:
@@ -253,8 +299,12 @@ class Loop:
             write_jsonl(directory / "pairs.jsonl", pairs)
         self.release_ranker()
         if not pairs:
-            raise ConfigError(self.source, "min_margin", f"iteration {i}: no prompt's best and worst samples differ "
-                              f"by {args.min_margin} or more: lower min_margin, raise temperature or samples")
+            raise ConfigError(
+                self.source,
+                "min_margin",
+                f"iteration {i}: no prompt's best and worst samples differ "
+                f"by {args.min_margin} or more: lower min_margin, raise temperature or samples",
+            )
 
         with clock("training"):
             trained, training = self.train(i, policy, pairs)
@@ -271,8 +321,9 @@ class Loop:
             current = self.heldout(i, final, heldout) if heldout else []
             outcomes = self.versus(heldout, previous_heldout, current) if heldout and self.main else []
         if self.main:
-            metrics = iteration_metrics(i, train, samples, scores, pairs, current, previous_heldout, outcomes, training,
-                                        final, args)
+            metrics = iteration_metrics(
+                i, train, samples, scores, pairs, current, previous_heldout, outcomes, training, final, args
+            )
             metrics["seconds"] = clock.seconds  # this process's time per step (steps done before a resume count 0)
             write_json(metrics_path, metrics)
         self.release_ranker()
@@ -284,15 +335,17 @@ class Loop:
         start = self.heldout(0, self.args.model, heldout) if heldout else []
         start_metrics = {}
         if start:
-            start_metrics = {"heldout_reward_mean": _mean(h["score"] for h in start),
-                             "heldout_mean_words": round(statistics.fmean(len(h["completion"].split())
-                                                                          for h in start), 2)}
+            start_metrics = {
+                "heldout_reward_mean": _mean(h["score"] for h in start),
+                "heldout_mean_words": round(statistics.fmean(len(h["completion"].split()) for h in start), 2),
+            }
         history, previous = [], start
         for i in range(1, self.args.iterations + 1):
             history.append(self.run_iteration(i, train, heldout, previous))
             if heldout:
-                previous = [json.loads(line) for line in
-                            (self.out / f"iter_{i}" / "heldout.jsonl").read_text().splitlines()]
+                previous = [
+                    json.loads(line) for line in (self.out / f"iter_{i}" / "heldout.jsonl").read_text().splitlines()
+                ]
         if self.main:
             plot_iterations(history, start_metrics, self.out / "iterations.png")
         return {"start": start_metrics, "iterations": history, "final_model": history[-1]["policy"]}
@@ -309,12 +362,15 @@ class Loop:
         for name, languages in args.clusters.items():
             own = [p for p in pairs if p["lang"] in languages]
             if not own or not args.cluster_weights[name]:
-                log.warning("iteration %d: cluster %s has %s; it sits this iteration out", i, name,
-                            "no pair" if not own else "weight 0")
+                log.warning(
+                    "iteration %d: cluster %s has %s; it sits this iteration out",
+                    i,
+                    name,
+                    "no pair" if not own else "weight 0",
+                )
                 continue
             if self.main:
-                print(f"Iteration {i}: DPO for cluster {name} on {len(own)} pairs ({', '.join(languages)})",
-                      flush=True)
+                print(f"Iteration {i}: DPO for cluster {name} on {len(own)} pairs ({', '.join(languages)})", flush=True)
             self.train_one(i, policy, directory / "clusters" / safe_name(name), own)
             trained[name] = cluster_model(self.out, i, name, lora=bool(args.lora))
             weights[name] = args.cluster_weights[name]
@@ -334,9 +390,17 @@ class Loop:
         if not model_dir.exists():
             from align.stages.dpo import run_dpo
 
-            raw = {**args.dpo, "model": policy, "output_dir": str(model_dir), "dataset": str(directory / "pairs.jsonl"),
-                   "beta": args.beta[i - 1], "dtype": args.dtype, "attn_implementation": args.attn_implementation,
-                   "trust_remote_code": args.trust_remote_code, "seed": args.seed}
+            raw = {
+                **args.dpo,
+                "model": policy,
+                "output_dir": str(model_dir),
+                "dataset": str(directory / "pairs.jsonl"),
+                "beta": args.beta[i - 1],
+                "dtype": args.dtype,
+                "attn_implementation": args.attn_implementation,
+                "trust_remote_code": args.trust_remote_code,
+                "seed": args.seed,
+            }
             if args.lora:
                 raw.update(lora=args.lora, save_merged=True)
             if args.reference == "start" and i > 1:
@@ -348,12 +412,27 @@ class Loop:
 def training_keys(model_dir: Path) -> dict:
     """What an iteration's metrics keep of a DPO run's metrics.json."""
     training = json.loads((model_dir / "metrics.json").read_text())
-    return {k: training.get(k) for k in ("steps", "train_loss", "final_reward_accuracy", "final_reward_margin",
-                                         "reference", "padding_free", "real_token_fraction")}
+    return {
+        k: training.get(k)
+        for k in (
+            "steps",
+            "train_loss",
+            "final_reward_accuracy",
+            "final_reward_margin",
+            "reference",
+            "padding_free",
+            "real_token_fraction",
+        )
+    }
 
 
-def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list[float]], min_margin: float,
-                echo_pairs: bool = False):
+def build_pairs(
+    prompts: list[dict],
+    samples: list[dict],
+    scores: dict[int, list[float]],
+    min_margin: float,
+    echo_pairs: bool = False,
+):
     """Best vs worst sample of each prompt, by the pair rule (align.data.pairs): an echo of the prompt is never chosen;
     with `echo_pairs`, also the best sample vs the prompt itself."""
     pairs = []
@@ -364,9 +443,15 @@ def build_pairs(prompts: list[dict], samples: list[dict], scores: dict[int, list
         if echo:
             pairs.append(echo)
         if choice.dropped is None:
-            pairs.append(preference_record(prompt, completions[choice.best],
-                                           completions[choice.worst], chosen_score=values[choice.best],
-                                           rejected_score=values[choice.worst]))
+            pairs.append(
+                preference_record(
+                    prompt,
+                    completions[choice.best],
+                    completions[choice.worst],
+                    chosen_score=values[choice.best],
+                    rejected_score=values[choice.worst],
+                )
+            )
     return pairs
 
 
@@ -379,15 +464,23 @@ def iteration_metrics(i, train, samples, scores, pairs, heldout, previous, outco
     flat = [s for values in scores.values() for s in values]
     lengths = [len(c.split()) for r in samples for c in r["completions"]]
     metrics = {
-        "iteration": i, "beta": args.beta[i - 1], "reference": args.reference, "policy": final,
-        "prompts": len(samples), "samples_per_prompt": args.samples,
+        "iteration": i,
+        "beta": args.beta[i - 1],
+        "reference": args.reference,
+        "policy": final,
+        "prompts": len(samples),
+        "samples_per_prompt": args.samples,
         "sample_reward_mean": round(statistics.fmean(flat), 4),
         "sample_reward_std": round(statistics.pstdev(flat), 4),
         "sample_mean_words": round(statistics.fmean(lengths), 2),
-        "pairs": len(pairs), "echo_pairs": sum(p.get("rejected_by") == "echo" for p in pairs),
+        "pairs": len(pairs),
+        "echo_pairs": sum(p.get("rejected_by") == "echo" for p in pairs),
         "pairs_dropped": len(samples) - sum(p.get("rejected_by") != "echo" for p in pairs),
-        "sample_echo_share": round(sum(is_echo(c, train[r["index"]]["prompt"]) for r in samples
-                                       for c in r["completions"]) / max(len(lengths), 1), 4),
+        "sample_echo_share": round(
+            sum(is_echo(c, train[r["index"]]["prompt"]) for r in samples for c in r["completions"])
+            / max(len(lengths), 1),
+            4,
+        ),
         "pair_statistics": pair_statistics(pairs),
         "training": training,
     }
@@ -400,8 +493,10 @@ def iteration_metrics(i, train, samples, scores, pairs, heldout, previous, outco
         metrics["length_growth"] = round(growth, 4)
         improving = metrics["vs_previous"]["win_rate"] > 0.5  # the ranker prefers the new policy
         if growth > args.length_warning and improving:
-            metrics["warning"] = (f"held-out answers grew {growth:.0%} longer while the ranker prefers them: a sign "
-                                  "of reward hacking; read the samples, and raise beta next iteration")
+            metrics["warning"] = (
+                f"held-out answers grew {growth:.0%} longer while the ranker prefers them: a sign "
+                "of reward hacking; read the samples, and raise beta next iteration"
+            )
             print(f"WARNING iteration {i}: {metrics['warning']}", flush=True)
     return metrics
 
@@ -445,19 +540,24 @@ def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
 
     args = parse_iterate_config(raw, source, ranker_given=ranker is not None)
     state = process_state(timeout=BARRIER_TIMEOUT)
-    run = StageRun(args.output_dir, raw, stage="iterate", overwrite=args.overwrite, source=source,
-                   is_main=state.is_main_process)
+    run = StageRun(
+        args.output_dir, raw, stage="iterate", overwrite=args.overwrite, source=source, is_main=state.is_main_process
+    )
     prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source, key="prompts")
     if args.heldout_prompts is not None:
-        train, heldout = prompts, load_records(args.heldout_prompts, "prompt", seed=args.seed, source=source,
-                                                  key="heldout_prompts")
+        train, heldout = (
+            prompts,
+            load_records(args.heldout_prompts, "prompt", seed=args.seed, source=source, key="heldout_prompts"),
+        )
     else:
         train, heldout = hold_out_by_id(prompts, args.heldout_fraction, args.seed)
     resumed = run.prepare_shared(state)
     if state.is_main_process:
-        print(f"Online DPO: {args.iterations} iterations, {len(train)} prompts ({len(heldout)} held out), "
-              f"{args.samples} samples each, reference: {args.reference}" + (" (resuming)" if resumed else ""),
-              flush=True)
+        print(
+            f"Online DPO: {args.iterations} iterations, {len(train)} prompts ({len(heldout)} held out), "
+            f"{args.samples} samples each, reference: {args.reference}" + (" (resuming)" if resumed else ""),
+            flush=True,
+        )
     summary = Loop(args, run.partial, source, state, ranker=ranker).run_all(train, heldout)
     if state.is_main_process:
         run.finish(summary)
@@ -471,11 +571,17 @@ def print_table(summary: dict) -> None:
     print("  iter  beta   pairs  sample reward  held-out reward  win-rate vs prev  words", flush=True)
     start = summary["start"]
     if start:
-        print(f"  {0:>4}  {'':>4}  {'':>6}  {'':>13}  {_nan(start['heldout_reward_mean']):>15.3f}  {'':>16}  "
-              f"{start['heldout_mean_words']:>5.1f}", flush=True)
+        print(
+            f"  {0:>4}  {'':>4}  {'':>6}  {'':>13}  {_nan(start['heldout_reward_mean']):>15.3f}  {'':>16}  "
+            f"{start['heldout_mean_words']:>5.1f}",
+            flush=True,
+        )
     for m in summary["iterations"]:
         win = m.get("vs_previous", {}).get("win_rate")
-        print(f"  {m['iteration']:>4}  {m['beta']:>4}  {m['pairs']:>6}  {m['sample_reward_mean']:>13.3f}  "
-              f"{_nan(m.get('heldout_reward_mean')):>15.3f}  {'-' if win is None else f'{win:.0%}':>16}  "
-              f"{m.get('heldout_mean_words', float('nan')):>5.1f}", flush=True)
+        print(
+            f"  {m['iteration']:>4}  {m['beta']:>4}  {m['pairs']:>6}  {m['sample_reward_mean']:>13.3f}  "
+            f"{_nan(m.get('heldout_reward_mean')):>15.3f}  {'-' if win is None else f'{win:.0%}':>16}  "
+            f"{m.get('heldout_mean_words', float('nan')):>5.1f}",
+            flush=True,
+        )
     print(f"  final model: {summary['final_model']}", flush=True)

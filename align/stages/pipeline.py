@@ -36,13 +36,32 @@ from align.stages.launch import Launch, launch_flags, run_launched
 log = logging.getLogger(__name__)
 
 SECTIONS = ("reward", "arbitrage", "sft", "merge", "dpo", "online", "evaluate")
-TOP_KEYS = {"name", "run_dir", "model", "prompts", "heldout", "clusters", "shared_languages", "seed", "ranker",
-            "dtype", "attn_implementation", "trust_remote_code", "launch", *SECTIONS}
+TOP_KEYS = {
+    "name",
+    "run_dir",
+    "model",
+    "prompts",
+    "heldout",
+    "clusters",
+    "shared_languages",
+    "seed",
+    "ranker",
+    "dtype",
+    "attn_implementation",
+    "trust_remote_code",
+    "launch",
+    *SECTIONS,
+}
 MODEL_KEYS = ("dtype", "attn_implementation", "trust_remote_code")
 # The `polyalign` subcommand of each stage function: what `launch` starts under accelerate.
-COMMAND_OF = {"reward.train:run_reward": "reward", "align.stages.arbitrage:run_arbitrage": "arbitrage",
-              "align.stages.sft:run_sft": "sft", "align.stages.dpo:run_dpo": "dpo", "align.stages.online:run_iterate": "iterate",
-              "align.stages.evaluate:run_evaluate": "evaluate"}
+COMMAND_OF = {
+    "reward.train:run_reward": "reward",
+    "align.stages.arbitrage:run_arbitrage": "arbitrage",
+    "align.stages.sft:run_sft": "sft",
+    "align.stages.dpo:run_dpo": "dpo",
+    "align.stages.online:run_iterate": "iterate",
+    "align.stages.evaluate:run_evaluate": "evaluate",
+}
 
 
 @dataclass
@@ -84,10 +103,21 @@ class Pipeline:
         self.stages.append(stage)
         return stage
 
-    def add_call(self, name: str, output: Path, reads: list[str], target: str, cfg: dict, section: str, *,
-                 hashed: dict | None = None, before: Callable[[], None] | None = None) -> None:
+    def add_call(
+        self,
+        name: str,
+        output: Path,
+        reads: list[str],
+        target: str,
+        cfg: dict,
+        section: str,
+        *,
+        hashed: dict | None = None,
+        before: Callable[[], None] | None = None,
+    ) -> None:
         """A stage that calls `target(cfg)`: in this process, or as its own accelerate job when the recipe's
         `launch` (top level, or the section's own) says so."""
+
         def run():
             if before:
                 before()
@@ -116,8 +146,9 @@ def _launch(raw: dict, key: str, source: str | None) -> Launch | None:
         raise ConfigError(source, f"{key}.launch", "expected a mapping of accelerate launch options, or false")
     top = raw.get("launch") or {}
     if not isinstance(top, dict):
-        raise ConfigError(source, "launch", "expected a mapping of accelerate launch options (num_processes, "
-                                            "config_file, ...)")
+        raise ConfigError(
+            source, "launch", "expected a mapping of accelerate launch options (num_processes, config_file, ...)"
+        )
     return launch_flags({**top, **(own or {})}, source, f"{key}.launch" if own else "launch")
 
 
@@ -166,8 +197,12 @@ def _check_keys(raw: dict, source: str | None) -> None:
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(TOP_KEYS), n=1)
-        raise ConfigError(source, unknown[0], "unknown pipeline key" + (f" (did you mean '{close[0]}'?)" if close
-                                                                         else f" (known: {', '.join(sorted(TOP_KEYS))})"))
+        raise ConfigError(
+            source,
+            unknown[0],
+            "unknown pipeline key"
+            + (f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(sorted(TOP_KEYS))})"),
+        )
     for key in ("run_dir", "prompts", "arbitrage", "sft"):
         if key not in raw:
             raise ConfigError(source, key, "missing")
@@ -183,30 +218,47 @@ def _add_ranker(pipe: Pipeline, base: str, common: dict) -> Builder:
         pipe.add_call("reward", reward_dir, [], "reward.train:run_reward", cfg, "reward")
         ranker = {**ranker, "reward_model": str(reward_dir)}
     if not ranker:
-        raise ConfigError(source, "ranker", "missing: a `reward` stage to train one, or ranker: {reward_model: path}, "
-                                            "{likelihood: model} or {judge: model}")
+        raise ConfigError(
+            source,
+            "ranker",
+            "missing: a `reward` stage to train one, or ranker: {reward_model: path}, "
+            "{likelihood: model} or {judge: model}",
+        )
     return Builder(pipe, base, common, ranker, ["reward"] if "reward" in raw else [])
 
 
 def _add_arbitrage(b: Builder) -> None:
     """The teacher pool answers the prompts; the ranker routes."""
     out = b.pipe.run_dir / "arbitrage"
-    cfg = {**b.common, **b.section("arbitrage"), "prompts": b.raw["prompts"], "ranker": b.ranker,
-           "output_dir": str(out)}
+    cfg = {
+        **b.common,
+        **b.section("arbitrage"),
+        "prompts": b.raw["prompts"],
+        "ranker": b.ranker,
+        "output_dir": str(out),
+    }
     b.pipe.add_call("arbitrage", out, b.ranker_reads, "align.stages.arbitrage:run_arbitrage", cfg, "arbitrage")
 
 
 def _clusters(raw: dict, source: str | None) -> dict[str, list[str]]:
     try:
-        langs = sorted({r["lang"] for r in load_records(raw["prompts"], "prompt", seed=raw.get("seed", 0),
-                                                         source=source, key="prompts")})
-        clusters, unassigned = make_clusters(langs, raw.get("clusters", "family"),
-                                             raw.get("shared_languages", DEFAULT_SHARED))
+        langs = sorted(
+            {
+                r["lang"]
+                for r in load_records(raw["prompts"], "prompt", seed=raw.get("seed", 0), source=source, key="prompts")
+            }
+        )
+        clusters, unassigned = make_clusters(
+            langs, raw.get("clusters", "family"), raw.get("shared_languages", DEFAULT_SHARED)
+        )
     except (UnknownLanguage, ValueError) as e:
         raise ConfigError(source, "clusters", str(e)) from None
     if unassigned:
-        raise ConfigError(source, "clusters", f"no cluster holds {', '.join(unassigned)}: add them to a cluster or "
-                                              "to shared_languages")
+        raise ConfigError(
+            source,
+            "clusters",
+            f"no cluster holds {', '.join(unassigned)}: add them to a cluster or to shared_languages",
+        )
     return clusters
 
 
@@ -218,9 +270,16 @@ def _add_sft(b: Builder) -> None:
     for name, members in b.clusters.items():
         out, data = run_dir / "sft" / safe_name(name), run_dir / "sft" / ".data" / f"{safe_name(name)}.jsonl"
         cfg = {"model": b.base, **b.common, **section, "dataset": str(data), "output_dir": str(out)}
-        b.pipe.add_call(f"sft/{name}", out, ["arbitrage"], "align.stages.sft:run_sft", cfg, "sft",
-                        hashed={**cfg, "languages": members},
-                        before=lambda members=members, data=data: _cluster_data(records, members, data, b.pipe.source))
+        b.pipe.add_call(
+            f"sft/{name}",
+            out,
+            ["arbitrage"],
+            "align.stages.sft:run_sft",
+            cfg,
+            "sft",
+            hashed={**cfg, "languages": members},
+            before=lambda members=members, data=data: _cluster_data(records, members, data, b.pipe.source),
+        )
         cluster_dirs[name] = out
     b.policy, b.policy_stage = run_dir / "sft" / "merged", "sft/merged"
     _add_merge(b, "sft/merged", b.policy, cluster_dirs, [f"sft/{n}" for n in b.clusters])
@@ -242,10 +301,21 @@ def _add_offline_dpo(b: Builder) -> None:
         return
     dirs = {}
     for name, members in b.clusters.items():
-        out, data = run_dir / "dpo" / "offline" / safe_name(name), run_dir / "dpo" / ".data" / f"{safe_name(name)}.jsonl"
+        out, data = (
+            run_dir / "dpo" / "offline" / safe_name(name),
+            run_dir / "dpo" / ".data" / f"{safe_name(name)}.jsonl",
+        )
         cfg = {"model": str(b.policy), **b.common, **section, "dataset": str(data), "output_dir": str(out)}
-        b.pipe.add_call(f"dpo/{name}", out, reads, "align.stages.dpo:run_dpo", cfg, "dpo", hashed={**cfg, "languages": members},
-                        before=lambda members=members, data=data: _cluster_data(pairs, members, data, source))
+        b.pipe.add_call(
+            f"dpo/{name}",
+            out,
+            reads,
+            "align.stages.dpo:run_dpo",
+            cfg,
+            "dpo",
+            hashed={**cfg, "languages": members},
+            before=lambda members=members, data=data: _cluster_data(pairs, members, data, source),
+        )
         dirs[name] = _trained(out, cfg)
     b.policy, b.policy_stage = run_dir / "dpo" / "offline" / "merged", "dpo/merged"
     _add_merge(b, "dpo/merged", b.policy, dirs, [f"dpo/{n}" for n in b.clusters])
@@ -258,8 +328,14 @@ def _add_online(b: Builder) -> None:
     section = b.section("online")
     if section.pop("per_cluster", False):
         section.update(clusters=b.clusters, cluster_weights=b.section("merge").get("weights", "equal"))
-    cfg = {**b.common, **section, "model": str(b.policy), "prompts": b.raw["prompts"],
-           "ranker": b.ranker, "output_dir": str(out)}
+    cfg = {
+        **b.common,
+        **section,
+        "model": str(b.policy),
+        "prompts": b.raw["prompts"],
+        "ranker": b.ranker,
+        "output_dir": str(out),
+    }
     b.pipe.add_call("online", out, [b.policy_stage, *b.ranker_reads], "align.stages.online:run_iterate", cfg, "online")
 
 
@@ -277,8 +353,12 @@ def _add_evaluate(b: Builder) -> None:
     models["sft"] = str(run_dir / "sft" / "merged")
     if "dpo" in b.raw:
         if unmerged and "dpo/merged" in stages:
-            models.update({f"dpo-offline/{c}": str(_trained(stages[f"dpo/{c}"].output, stages[f"dpo/{c}"].config))
-                           for c in b.clusters})
+            models.update(
+                {
+                    f"dpo-offline/{c}": str(_trained(stages[f"dpo/{c}"].output, stages[f"dpo/{c}"].config))
+                    for c in b.clusters
+                }
+            )
         models["dpo-offline"] = str(b.policy)
         reads.append("dpo/merged" if "dpo/merged" in stages else "dpo")
     if "online" in stages:
@@ -287,12 +367,20 @@ def _add_evaluate(b: Builder) -> None:
         for i in range(1, int(online.get("iterations", 3)) + 1):
             if unmerged and clusters:
                 models.update({f"online-{i}/{c}": cluster_model(out, i, c, lora=lora) for c in clusters})
-            models[f"online-{i}"] = iteration_model(out, i, lora=lora, clusters=clusters is not None,
-                                                    merged=online.get("merge_with_previous") is not None)
+            models[f"online-{i}"] = iteration_model(
+                out, i, lora=lora, clusters=clusters is not None, merged=online.get("merge_with_previous") is not None
+            )
         reads.append("online")
     out = run_dir / "eval"
-    cfg = {**b.common, "max_new_tokens": 128, **section, "models": models, "baseline": "base",
-           "prompts": b.raw.get("heldout", b.raw["prompts"]), "output_dir": str(out)}
+    cfg = {
+        **b.common,
+        "max_new_tokens": 128,
+        **section,
+        "models": models,
+        "baseline": "base",
+        "prompts": b.raw.get("heldout", b.raw["prompts"]),
+        "output_dir": str(out),
+    }
     b.pipe.add_call("evaluate", out, reads, "align.stages.evaluate:run_evaluate", cfg, "evaluate")
 
 
@@ -306,10 +394,14 @@ def _add_merge(b: Builder, name: str, out: Path, dirs: dict[str, Path], reads: l
 
     section = b.section("merge")
     if "launch" in (b.raw.get("merge") or {}):
-        raise ConfigError(b.pipe.source, "merge.launch", "a merge runs in the pipeline's own process (streamed "
-                                                          "tensor by tensor, no GPU): remove launch")
-    weights = cluster_weights(section.get("weights", "equal"), {c: b.clusters[c] for c in dirs},
-                              source=b.pipe.source, key="merge.weights")
+        raise ConfigError(
+            b.pipe.source,
+            "merge.launch",
+            "a merge runs in the pipeline's own process (streamed tensor by tensor, no GPU): remove launch",
+        )
+    weights = cluster_weights(
+        section.get("weights", "equal"), {c: b.clusters[c] for c in dirs}, source=b.pipe.source, key="merge.weights"
+    )
     models = [(str(path), weights[c]) for c, path in dirs.items()]
     cfg = {"models": models, "dtype": section.get("dtype")}
 
@@ -351,7 +443,7 @@ def plan(pipe: Pipeline, state: dict, start_from: str | None) -> list[tuple[Stag
     names = [s.name for s in pipe.stages]
     if start_from is not None and start_from not in names:
         raise ConfigError(None, "from", f"no stage {start_from!r} in this pipeline (stages: {', '.join(names)})")
-    forced = set(names[names.index(start_from):]) if start_from else set()
+    forced = set(names[names.index(start_from) :]) if start_from else set()
     out = []
     stale = False
     for stage in pipe.stages:
@@ -378,8 +470,7 @@ def print_plan(pipe: Pipeline, steps: list[tuple[Stage, str]]) -> None:
         print(f"  {stage.name:<{width}}  {action:<7} → {stage.output}{launched}", flush=True)
 
 
-def run_pipeline(raw: dict, source: str | None = None, *, start_from: str | None = None,
-                 dry_run: bool = False) -> Path:
+def run_pipeline(raw: dict, source: str | None = None, *, start_from: str | None = None, dry_run: bool = False) -> Path:
     pipe = build_pipeline(raw, source)
     state = load_state(pipe.run_dir)
     steps = plan(pipe, state, start_from)
@@ -398,13 +489,19 @@ def run_pipeline(raw: dict, source: str | None = None, *, start_from: str | None
         print(f"\n=== {stage.name} ({action}) ===", flush=True)
         began = time.time()
         stage.execute(pipe.run_dir)
-        state["stages"][stage.name] = {"hash": stage.hash, "output": str(stage.output),
-                                       "seconds": round(time.time() - began, 1),
-                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        state["stages"][stage.name] = {
+            "hash": stage.hash,
+            "output": str(stage.output),
+            "seconds": round(time.time() - began, 1),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         write_json(pipe.run_dir / "state.json", state)
     final = pipe.stages[-1]
-    print(f"\nPipeline done: {pipe.run_dir}" + (f"; report: {final.output / 'report.md'}"
-                                               if final.name == "evaluate" else ""), flush=True)
+    print(
+        f"\nPipeline done: {pipe.run_dir}"
+        + (f"; report: {final.output / 'report.md'}" if final.name == "evaluate" else ""),
+        flush=True,
+    )
     return pipe.run_dir
 
 

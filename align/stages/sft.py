@@ -54,21 +54,32 @@ class SFTJob(TrainingJob):
 def parse_sft_config(raw: dict, source: str | None = None) -> SFTJob:
     from trl import SFTConfig
 
-    args, trl_kwargs, lora = parse_training_keys(raw, source, SFTArgs, SFTConfig, dataset_help="a file, folder, "
-                                                 "or datasets name (or a list of them)")
+    args, trl_kwargs, lora = parse_training_keys(
+        raw, source, SFTArgs, SFTConfig, dataset_help="a file, folder, or datasets name (or a list of them)"
+    )
     take_chat_template_path(args, trl_kwargs, source)
     if args.packed_attention not in LAYOUTS:
-        raise ConfigError(source, "packed_attention", f"expected one of {', '.join(LAYOUTS)}, got "
-                          f"{args.packed_attention!r}")
+        raise ConfigError(
+            source, "packed_attention", f"expected one of {', '.join(LAYOUTS)}, got {args.packed_attention!r}"
+        )
     evaluation_keys(args, trl_kwargs, source)
     # Our labels already mask everything but assistant turns; trl must not re-derive them.
     assistant_only = trl_kwargs.pop("assistant_only_loss", True)
     # polyalign packs unless told not to, and counts the tokens seen for the summary's tokens/s.
-    kwargs = {"packing": True, "include_num_input_tokens_seen": "all", **trl_kwargs,
-              "assistant_only_loss": False, "completion_only_loss": False}
+    kwargs = {
+        "packing": True,
+        "include_num_input_tokens_seen": "all",
+        **trl_kwargs,
+        "assistant_only_loss": False,
+        "completion_only_loss": False,
+    }
     if kwargs["packing"] and kwargs.get("packing_strategy", "bfd") == "wrapped":
-        raise ConfigError(source, "packing_strategy", "'wrapped' cuts examples mid-sequence and lets them attend "
-                          "across boundaries; polyalign packs with 'bfd' (default) or 'bfd_split'")
+        raise ConfigError(
+            source,
+            "packing_strategy",
+            "'wrapped' cuts examples mid-sequence and lets them attend "
+            "across boundaries; polyalign packs with 'bfd' (default) or 'bfd_split'",
+        )
     training = build_trl_config(SFTConfig, kwargs, args, source)
     return SFTJob(args, training, lora, raw, source, assistant_only_loss=assistant_only)
 
@@ -96,19 +107,26 @@ def evaluation_keys(args: SFTArgs, trl_kwargs: dict, source: str | None) -> None
         trl_kwargs.setdefault("metric_for_best_model", "eval_loss")
 
 
-def tokenize_records(records: list[dict], tokenizer, max_length: int | None, *, assistant_only: bool = True,
-                     num_proc: int | None = None):
+def tokenize_records(
+    records: list[dict], tokenizer, max_length: int | None, *, assistant_only: bool = True, num_proc: int | None = None
+):
     """Records → a datasets.Dataset of input_ids/labels, and counts for the summary. A conversation gives more than one
     example where its template rewrites earlier turns (align.models.chat)."""
     import datasets
 
     def encode(batch):
         out = {"input_ids": [], "labels": [], "truncated": [], "lang": [], "provenance": []}
-        for rid, messages, tools, lang, provenance in zip(batch["id"], batch["messages"], batch["tools"],
-                                                          batch["lang"], batch["provenance"]):
+        for rid, messages, tools, lang, provenance in zip(
+            batch["id"], batch["messages"], batch["tools"], batch["lang"], batch["provenance"]
+        ):
             try:
-                chats = tokenize_chat(tokenizer, messages, max_length=max_length, assistant_only=assistant_only,
-                                      tools=json.loads(tools) if tools else None)
+                chats = tokenize_chat(
+                    tokenizer,
+                    messages,
+                    max_length=max_length,
+                    assistant_only=assistant_only,
+                    tools=json.loads(tools) if tools else None,
+                )
             except TemplateError as e:
                 raise TemplateError(f"record {rid}: {e}") from None
             for chat in chats:
@@ -121,14 +139,22 @@ def tokenize_records(records: list[dict], tokenizer, max_length: int | None, *, 
 
     # Messages and tools travel as JSON: their optional keys (tool_calls, reasoning_content) differ between
     # records, which Arrow's one schema per column would fill with nulls the templates would then render.
-    table = datasets.Dataset.from_dict({"id": [str(r.get("id", i)) for i, r in enumerate(records)],
-                                        "messages": [json.dumps(r["messages"]) for r in records],
-                                        "tools": [json.dumps(r["tools"]) if r.get("tools") else "" for r in records],
-                                        "lang": [r["lang"] for r in records],
-                                        "provenance": [r.get("provenance") or "unspecified" for r in records]})
-    encoded = table.map(lambda batch: encode({**batch, "messages": [json.loads(m) for m in batch["messages"]]}),
-                        batched=True, remove_columns=table.column_names, num_proc=num_proc,
-                        desc="Tokenising (assistant-only labels)")
+    table = datasets.Dataset.from_dict(
+        {
+            "id": [str(r.get("id", i)) for i, r in enumerate(records)],
+            "messages": [json.dumps(r["messages"]) for r in records],
+            "tools": [json.dumps(r["tools"]) if r.get("tools") else "" for r in records],
+            "lang": [r["lang"] for r in records],
+            "provenance": [r.get("provenance") or "unspecified" for r in records],
+        }
+    )
+    encoded = table.map(
+        lambda batch: encode({**batch, "messages": [json.loads(m) for m in batch["messages"]]}),
+        batched=True,
+        remove_columns=table.column_names,
+        num_proc=num_proc,
+        desc="Tokenising (assistant-only labels)",
+    )
     kept = encoded.filter(lambda ex: any(label != IGNORE_INDEX for label in ex["labels"]), num_proc=num_proc)
     stats = {
         "examples": len(records),
@@ -146,8 +172,10 @@ def tokenize_records(records: list[dict], tokenizer, max_length: int | None, *, 
 def packing_stats(dataset, max_length: int) -> dict:
     """How full the packed bins are: real tokens over bins × max_length."""
     lengths = [len(ids) for ids in dataset["input_ids"]]
-    return {"packs": len(lengths), "packing_efficiency": round(sum(lengths) / (len(lengths) * max_length), 4)
-            if lengths else 0.0}
+    return {
+        "packs": len(lengths),
+        "packing_efficiency": round(sum(lengths) / (len(lengths) * max_length), 4) if lengths else 0.0,
+    }
 
 
 def packing_layout(job: SFTJob, model) -> str:
@@ -155,14 +183,19 @@ def packing_layout(job: SFTJob, model) -> str:
     from align.models import attention as segment_attention
 
     try:
-        layout = choose_layout(job.args.packed_attention, model.config._attn_implementation,
-                               cuda_available() and not job.training.use_cpu)
+        layout = choose_layout(
+            job.args.packed_attention, model.config._attn_implementation, cuda_available() and not job.training.use_cpu
+        )
     except ValueError as e:
         raise ConfigError(job.source, "packed_attention", str(e)) from None
     if layout == "segments" and not segment_attention.use_for(model):
         if job.args.packed_attention == "segments":
-            raise ConfigError(job.source, "packed_attention", f"{model.config.model_type} has layers "
-                              "that per-example attention does not handle (chunked, linear or recurrent); use 'rows'")
+            raise ConfigError(
+                job.source,
+                "packed_attention",
+                f"{model.config.model_type} has layers "
+                "that per-example attention does not handle (chunked, linear or recurrent); use 'rows'",
+            )
         layout = "rows"
     return layout
 
@@ -174,8 +207,13 @@ def build_trainer(job: SFTJob, records: list[dict], eval_records: list[dict] | N
     tokenizer = load_tokenizer(job.args)
 
     def tokenize(rows):
-        return tokenize_records(rows, tokenizer, job.training.max_length, assistant_only=job.assistant_only_loss,
-                                num_proc=job.training.dataset_num_proc)
+        return tokenize_records(
+            rows,
+            tokenizer,
+            job.training.max_length,
+            assistant_only=job.assistant_only_loss,
+            num_proc=job.training.dataset_num_proc,
+        )
 
     dataset, stats = tokenize(records)
     if len(dataset) == 0:
@@ -190,8 +228,14 @@ def build_trainer(job: SFTJob, records: list[dict], eval_records: list[dict] | N
     layout = None
     if job.training.packing:
         layout = packing_layout(job, model)
-    trainer = SFTTrainer(model=model, args=job.training, train_dataset=dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, peft_config=lora_config(job.lora, model, source=job.source) if job.lora else None)
+    trainer = SFTTrainer(
+        model=model,
+        args=job.training,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(job.lora, model, source=job.source) if job.lora else None,
+    )
     if layout == "rows":
         trainer.data_collator = PackRowsCollator(tokenizer.pad_token_id, job.training.pad_to_multiple_of)
     if layout:  # varlen and segments keep trl's flattened padding-free collator (cu_seqlens, first tokens unlabelled)
@@ -210,12 +254,14 @@ class SFTStage(TrainingStage):
         if args.eval_fraction is not None:
             self.records, self.eval_records = hold_out_by_id(self.records, args.eval_fraction, self.job.training.seed)
             if not self.records:
-                raise ConfigError(self.job.source, "eval_fraction", "holds out every record; nothing is left to "
-                                  "train on")
+                raise ConfigError(
+                    self.job.source, "eval_fraction", "holds out every record; nothing is left to train on"
+                )
             described = f"{self.label} data: {len(self.records)} {self.noun} in {describe_languages(self.records)}"
         elif args.eval_dataset is not None:
-            self.eval_records = load_records(args.eval_dataset, self.kind, seed=self.job.training.seed,
-                                             source=self.job.source)
+            self.eval_records = load_records(
+                args.eval_dataset, self.kind, seed=self.job.training.seed, source=self.job.source
+            )
         if self.eval_records is not None:
             described += f"; held out: {len(self.eval_records)} in {describe_languages(self.eval_records)}"
         return described
@@ -226,18 +272,37 @@ class SFTStage(TrainingStage):
 
     def metrics(self, trainer, result, common: dict) -> dict:
         runtime, timed = common["train_runtime_s"], common["timed_tokens"]
-        return {**self.stats, **common, **held_out_metrics(trainer), "tokens_seen": trainer.state.num_input_tokens_seen or 0,
-                "tokens_per_second": round(timed / runtime, 1) if runtime and timed else None}
+        return {
+            **self.stats,
+            **common,
+            **held_out_metrics(trainer),
+            "tokens_seen": trainer.state.num_input_tokens_seen or 0,
+            "tokens_per_second": round(timed / runtime, 1) if runtime and timed else None,
+        }
 
     def rows(self, m: dict) -> list[tuple[str, object]]:
         packed = "packing_efficiency" in m
-        return [("examples", m["examples"]), ("truncated", m["truncated"]), ("tokens", m["tokens"]),
-                ("trained (assistant) tokens", m["trained_tokens"]), ("packs", m.get("packs", "-")),
-                ("packing efficiency", f"{m['packing_efficiency']:.1%}" if packed else "-"),
-                ("packed attention", m.get("packed_attention", "-")), *super().rows(m),
-                *([("held-out loss (best)", f"{m['best_eval_loss']:.4f} at step {m['best_step']}"
-                    + (", kept" if m["kept_best"] else ""))] if m.get("best_eval_loss") is not None else []),
-                ("tokens/s", m["tokens_per_second"])]
+        return [
+            ("examples", m["examples"]),
+            ("truncated", m["truncated"]),
+            ("tokens", m["tokens"]),
+            ("trained (assistant) tokens", m["trained_tokens"]),
+            ("packs", m.get("packs", "-")),
+            ("packing efficiency", f"{m['packing_efficiency']:.1%}" if packed else "-"),
+            ("packed attention", m.get("packed_attention", "-")),
+            *super().rows(m),
+            *(
+                [
+                    (
+                        "held-out loss (best)",
+                        f"{m['best_eval_loss']:.4f} at step {m['best_step']}" + (", kept" if m["kept_best"] else ""),
+                    )
+                ]
+                if m.get("best_eval_loss") is not None
+                else []
+            ),
+            ("tokens/s", m["tokens_per_second"]),
+        ]
 
 
 def held_out_metrics(trainer) -> dict:
@@ -249,9 +314,13 @@ def held_out_metrics(trainer) -> dict:
     if not history:
         return {}
     best = min(history, key=lambda h: h["eval_loss"])
-    return {"eval_loss_history": history, "best_eval_loss": best["eval_loss"], "best_step": best["step"],
-            "best_eval_perplexity": round(math.exp(best["eval_loss"]), 4),
-            "kept_best": bool(trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint)}
+    return {
+        "eval_loss_history": history,
+        "best_eval_loss": best["eval_loss"],
+        "best_step": best["step"],
+        "best_eval_perplexity": round(math.exp(best["eval_loss"]), 4),
+        "kept_best": bool(trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint),
+    }
 
 
 def run_sft(raw: dict, source: str | None = None) -> Path:

@@ -22,7 +22,11 @@ class RunTally(TrainerCallback):
         self.start_step, self.start_tokens, self.began = 0, 0, time.time()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start_step, self.start_tokens, self.began = state.global_step, state.num_input_tokens_seen or 0, time.time()
+        self.start_step, self.start_tokens, self.began = (
+            state.global_step,
+            state.num_input_tokens_seen or 0,
+            time.time(),
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_save:

@@ -38,8 +38,15 @@ class TrainingJob:
     source: str | None = None
 
 
-def parse_training_keys(raw: dict, source: str | None, own_cls, trl_cls, *, dataset_help: str,
-                        output_help: str = "where to write the trained model"):
+def parse_training_keys(
+    raw: dict,
+    source: str | None,
+    own_cls,
+    trl_cls,
+    *,
+    dataset_help: str,
+    output_help: str = "where to write the trained model",
+):
     """The config steps every training stage shares: polyalign's keys vs the trl config's, the required keys, and
     LoRA (a 4/8-bit base trains only through adapters). Returns (own args, trl kwargs, LoraArgs or None)."""
     own, trl_kwargs = split_known(raw, own_cls, trl_cls, source)
@@ -50,8 +57,11 @@ def parse_training_keys(raw: dict, source: str | None, own_cls, trl_cls, *, data
         lora = build_dataclass(LoraArgs, {} if args.lora is True else args.lora, source, prefix="lora.")
         check_values(LORA_RULES, vars(lora), source, prefix="lora.")
     elif args.load_in_4bit or args.load_in_8bit:
-        raise ConfigError(source, "load_in_4bit" if args.load_in_4bit else "load_in_8bit",
-                          "a 4/8-bit base can only be trained through LoRA adapters: add `lora: true`")
+        raise ConfigError(
+            source,
+            "load_in_4bit" if args.load_in_4bit else "load_in_8bit",
+            "a 4/8-bit base can only be trained through LoRA adapters: add `lora: true`",
+        )
     return args, trl_kwargs, lora
 
 
@@ -92,13 +102,22 @@ TRAINING_RULES = (
     Rule("learning_rate", lambda v: v >= 0, "must be >= 0"),
     Rule("num_train_epochs", lambda v: v > 0, "must be > 0", lambda values: values["max_steps"] == -1),
     Rule("max_steps", lambda v: v == -1 or v >= 1, "must be -1 (train for num_train_epochs) or at least 1"),
-    *(Rule(key, lambda v: v >= 1, "must be at least 1") for key in (
-        "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "max_length")),
+    *(
+        Rule(key, lambda v: v >= 1, "must be at least 1")
+        for key in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "max_length",
+        )
+    ),
     Rule("warmup_steps", _steps_or_ratio, "must be a whole number of steps, or a ratio of the total steps in [0, 1)"),
     Rule("weight_decay", lambda v: v >= 0, "must be >= 0"),
     Rule("max_grad_norm", lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
-    *(Rule(f"{what}_steps", lambda v: v > 0 and _steps_or_ratio(v), STEPS_OR_RATIO, _by_steps(what))
-      for what in ("logging", "save", "eval")),
+    *(
+        Rule(f"{what}_steps", lambda v: v > 0 and _steps_or_ratio(v), STEPS_OR_RATIO, _by_steps(what))
+        for what in ("logging", "save", "eval")
+    ),
     Rule("beta", lambda v: v > 0, "must be > 0"),  # DPO
 )
 
@@ -121,8 +140,13 @@ def check_values(rules, values: dict, source: str | None, prefix: str = "") -> N
 
 # trl defaults that polyalign changes: never report to a tracker nobody configured, and save checkpoints often
 # enough to resume after a kill.
-TRAINING_DEFAULTS = {"report_to": "none", "logging_steps": 10, "save_strategy": "steps", "save_steps": 200,
-                     "save_total_limit": 2}
+TRAINING_DEFAULTS = {
+    "report_to": "none",
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 200,
+    "save_total_limit": 2,
+}
 
 
 def build_trl_config(trl_cls, kwargs: dict, args, source: str | None):

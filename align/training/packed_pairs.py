@@ -83,9 +83,11 @@ def choose(requested, models, *, scores: bool = False, source: str | None = None
         base = segment_attention.unwrapped(model)
         why = None
         if kind is None:
-            why = (f"{base.config.model_type} on {base.config._attn_implementation} cannot keep packed sequences "
-                   "apart (it needs flash-attention, or sdpa or eager with full or sliding-window causal attention in "
-                   "every layer)")
+            why = (
+                f"{base.config.model_type} on {base.config._attn_implementation} cannot keep packed sequences "
+                "apart (it needs flash-attention, or sdpa or eager with full or sliding-window causal attention in "
+                "every layer)"
+            )
         elif scores and not can_score_packed(model):
             why = f"{type(base).__name__} is not a decoder's sequence classifier"
         if why:
@@ -108,16 +110,34 @@ def add_packed_log_probs(model) -> None:
 
     @functools.wraps(type(model).forward)
     def forward(self, *args, input_ids=None, attention_mask=None, labels=None, fused_lm_head=False, **kwargs):
-        if (args or not fused_lm_head or input_ids is None or attention_mask is None or labels is None
-                or kwargs.get("inputs_embeds") is not None or kwargs.get("position_ids") is not None):
-            return fused(*args, input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                         fused_lm_head=fused_lm_head, **kwargs)
+        if (
+            args
+            or not fused_lm_head
+            or input_ids is None
+            or attention_mask is None
+            or labels is None
+            or kwargs.get("inputs_embeds") is not None
+            or kwargs.get("position_ids") is not None
+        ):
+            return fused(
+                *args,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                labels=labels,
+                fused_lm_head=fused_lm_head,
+                **kwargs,
+            )
         kwargs.pop("inputs_embeds", None)
         flat = flatten(attention_mask)
         # Each token's label is its successor in its own row; a sequence's last token has none (-100).
         next_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
-        out = fused(input_ids=input_ids[flat.keep][None], position_ids=flat.position_ids,
-                    shift_labels=next_labels[flat.keep][None], fused_lm_head=True, **kwargs)
+        out = fused(
+            input_ids=input_ids[flat.keep][None],
+            position_ids=flat.position_ids,
+            shift_labels=next_labels[flat.keep][None],
+            fused_lm_head=True,
+            **kwargs,
+        )
         for name in PER_TOKEN:
             value = getattr(out, name, None)
             if value is not None:
@@ -137,14 +157,37 @@ def add_packed_scores(model) -> None:
     original = model.forward
 
     @functools.wraps(type(model).forward)
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        **kwargs,
+    ):
         pad = self.config.get_text_config().pad_token_id
-        if (input_ids is None or attention_mask is None or pad is None or position_ids is not None
-                or past_key_values is not None or inputs_embeds is not None or labels is not None):
-            return original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
-                            use_cache=use_cache, **kwargs)
+        if (
+            input_ids is None
+            or attention_mask is None
+            or pad is None
+            or position_ids is not None
+            or past_key_values is not None
+            or inputs_embeds is not None
+            or labels is not None
+        ):
+            return original(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                use_cache=use_cache,
+                **kwargs,
+            )
         from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
         flat = flatten(attention_mask)
@@ -153,8 +196,9 @@ def add_packed_scores(model) -> None:
         last = (columns * (input_ids != pad)).argmax(-1)  # GenericForSequenceClassification's rule
         index = (flat.keep.flatten().cumsum(0) - 1).view(rows, width)[torch.arange(rows), last]
         backbone = getattr(self, self.base_model_prefix)
-        hidden = backbone(input_ids=input_ids[flat.keep][None], position_ids=flat.position_ids, use_cache=False,
-                          **kwargs).last_hidden_state[0]
+        hidden = backbone(
+            input_ids=input_ids[flat.keep][None], position_ids=flat.position_ids, use_cache=False, **kwargs
+        ).last_hidden_state[0]
         return SequenceClassifierOutputWithPast(logits=self.score(hidden[index]))
 
     model.forward = types.MethodType(forward, model)

@@ -70,7 +70,11 @@ def warn_unsupported_engine(state) -> None:
     """accelerate applies an FSDP config only on accelerators; on CPUs it quietly trains with DDP over gloo."""
     from accelerate.utils import DistributedType
 
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" \
-            and state.distributed_type == DistributedType.MULTI_CPU:
-        log.warning("FSDP was asked for, but accelerate runs FSDP only on GPUs: this run trains with DDP over gloo "
-                    "on the CPU (DeepSpeed ZeRO-3 does run on CPUs)")
+    if (
+        os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        and state.distributed_type == DistributedType.MULTI_CPU
+    ):
+        log.warning(
+            "FSDP was asked for, but accelerate runs FSDP only on GPUs: this run trains with DDP over gloo "
+            "on the CPU (DeepSpeed ZeRO-3 does run on CPUs)"
+        )

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def last_complete_checkpoint(directory: Path, is_main: bool) -> str | None:
     """The newest checkpoint a kill did not cut short: the Trainer writes trainer_state.json last. (transformers'
     `get_last_checkpoint` takes the highest-numbered one even when a kill cut it short.)"""
+
     def step(path: Path) -> int:
         suffix = path.name.split("-")[-1]
         return int(suffix) if suffix.isdigit() else -1
@@ -44,16 +45,17 @@ def last_complete_checkpoint(directory: Path, is_main: bool) -> str | None:
 class TrainingRun(StageRun):
     """A training stage's run: what it resumes is the newest complete checkpoint.
 
-        run = TrainingRun(output_dir, raw, stage="sft", overwrite=..., source=source, is_main=state.is_main_process)
-        resume = run.prepare()            # a checkpoint to resume from, or None
-        with run.building():              # a failure here, before any checkpoint exists, leaves no trace
-            trainer = ...
-        trainer.train(resume_from_checkpoint=resume)
-        run.finish(metrics, keep_checkpoints=...)   # main process
+    run = TrainingRun(output_dir, raw, stage="sft", overwrite=..., source=source, is_main=state.is_main_process)
+    resume = run.prepare()            # a checkpoint to resume from, or None
+    with run.building():              # a failure here, before any checkpoint exists, leaves no trace
+        trainer = ...
+    trainer.train(resume_from_checkpoint=resume)
+    run.finish(metrics, keep_checkpoints=...)   # main process
     """
 
-    def __init__(self, final: str | Path, raw: dict, *, stage: str, overwrite: bool, source: str | None = None,
-                 is_main: bool):
+    def __init__(
+        self, final: str | Path, raw: dict, *, stage: str, overwrite: bool, source: str | None = None, is_main: bool
+    ):
         super().__init__(final, raw, stage=stage, overwrite=overwrite, source=source, is_main=is_main)
         self.resume: str | None = None
 
@@ -67,8 +69,9 @@ class TrainingRun(StageRun):
 
     def finish(self, metrics: dict | None, *, keep_checkpoints: bool = False, drop: tuple[str, ...] = ()) -> Path:
         """Drop checkpoints (unless kept) and the pickled training arguments (not ours to ship), then promote."""
-        return super().finish(metrics, drop=(*drop, "training_args.bin", *(() if keep_checkpoints
-                                                                         else ("checkpoint-*",))))
+        return super().finish(
+            metrics, drop=(*drop, "training_args.bin", *(() if keep_checkpoints else ("checkpoint-*",)))
+        )
 
 
 class TrainingStage:
@@ -86,7 +89,9 @@ class TrainingStage:
     def __init__(self, job: TrainingJob, records: list[dict] | None = None):
         self.job, self.records = job, records
         self.wall = 0.0
-        self.layout: str | None = None  # how the batches reach the model, where a stage chooses (align.training.packed_pairs)
+        self.layout: str | None = (
+            None  # how the batches reach the model, where a stage chooses (align.training.packed_pairs)
+        )
         self.real_token_fraction: float | None = None
         self.skipped = Counter()  # rows the formats dropped, per reason (Arena ties, undesirable KTO answers)
 
@@ -98,8 +103,14 @@ class TrainingStage:
         main = state.is_main_process
         if main:
             warn_unsupported_engine(state)
-        run = TrainingRun(job.args.output_dir, job.raw, stage=self.stage, overwrite=job.args.overwrite,
-                          source=job.source, is_main=main)  # an existing output is refused before any work
+        run = TrainingRun(
+            job.args.output_dir,
+            job.raw,
+            stage=self.stage,
+            overwrite=job.args.overwrite,
+            source=job.source,
+            is_main=main,
+        )  # an existing output is refused before any work
         described = self.load()
         if main:
             print(described, flush=True)
@@ -116,8 +127,10 @@ class TrainingStage:
             result = self.train(trainer, resume)
         if preemption.signum:
             state.wait_for_everyone()
-            raise Preempted(preemption.signum, f"checkpoint-{preemption.step} saved in {run.partial}; the same command "
-                            "resumes from it")
+            raise Preempted(
+                preemption.signum,
+                f"checkpoint-{preemption.step} saved in {run.partial}; the same command resumes from it",
+            )
         lora = hasattr(trainer.model, "peft_config")
         self.save(trainer, run.partial, main)
         state.wait_for_everyone()
@@ -136,8 +149,13 @@ class TrainingStage:
         """Read and check the data (what can fail on bad input fails before any model loads); the line that says
         what it holds."""
         if self.records is None:
-            self.records = load_records(self.job.args.dataset, self.kind, seed=self.job.training.seed,
-                                        source=self.job.source, skipped=self.skipped)
+            self.records = load_records(
+                self.job.args.dataset,
+                self.kind,
+                seed=self.job.training.seed,
+                source=self.job.source,
+                skipped=self.skipped,
+            )
         line = f"{self.label} data: {len(self.records)} {self.noun} in {describe_languages(self.records)}"
         return f"{line}; {describe_skipped(self.skipped)}" if self.skipped else line
 
@@ -161,8 +179,12 @@ class TrainingStage:
         if self.job.args.save_merged and hasattr(trainer.model, "peft_config"):
             trainer.accelerator.wait_for_everyone()  # a sharded model is merged from the adapter on disk
             if is_main:
-                save_merged(trainer, directory / "merged", adapter=directory,
-                            load=lambda path: load_model(self.job.args.model_args(path)))
+                save_merged(
+                    trainer,
+                    directory / "merged",
+                    adapter=directory,
+                    load=lambda path: load_model(self.job.args.model_args(path)),
+                )
 
     def metrics(self, trainer, result, common: dict) -> dict:
         return common
@@ -175,7 +197,6 @@ def describe_languages(records: list[dict]) -> str:
     """`3 languages: fr 2, de 1, ja 1`."""
     mix = language_mix(records)
     return f"{len(mix)} languages: " + ", ".join(f"{lang} {n}" for lang, n in mix.items())
-
 
 
 def barrier() -> None:
