@@ -113,6 +113,15 @@ def test_pipeline_runs_every_stage_then_skips_reruns_and_resumes(tmp_path, model
     run_pipeline(raw)
     printed = capsys.readouterr().out
     assert "=== reward" not in printed and "=== online (resume) ===" in printed
+    # The closing table: each stage's wall time, from this run or from the run that did it (state.json).
+    table = printed.split("Wall time per stage (s)\n", 1)[1].splitlines()
+    state = load_state(tmp_path / "run")
+    rows = {line.split()[0]: line.split() for line in table[1 : len(stages) + 1]}
+    assert list(rows) == stages
+    assert rows["reward"][1:] == ["done", "before", f"{state['stages']['reward']['seconds']:.1f}"]
+    assert rows["online"][1:] == ["resume", f"{state['stages']['online']['seconds']:.1f}"]
+    this_run = state["stages"]["online"]["seconds"] + state["stages"]["evaluate"]["seconds"]
+    assert table[len(stages) + 1].split()[-1] == f"{this_run:.1f}"
     run = tmp_path / "run"
     for path in (
         "reward/metrics.json",

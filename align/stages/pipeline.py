@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from align.core.config import config_hash, load_yaml
+from align.core.console import print_table
 from align.core.errors import ConfigError
 from align.core.io import partial_dir, safe_name, write_json, write_jsonl
 from align.data import load_records
@@ -496,6 +497,7 @@ def run_pipeline(raw: dict, source: str | None = None, *, start_from: str | None
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         write_json(pipe.run_dir / "state.json", state)
+    print_wall_times(steps, state)
     final = pipe.stages[-1]
     print(
         f"\nPipeline done: {pipe.run_dir}"
@@ -503,6 +505,21 @@ def run_pipeline(raw: dict, source: str | None = None, *, start_from: str | None
         flush=True,
     )
     return pipe.run_dir
+
+
+def print_wall_times(steps: list[tuple[Stage, str]], state: dict) -> None:
+    """Each stage's wall time, this run's or the one it was done in before (state.json), and the total."""
+    rows, total = [], 0.0
+    for stage, action in steps:
+        seconds = state["stages"].get(stage.name, {}).get("seconds", 0.0)
+        total += seconds if action != "done" else 0.0
+        rows.append([stage.name, "done before" if action == "done" else action, f"{seconds:.1f}"])
+    print_table(
+        "Wall time per stage (s)",
+        ["stage", "this run", "seconds"],
+        [*rows, ["total, this run", "", f"{total:.1f}"]],
+        left=(0, 1),
+    )
 
 
 def cmd_run(args, extra) -> int:
