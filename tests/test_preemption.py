@@ -29,6 +29,18 @@ def start(argv: list[str]) -> subprocess.Popen:
     )
 
 
+def finish(argv: list[str]) -> subprocess.CompletedProcess:
+    """The same command run to its end (the rerun after a preemption)."""
+    return subprocess.run(
+        [sys.executable, "-m", "align.cli", *argv],
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def signal_when(process: subprocess.Popen, ready, signum: int, timeout: float = 300) -> tuple[int, str]:
     """Send `signum` once `ready()` holds; (exit code, stderr)."""
     deadline = time.time() + timeout
@@ -79,14 +91,7 @@ def test_a_signal_during_training_saves_a_checkpoint_and_the_rerun_resumes(tiny_
     assert 0 < step < 60 and (partial / f"checkpoint-{step}" / "trainer_state.json").exists()
     assert not out.exists()
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "align.cli", *argv],
-        env=subprocess_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = finish(argv)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"checkpoint-{step}" in resumed.stdout and "resuming from" in resumed.stdout.lower()
     metrics = json.loads((out / "metrics.json").read_text())
@@ -132,23 +137,9 @@ def test_a_signal_during_generation_keeps_every_answer_and_the_rerun_finishes(ti
     assert kept.endswith("\n") and 0 < len(kept.splitlines()) < 200
     assert not (tmp_path / "answers.jsonl").exists()
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "align.cli", *argv, "--output", str(tmp_path / "answers.jsonl")],
-        env=subprocess_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = finish([*argv, "--output", str(tmp_path / "answers.jsonl")])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    whole = subprocess.run(
-        [sys.executable, "-m", "align.cli", *argv, "--output", str(tmp_path / "whole.jsonl")],
-        env=subprocess_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    whole = finish([*argv, "--output", str(tmp_path / "whole.jsonl")])
     assert whole.returncode == 0
     assert (tmp_path / "answers.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
 
