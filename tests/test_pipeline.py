@@ -406,3 +406,20 @@ def test_stage_recipes_are_valid(path):
     if path.endswith("native_vs_translated/sft.yaml"):
         assert (job.lora.r, job.lora.alpha, job.lora.dropout, job.args.load_in_8bit) == (8, 16, 0.05, True)
         assert job.training.load_best_model_at_end and str(job.training.eval_strategy.value) == "epoch"
+
+
+def test_report_to_at_the_top_reaches_every_training_stage_named_after_the_pipeline(tmp_path, models):
+    """`report_to` once, at the top: every training stage gets it with a run named `<pipeline>/<stage>` (a
+    section's own wins; online's goes to its DPO keys); stages that do not train are untouched, and no stage's hash
+    changes (tracking changes no result, so a finished stage is not rerun for it)."""
+    raw = recipe(tmp_path, models)
+    plain = build_pipeline(raw, None)
+    tracked = build_pipeline({**raw, "report_to": "tensorboard"}, None)
+    assert [s.hash for s in tracked.stages] == [s.hash for s in plain.stages]
+    cfgs = {s.name: s.cfg for s in tracked.stages if s.cfg is not None}
+    assert cfgs["reward"]["report_to"] == "tensorboard" and cfgs["reward"]["run_name"] == "tiny/reward"
+    assert cfgs["dpo"]["run_name"] == "tiny/dpo" and cfgs["sft/Germanic"]["run_name"] == "tiny/sft/Germanic"
+    own = build_pipeline({**raw, "report_to": "tensorboard", "sft": {**raw["sft"], "run_name": "mine"}}, None)
+    assert {s.name: s.cfg for s in own.stages if s.cfg is not None}["sft/Germanic"]["run_name"] == "mine"
+    assert cfgs["online"]["dpo"]["report_to"] == "tensorboard" and cfgs["online"]["dpo"]["run_name"] == "tiny/online"
+    assert "report_to" not in cfgs["arbitrage"] and "report_to" not in cfgs["evaluate"]

@@ -403,6 +403,8 @@ class Loop:
             }
             if args.lora:
                 raw.update(lora=args.lora, save_merged=True)
+            if "run_name" in args.dpo:  # one tracker run per model trained: <run_name>/iter_<i>/model, ...
+                raw["run_name"] = f"{args.dpo['run_name']}/{model_dir.relative_to(self.out).as_posix()}"
             if args.reference == "start" and i > 1:
                 raw["ref_model"] = args.model
             run_dpo(raw, self.source, records=pairs)

@@ -51,8 +51,11 @@ TOP_KEYS = {
     "attn_implementation",
     "trust_remote_code",
     "launch",
+    "report_to",
     *SECTIONS,
 }
+# The sections that train, which `report_to` at the top of a recipe reaches.
+TRACKED_SECTIONS = ("reward", "sft", "dpo", "online")
 MODEL_KEYS = ("dtype", "attn_implementation", "trust_remote_code")
 # The `polyalign` subcommand of each stage function: what `launch` starts under accelerate.
 COMMAND_OF = {
@@ -119,14 +122,27 @@ class Pipeline:
         """A stage that calls `target(cfg)`: in this process, or as its own accelerate job when the recipe's
         `launch` (top level, or the section's own) says so."""
 
+        untracked, cfg = cfg, _tracked(self.raw, section, name, cfg)  # the hash leaves tracking out: no result changes
+
         def run():
             if before:
                 before()
             _call(target, cfg, self.source)
 
-        stage = self.add(name, output, reads, cfg if hashed is None else hashed, run)
+        stage = self.add(name, output, reads, untracked if hashed is None else hashed, run)
         stage.launch = _launch(self.raw, section, self.source)
         stage.command, stage.cfg, stage.before = COMMAND_OF[target], cfg, before
+
+
+def _tracked(raw: dict, section: str, stage: str, cfg: dict) -> dict:
+    """`report_to` at the top of a recipe reaches every training stage (a section's own wins), each run named
+    `<pipeline>/<stage>` so that a pipeline's runs group and two pipelines compare in the tracker."""
+    if "report_to" not in raw or section not in TRACKED_SECTIONS:
+        return cfg
+    keys = {"report_to": raw["report_to"], "run_name": f"{raw.get('name', 'pipeline')}/{stage}"}
+    if section == "online":  # its training keys are DPO's, under `dpo`
+        return {**cfg, "dpo": {**keys, **(cfg.get("dpo") or {})}}
+    return {**keys, **cfg}
 
 
 def _section(raw: dict, key: str, source: str | None) -> dict:

@@ -149,6 +149,20 @@ TRAINING_DEFAULTS = {
 }
 
 
+# report_to's trackers and the package (and polyalign extra) each needs; they stay optional.
+TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_trackers(report_to, source: str | None, key: str = "report_to") -> None:
+    """A tracker whose package is missing is one line naming the extra, not a traceback from inside the trainer."""
+    import importlib.util
+
+    for name in [report_to] if isinstance(report_to, str) else list(report_to or []):
+        package = TRACKERS.get(name)
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise ConfigError(source, key, f"{name} is not installed: pip install 'polyalign[{name}]'")
+
+
 def build_trl_config(trl_cls, kwargs: dict, args, source: str | None):
     """The trl config of a stage: polyalign's defaults, then the recipe's values checked (TRAINING_RULES); bf16 only
     where the hardware has it (trl defaults to bf16, which a CPU run cannot use); without CUDA a gloo CPU group (so
@@ -158,6 +172,7 @@ def build_trl_config(trl_cls, kwargs: dict, args, source: str | None):
     kwargs = {**TRAINING_DEFAULTS, **kwargs}
     defaults = {f.name: f.default for f in dataclasses.fields(trl_cls) if f.default is not dataclasses.MISSING}
     check_values(TRAINING_RULES, {**defaults, **kwargs}, source)
+    check_trackers(kwargs["report_to"], source)
     kwargs.setdefault("bf16", cuda_available() and args.dtype in ("auto", "bf16", "bfloat16"))
     kwargs.setdefault("use_cpu", not cuda_available())
     kwargs["output_dir"] = str(partial_dir(args.output_dir))
