@@ -69,6 +69,8 @@ class Command:
     help: str
     run: Callable[[argparse.Namespace, list[str]], int] | str
     arguments: Callable[[argparse.ArgumentParser], None] = config_arguments
+    keys: str | None = None  # "module:Args": the dataclass that declares the recipe keys `--help` lists
+    trl: str | None = None  # the trl config class whose fields pass through (`--help --all` lists them)
 
     def resolve(self) -> Callable[[argparse.Namespace, list[str]], int]:
         if callable(self.run):
@@ -83,37 +85,63 @@ COMMANDS: dict[str, Command] = {
         "align.stages.pipeline:cmd_run",
         run_arguments,
     ),
-    "sft": Command("packed supervised fine-tuning (trl SFTTrainer)", config_stage("align.stages.sft:run_sft")),
-    "generate": Command("answer prompts with a model (greedy or sampled)", cmd_generate, generate_arguments),
-    "reward": Command(
-        "train a Bradley-Terry reward model (trl RewardTrainer)", config_stage("reward.train:run_reward")
+    "sft": Command(
+        "packed supervised fine-tuning (trl SFTTrainer)",
+        config_stage("align.stages.sft:run_sft"),
+        keys="align.stages.sft:SFTArgs",
+        trl="SFTConfig",
     ),
-    "score": Command("score candidates or preference pairs with a reward model", "reward.cli:cmd_score"),
+    "generate": Command(
+        "answer prompts with a model (greedy or sampled)",
+        cmd_generate,
+        generate_arguments,
+        keys="align.generation.generate:GenerateArgs",
+    ),
+    "reward": Command(
+        "train a Bradley-Terry reward model (trl RewardTrainer)",
+        config_stage("reward.train:run_reward"),
+        keys="reward.train:RewardArgs",
+        trl="RewardConfig",
+    ),
+    "score": Command(
+        "score candidates or preference pairs with a reward model", "reward.cli:cmd_score", keys="reward.cli:ScoreArgs"
+    ),
     "merge": Command(
         "merge checkpoints: streamed linear soup, or mergekit's methods (mergekit YAML)",
         "merge.cli:run",
         merge_arguments,
     ),
-    "dpo": Command("offline DPO on preference data (trl DPOTrainer)", config_stage("align.stages.dpo:run_dpo")),
+    "dpo": Command(
+        "offline DPO on preference data (trl DPOTrainer)",
+        config_stage("align.stages.dpo:run_dpo"),
+        keys="align.stages.dpo:DPOArgs",
+        trl="DPOConfig",
+    ),
     "iterate": Command(
         "online iterative DPO: sample, rank, DPO, repeat (optionally merging each iteration)",
         config_stage("align.stages.online:run_iterate"),
+        keys="align.stages.online:IterateArgs",
+        trl="DPOConfig",
     ),
     "evaluate": Command(
         "win/loss/tie per language against a baseline (judge or reward model), chrF++, report",
         config_stage("align.stages.evaluate:run_evaluate"),
+        keys="align.stages.evaluate:EvaluateArgs",
     ),
     "arbitrage": Command(
         "multi-teacher arbitrage: every teacher answers, a ranker picks (SFT records, pairs)",
         config_stage("align.stages.arbitrage:run_arbitrage"),
+        keys="align.stages.arbitrage:ArbitrageArgs",
     ),
     "curate": Command(
         "curate data: clean, dedup (exact, MinHash, semantic), language filter, IFD, provenance, mix",
         config_stage("align.stages.curate:run_curate"),
+        keys="align.stages.curate:CurateArgs",
     ),
     "contrast": Command(
         "translation-contrast pairs: strong in-language answer vs a weak English answer translated",
         config_stage("align.stages.contrast:run_contrast"),
+        keys="align.stages.contrast:ContrastArgs",
     ),
 }
 
@@ -127,8 +155,68 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"polyalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="STAGE")
     for name, command in COMMANDS.items():
-        command.arguments(sub.add_parser(name, help=command.help, description=command.help))
+        stage = sub.add_parser(name, help=command.help, description=command.help, add_help=False)
+        stage.add_argument(
+            "-h",
+            "--help",
+            action=KeysHelp,
+            command=command,
+            help="show this help and the recipe keys (--help --all: trl's fields too)",
+        )
+        command.arguments(stage)
     return parser
+
+
+class KeysHelp(argparse.Action):
+    """`polyalign <stage> --help`: the usage, then the recipe keys as declared (align.core.declared)."""
+
+    show_all = False  # set by main() when the command line also holds --all
+
+    def __init__(self, option_strings, dest, command: Command, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.command = command
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        if self.command.keys:
+            print_keys(self.command, self.show_all)
+        parser.exit()
+
+
+def print_keys(command: Command, show_all: bool) -> None:
+    from align.core.declared import declared_keys, trl_fields
+
+    module, _, name = command.keys.partition(":")
+    keys = declared_keys(getattr(importlib.import_module(module), name))
+    groups: dict[str, list] = {}
+    for key in keys:
+        groups.setdefault(key.declared_in, []).append(key)
+    width = max(len(k.name) for k in keys)
+    print("\nrecipe keys (YAML, or --key value on the command line; * required):")
+    for group, members in groups.items():
+        print(f"\n  {group}")
+        for k in members:
+            required = k.default == "required" or k.help.startswith("required")
+            text = k.help.removeprefix("required: ").removeprefix("required")
+            default = "" if required else f" [{k.default}]"
+            print(f"  {'*' if required else ' '} {k.name:<{width}}  {text}{default}".rstrip())
+    if command.trl:
+        import trl
+
+        from align.training.keys import TRAINING_DEFAULTS
+
+        changed = ", ".join(f"{k}={v!r}" for k, v in TRAINING_DEFAULTS.items())
+        where = "under `dpo:`" if command.keys.endswith("IterateArgs") else "at the top level"
+        print(
+            f"\nEvery other key ({where}) is a field of trl.{command.trl}; polyalign's defaults differ from trl's for "
+            f"{changed}, and bf16 is on only where CUDA has it. `--help --all` lists trl's fields."
+        )
+        if show_all:
+            fields = trl_fields(getattr(trl, command.trl))
+            width = max(len(f.name) for f in fields)
+            print(f"\n  trl.{command.trl}")
+            for f in fields:
+                print(f"    {f.name:<{width}}  {f.help} [{f.default}]".rstrip())
 
 
 def quiet_third_party_noise() -> None:
@@ -141,6 +229,7 @@ def quiet_third_party_noise() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    KeysHelp.show_all = "--all" in (sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command is None:

@@ -18,11 +18,11 @@ class ScoreArgs(ModelArgs):
     """The score recipe: the model keys of align.models.loading.ModelArgs, plus these."""
 
     input: Any = None  # candidates ({prompt?, completion, ...}) or pairs ({prompt, chosen, rejected, ...})
-    output: str | None = None
+    output: str | None = None  # required: the JSONL the scored records go to
     prompts: Any = None  # a prompt dataset whose `id`s give candidates without a `prompt` field their prompt
-    batch_size: int = 16
-    max_length: int = 1024
-    sort_by_length: bool = True
+    batch_size: int = 16  # pairs per scoring batch
+    max_length: int = 1024  # tokens per scored sequence (longer ones are truncated and counted)
+    sort_by_length: bool = True  # score in length-sorted batches (less padding; the output keeps input order)
 
 
 def parse_score_config(raw: dict, source: str | None) -> ScoreArgs:

@@ -36,7 +36,7 @@ class RewardArgs(PaddingFreeArgs, TrainingArgs):
     """polyalign's own reward keys; every other recipe key is a trl RewardConfig field."""
 
     eval_dataset: Any = None  # held-out preference data; when absent, `eval_fraction` of `dataset` is held out
-    eval_fraction: float = 0.1
+    eval_fraction: float = 0.1  # without eval_dataset: the share of each language's prompts held out
     margin_from_scores: bool = False  # Llama-2 style margin loss: margin = chosen_score - rejected_score
     eval_batch_size: int = 16  # pairs per scoring batch for the held-out accuracy
     # A LoRA reward model is always merged, so that AutoModelForSequenceClassification loads the output; the adapter

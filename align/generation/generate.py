@@ -48,9 +48,9 @@ class DecodingArgs:
     """The generation keys of every stage that generates (arbitrage, contrast, iterate, evaluate, generate): declared
     here once; each stage's config extends this class, changing only the defaults it needs."""
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = 128  # tokens per answer
     temperature: float = 0.0  # 0 → greedy
-    top_p: float = 1.0
+    top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens whose probability reaches this
     batch_size: int = 16  # prompts per batch; each has num_samples rows
     backend: str = "auto"  # auto: vLLM when installed and CUDA is present, else transformers
     # Cap on a batch's padded prompt tokens (prompts x samples x longest prompt); a longer prompt runs alone.
@@ -90,7 +90,7 @@ class DecodingArgs:
 
 @dataclass
 class GenerationArgs(DecodingArgs):
-    seed: int = 0
+    seed: int = 0  # seed of sampling (each batch draws from its own seed derived from it)
     num_samples: int = 1  # completions per prompt (needs temperature > 0 to differ)
 
     def __post_init__(self):
@@ -584,7 +584,7 @@ class GenerateArgs(ModelArgs, GenerationArgs):
     prompts: object = None  # any prompt dataset polyalign reads
     prompt: list[str] | None = None  # user messages given on the command line (--prompt, repeatable)
     output: str | None = None  # a JSONL of completions; a killed run resumes it
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing --output file (refused otherwise)
 
 
 def run_generate(raw: dict, source: str | None = None) -> list[dict]:

@@ -55,8 +55,10 @@ class LoraArgs:
 class LoadingArgs:
     """How a stage loads every model it uses: declared once, shared by every stage config that loads models."""
 
-    dtype: str = "auto"
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32
+    # auto (flash-attention, else sdpa, else eager per family), or a transformers backend
     attn_implementation: str = "auto"
+    # run a model repository's own code (off: safetensors and transformers' classes only)
     trust_remote_code: bool = False
 
     def __post_init__(self):
@@ -84,13 +86,13 @@ class LoadingArgs:
 # nested `lora:`, and it knows no embedded aliases.
 @dataclass
 class ModelArgs(LoadingArgs):
-    model: str = DEFAULT_MODEL
-    revision: str | None = None
+    model: str = DEFAULT_MODEL  # a checkpoint directory, hub id, or alias of an embedded model (smollm2-135m)
+    revision: str | None = None  # the hub revision (branch, tag or commit) to load
     chat_template: str | None = None  # for a model without one: a known name (chatml, llama3, gemma, ...), a file
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    bnb_4bit_quant_type: str = "nf4"
-    bnb_4bit_use_double_quant: bool = True
+    load_in_4bit: bool = False  # QLoRA: the base in 4 bits through bitsandbytes (CUDA only)
+    load_in_8bit: bool = False  # the base in 8 bits through bitsandbytes (CUDA only)
+    bnb_4bit_quant_type: str = "nf4"  # nf4 or fp4, with load_in_4bit
+    bnb_4bit_use_double_quant: bool = True  # quantise the 4-bit scales too, with load_in_4bit
 
 
 def cuda_available() -> bool:

@@ -55,19 +55,20 @@ class TeacherSpec:
 class ArbitrageArgs(LoadingArgs, DecodingArgs):
     """Arbitrage's own keys; the generation keys (defaults for every teacher) and model-loading keys are shared."""
 
-    prompts: Any = None
-    output_dir: str | None = None
+    prompts: Any = None  # required: the prompts every teacher answers (any prompt-capable format)
+    output_dir: str | None = None  # required: where candidates, sft, pairs and routing go
+    # required: the pool: checkpoints {name, model, ...}, endpoints {name, api} or answers {name, completions}
     teachers: list = field(default_factory=list)
+    # required: {reward_model: path}, {likelihood: model}, {judge: model} or {rule: language}
     ranker: dict = field(default_factory=dict)
     min_margin: float = 0.0  # a pair is kept when best − worst reaches this (and is above zero)
-    echo_pairs: bool = (
-        False  # also pair each pick with the prompt itself as the rejected answer (align.data.pairs.echo_pair)
-    )
-    overwrite: bool = False
-    seed: int = 0
-    max_prompts: int | None = None
-    max_new_tokens: int = 256
-    temperature: float = 0.7
+    # also pair each pick with the prompt itself as the rejected answer (align.data.pairs.echo_pair)
+    echo_pairs: bool = False
+    overwrite: bool = False  # replace an existing output_dir (refused otherwise)
+    seed: int = 0  # seed of the teachers' sampling
+    max_prompts: int | None = None  # arbitrate the first N prompts only (a quick look)
+    max_new_tokens: int = 256  # tokens per teacher answer (a teacher's own value wins)
+    temperature: float = 0.7  # teachers' sampling temperature (a teacher's own value wins)
 
 
 @dataclass

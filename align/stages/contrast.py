@@ -72,22 +72,22 @@ class ContrastArgs(LoadingArgs, DecodingArgs):
     """Contrast's own keys; the generation keys (defaults for every role; the translator is greedy unless its own
     temperature says otherwise) and model-loading keys are shared."""
 
-    prompts: Any = None
-    output_dir: str | None = None
+    prompts: Any = None  # required: prompts in the languages to contrast (English ones are skipped)
+    output_dir: str | None = None  # required: where the pairs go
     strong: Any = None  # a model, or {model, name, system_prompt, temperature, ...}
-    weak: Any = None
-    translator: Any = None
+    weak: Any = None  # required: the model that answers in English, {model, name, ...}
+    translator: Any = None  # required: the model that translates the weak answer, {model, name, ...}
     english_prompt: str = "translate"  # translate: the weak model answers the prompt translated into English;
     #                                    instruct: it answers the original prompt, told to answer in English
     english_instruction: str = DEFAULT_ENGLISH_INSTRUCTION  # the weak model's system prompt in `instruct` mode
     translate_template: str = DEFAULT_TEMPLATE  # {text}, {source} and {target} (language names)
     check_language: bool = True  # drop pairs whose chosen or rejected side is not detected as the prompt's language
-    overwrite: bool = False
-    seed: int = 0
-    max_prompts: int | None = None
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    batch_size: int = 8
+    overwrite: bool = False  # replace an existing output_dir (refused otherwise)
+    seed: int = 0  # seed of the sampling
+    max_prompts: int | None = None  # use the first N prompts only (a quick look)
+    max_new_tokens: int = 256  # tokens per answer and per translation
+    temperature: float = 0.7  # sampling temperature of the answers
+    batch_size: int = 8  # prompts per generation batch
 
 
 @dataclass

@@ -45,10 +45,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CurateArgs:
-    dataset: Any = None
-    output_dir: str | None = None
+    dataset: Any = None  # required: a file, folder or datasets name, read as SFT records
+    output_dir: str | None = None  # required: where the curated records and the report go
+    # the steps, in order: clean, exact_dedup, minhash_dedup, semantic_dedup, language_filter, ifd, provenance, mix
     steps: list = field(default_factory=list)
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing output_dir (refused otherwise)
     num_proc: int = 1  # processes for the per-record steps (datasets.map)
     chunk_size: int = 10000  # records held at once by the streaming steps
     seed: int = 0  # the seed of weighted sources (`dataset: [{path, weight}]`)

@@ -54,19 +54,19 @@ class EvaluateArgs(LoadingArgs, DecodingArgs):
 
     models: Any = None  # {name: checkpoint or answers JSONL} in report order, or a list of them (named by path)
     baseline: str | None = None  # a name in `models` (default: the first)
-    prompts: Any = None
-    output_dir: str | None = None
+    prompts: Any = None  # required: held-out prompts; a `reference` per prompt adds chrF++ and the echo control
+    output_dir: str | None = None  # required: where report.md, charts, answers/ and metrics.json go
     judge: dict = field(default_factory=dict)  # pairwise: {judge: model} or {reward_model: path}, plus settings
     grader: dict = field(default_factory=dict)  # single-answer grades: {judge: model, scale: 10 | 5, ...}
     benchmarks: list = field(default_factory=list)  # lm-eval task names or task YAML paths
     benchmark_limit: int | None = None  # examples per benchmark task (None: all)
-    benchmark_fewshot: int | None = None
+    benchmark_fewshot: int | None = None  # few-shot examples for every lm-eval benchmark (default: each task's own)
     resamples: int = 1000  # bootstrap resamples per interval
     tasks: Any = field(default=None, init=False, repr=False)  # the benchmarks, resolved by lm-eval
-    max_prompts: int | None = None
-    overwrite: bool = False
-    seed: int = 0
-    max_new_tokens: int = 256
+    max_prompts: int | None = None  # evaluate on the first N prompts only (a quick look)
+    overwrite: bool = False  # replace an existing output_dir (refused otherwise)
+    seed: int = 0  # seed of the bootstrap intervals and of any sampling
+    max_new_tokens: int = 256  # tokens per answer
 
 
 @dataclass(frozen=True)

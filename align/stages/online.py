@@ -63,15 +63,15 @@ class IterateArgs(LoadingArgs, DecodingArgs):
     """The loop's own keys; the sampling keys and model-loading keys are shared with every generating stage."""
 
     model: str = DEFAULT_MODEL  # the starting policy, usually the SFT (or offline-DPO) model
-    prompts: Any = None
+    prompts: Any = None  # required: the prompts to sample from (any prompt-capable format)
     heldout_prompts: Any = None  # default: `heldout_fraction` of `prompts`, chosen by a seeded hash of their ids
-    heldout_fraction: float = 0.1
-    output_dir: str | None = None
-    overwrite: bool = False
-    iterations: int = 3
+    heldout_fraction: float = 0.1  # share of the prompts held out to measure each iteration's policy
+    output_dir: str | None = None  # required: where iter_<i>/ and the final model go
+    overwrite: bool = False  # replace an existing output_dir (refused otherwise)
+    iterations: int = 3  # sample → rank → DPO rounds
     samples: int = 4  # k completions per prompt
     ranker: dict = field(default_factory=dict)  # {reward_model | likelihood | judge, batch_size, max_length}
-    min_margin: float = 0.0
+    min_margin: float = 0.0  # a pair is kept when best − worst reaches this (and is above zero)
     echo_pairs: bool = False  # also pair each prompt's best sample with the prompt itself (align.data.pairs.echo_pair)
     reference: str = "start"  # start | previous
     beta: Any = 0.1  # one value, or one per iteration
@@ -81,10 +81,10 @@ class IterateArgs(LoadingArgs, DecodingArgs):
     cluster_weights: Any = "equal"  # the soup's weights: equal, languages, or {cluster: weight} (merge.weighting)
     dpo: dict = field(default_factory=dict)  # trl DPOConfig fields for every iteration's training
     length_warning: float = 0.2  # warn when mean length grows more than this fraction while reward rises
-    seed: int = 0
-    temperature: float = 0.8
-    max_new_tokens: int = 256
-    batch_size: int = 8
+    seed: int = 0  # seed of sampling, held-out split and training
+    temperature: float = 0.8  # sampling temperature of the policy's completions
+    max_new_tokens: int = 256  # tokens per sampled completion
+    batch_size: int = 8  # prompts per generation batch
 
 
 def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: bool = False) -> IterateArgs:

@@ -43,7 +43,7 @@ class SFTArgs(TrainingArgs):
     # by id: their loss is measured at every save, and the output is the checkpoint with the lowest one unless
     # `load_best_model_at_end: false` (Chen et al.'s protocol: train long, keep the best by held-out perplexity).
     eval_dataset: Any = None
-    eval_fraction: float | None = None
+    eval_fraction: float | None = None  # without eval_dataset: the share of `dataset` held out by id
 
 
 @dataclass

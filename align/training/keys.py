@@ -19,12 +19,12 @@ class TrainingArgs(ModelArgs):
     """The keys every training stage has; a stage's own Args add to them, and every other recipe key is a field of
     the stage's trl config."""
 
-    dataset: Any = None
-    output_dir: str | None = None
-    overwrite: bool = False
+    dataset: Any = None  # required: a file, folder or datasets name, in any format of README's Data section
+    output_dir: str | None = None  # required: where the finished model goes (built in a hidden .partial sibling)
+    overwrite: bool = False  # replace an existing output_dir (refused otherwise)
     lora: dict | bool | None = None  # true for the defaults, or {r, alpha, dropout, target_modules, ...}
     save_merged: bool = False  # with LoRA: also write the adapter merged into its base under <output_dir>/merged
-    keep_checkpoints: bool = False
+    keep_checkpoints: bool = False  # keep the trainer's checkpoints in the output (dropped by default)
 
 
 @dataclass

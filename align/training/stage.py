@@ -89,9 +89,8 @@ class TrainingStage:
     def __init__(self, job: TrainingJob, records: list[dict] | None = None):
         self.job, self.records = job, records
         self.wall = 0.0
-        self.layout: str | None = (
-            None  # how the batches reach the model, where a stage chooses (align.training.packed_pairs)
-        )
+        # how the batches reach the model, where a stage chooses (align.training.packed_pairs)
+        self.layout: str | None = None
         self.real_token_fraction: float | None = None
         self.skipped = Counter()  # rows the formats dropped, per reason (Arena ties, undesirable KTO answers)
 
