@@ -84,6 +84,7 @@ COMMANDS: dict[str, Command] = {
         "the whole recipe: arbitrage, SFT per cluster, merges, offline and online DPO, evaluation",
         "align.stages.pipeline:cmd_run",
         run_arguments,
+        keys="align.stages.pipeline:PIPELINE_KEYS",
     ),
     "sft": Command(
         "packed supervised fine-tuning (trl SFTTrainer)",
@@ -187,7 +188,17 @@ def print_keys(command: Command, show_all: bool) -> None:
     from align.core.declared import declared_keys, trl_fields
 
     module, _, name = command.keys.partition(":")
-    keys = declared_keys(getattr(importlib.import_module(module), name))
+    declared = getattr(importlib.import_module(module), name)
+    if isinstance(declared, dict):  # a pipeline recipe: its own keys, then one section per stage
+        sections = importlib.import_module(module).SECTIONS
+        width = max(map(len, [*declared, *sections]))
+        for title, table in (("pipeline keys (* required)", declared), ("stage sections", sections)):
+            print(f"\n{title}:")
+            for key, text in table.items():
+                required = text.startswith("required")
+                print(f"  {'*' if required else ' '} {key:<{width}}  {text.removeprefix('required: ')}")
+        return
+    keys = declared_keys(declared)
     groups: dict[str, list] = {}
     for key in keys:
         groups.setdefault(key.declared_in, []).append(key)

@@ -14,7 +14,11 @@ from align.core.declared import declared_keys
 @pytest.mark.parametrize("name", [n for n, c in COMMANDS.items() if c.keys])
 def test_every_recipe_key_is_declared_with_its_help(name):
     module, _, cls = COMMANDS[name].keys.partition(":")
-    keys = declared_keys(getattr(importlib.import_module(module), cls))
+    declared = getattr(importlib.import_module(module), cls)
+    if isinstance(declared, dict):  # the pipeline's keys: name → help
+        assert declared and [k for k, text in declared.items() if not text] == []
+        return
+    keys = declared_keys(declared)
     assert keys and [k.name for k in keys if not k.help] == [], f"polyalign {name}: keys without help"
 
 
@@ -40,3 +44,14 @@ def test_stage_help_lists_keys_grouped_with_required_marked_and_the_trl_config(c
 
 def test_online_help_says_trl_fields_go_under_dpo(capsys):
     assert "Every other key (under `dpo:`) is a field of trl.DPOConfig" in help_text(capsys, "iterate", "--help")
+
+
+def test_run_help_lists_pipeline_keys_and_sections_and_the_pipeline_accepts_exactly_those(capsys):
+    from align.stages.pipeline import PIPELINE_KEYS, SECTIONS, TOP_KEYS
+
+    out = help_text(capsys, "run", "--help")
+    assert "pipeline keys (* required):" in out and "stage sections:" in out
+    lines = out.splitlines()
+    for key in [*PIPELINE_KEYS, *SECTIONS]:
+        assert any(line.split()[:2] in (["*", key], [key, *line.split()[1:2]]) for line in lines), key
+    assert TOP_KEYS == {*PIPELINE_KEYS, *SECTIONS}

@@ -36,24 +36,34 @@ from align.stages.launch import Launch, launch_flags, run_launched
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("reward", "arbitrage", "sft", "merge", "dpo", "online", "evaluate")
-TOP_KEYS = {
-    "name",
-    "run_dir",
-    "model",
-    "prompts",
-    "heldout",
-    "clusters",
-    "shared_languages",
-    "seed",
-    "ranker",
-    "dtype",
-    "attn_implementation",
-    "trust_remote_code",
-    "launch",
-    "report_to",
-    *SECTIONS,
+# A pipeline recipe's keys, declared once with their help (`polyalign run --help` prints them).
+PIPELINE_KEYS = {
+    "name": "the pipeline's name: tracker runs are named <name>/<stage>",
+    "run_dir": "required: the run directory (state.json and one folder per stage)",
+    "model": "the base model every stage starts from (default: the embedded smollm2-135m)",
+    "prompts": "required: the prompts of arbitrage and online DPO",
+    "heldout": "held-out prompts with references for the evaluation (default: `prompts`)",
+    "clusters": "`family` (one per language family), or {name: [languages or family names]}",
+    "shared_languages": "languages every cluster also holds (default en, es, fr)",
+    "seed": "the seed of every stage (default 0)",
+    "ranker": "without a `reward` section: {reward_model: path}, {likelihood: model} or {judge: model}",
+    "dtype": "model loading for every stage: auto, bf16, fp16 or fp32",
+    "attn_implementation": "model loading for every stage: auto, or a transformers attention backend",
+    "trust_remote_code": "model loading for every stage: run a model repository's own code",
+    "launch": "accelerate launch options for every stage (a section's own `launch` wins; false: in this process)",
+    "report_to": "trackers for every training stage (tensorboard, trackio, wandb, mlflow), runs named <name>/<stage>",
 }
+# Each section holds that stage's own keys (`polyalign <command> --help` lists them).
+SECTIONS = {
+    "reward": "optional: train the ranker (polyalign reward)",
+    "arbitrage": "required: the teacher pool and its routing (polyalign arbitrage)",
+    "sft": "required: SFT per language cluster (polyalign sft)",
+    "merge": "weights of the cluster soup: equal, languages or {cluster: weight}",
+    "dpo": "offline DPO on the arbitrage pairs (polyalign dpo); per_cluster: true trains one per cluster",
+    "online": "online iterations (polyalign iterate); per_cluster: true trains one per cluster each iteration",
+    "evaluate": "evaluation of every stage (polyalign evaluate); unmerged: true adds each cluster model",
+}
+TOP_KEYS = {*PIPELINE_KEYS, *SECTIONS}
 # The sections that train, which `report_to` at the top of a recipe reaches.
 TRACKED_SECTIONS = ("reward", "sft", "dpo", "online")
 MODEL_KEYS = ("dtype", "attn_implementation", "trust_remote_code")
