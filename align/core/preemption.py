@@ -37,16 +37,9 @@ def _handle(signum, frame) -> None:
 @contextlib.contextmanager
 def handlers() -> Iterator[None]:
     """SIGTERM and SIGUSR1 handled as preemption for the duration of a command (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.signal(signum, _handle) for signum in SIGNALS}
     _state["signal"] = None
-    try:
+    with _handling(_handle):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -56,9 +49,6 @@ def forwarded(process) -> Iterator[None]:
     leaving, waits until each of them has exited, so that the caller never reports a stage still saving."""
     import psutil
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     signalled: dict[int, psutil.Process] = {}
 
     def forward(signum, frame) -> None:
@@ -70,15 +60,26 @@ def forwarded(process) -> Iterator[None]:
                     target.send_signal(signum)
                     signalled[target.pid] = target
 
-    previous = {signum: signal.signal(signum, forward) for signum in SIGNALS}
+    with _handling(forward):
+        try:
+            yield
+        finally:
+            psutil.wait_procs(list(signalled.values()))
+
+
+@contextlib.contextmanager
+def _handling(handler) -> Iterator[None]:
+    """`handler` for SIGNALS during the block, the previous handlers after it (signals reach the main thread only:
+    elsewhere, nothing is installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
     try:
         yield
     finally:
-        try:
-            psutil.wait_procs(list(signalled.values()))
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 @contextlib.contextmanager
