@@ -245,7 +245,7 @@ class RewardStage(TrainingStage):
                     trainer,
                     directory,
                     adapter=directory / "adapter",
-                    load=lambda path: load_reward_model(self.job.args.model_args(path)),
+                    load=lambda path: load_reward_model(self.job.args.model_args(path), new_head=True),
                 )
         elif is_main:
             trainer.model.save_pretrained(directory / "adapter", safe_serialization=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,7 +13,7 @@ import yaml
 from align.cli import main
 from align.core.errors import ConfigError, PolyalignError
 from align.core.io import partial_dir
-from align.core.lifecycle import HASH_MARKER, OWNER_MARKER, StageRun
+from align.core.lifecycle import HASH_MARKER, OWNER_MARKER, StageRun, published
 
 
 def test_existing_output_is_refused_unless_overwrite(tmp_path):
@@ -59,20 +60,41 @@ def test_a_partial_a_live_process_builds_is_refused(tmp_path):
     assert StageRun(tmp_path / "out", {}, stage="x", overwrite=False).prepare() is True  # a dead owner: resume
 
 
-def test_finish_drops_work_files_and_records_point_at_the_output(tmp_path):
-    run = StageRun(tmp_path / "out", {"k": "v"}, stage="x", overwrite=False)
-    run.prepare()
-    (run.partial / "generations.0.jsonl").write_text("{}\n")
-    nested = run.partial / "iter_1" / "model"
-    nested.mkdir(parents=True)
-    (nested / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(run.partial / "iter_0")}))
-    final = run.finish({"policy": str(run.partial / "iter_1" / "model")}, drop=("generations.*.jsonl",))
-    assert not partial_dir(final).exists()
+def test_finish_drops_work_files_and_writes_records_with_published_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    outer = StageRun(Path("runs") / "out", {"k": "v"}, stage="x", overwrite=False)  # relative, as a user gives it
+    outer.prepare()
+    (outer.partial / "generations.0.jsonl").write_text("{}\n")
+    base = str(outer.partial / "iter_0")
+    inner = StageRun(outer.partial / "iter_1" / "model", {"model": base}, stage="y", overwrite=False)  # nested
+    inner.prepare()
+    # innermost first, through every enclosing partial; a path keeps its type and form (as given, or resolved)
+    assert published(inner.partial / "adapter") == Path("runs/out/iter_1/model/adapter")
+    assert published(str(inner.partial.resolve() / "a")) == str(tmp_path.resolve() / "runs/out/iter_1/model/a")
+    assert published({"p": [base, "runs/.out.partial2/x", "runs/out", 3]}) == {
+        "p": ["runs/out/iter_0", "runs/.out.partial2/x", "runs/out", 3]
+    }
+    inner.finish({"checkpoint": str(inner.partial / "checkpoint-2")})
+    final = outer.finish({"policy": str(outer.partial / "iter_1" / "model")}, drop=("generations.*.jsonl",))
+    assert final == Path("runs/out") and not partial_dir(final).exists()
     assert not any((final / name).exists() for name in ("generations.0.jsonl", HASH_MARKER, OWNER_MARKER))
-    assert json.loads((final / "metrics.json").read_text()) == {"policy": str(final / "iter_1" / "model")}
-    adapter = json.loads((final / "iter_1" / "model" / "adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == str(final / "iter_0")
+    assert json.loads((final / "metrics.json").read_text()) == {"policy": "runs/out/iter_1/model"}
     assert json.loads((final / "polyalign_recipe.json").read_text())["stage"] == "x"
+    nested = final / "iter_1" / "model"
+    assert json.loads((nested / "metrics.json").read_text()) == {"checkpoint": "runs/out/iter_1/model/checkpoint-2"}
+    assert json.loads((nested / "polyalign_recipe.json").read_text())["config"] == {"model": "runs/out/iter_0"}
+    assert published(base) == base  # finished runs map nothing
+
+
+def test_published_maps_a_partial_reached_through_a_link_and_its_resolved_form(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    run = StageRun(tmp_path / "link" / "out", {}, stage="x", overwrite=False)
+    run.prepare()
+    assert published(str(tmp_path / "link" / ".out.partial" / "a")) == str(tmp_path / "link" / "out" / "a")
+    real = tmp_path.resolve() / "real"
+    assert published(str(real / ".out.partial" / "a")) == str(real / "out" / "a")
+    run.finish(None)
 
 
 def test_errors_name_the_file_or_the_command_line(tmp_path, capsys):

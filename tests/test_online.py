@@ -116,6 +116,65 @@ def test_one_iteration_raises_the_heldout_reward(tmp_path, policy, reward):
     assert summary["final_model"] == str(out / "iter_1" / "model")
 
 
+def recorded_paths(out: Path) -> list[str]:
+    """Every path the records of a finished output name (adapter configs, recipes and metrics, the nested stages'
+    too): each string with a / and no space in them. None may name a .partial directory; each must exist."""
+
+    def strings(value):
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    paths = []
+    for name in ("adapter_config.json", "polyalign_recipe.json", "metrics.json"):
+        for record in out.rglob(name):
+            for value in strings(json.loads(record.read_text())):
+                if "/" in value and " " not in value:
+                    assert ".partial" not in value and Path(value).exists(), (record, value)
+                    paths.append(value)
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("error:Could not find a config file:UserWarning")  # peft reads the base where it is now
+def test_records_of_the_finished_output_name_where_things_are(tmp_path, policy, reward, monkeypatch):
+    """The loop trains, merges and records inside its partial; each record is written with the paths it has once the
+    output is published (relative ones too): a LoRA adapter loads on the base it names, the previous soup."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config(
+        tmp_path,
+        policy,
+        n=12,
+        iterations=2,
+        samples=2,
+        max_new_tokens=4,
+        lora=True,
+        merge_with_previous=0.5,
+        output_dir="runs/online",
+        dpo={"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4, "disable_tqdm": True},
+    )
+    out = run_iterate(cfg, ranker=reward)
+    assert out == Path("runs/online")
+    paths = recorded_paths(out)
+    adapter = out / "iter_2" / "model"
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str(out / "iter_1" / "merged")  # written as given: relative
+    assert {base, str(out / "iter_2" / "merged"), str(adapter / "merged"), str(out / "iter_1" / "pairs.jsonl")} <= set(
+        paths
+    )
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).merge_and_unload()
+    merged = load_file(adapter / "merged" / "model.safetensors")
+    assert merged.keys() <= loaded.state_dict().keys()
+    for key, tensor in merged.items():  # the adapter on the base it names is the model the loop merged
+        torch.testing.assert_close(loaded.state_dict()[key], tensor)
+
+
 def test_pairs_take_best_and_worst_and_respect_margin_and_ties():
     prompts = [{"prompt": [{"role": "user", "content": f"q{i}"}], "lang": "en", "id": f"q{i}"} for i in range(4)]
     samples = [
@@ -221,6 +280,7 @@ def test_per_cluster_iterations_merge_the_cluster_models_and_sample_from_the_mer
     samples = json.loads((out / "iter_2" / "samples.jsonl").read_text().splitlines()[0])
     assert json.loads((out / "metrics.json").read_text())["final_model"] == str(out / "iter_2" / "model")
     assert samples["completions"]  # iteration 2 sampled from iteration 1's soup (its cluster models start there)
+    assert str(out / "iter_1" / "clusters" / "romance") in recorded_paths(out)  # the soup's recipe names its parts
 
 
 @pytest.mark.slow

@@ -164,30 +164,3 @@ class AppendLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-RECORD_FILES = ("adapter_config.json", "polyalign_recipe.json", "metrics.json")
-
-
-def relocate_paths(directory: str | os.PathLike, old: str | os.PathLike, new: str | os.PathLike) -> None:
-    """In the records of `directory` (RECORD_FILES, at any depth), make paths into `old` point into `new`: a stage
-    that nests stages (the online loop trains, merges and records inside its partial directory) must leave records
-    that point where the files are once the partial is renamed into place, or a LoRA adapter names a base that no
-    longer exists."""
-    old, new = str(old), str(new)
-
-    def swap(value):
-        if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
-            return new + value[len(old) :]
-        if isinstance(value, list):
-            return [swap(v) for v in value]
-        if isinstance(value, dict):
-            return {k: swap(v) for k, v in value.items()}
-        return value
-
-    for name in RECORD_FILES:
-        for path in Path(directory).rglob(name):
-            text = path.read_text(encoding="utf-8")
-            if old not in text:
-                continue
-            write_json(path, swap(json.loads(text)))

@@ -5,6 +5,8 @@
 - A rerun with the same config resumes what the partial holds (checkpoints, append logs); a changed config, or a stage
   with nothing resumable, starts over. A partial that a live process on this machine is building is refused.
 - The finished partial, with metrics.json and polyalign_recipe.json, is renamed into place: the output appears whole.
+- Every record written in a partial (metrics, recipe, a nested stage's LoRA adapter) names paths where they will be
+  once it is renamed (`published`): nothing is rewritten after the rename.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from align.core.config import config_hash
 from align.core.errors import ConfigError, PolyalignError, writing_to
-from align.core.io import partial_dir, promote, relocate_paths, write_json
+from align.core.io import partial_dir, promote, write_json
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,29 @@ HASH_MARKER = "polyalign_config_hash"
 
 
 OWNER_MARKER = "polyalign_owner"
+
+
+# The runs this process builds (their main process), outermost first: the online loop's own and those nested in it.
+_building: list[StageRun] = []
+
+
+def published(value):
+    """`value`, a path or a record holding paths (dicts, lists), as it will read once the partials of the runs this
+    process builds are renamed into place, innermost first; anything else as it is. Every record written in a partial
+    names paths this way, so none is rewritten after the rename. A path keeps its form (relative or absolute)."""
+    if isinstance(value, dict):
+        return {k: published(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [published(v) for v in value]
+    if isinstance(value, Path):
+        return Path(published(str(value)))
+    if isinstance(value, str):
+        for run in reversed(_building):
+            for old, new in run.moves:
+                if value == old or value.startswith(old + os.sep):
+                    value = new + value[len(old) :]
+                    break
+    return value
 
 
 def refuse_existing(final: Path, overwrite: bool, source: str | None) -> None:
@@ -63,6 +88,7 @@ class StageRun:
         self.digest = config_hash({k: v for k, v in raw.items() if k != "overwrite"})
         self.is_main, self.resumable = is_main, resumable
         self.resumed = False
+        self.moves: tuple[tuple[str, str], ...] = ()  # (partial, final), as given and resolved: what `published` maps
         if self.final.exists() and not self.final.is_dir():
             raise ConfigError(source, "output_dir", f"{self.final} exists and is a file; give a directory")
         refuse_existing(self.final, self.overwrite, source)
@@ -87,6 +113,11 @@ class StageRun:
             self.partial.mkdir(parents=True, exist_ok=True)
             marker.write_text(self.digest)
             (self.partial / OWNER_MARKER).write_text(f"{socket.gethostname()}:{os.getpid()}")
+            self.moves = (
+                (str(self.partial), str(self.final)),
+                (str(self.partial.resolve()), str(self.final.resolve())),
+            )
+            _building[:] = [run for run in _building if run.partial != self.partial] + [self]
         return self.resumed
 
     def prepare_shared(self, state) -> bool:
@@ -127,20 +158,19 @@ class StageRun:
         return {"stage": self.stage, "config": self.raw, "source": self.source}
 
     def finish(self, metrics: dict | None, *, drop: tuple[str, ...] = ()) -> Path:
-        """Main process: remove the work files (`drop`: glob patterns) and markers, write metrics and recipe, rename
-        the partial into place."""
+        """Main process: remove the work files (`drop`: glob patterns) and markers, write metrics and recipe (their
+        paths `published`), rename the partial into place."""
         for pattern in (*drop, HASH_MARKER, OWNER_MARKER):
             for path in self.partial.glob(pattern):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         if metrics is not None:
-            write_json(self.partial / "metrics.json", metrics)
-        write_json(self.partial / "polyalign_recipe.json", self.recipe())
-        relocate_paths(self.partial, self.partial.resolve(), self.final.resolve())
-        if not self.partial.is_absolute():
-            relocate_paths(self.partial, self.partial, self.final)
+            write_json(self.partial / "metrics.json", published(metrics))
+        write_json(self.partial / "polyalign_recipe.json", published(self.recipe()))
         promote(self.partial, self.final, overwrite=self.overwrite)
         if str(self.partial) in writing_to:
             writing_to.remove(str(self.partial))
+        if self in _building:
+            _building.remove(self)
         return self.final
 
 

@@ -258,9 +258,9 @@ def _load_adapter(args: ModelArgs, path: Path):
 
 # Not trl's get_peft_config: it takes a trl ModelConfig (use_peft, lora_r, ...) and always sets bias="none".
 def lora_config(lora: LoraArgs, model, task_type: str = "CAUSAL_LM", source: str | None = None):
-    from peft import LoraConfig
+    from align.models.adapters import PublishedLoraConfig
 
-    return LoraConfig(
+    return PublishedLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,

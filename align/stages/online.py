@@ -34,7 +34,7 @@ from typing import Any
 from align.core.config import build_dataclass, require
 from align.core.errors import ConfigError
 from align.core.io import AppendLog, join_logs, read_logs, safe_name, save_figure, shard_log, write_json, write_jsonl
-from align.core.lifecycle import StageRun
+from align.core.lifecycle import StageRun, published
 from align.core.timing import Stopwatch
 from align.data import hold_out_by_id, load_records
 from align.data.echo import is_echo
@@ -325,7 +325,7 @@ class Loop:
                 i, train, samples, scores, pairs, current, previous_heldout, outcomes, training, final, args
             )
             metrics["seconds"] = clock.seconds  # this process's time per step (steps done before a resume count 0)
-            write_json(metrics_path, metrics)
+            write_json(metrics_path, published(metrics))
         self.release_ranker()
         self.barrier()
         return json.loads(metrics_path.read_text())
@@ -563,7 +563,7 @@ def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
     summary = Loop(args, run.partial, source, state, ranker=ranker).run_all(train, heldout)
     if state.is_main_process:
         run.finish(summary)
-        print_table(json.loads((run.final / "metrics.json").read_text()))  # its paths now point into the output
+        print_table(summary)
     state.wait_for_everyone()
     return run.final
 

@@ -43,11 +43,14 @@ def unpartitioned_loading(trainer):
 
 def save_merged(trainer, directory: Path, *, adapter: Path | None = None, load=None) -> None:
     """The trained adapter merged into its base, with the tokenizer: a model that loads without peft. A sharded
-    model, whose parameters no one process holds, is merged on the CPU: `load(adapter)` reads the saved adapter on
-    its base."""
+    model, whose parameters no one process holds, is merged on the CPU: the adapter saved in `adapter`, on the base
+    that `load(path)` reads from where it is now (the adapter's config names where it will be once published)."""
     if is_sharded(trainer):
+        from peft import PeftModel
+
+        base = trainer.model.get_base_model().name_or_path
         with unpartitioned_loading(trainer):
-            merged = load(str(adapter)).merge_and_unload()
+            merged = PeftModel.from_pretrained(load(base), str(adapter)).merge_and_unload()
     else:
         merged = trainer.model.merge_and_unload()
     merged.save_pretrained(directory, safe_serialization=True)
