@@ -19,7 +19,10 @@ from merge.cli import merge_arguments
 def stage_config(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str | None]:
     from align.core.config import read_stage_config
 
-    return read_stage_config(args.config, extra)
+    raw, source = read_stage_config(args.config, extra)
+    if getattr(args, "prompt", None):  # generate's --prompt, repeatable
+        raw["prompt"] = args.prompt
+    return raw, source
 
 
 def config_stage(target: str) -> Callable[[argparse.Namespace, list[str]], int]:
@@ -34,24 +37,19 @@ def config_stage(target: str) -> Callable[[argparse.Namespace, list[str]], int]:
     return run
 
 
-def cmd_generate(args, extra) -> int:
-    from align.generation.generate import run_generate
-
-    raw, source = stage_config(args, extra)
-    if args.prompt:
-        raw["prompt"] = args.prompt
-    run_generate(raw, source)
-    return 0
+PRINT_CONFIG = "print the resolved recipe (defaults filled, overrides applied) as YAML and stop"
 
 
 def config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe")
+    parser.add_argument("--print-config", action="store_true", help=PRINT_CONFIG)
 
 
 def run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pipeline", help="pipeline YAML (recipes/<name>/pipeline.yaml)")
     parser.add_argument("--from", dest="start_from", metavar="STAGE", help="rerun from this stage on")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    parser.add_argument("--print-config", action="store_true", help=PRINT_CONFIG)
 
 
 def generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +69,7 @@ class Command:
     arguments: Callable[[argparse.ArgumentParser], None] = config_arguments
     keys: str | None = None  # "module:Args": the dataclass that declares the recipe keys `--help` lists
     trl: str | None = None  # the trl config class whose fields pass through (`--help --all` lists them)
+    trl_under: str | None = None  # the section the trl fields go under (None: the top level of the recipe)
 
     def resolve(self) -> Callable[[argparse.Namespace, list[str]], int]:
         if callable(self.run):
@@ -94,7 +93,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "generate": Command(
         "answer prompts with a model (greedy or sampled)",
-        cmd_generate,
+        config_stage("align.generation.generate:run_generate"),
         generate_arguments,
         keys="align.generation.generate:GenerateArgs",
     ),
@@ -123,6 +122,7 @@ COMMANDS: dict[str, Command] = {
         config_stage("align.stages.online:run_iterate"),
         keys="align.stages.online:IterateArgs",
         trl="DPOConfig",
+        trl_under="dpo",
     ),
     "evaluate": Command(
         "win/loss/tie per language against a baseline (judge or reward model), chrF++, report",
@@ -207,17 +207,15 @@ def print_keys(command: Command, show_all: bool) -> None:
     for group, members in groups.items():
         print(f"\n  {group}")
         for k in members:
-            required = k.default == "required" or k.help.startswith("required")
-            text = k.help.removeprefix("required: ").removeprefix("required")
-            default = "" if required else f" [{k.default}]"
-            print(f"  {'*' if required else ' '} {k.name:<{width}}  {text}{default}".rstrip())
+            default = "" if k.required else f" [{k.default}]"
+            print(f"  {'*' if k.required else ' '} {k.name:<{width}}  {k.text}{default}".rstrip())
     if command.trl:
         import trl
 
         from align.training.keys import TRAINING_DEFAULTS
 
-        changed = ", ".join(f"{k}={v!r}" for k, v in TRAINING_DEFAULTS.items())
-        where = "under `dpo:`" if command.keys.endswith("IterateArgs") else "at the top level"
+        changed = ", ".join(f"{k}={v!r}" for k, v in getattr(declared, "trl_defaults", TRAINING_DEFAULTS).items())
+        where = f"under `{command.trl_under}:`" if command.trl_under else "at the top level"
         print(
             f"\nEvery other key ({where}) is a field of trl.{command.trl}; polyalign's defaults differ from trl's for "
             f"{changed}, and bf16 is on only where CUDA has it. `--help --all` lists trl's fields."
@@ -228,6 +226,40 @@ def print_keys(command: Command, show_all: bool) -> None:
             print(f"\n  trl.{command.trl}")
             for f in fields:
                 print(f"    {f.name:<{width}}  {f.help} [{f.default}]".rstrip())
+
+
+def print_config(args: argparse.Namespace, extra: list[str]) -> int:
+    """`--print-config`: the recipe as the stage resolves it (align.core.config.resolve_recipe), as YAML on stdout.
+    Nothing runs and nothing is written; given back as --config, it is the same config (the same hash)."""
+    from align.core.config import deep_merge, dump_recipe, load_yaml, parse_overrides
+
+    command = COMMANDS[args.command]
+    if args.command == "run":
+        from align.stages.pipeline import resolve_pipeline
+
+        resolved = resolve_pipeline(deep_merge(load_yaml(args.pipeline), parse_overrides(extra)), args.pipeline)
+    elif args.command == "merge":
+        from merge.cli import resolved_merge
+
+        resolved = resolved_merge(args, extra)
+    else:
+        raw, source = stage_config(args, extra)
+        resolved = resolved_stage(command, raw, source)
+    sys.stdout.write(dump_recipe(resolved))
+    return 0
+
+
+def resolved_stage(command: Command, raw: dict, source) -> dict:
+    """A stage's resolved recipe, from the classes its command declares (the ones the stage resolves with)."""
+    from align.core.config import resolve_recipe
+
+    module, _, name = command.keys.partition(":")
+    trl_cls = None
+    if command.trl and command.trl_under is None:
+        import trl
+
+        trl_cls = getattr(trl, command.trl)
+    return resolve_recipe(raw, getattr(importlib.import_module(module), name), source, trl_cls)
 
 
 def quiet_third_party_noise() -> None:
@@ -250,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party_noise()
     try:
         with preemption.handlers():
+            if getattr(args, "print_config", False):
+                return print_config(args, extra)
             return COMMANDS[args.command].resolve()(args, extra)
     except preemption.Preempted as e:
         print(f"polyalign {args.command}: {e}", file=sys.stderr)

@@ -8,12 +8,15 @@ from __future__ import annotations
 import argparse
 import shlex
 
-USAGE = "polyalign merge CONFIG.yaml OUTPUT_DIR [--overwrite] [--max-shard-size SIZE] [--seed N] [--quiet]"
+USAGE = (
+    "polyalign merge CONFIG.yaml OUTPUT_DIR [--overwrite] [--max-shard-size SIZE] [--seed N] [--quiet]"
+    " | polyalign merge CONFIG.yaml --print-config"
+)
 
 
 def merge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG.yaml", help="merge config in mergekit's YAML format")
-    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="where the merged model appears, complete")
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", nargs="?", help="where the merged model appears, complete")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR")
     parser.add_argument(
         "--max-shard-size",
@@ -23,6 +26,20 @@ def merge_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for randomised methods (dare_*, della)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the merge config as polyalign reads it (YAML) and stop"
+    )
+
+
+def resolved_merge(args: argparse.Namespace, extra: list[str]) -> dict:
+    """The merge config as polyalign reads it and hashes it (mergekit's keys, as mergekit defaults them: nothing is
+    filled in). The output directory and flags are the command line's, not the config's."""
+    from align.core.errors import ConfigError
+    from merge.config import load_config
+
+    if extra:
+        raise ConfigError(None, extra[0], f"unexpected argument for merge: {' '.join(extra)} (usage: {USAGE})")
+    return load_config(args.config).raw
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -30,6 +47,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     if extra:
         raise ConfigError(None, extra[0], f"unexpected argument for merge: {' '.join(extra)} (usage: {USAGE})")
+    if args.output_dir is None:
+        raise ConfigError(None, "OUTPUT_DIR", f"missing: where the merged model appears (usage: {USAGE})")
     from merge.api import run as run_merge
     from merge.config import load_config
 

@@ -241,3 +241,43 @@ def config_hash(data: dict) -> str:
     """Stable hash of a resolved config: tells a resumed run whether its checkpoints belong to this config."""
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plain(value: Any) -> Any:
+    """Data as a recipe file holds it (mappings, lists, strings, numbers): paths and enums become strings, tuples
+    lists, so that the form written, printed and hashed is the one a recipe read back gives."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def resolve_recipe(raw: dict, own_cls, source: str | None = None, trl_cls=None) -> dict:
+    """The recipe a stage runs: every key of `own_cls` (its Args dataclass) with its value, the recipe's or the
+    declared default, then the trl fields the recipe sets over the trl defaults polyalign changes (`own_cls.
+    trl_defaults`). Its hash is the stage's config hash, so a recipe and its resolved form are the same config.
+
+    Of trl's own defaults only those polyalign changes are written: the rest are trl's (`--help --all` lists them),
+    and writing all of them would bury the recipe under a hundred keys and tie its hash to fields a trl release adds
+    or renames. Nested mappings (`lora`, `dpo`, a step's options) stay as written: their stage reads them."""
+    own, trl = raw, {}
+    if trl_cls is not None:  # polyalign's trl defaults first, typed as the recipe's values are
+        own, trl = split_known({**getattr(own_cls, "trl_defaults", {}), **raw}, own_cls, trl_cls, source)
+    args = build_dataclass(own_cls, own, source)  # unknown keys, wrong types and bad values fail as in the stage
+    out = {f.name: getattr(args, f.name) for f in dataclasses.fields(own_cls) if f.init and not f.name.startswith("_")}
+    return plain(out | trl)
+
+
+def recipe_hash(recipe: dict) -> str:
+    """The config hash of a stage's resolved recipe: `overwrite` says what to do with an old output, not what to
+    build, so it is left out."""
+    return config_hash({k: v for k, v in recipe.items() if k != "overwrite"})
+
+
+class RecipeDumper(yaml.SafeDumper):
+    """Writes what RecipeLoader reads back unchanged: a string that YAML 1.2 would read as a number (`1e5`) is
+    quoted, and keys keep their order."""
+
+
+RecipeDumper.yaml_implicit_resolvers = RecipeLoader.yaml_implicit_resolvers
+
+
+def dump_recipe(data: dict) -> str:
+    return yaml.dump(data, Dumper=RecipeDumper, sort_keys=False, allow_unicode=True, default_flow_style=False)

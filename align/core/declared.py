@@ -19,6 +19,15 @@ class Key:
     help: str
     declared_in: str  # the dataclass that declares it: keys group by it
 
+    @property
+    def required(self) -> bool:
+        return self.default == "required" or self.help.startswith("required")
+
+    @property
+    def text(self) -> str:
+        """The help without its "required" mark (which `required` reports)."""
+        return self.help.removeprefix("required: ").removeprefix("required")
+
 
 def _comments(cls) -> dict[str, str]:
     """Field name → its comment: the one on its line, else the comment-only lines right above it."""

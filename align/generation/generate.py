@@ -589,7 +589,7 @@ class GenerateArgs(ModelArgs, GenerationArgs):
 
 def run_generate(raw: dict, source: str | None = None) -> list[dict]:
     """Answer the prompts, print each answer, and write them to `output` when given; returns the rows."""
-    from align.core.config import build_dataclass, config_hash
+    from align.core.config import build_dataclass, recipe_hash, resolve_recipe
     from align.core.io import write_jsonl
     from align.data import load_records
 
@@ -614,7 +614,7 @@ def run_generate(raw: dict, source: str | None = None) -> list[dict]:
     if output is None:
         answers = complete(*load(), chats, args)
     else:  # streamed into a log beside the output, keyed by the config, so a killed run resumes
-        log_path = output.parent / f".{output.name}.{config_hash({k: v for k, v in raw.items() if k != 'overwrite'})}"
+        log_path = output.parent / f".{output.name}.{recipe_hash(resolve_recipe(raw, GenerateArgs, source))}"
         answers = [a["completions"] for a in generate_logged(log_path, chats, args, load)]
     rows = [
         {

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from align.core.config import build_dataclass, require
+from align.core.config import build_dataclass, require, resolve_recipe
 from align.core.console import print_table
 from align.core.errors import ConfigError
 from align.core.io import AppendLog, read_logs, save_figure, write_json, write_jsonl
@@ -451,7 +451,7 @@ def run_arbitrage(raw: dict, source: str | None = None) -> Path:
     state = process_state()
     run = StageRun(
         job.args.output_dir,
-        raw,
+        resolve_recipe(raw, ArbitrageArgs, source),
         stage="arbitrage",
         overwrite=job.args.overwrite,
         source=source,

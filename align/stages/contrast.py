@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from align.core.config import build_dataclass, require
+from align.core.config import build_dataclass, require, resolve_recipe
 from align.core.console import print_table
 from align.core.errors import ConfigError, PolyalignError
 from align.core.io import shard_log, write_jsonl
@@ -398,7 +398,7 @@ def run_contrast(raw: dict, source: str | None = None) -> Path:
     state = process_state()
     run = StageRun(
         job.args.output_dir,
-        raw,
+        resolve_recipe(raw, ContrastArgs, source),
         stage="contrast",
         overwrite=job.args.overwrite,
         source=source,

@@ -32,7 +32,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from align.core.config import build_dataclass, require
+from align.core.config import build_dataclass, require, resolve_recipe
 from align.core.console import print_table
 from align.core.errors import ConfigError
 from align.core.io import save_figure, write_jsonl
@@ -608,7 +608,12 @@ def run_curate(raw: dict, source: str | None = None) -> Path:
     a killed one only a partial, which the next run clears (nothing in it is worth resuming)."""
     job = parse_curate_config(raw, source)
     run = StageRun(
-        job.args.output_dir, job.raw, stage="curate", overwrite=job.args.overwrite, source=source, resumable=False
+        job.args.output_dir,
+        resolve_recipe(job.raw, CurateArgs, source),
+        stage="curate",
+        overwrite=job.args.overwrite,
+        source=source,
+        resumable=False,
     )
     run.prepare()
     with run.building():

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from align.core.config import build_dataclass, config_hash, require
+from align.core.config import build_dataclass, config_hash, require, resolve_recipe
 from align.core.errors import ConfigError, InputError
 from align.core.io import safe_name, write_jsonl
 from align.core.lifecycle import StageRun
@@ -586,7 +586,12 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
     args, entries = parse_evaluate_config(raw, source)
     state = process_state()
     run = StageRun(
-        args.output_dir, raw, stage="evaluate", overwrite=args.overwrite, source=source, is_main=state.is_main_process
+        args.output_dir,
+        resolve_recipe(raw, EvaluateArgs, source),
+        stage="evaluate",
+        overwrite=args.overwrite,
+        source=source,
+        is_main=state.is_main_process,
     )
     prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source, key="prompts")[
         : args.max_prompts or None

@@ -31,7 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from align.core.config import build_dataclass, require
+from align.core.config import build_dataclass, require, resolve_recipe
 from align.core.errors import ConfigError
 from align.core.io import AppendLog, join_logs, read_logs, safe_name, save_figure, shard_log, write_json, write_jsonl
 from align.core.lifecycle import StageRun, published
@@ -543,7 +543,12 @@ def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
     args = parse_iterate_config(raw, source, ranker_given=ranker is not None)
     state = process_state(timeout=BARRIER_TIMEOUT)
     run = StageRun(
-        args.output_dir, raw, stage="iterate", overwrite=args.overwrite, source=source, is_main=state.is_main_process
+        args.output_dir,
+        resolve_recipe(raw, IterateArgs, source),
+        stage="iterate",
+        overwrite=args.overwrite,
+        source=source,
+        is_main=state.is_main_process,
     )
     prompts = load_records(args.prompts, "prompt", seed=args.seed, source=source, key="prompts")
     if args.heldout_prompts is not None:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from align.core.config import config_hash, load_yaml
+from align.core.config import config_hash, load_yaml, plain
 from align.core.console import print_table
 from align.core.errors import ConfigError
 from align.core.io import partial_dir, safe_name, write_json, write_jsonl
@@ -53,6 +53,9 @@ PIPELINE_KEYS = {
     "launch": "accelerate launch options for every stage (a section's own `launch` wins; false: in this process)",
     "report_to": "trackers for every training stage (tensorboard, trackio, wandb, mlflow), runs named <name>/<stage>",
 }
+# The pipeline keys' defaults (a resolved recipe writes them out); `heldout` defaults to `prompts`, and the model
+# keys (dtype, ...) to each stage's own.
+PIPELINE_DEFAULTS = {"model": DEFAULT_MODEL, "clusters": "family", "shared_languages": list(DEFAULT_SHARED), "seed": 0}
 # Each section holds that stage's own keys (`polyalign <command> --help` lists them).
 SECTIONS = {
     "reward": "optional: train the ranker (polyalign reward)",
@@ -207,8 +210,9 @@ class Builder:
 def build_pipeline(raw: dict, source: str | None) -> Pipeline:
     """Turn a pipeline recipe into its ordered stages (nothing runs, nothing is written)."""
     _check_keys(raw, source)
+    raw = {**PIPELINE_DEFAULTS, **raw}
     pipe = Pipeline(raw, source, Path(raw["run_dir"]))
-    builder = _add_ranker(pipe, raw.get("model", DEFAULT_MODEL), {**_model_keys(raw), "seed": raw.get("seed", 0)})
+    builder = _add_ranker(pipe, raw["model"], {**_model_keys(raw), "seed": raw["seed"]})
     _add_arbitrage(builder)
     _add_sft(builder)
     if "dpo" in raw:
@@ -218,6 +222,18 @@ def build_pipeline(raw: dict, source: str | None) -> Pipeline:
     if "evaluate" in raw:
         _add_evaluate(builder)
     return pipe
+
+
+def resolve_pipeline(raw: dict, source: str | None) -> dict:
+    """A pipeline recipe resolved: its keys checked, their defaults filled (PIPELINE_DEFAULTS, `heldout`), the
+    sections as written. A section's own defaults are filled by its stage, whose output keeps its resolved recipe
+    (polyalign_recipe.json): the pipeline hands each stage a section merged with what the pipeline sets, and written
+    out here every section would repeat every key of its stage. Its stages hash as the recipe's do."""
+    _check_keys(raw, source)
+    resolved = {**PIPELINE_DEFAULTS, **raw}
+    resolved.setdefault("heldout", resolved["prompts"])
+    order = [*PIPELINE_KEYS, *SECTIONS]
+    return plain({k: resolved[k] for k in sorted(resolved, key=order.index)})
 
 
 def _check_keys(raw: dict, source: str | None) -> None:
@@ -270,14 +286,9 @@ def _add_arbitrage(b: Builder) -> None:
 def _clusters(raw: dict, source: str | None) -> dict[str, list[str]]:
     try:
         langs = sorted(
-            {
-                r["lang"]
-                for r in load_records(raw["prompts"], "prompt", seed=raw.get("seed", 0), source=source, key="prompts")
-            }
+            {r["lang"] for r in load_records(raw["prompts"], "prompt", seed=raw["seed"], source=source, key="prompts")}
         )
-        clusters, unassigned = make_clusters(
-            langs, raw.get("clusters", "family"), raw.get("shared_languages", DEFAULT_SHARED)
-        )
+        clusters, unassigned = make_clusters(langs, raw["clusters"], raw["shared_languages"])
     except (UnknownLanguage, ValueError) as e:
         raise ConfigError(source, "clusters", str(e)) from None
     if unassigned:

@@ -22,6 +22,7 @@ from align.data import hold_out_by_id, load_records
 from align.models.chat import IGNORE_INDEX, TemplateError, tokenize_chat
 from align.models.loading import cuda_available, load_model, load_tokenizer, lora_config, match_embeddings
 from align.training.keys import (
+    TRAINING_DEFAULTS,
     TrainingArgs,
     TrainingJob,
     build_trl_config,
@@ -45,6 +46,15 @@ class SFTArgs(TrainingArgs):
     eval_dataset: Any = None
     eval_fraction: float | None = None  # without eval_dataset: the share of `dataset` held out by id
 
+    # not a key: polyalign packs unless told not to, counts the tokens seen (the summary's tokens/s), and labels
+    # assistant turns only (its own labels: trl is told not to re-derive them)
+    trl_defaults = {
+        **TRAINING_DEFAULTS,
+        "packing": True,
+        "include_num_input_tokens_seen": "all",
+        "assistant_only_loss": True,
+    }
+
 
 @dataclass
 class SFTJob(TrainingJob):
@@ -63,16 +73,9 @@ def parse_sft_config(raw: dict, source: str | None = None) -> SFTJob:
             source, "packed_attention", f"expected one of {', '.join(LAYOUTS)}, got {args.packed_attention!r}"
         )
     evaluation_keys(args, trl_kwargs, source)
-    # Our labels already mask everything but assistant turns; trl must not re-derive them.
-    assistant_only = trl_kwargs.pop("assistant_only_loss", True)
-    # polyalign packs unless told not to, and counts the tokens seen for the summary's tokens/s.
-    kwargs = {
-        "packing": True,
-        "include_num_input_tokens_seen": "all",
-        **trl_kwargs,
-        "assistant_only_loss": False,
-        "completion_only_loss": False,
-    }
+    kwargs = {**SFTArgs.trl_defaults, **trl_kwargs}
+    assistant_only = kwargs.pop("assistant_only_loss")
+    kwargs |= {"assistant_only_loss": False, "completion_only_loss": False}
     if kwargs["packing"] and kwargs.get("packing_strategy", "bfd") == "wrapped":
         raise ConfigError(
             source,
@@ -87,8 +90,6 @@ def parse_sft_config(raw: dict, source: str | None = None) -> SFTJob:
 def evaluation_keys(args: SFTArgs, trl_kwargs: dict, source: str | None) -> None:
     """With held-out records: evaluate at every save and keep the best checkpoint (trl's keys override); without
     them, an evaluation key is an error now rather than the Trainer's once the model has loaded."""
-    from align.training.keys import TRAINING_DEFAULTS
-
     if args.eval_dataset is not None and args.eval_fraction is not None:
         raise ConfigError(source, "eval_fraction", "give eval_dataset or eval_fraction, not both")
     if args.eval_fraction is not None and not 0 < args.eval_fraction < 1:

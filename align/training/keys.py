@@ -13,6 +13,16 @@ from align.core.errors import ConfigError
 from align.core.io import partial_dir
 from align.models.loading import LoraArgs, ModelArgs
 
+# trl defaults that polyalign changes: never report to a tracker nobody configured, and save checkpoints often
+# enough to resume after a kill.
+TRAINING_DEFAULTS = {
+    "report_to": "none",
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 200,
+    "save_total_limit": 2,
+}
+
 
 @dataclass
 class TrainingArgs(ModelArgs):
@@ -25,6 +35,8 @@ class TrainingArgs(ModelArgs):
     lora: dict | bool | None = None  # true for the defaults, or {r, alpha, dropout, target_modules, ...}
     save_merged: bool = False  # with LoRA: also write the adapter merged into its base under <output_dir>/merged
     keep_checkpoints: bool = False  # keep the trainer's checkpoints in the output (dropped by default)
+
+    trl_defaults = TRAINING_DEFAULTS  # not a key: the trl defaults this stage changes (a resolved recipe holds them)
 
 
 @dataclass
@@ -138,17 +150,6 @@ def check_values(rules, values: dict, source: str | None, prefix: str = "") -> N
             raise ConfigError(source, f"{prefix}{rule.key}", f"{rule.message}, got {value!r}")
 
 
-# trl defaults that polyalign changes: never report to a tracker nobody configured, and save checkpoints often
-# enough to resume after a kill.
-TRAINING_DEFAULTS = {
-    "report_to": "none",
-    "logging_steps": 10,
-    "save_strategy": "steps",
-    "save_steps": 200,
-    "save_total_limit": 2,
-}
-
-
 # report_to's trackers and the package (and polyalign extra) each needs; they stay optional.
 TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
 
@@ -169,7 +170,7 @@ def build_trl_config(trl_cls, kwargs: dict, args, source: str | None):
     several processes work under torchrun / `accelerate launch --multi_gpu`); checkpoints in the partial directory."""
     from align.models.loading import cuda_available
 
-    kwargs = {**TRAINING_DEFAULTS, **kwargs}
+    kwargs = {**type(args).trl_defaults, **kwargs}
     defaults = {f.name: f.default for f in dataclasses.fields(trl_cls) if f.default is not dataclasses.MISSING}
     check_values(TRAINING_RULES, {**defaults, **kwargs}, source)
     check_trackers(kwargs["report_to"], source)

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from align.core.config import resolve_recipe
 from align.core.console import print_rows
 from align.core.lifecycle import StageRun
 from align.core.preemption import Preempted, deferred
@@ -104,7 +105,7 @@ class TrainingStage:
             warn_unsupported_engine(state)
         run = TrainingRun(
             job.args.output_dir,
-            job.raw,
+            resolve_recipe(job.raw, type(job.args), job.source, type(job.training)),
             stage=self.stage,
             overwrite=job.args.overwrite,
             source=job.source,
