@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import shlex
 
-USAGE = "polyalign merge CONFIG.yaml OUTPUT_DIR [--overwrite] [--max-shard-size SIZE] [--seed N] [--quiet]"
+USAGE = (
+    "polyalign merge CONFIG.yaml OUTPUT_DIR [--overwrite] [--max-shard-size SIZE] [--seed N] [--quiet] "
+    "[--report-to TRACKER ...] [--run-name NAME]"
+)
 
 
 def merge_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +26,14 @@ def merge_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for randomised methods (dare_*, della)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--report-to",
+        nargs="+",
+        default=None,
+        metavar="TRACKER",
+        help="log the inputs and their weights to tensorboard, trackio, wandb or mlflow",
+    )
+    parser.add_argument("--run-name", default=None, help="the tracker run's name")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -42,6 +53,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         seed=args.seed,
         progress=not args.quiet,
         command=command_line(args),
+        report_to=args.report_to,
+        run_name=args.run_name,
     )
     print(f"merged {len(spec.inputs())} checkpoints ({spec.method}) into {out}")
     return 0
@@ -59,4 +72,8 @@ def command_line(args: argparse.Namespace) -> str:
         words += ["--seed", str(args.seed)]
     if args.quiet:
         words.append("--quiet")
+    if args.report_to:
+        words += ["--report-to", *args.report_to]
+    if args.run_name:
+        words += ["--run-name", args.run_name]
     return " ".join(shlex.quote(w) for w in words)
