@@ -152,7 +152,12 @@ class _Trackio:
         self.run.log({name: self.trackio.Image(str(path)) for name, path in paths.items()}, step=step)
 
     def close(self) -> None:
-        self.run.finish()
+        """trackio.init makes its run the process's current one (for trackio.log, and for the finish trackio runs
+        again at exit); as transformers' callback does, trackio.finish() closes it and leaves none current."""
+        if self.trackio.context_vars.current_run.get() is self.run:
+            self.trackio.finish()
+        else:  # another run has been made current since: it stays so
+            self.run.finish()
 
 
 class _Wandb:
