@@ -623,9 +623,9 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
         # judge may take longer than a collective's timeout)
     results = measure(args, entries, prompts, answers, run.partial)
     results["seconds"] = {**clock.seconds, **results["seconds"]}
-    for name, meter in meters.items():
-        if meter.answers:  # this process's answering in this run
-            results["models"][name]["answer_throughput"] = meter.as_dict()
+    # wall-clock figures, beside "seconds" and out of the models' measures (which the number of processes leaves
+    # unchanged): this process's answering in this run, per model it answered
+    results["throughput"] = {name: meter.as_dict() for name, meter in meters.items() if meter.answers}
     for name in answers:
         write_jsonl(
             run.partial / "answers" / f"{safe_name(name)}.jsonl",
@@ -679,5 +679,7 @@ def tracked(results: dict) -> dict:
                         bounds
                     ]
         figures[f"eval/{name}/mean_words"] = model["mean_words"]
-        figures[f"eval/{name}/tokens_per_second"] = (model.get("answer_throughput") or {}).get("tokens_per_second")
+        figures[f"eval/{name}/tokens_per_second"] = (
+            (results.get("throughput") or {}).get(name, {}).get("tokens_per_second")
+        )
     return figures
