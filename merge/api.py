@@ -49,6 +49,8 @@ def soup(
     seed: int | None = None,
     progress: bool = True,
     command: str | None = None,
+    report_to=None,
+    run_name: str | None = None,
 ) -> Path:
     """Merge checkpoints into `output_dir` and return its path.
 
@@ -56,6 +58,7 @@ def soup(
     path of a merge YAML. With a list, the keywords describe the merge (`normalize`, `dtype`, `method`, ...); a dict
     or YAML carries its own, and giving them again as keywords is refused rather than silently ignored.
     A path may be a checkpoint directory, an embedded alias (`smollm2-135m`) or a LoRA adapter directory.
+    `report_to` and `run_name` send the inputs and their weights to trackers (align.core.tracking).
     """
     if isinstance(models, (str, os.PathLike)) or isinstance(models, dict):
         given = {
@@ -104,6 +107,8 @@ def soup(
         seed=seed,
         progress=progress,
         command=command or "merge.soup(...) (polyalign Python API)",
+        report_to=report_to,
+        run_name=run_name,
     )
 
 
@@ -116,10 +121,14 @@ def run(
     seed: int | None = None,
     progress: bool = True,
     command: str = "",
+    report_to=None,
+    run_name: str | None = None,
 ) -> Path:
     """Merge a parsed config into `output_dir` (the module docstring's order of work) and return its path."""
     from align.core.lifecycle import StageRun
+    from align.core.tracking import Tracker, check_trackers
 
+    check_trackers(report_to, None)
     # output_dir comes from the command line (or soup's argument), not from the merge config
     stage = StageRun(
         Path(output_dir).expanduser(),
@@ -136,10 +145,27 @@ def run(
     with stage.building():
         _merge_adapters(plan)
         dtype = plan.engine.merge(plan, stage.partial, options)
-        write_record(
+        inputs = write_record(
             plan, stage.partial, title=stage.final.name, engine=plan.engine.label(), dtype=dtype, command=command
         )
+    with Tracker(report_to, run_name, stage.partial) as tracker:
+        tracker.log(tracked(inputs))
     return stage.finish(None, drop=("lora", "mergekit-lora"))
+
+
+def tracked(inputs: list[dict]) -> dict:
+    """What a tracker shows of a merge: each input's weight and share of the soup (a linear merge's), by the input's
+    directory name (its full reference where two names are the same)."""
+    from align.core.io import safe_name
+
+    names = [Path(row["ref"]).name for row in inputs]
+    if len(set(names)) < len(names):
+        names = [safe_name(row["ref"]) for row in inputs]
+    figures = {"merge/inputs": len(inputs)}
+    for name, row in zip(names, inputs):
+        figures[f"merge/{name}/weight"] = row["weight"]
+        figures[f"merge/{name}/share"] = row["share"]
+    return figures
 
 
 def _check_config(spec: MergeSpec) -> None:

@@ -10,7 +10,7 @@ import shlex
 
 USAGE = (
     "polyalign merge CONFIG.yaml OUTPUT_DIR [--overwrite] [--max-shard-size SIZE] [--seed N] [--quiet]"
-    " | polyalign merge CONFIG.yaml --print-config"
+    " [--report-to TRACKER ...] [--run-name NAME] | polyalign merge CONFIG.yaml --print-config"
 )
 
 
@@ -29,6 +29,14 @@ def merge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--print-config", action="store_true", help="print the merge config as polyalign reads it (YAML) and stop"
     )
+    parser.add_argument(
+        "--report-to",
+        nargs="+",
+        default=None,
+        metavar="TRACKER",
+        help="log the inputs and their weights to tensorboard, trackio, wandb or mlflow",
+    )
+    parser.add_argument("--run-name", default=None, help="the tracker run's name")
 
 
 def resolved_merge(args: argparse.Namespace, extra: list[str]) -> dict:
@@ -61,6 +69,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         seed=args.seed,
         progress=not args.quiet,
         command=command_line(args),
+        report_to=args.report_to,
+        run_name=args.run_name,
     )
     print(f"merged {len(spec.inputs())} checkpoints ({spec.method}) into {out}")
     return 0
@@ -78,4 +88,8 @@ def command_line(args: argparse.Namespace) -> str:
         words += ["--seed", str(args.seed)]
     if args.quiet:
         words.append("--quiet")
+    if args.report_to:
+        words += ["--report-to", *args.report_to]
+    if args.run_name:
+        words += ["--run-name", args.run_name]
     return " ".join(shlex.quote(w) for w in words)

@@ -146,8 +146,9 @@ def _template_note(value: str) -> str:
     return f"`{value}`" if "{" not in value else "a custom Jinja template (chat_template.jinja)"
 
 
-def write_record(plan, out: Path, *, title: str, engine: str, dtype: str | None, command: str) -> None:
-    """README.md and merge_config.yaml of a merged model (`plan`: the engines' Plan)."""
+def write_record(plan, out: Path, *, title: str, engine: str, dtype: str | None, command: str) -> list[dict]:
+    """README.md and merge_config.yaml of a merged model (`plan`: the engines' Plan); returns the card's rows of
+    inputs (ref, weight, share, note)."""
     spec = plan.spec
     weights = spec.scalar_weights() if spec.method == "linear" else None
     total = sum(weights) if weights else None
@@ -176,3 +177,4 @@ def write_record(plan, out: Path, *, title: str, engine: str, dtype: str | None,
         config_text=spec.to_yaml(),
     )
     (out / "merge_config.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+    return rows

@@ -409,9 +409,8 @@ def test_stage_recipes_are_valid(path):
 
 
 def test_report_to_at_the_top_reaches_every_training_stage_named_after_the_pipeline(tmp_path, models):
-    """`report_to` once, at the top: every training stage gets it with a run named `<pipeline>/<stage>` (a
-    section's own wins; online's goes to its DPO keys); stages that do not train are untouched, and no stage's hash
-    changes (tracking changes no result, so a finished stage is not rerun for it)."""
+    """`report_to` once, at the top: every stage gets it with a run named `<pipeline>/<stage>` (a section's own wins;
+    online's goes to its DPO keys too), and no stage's hash changes (tracking changes no result, so a finished stage is not rerun for it)."""
     raw = recipe(tmp_path, models)
     plain = build_pipeline(raw, None)
     tracked = build_pipeline({**raw, "report_to": "tensorboard"}, None)
@@ -422,4 +421,5 @@ def test_report_to_at_the_top_reaches_every_training_stage_named_after_the_pipel
     own = build_pipeline({**raw, "report_to": "tensorboard", "sft": {**raw["sft"], "run_name": "mine"}}, None)
     assert {s.name: s.cfg for s in own.stages if s.cfg is not None}["sft/Germanic"]["run_name"] == "mine"
     assert cfgs["online"]["dpo"]["report_to"] == "tensorboard" and cfgs["online"]["dpo"]["run_name"] == "tiny/online"
-    assert "report_to" not in cfgs["arbitrage"] and "report_to" not in cfgs["evaluate"]
+    assert cfgs["online"]["run_name"] == "tiny/online" and cfgs["arbitrage"]["run_name"] == "tiny/arbitrage"
+    assert cfgs["evaluate"]["report_to"] == "tensorboard" and cfgs["evaluate"]["run_name"] == "tiny/evaluate"

@@ -24,7 +24,7 @@ from test_pipeline import models, recipe  # noqa: F401  (the module's fixture)
 
 pytestmark = pytest.mark.slow
 KILLS = 3
-TIMING = ("seconds", "runtime", "per_second", "elapsed", "wall", "timed_")
+TIMING = ("seconds", "runtime", "per_second", "elapsed", "wall", "timed_", "throughput")
 
 
 def run(recipe_path: Path, kill_after: float | None = None) -> int | None:

@@ -98,8 +98,8 @@ def echo_choice(prompt: dict, texts: Sequence[str], scores: Sequence[float], min
 
 
 def pair_statistics(pairs: Sequence[dict]) -> dict:
-    """What a set of preference pairs teaches, at a glance: how many per language, the ranker's mean margin, the
-    lengths in words and the share of echoes (align.data.echo) on each side."""
+    """What a set of preference pairs teaches, at a glance: how many per language, the ranker's mean scores of each
+    side and their margin, the lengths in words and the share of echoes (align.data.echo) on each side."""
     import statistics
 
     from align.data.echo import is_echo
@@ -111,15 +111,18 @@ def pair_statistics(pairs: Sequence[dict]) -> dict:
         return {"pairs": 0}
     chosen = [text(p["chosen"]) for p in pairs]
     rejected = [text(p["rejected"]) for p in pairs]
-    margins = [
-        p["chosen_score"] - p["rejected_score"]
+    scored = [
+        (p["chosen_score"], p["rejected_score"])
         for p in pairs
         if p.get("chosen_score") is not None and p.get("rejected_score") is not None
     ]
+    margins = [c - r for c, r in scored]
     return {
         "pairs": len(pairs),
         "per_language": dict(sorted(Counter(p.get("lang") or "?" for p in pairs).items())),
         "mean_margin": round(statistics.fmean(margins), 4) if margins else None,
+        "chosen_mean_score": round(statistics.fmean(c for c, _ in scored), 4) if scored else None,
+        "rejected_mean_score": round(statistics.fmean(r for _, r in scored), 4) if scored else None,
         "chosen_mean_words": round(statistics.fmean(len(t.split()) for t in chosen), 2),
         "rejected_mean_words": round(statistics.fmean(len(t.split()) for t in rejected), 2),
         "chosen_echo_share": round(sum(is_echo(t, p["prompt"]) for t, p in zip(chosen, pairs)) / len(pairs), 4),

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import logging
+import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,26 @@ class GenerationArgs(DecodingArgs):
         if self.num_samples < 1:
             raise ConfigError(None, "num_samples", f"must be at least 1, got {self.num_samples}")
         super().__post_init__()
+
+
+@dataclass
+class Throughput:
+    """New tokens, answers and wall seconds of the generation one process ran in this run (answers a killed run left
+    in the log count nothing): the tokens/s a tracker shows. Tokens are counted where the backend counts them
+    (transformers, vLLM; an API endpoint does not)."""
+
+    tokens: int | None = 0
+    answers: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        rate = self.tokens / self.seconds if self.tokens is not None and self.seconds else None
+        return {
+            "tokens": self.tokens,
+            "answers": self.answers,
+            "seconds": round(self.seconds, 3),
+            "tokens_per_second": None if rate is None else round(rate, 2),
+        }
 
 
 class Backend(Protocol):
@@ -292,6 +313,7 @@ class VLLMBackend:
         from vllm import LLM
 
         self.adapter = adapter
+        self.generated_tokens = 0  # new tokens, as TransformersBackend counts them
         gpus = engine_gpus(
             int(os.environ.get("LOCAL_RANK", 0)),
             int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
@@ -329,6 +351,7 @@ class VLLMBackend:
             seed=seed,
         )
         outputs = self.llm.chat(prompts, params, use_tqdm=False, lora_request=lora)
+        self.generated_tokens += sum(len(c.token_ids) for out in outputs for c in out.outputs)
         return [[c.text.strip() for c in out.outputs] for out in outputs]
 
 
@@ -476,6 +499,7 @@ def generate_logged(
     desc: str = "Generating",
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
+    meter: Throughput | None = None,
 ) -> list[dict]:
     """The one generation primitive of the stages: answer `prompts` into the append log at `path`, one flushed
     record per prompt, `{"index": key, **extra(i), "completions": [...]}`, and return the log's records in input order.
@@ -484,12 +508,14 @@ def generate_logged(
     `load()` (→ backend, tokenizer) is called only when something is left to answer. Batches are planned over every
     prompt, done or not, so a cut batch is regenerated exactly as the uninterrupted run would have made it. With
     `shard` (rank, processes) this process answers its share of the batches (iter_batches) and returns its own.
+    `meter` adds what this call generates (loading the model aside) to a Throughput.
     """
     keys = list(range(len(prompts))) if keys is None else list(keys)
     with AppendLog(path, key=lambda r: r["index"]) as log_file:
         finished = log_file.done | set(done)
         if any(k not in finished for k in keys):
             backend, tokenizer = load()
+            tokens_before, began, answered = getattr(backend, "generated_tokens", None), time.perf_counter(), 0
             for chunk in iter_batches(
                 backend,
                 tokenizer,
@@ -502,6 +528,15 @@ def generate_logged(
             ):
                 for i, completions in chunk:
                     log_file.append({"index": keys[i], **(extra(i) if extra else {}), "completions": completions})
+                answered += sum(len(c) for _, c in chunk)
+            if meter is not None:
+                meter.seconds += time.perf_counter() - began
+                meter.answers += answered
+                meter.tokens = (
+                    None
+                    if tokens_before is None or meter.tokens is None
+                    else meter.tokens + backend.generated_tokens - tokens_before
+                )
             del backend, tokenizer
             release_memory()
         by_key = {r["index"]: r for r in log_file.records}
@@ -521,6 +556,7 @@ def generate_sharded(
     keys: Sequence[Hashable] | None = None,
     extra: Callable[[int], dict] | None = None,
     desc: str = "Generating",
+    meter: Throughput | None = None,
 ) -> list[dict]:
     """`generate_logged` on one or several processes: each answers its share of the batches into its own log
     (align.core.io.shard_log), the main process joins them into `<stem>.jsonl`, and every process returns all records in
@@ -538,6 +574,7 @@ def generate_sharded(
         desc=desc,
         progress=rank == 0,
         shard=(rank, processes),
+        meter=meter,
     )
     barrier()
     if rank == 0:

@@ -23,11 +23,19 @@ from align.core.console import print_table
 from align.core.errors import ConfigError
 from align.core.io import AppendLog, read_logs, save_figure, write_json, write_jsonl
 from align.core.lifecycle import StageRun
+from align.core.tracking import Tracker, TrackingArgs
 from align.data import load_records
 from align.data.echo import is_echo
 from align.data.languages import UnknownLanguage, normalize_lang
 from align.data.pairs import echo_choice, echo_pair, pair_statistics, preference_record
-from align.generation.generate import DecodingArgs, check_models, choose_backend, generate_logged, load_backend
+from align.generation.generate import (
+    DecodingArgs,
+    Throughput,
+    check_models,
+    choose_backend,
+    generate_logged,
+    load_backend,
+)
 from align.models.loading import LoadingArgs, process_state, release_memory
 from reward.spec import RankerSpec, parse_ranker
 
@@ -52,8 +60,9 @@ class TeacherSpec:
 
 
 @dataclass
-class ArbitrageArgs(LoadingArgs, DecodingArgs):
-    """Arbitrage's own keys; the generation keys (defaults for every teacher) and model-loading keys are shared."""
+class ArbitrageArgs(LoadingArgs, DecodingArgs, TrackingArgs):
+    """Arbitrage's own keys; the generation keys (defaults for every teacher), model-loading and tracking keys are
+    shared."""
 
     prompts: Any = None  # required: the prompts every teacher answers (any prompt-capable format)
     output_dir: str | None = None  # required: where candidates, sft, pairs and routing go
@@ -191,11 +200,13 @@ def load_teacher(job: ArbitrageJob, teacher: TeacherSpec, backend: str, api_log:
 
 def generate_candidates(
     job: ArbitrageJob, prompts: list[dict], partial: Path, rank: int, processes: int, is_main: bool
-) -> None:
+) -> dict[str, Throughput]:
     """Every teacher's answers, each process writing its own log: a model teacher's batches are planned over every
     prompt it serves and dealt out to the processes (align.generation.generate.iter_batches), so that the completions are those of
-    one process; a file teacher's records are dealt out by prompt."""
+    one process; a file teacher's records are dealt out by prompt. Returns this process's throughput per teacher
+    that generated in this run."""
     backend = choose_backend(job.args.backend)
+    meters: dict[str, Throughput] = {}
     for t, teacher in enumerate(job.teachers):
         done = {r["index"] for r in read_logs(partial, f"generations.{t}.*.jsonl")}
         eligible = [i for i in range(len(prompts)) if serves(teacher, prompts[i]["lang"])]
@@ -222,7 +233,9 @@ def generate_candidates(
             desc=f"Generating ({teacher.name})",
             progress=is_main,
             shard=(rank, processes),
+            meter=meters.setdefault(teacher.name, Throughput()),
         )
+    return {name: meter for name, meter in meters.items() if meter.answers}
 
 
 # ------------------------------------------------------------------------------------------------ ranking
@@ -274,13 +287,16 @@ def score_candidates(
 # ------------------------------------------------------------------------------------------------ outputs
 
 
-def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dict, dict]:
+def assemble(
+    job: ArbitrageJob, prompts: list[dict], partial: Path, throughput: dict[str, Throughput] | None = None
+) -> tuple[dict, dict]:
     """Join every process's logs in input order and write the stage's files into `partial`."""
     candidates = candidates_by_prompt(job, partial)
     scores = {r["index"]: r["scores"] for r in read_logs(partial, "scores.*.jsonl")}
     candidate_rows, sft_rows, pair_rows = [], [], []
     wins: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    margins: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     dropped: Counter = Counter()
     for i, prompt in enumerate(prompts):
         group = candidates.get(i, [])
@@ -330,6 +346,7 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
         if choice.dropped:
             dropped[choice.dropped] += 1
             continue
+        margins[lang][best_by].append(group_scores[choice.best] - group_scores[choice.worst])
         pair_rows.append(
             preference_record(
                 prompt,
@@ -342,7 +359,7 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
                 rejected_by=worst_by,
             )
         )
-    routing = routing_table(job, prompts, wins, sums)
+    routing = routing_table(job, prompts, wins, sums, margins)
     write_jsonl(partial / "candidates.jsonl", candidate_rows)
     write_jsonl(partial / "sft.jsonl", sft_rows)
     write_jsonl(partial / "pairs.jsonl", pair_rows)
@@ -368,12 +385,14 @@ def assemble(job: ArbitrageJob, prompts: list[dict], partial: Path) -> tuple[dic
         "prompts_no_teacher_serves": dropped["no_teacher_serves"],
         "min_margin": job.args.min_margin,
         "teachers": [t.name for t in job.teachers],
+        "throughput": {name: meter.as_dict() for name, meter in (throughput or {}).items()},
     }
     return metrics, routing
 
 
-def routing_table(job: ArbitrageJob, prompts: list[dict], wins, sums) -> dict:
-    """Per language (and overall): each teacher's share of wins and mean score."""
+def routing_table(job: ArbitrageJob, prompts: list[dict], wins, sums, margins) -> dict:
+    """Per language (and overall): each teacher's share of wins, mean score, and mean margin over the worst answer
+    of the pairs it won."""
     langs = sorted({p["lang"] for p in prompts})
     table = {}
     for lang in [*langs, "all"]:
@@ -383,10 +402,12 @@ def routing_table(job: ArbitrageJob, prompts: list[dict], wins, sums) -> dict:
             name = teacher.name
             won = wins[lang][name] if lang != "all" else sum(wins[l][name] for l in langs)
             scores = sums[lang][name] if lang != "all" else [s for l in langs for s in sums[l][name]]
+            won_by = margins[lang][name] if lang != "all" else [m for l in langs for m in margins[l][name]]
             row[name] = {
                 "wins": won,
                 "share": round(won / routed, 4) if routed else 0.0,
                 "mean_score": round(sum(scores) / len(scores), 4) if scores else None,
+                "mean_margin": round(sum(won_by) / len(won_by), 4) if won_by else None,
                 "candidates": len(scores),
             }
         table[lang] = {"prompts": routed, "teachers": row}
@@ -413,6 +434,23 @@ def plot_routing(routing: dict, path: Path) -> None:
     ax.set_title("Arbitrage routing: which teacher the ranker picked, per language")
     ax.legend(fontsize="small")
     save_figure(fig, path)
+
+
+def tracked(routing: dict, metrics: dict) -> dict:
+    """What a tracker shows of a finished arbitrage: per language and teacher the share of wins, mean reward and
+    margin; per teacher tokens/s; the records and pairs kept."""
+    figures = {
+        f"arbitrage/{lang}/{teacher}/{key}": row[key]
+        for lang, by_teacher in routing.items()
+        for teacher, row in by_teacher["teachers"].items()
+        for key in ("share", "mean_score", "mean_margin")
+    }
+    for teacher, meter in metrics["throughput"].items():
+        figures[f"arbitrage/{teacher}/tokens_per_second"] = meter["tokens_per_second"]
+    for key in ("sft_records", "pairs", "pairs_below_margin", "candidate_echo_share"):
+        figures[f"arbitrage/{key}"] = metrics[key]
+    figures["arbitrage/mean_margin"] = metrics["pair_statistics"].get("mean_margin")
+    return figures
 
 
 def print_summary(routing: dict, metrics: dict, final: Path) -> None:
@@ -468,12 +506,15 @@ def run_arbitrage(raw: dict, source: str | None = None) -> Path:
             flush=True,
         )
     rank, processes = state.process_index, state.num_processes
-    generate_candidates(job, prompts, run.partial, rank, processes, state.is_main_process)
+    throughput = generate_candidates(job, prompts, run.partial, rank, processes, state.is_main_process)
     state.wait_for_everyone()
     score_candidates(job, prompts, run.partial, rank, processes, state.is_main_process)
     state.wait_for_everyone()
     if state.is_main_process:
-        metrics, routing = assemble(job, prompts, run.partial)
+        metrics, routing = assemble(job, prompts, run.partial, throughput)
+        with Tracker(job.args.report_to, job.args.run_name, run.partial) as tracker:
+            tracker.log(tracked(routing, metrics))
+            tracker.images({"arbitrage/routing": run.partial / "routing.png"})
         run.finish(metrics, drop=("generations.*.jsonl", "scores.*.jsonl", "api.*"))
         print_summary(routing, metrics, run.final)
     state.wait_for_everyone()

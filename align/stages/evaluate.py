@@ -32,13 +32,21 @@ from align.core.io import safe_name, write_jsonl
 from align.core.lifecycle import StageRun
 from align.core.stats import mean_interval, statistic_interval, within_noise
 from align.core.timing import Stopwatch
+from align.core.tracking import Tracker, TrackingArgs
 from align.data import load_records
 from align.data.echo import RULE as ECHO_RULE
 from align.data.echo import echo_flags, is_echo, prompt_text
 from align.data.pairs import outcome_of_scores, outcome_of_winner, tally_with_rates
 from align.evaluation.chrf import chrf_score, chrf_statistics
 from align.evaluation.fidelity import fidelity_flags
-from align.generation.generate import DecodingArgs, choose_backend, generate_logged, generate_sharded, load_backend
+from align.generation.generate import (
+    DecodingArgs,
+    Throughput,
+    choose_backend,
+    generate_logged,
+    generate_sharded,
+    load_backend,
+)
 from align.models.loading import LoadingArgs
 from reward.rules import score_in_languages
 from reward.spec import describe_ranker, parse_ranker
@@ -49,8 +57,8 @@ ECHO = "echo"  # the control row: each prompt as its own answer
 
 
 @dataclass
-class EvaluateArgs(LoadingArgs, DecodingArgs):
-    """Evaluation's own keys; the generation keys (greedy by default) and model-loading keys are shared."""
+class EvaluateArgs(LoadingArgs, DecodingArgs, TrackingArgs):
+    """Evaluation's own keys; the generation keys (greedy by default), model-loading and tracking keys are shared."""
 
     models: Any = None  # {name: checkpoint or answers JSONL} in report order, or a list of them (named by path)
     baseline: str | None = None  # a name in `models` (default: the first)
@@ -152,10 +160,13 @@ def _grader_spec(value: dict, source: str | None, backend: str) -> dict:
 # ------------------------------------------------------------------------------------------------ answers
 
 
-def answer(args: EvaluateArgs, entry: Entry, prompts: list[dict], directory: Path, state) -> list[str]:
+def answer(
+    args: EvaluateArgs, entry: Entry, prompts: list[dict], directory: Path, state, meter: Throughput | None = None
+) -> list[str]:
     """Greedy answers of one model, streamed into logs keyed by the model and the generation settings that produce
     them (a log is never read back for another model or setting), and resumed from them; or the entry's answers
-    file. Under several processes (`state`, accelerate's) each answers its share of the batches."""
+    file. Under several processes (`state`, accelerate's) each answers its share of the batches; `meter` gets this
+    process's throughput."""
     if entry.answers:
         return read_answers(entry.answers, prompts)
     gen = args.generation()
@@ -170,6 +181,7 @@ def answer(args: EvaluateArgs, entry: Entry, prompts: list[dict], directory: Pat
         processes=state.num_processes,
         barrier=state.wait_for_everyone,
         desc=f"Answering ({entry.name})",
+        meter=meter,
     )
     return [r["completions"][0] for r in records]
 
@@ -603,10 +615,11 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
 
         args.tasks = resolve_tasks(args.benchmarks, source)
     run.prepare_shared(state)
-    clock = Stopwatch()
+    clock, meters = Stopwatch(), {e.name: Throughput() for e in entries}
     with clock("answers"):
         answers = {
-            e.name: answers.get(e.name) or answer(args, e, prompts, run.partial / "generations", state) for e in entries
+            e.name: answers.get(e.name) or answer(args, e, prompts, run.partial / "generations", state, meters[e.name])
+            for e in entries
         }
     if control is not None:
         answers[ECHO] = control
@@ -615,6 +628,9 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
         # judge may take longer than a collective's timeout)
     results = measure(args, entries, prompts, answers, run.partial)
     results["seconds"] = {**clock.seconds, **results["seconds"]}
+    # wall-clock figures, beside "seconds" and out of the models' measures (which the number of processes leaves
+    # unchanged): this process's answering in this run, per model it answered
+    results["throughput"] = {name: meter.as_dict() for name, meter in meters.items() if meter.answers}
     for name in answers:
         write_jsonl(
             run.partial / "answers" / f"{safe_name(name)}.jsonl",
@@ -634,6 +650,41 @@ def run_evaluate(raw: dict, source: str | None = None) -> Path:
         run.partial,
         judges=(describe_ranker(results.get("judged_by")), describe_ranker(results.get("graded_by"))),
     )
+    with Tracker(args.report_to, args.run_name, run.partial) as tracker:
+        tracker.log(tracked(results))
+        tracker.images({f"eval/{chart.stem}": chart for chart in sorted(run.partial.glob("*.png"))})
     run.finish(results, drop=("generations", "benchmarks", "api"))
     print_summary(results, run.final)
     return run.final
+
+
+# The per-language figures a tracker shows, as (tracker name, where in metrics.json, the value's key, its interval's)
+TRACKED = (
+    ("win_rate_vs_baseline", lambda r, n: r["models"][n].get("vs_baseline"), "win_rate", "interval"),
+    ("language_fidelity", lambda r, n: r["language_fidelity"].get(n), "pass_rate", "pass_rate_interval"),
+    ("chrf", lambda r, n: r["models"][n].get("chrf++"), "score", "interval"),
+    ("echo_free_chrf", lambda r, n: r["models"][n].get("echo_free_chrf++"), "score", "interval"),
+    ("echo_rate", lambda r, n: r["models"][n].get("echo_rate"), "mean", "interval"),
+    ("grade", lambda r, n: (r.get("grades") or {}).get(n), "mean", "interval"),
+)
+
+
+def tracked(results: dict) -> dict:
+    """What a tracker shows of an evaluation, per model (echo control included) and language: each score with the
+    bounds of its 95% interval (`<name>/<lang>`, `.../low`, `.../high`), language fidelity, words and tokens/s."""
+    figures = {}
+    for name, model in results["models"].items():
+        for metric, table_of, key, bounds in TRACKED:
+            for lang, row in (table_of(results, name) or {}).items():
+                if not isinstance(row, dict) or key not in row:
+                    continue
+                figures[f"eval/{name}/{metric}/{lang}"] = row[key]
+                if row.get(bounds):
+                    figures[f"eval/{name}/{metric}/{lang}/low"], figures[f"eval/{name}/{metric}/{lang}/high"] = row[
+                        bounds
+                    ]
+        figures[f"eval/{name}/mean_words"] = model["mean_words"]
+        figures[f"eval/{name}/tokens_per_second"] = (
+            (results.get("throughput") or {}).get(name, {}).get("tokens_per_second")
+        )
+    return figures

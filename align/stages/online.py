@@ -36,6 +36,7 @@ from align.core.errors import ConfigError
 from align.core.io import AppendLog, join_logs, read_logs, safe_name, save_figure, shard_log, write_json, write_jsonl
 from align.core.lifecycle import StageRun, published
 from align.core.timing import Stopwatch
+from align.core.tracking import Tracker, TrackingArgs
 from align.data import hold_out_by_id, load_records
 from align.data.echo import is_echo
 from align.data.pairs import (
@@ -46,7 +47,14 @@ from align.data.pairs import (
     preference_record,
     tally_with_rates,
 )
-from align.generation.generate import DecodingArgs, GenerationArgs, choose_backend, generate_sharded, load_backend
+from align.generation.generate import (
+    DecodingArgs,
+    GenerationArgs,
+    Throughput,
+    choose_backend,
+    generate_sharded,
+    load_backend,
+)
 from align.models.embedded import DEFAULT_MODEL
 from align.models.loading import LoadingArgs, release_memory
 from reward.rules import rank_in_languages, score_in_languages
@@ -59,8 +67,9 @@ BARRIER_TIMEOUT = timedelta(hours=3)
 
 
 @dataclass
-class IterateArgs(LoadingArgs, DecodingArgs):
-    """The loop's own keys; the sampling keys and model-loading keys are shared with every generating stage."""
+class IterateArgs(LoadingArgs, DecodingArgs, TrackingArgs):
+    """The loop's own keys; the sampling, model-loading and tracking keys are shared with other stages (each
+    iteration's DPO reports where `report_to` says unless `dpo` sets its own)."""
 
     model: str = DEFAULT_MODEL  # the starting policy, usually the SFT (or offline-DPO) model
     prompts: Any = None  # required: the prompts to sample from (any prompt-capable format)
@@ -132,6 +141,9 @@ def parse_iterate_config(raw: dict, source: str | None = None, *, ranker_given: 
     for key in ("model", "output_dir", "dataset", "beta", "ref_model"):
         if key in args.dpo:
             raise ConfigError(source, f"dpo.{key}", "set by the loop itself; remove it from dpo")
+    for key in ("report_to", "run_name"):  # the loop's tracking reaches its training too
+        if getattr(args, key) is not None:
+            args.dpo = {key: getattr(args, key), **args.dpo}
     parse_dpo_config({**args.dpo, "dataset": "-", "output_dir": "-"}, source)  # DPOConfig fields, checked now
     return args
 
@@ -194,7 +206,14 @@ class Loop:
         )
 
     def generate(
-        self, policy: str, prompts: list[dict], directory: Path, stem: str, args: GenerationArgs, desc: str
+        self,
+        policy: str,
+        prompts: list[dict],
+        directory: Path,
+        stem: str,
+        args: GenerationArgs,
+        desc: str,
+        meter: Throughput | None = None,
     ) -> list[dict]:
         """Answers of `policy` to `prompts`, streamed into `<directory>/<stem>.jsonl` and resumed from it."""
 
@@ -216,6 +235,7 @@ class Loop:
             barrier=self.barrier,
             desc=desc,
             extra=lambda j: {"id": prompts[j]["id"], "lang": prompts[j]["lang"]},
+            meter=meter,
         )
 
     def score(
@@ -289,9 +309,9 @@ class Loop:
         if self.main:
             print(f"\nIteration {i}/{args.iterations}: sampling {args.samples} per prompt from {policy}", flush=True)
         sampling = args.generation(seed=args.seed * 1000 + i, num_samples=args.samples)
-        clock = Stopwatch()
+        clock, meter = Stopwatch(), Throughput()
         with clock("sampling"):
-            samples = self.generate(policy, train, directory, "samples", sampling, f"Sampling (iter {i})")
+            samples = self.generate(policy, train, directory, "samples", sampling, f"Sampling (iter {i})", meter)
         with clock("scoring"):
             scores = self.score(train, samples, directory)
         pairs = build_pairs(train, samples, scores, args.min_margin, args.echo_pairs)  # the same on every process
@@ -325,6 +345,7 @@ class Loop:
                 i, train, samples, scores, pairs, current, previous_heldout, outcomes, training, final, args
             )
             metrics["seconds"] = clock.seconds  # this process's time per step (steps done before a resume count 0)
+            metrics["sampling_throughput"] = meter.as_dict()  # this process's sampling in this run
             write_json(metrics_path, published(metrics))
         self.release_ranker()
         self.barrier()
@@ -457,6 +478,28 @@ def build_pairs(
     return pairs
 
 
+def tracked(metrics: dict) -> dict:
+    """What a tracker shows of one iteration: sample and pair rewards (chosen, rejected, margin), lengths, pairs kept,
+    held-out reward and win-rate against the previous policy, and sampling tokens/s."""
+    pairs = metrics["pair_statistics"]
+    figures = {
+        "online/sample_reward_mean": metrics["sample_reward_mean"],
+        "online/sample_reward_std": metrics["sample_reward_std"],
+        "online/sample_mean_words": metrics["sample_mean_words"],
+        "online/pairs": metrics["pairs"],
+        "online/chosen_reward_mean": pairs.get("chosen_mean_score"),
+        "online/rejected_reward_mean": pairs.get("rejected_mean_score"),
+        "online/margin_mean": pairs.get("mean_margin"),
+        "online/chosen_mean_words": pairs.get("chosen_mean_words"),
+        "online/rejected_mean_words": pairs.get("rejected_mean_words"),
+        "online/sampling_tokens_per_second": (metrics.get("sampling_throughput") or {}).get("tokens_per_second"),
+    }
+    for key in ("heldout_reward_mean", "heldout_mean_words", "length_growth"):
+        figures[f"online/{key}"] = metrics.get(key)
+    figures["online/heldout_win_rate"] = (metrics.get("vs_previous") or {}).get("win_rate")
+    return figures
+
+
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return round(statistics.fmean(values), 4) if values else None
@@ -567,6 +610,13 @@ def run_iterate(raw: dict, source: str | None = None, *, ranker=None) -> Path:
         )
     summary = Loop(args, run.partial, source, state, ranker=ranker).run_all(train, heldout)
     if state.is_main_process:
+        # Logged once the loop is done: each iteration's DPO opens tracker runs of its own, and trackio and wandb
+        # keep one current run per process.
+        with Tracker(args.report_to, args.run_name, run.partial) as tracker:
+            tracker.log({f"online/{k}": v for k, v in summary["start"].items()}, step=0)
+            for metrics in summary["iterations"]:
+                tracker.log(tracked(metrics), step=metrics["iteration"])
+            tracker.images({"online/iterations": run.partial / "iterations.png"})
         run.finish(summary)
         print_table(summary)
     state.wait_for_everyone()

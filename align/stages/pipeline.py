@@ -51,7 +51,7 @@ PIPELINE_KEYS = {
     "attn_implementation": "model loading for every stage: auto, or a transformers attention backend",
     "trust_remote_code": "model loading for every stage: run a model repository's own code",
     "launch": "accelerate launch options for every stage (a section's own `launch` wins; false: in this process)",
-    "report_to": "trackers for every training stage (tensorboard, trackio, wandb, mlflow), runs named <name>/<stage>",
+    "report_to": "trackers for every stage (tensorboard, trackio, wandb, mlflow), runs named <name>/<stage>",
 }
 # The pipeline keys' defaults (a resolved recipe writes them out); `heldout` defaults to `prompts`, and the model
 # keys (dtype, ...) to each stage's own.
@@ -67,8 +67,8 @@ SECTIONS = {
     "evaluate": "evaluation of every stage (polyalign evaluate); unmerged: true adds each cluster model",
 }
 TOP_KEYS = {*PIPELINE_KEYS, *SECTIONS}
-# The sections that train, which `report_to` at the top of a recipe reaches.
-TRACKED_SECTIONS = ("reward", "sft", "dpo", "online")
+# The sections that `report_to` at the top of a recipe reaches (the merges too: `_add_merge`).
+TRACKED_SECTIONS = ("reward", "arbitrage", "sft", "dpo", "online", "evaluate")
 MODEL_KEYS = ("dtype", "attn_implementation", "trust_remote_code")
 # The `polyalign` subcommand of each stage function: what `launch` starts under accelerate.
 COMMAND_OF = {
@@ -148,14 +148,18 @@ class Pipeline:
 
 
 def _tracked(raw: dict, section: str, stage: str, cfg: dict) -> dict:
-    """`report_to` at the top of a recipe reaches every training stage (a section's own wins), each run named
+    """`report_to` at the top of a recipe reaches every stage (a section's own wins), each run named
     `<pipeline>/<stage>` so that a pipeline's runs group and two pipelines compare in the tracker."""
     if "report_to" not in raw or section not in TRACKED_SECTIONS:
         return cfg
-    keys = {"report_to": raw["report_to"], "run_name": f"{raw.get('name', 'pipeline')}/{stage}"}
-    if section == "online":  # its training keys are DPO's, under `dpo`
-        return {**cfg, "dpo": {**keys, **(cfg.get("dpo") or {})}}
+    keys = _tracking(raw, stage)
+    if section == "online":  # the loop's own figures, and its training's keys under `dpo`
+        return {**keys, **cfg, "dpo": {**keys, **(cfg.get("dpo") or {})}}
     return {**keys, **cfg}
+
+
+def _tracking(raw: dict, stage: str) -> dict:
+    return {"report_to": raw["report_to"], "run_name": f"{raw.get('name', 'pipeline')}/{stage}"}
 
 
 def _section(raw: dict, key: str, source: str | None) -> dict:
@@ -442,11 +446,12 @@ def _add_merge(b: Builder, name: str, out: Path, dirs: dict[str, Path], reads: l
     )
     models = [(str(path), weights[c]) for c, path in dirs.items()]
     cfg = {"models": models, "dtype": section.get("dtype")}
+    tracking = _tracking(b.raw, name) if "report_to" in b.raw else {}  # not hashed: tracking changes no result
 
     def run():
         from merge import soup
 
-        soup(models, out, dtype=section.get("dtype"), command="polyalign run (pipeline merge)")
+        soup(models, out, dtype=section.get("dtype"), command="polyalign run (pipeline merge)", **tracking)
 
     b.pipe.add(name, out, reads, cfg, run)
 

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from align.core.config import build_dataclass, require, split_known
 from align.core.errors import ConfigError
 from align.core.io import partial_dir
+from align.core.tracking import check_trackers
 from align.models.loading import LoraArgs, ModelArgs
 
 # trl defaults that polyalign changes: never report to a tracker nobody configured, and save checkpoints often
@@ -148,20 +149,6 @@ def check_values(rules, values: dict, source: str | None, prefix: str = "") -> N
         value = values.get(rule.key)
         if value is not None and rule.when(values) and not rule.test(value):
             raise ConfigError(source, f"{prefix}{rule.key}", f"{rule.message}, got {value!r}")
-
-
-# report_to's trackers and the package (and polyalign extra) each needs; they stay optional.
-TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
-
-
-def check_trackers(report_to, source: str | None, key: str = "report_to") -> None:
-    """A tracker whose package is missing is one line naming the extra, not a traceback from inside the trainer."""
-    import importlib.util
-
-    for name in [report_to] if isinstance(report_to, str) else list(report_to or []):
-        package = TRACKERS.get(name)
-        if package is not None and importlib.util.find_spec(package) is None:
-            raise ConfigError(source, key, f"{name} is not installed: pip install 'polyalign[{name}]'")
 
 
 def build_trl_config(trl_cls, kwargs: dict, args, source: str | None):
