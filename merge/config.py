@@ -4,6 +4,8 @@ Nothing here opens a model: checkpoints are resolved and compared in `merge.inpu
 (`merge_method`, `models[].model`, `models[].parameters.weight`, `base_model`, `parameters`, `dtype`, `out_dtype`,
 `tokenizer_source`, `tokenizer`, `chat_template`, `slices`, `modules`), so a config runs unchanged under
 `mergekit-yaml`; polyalign is stricter only in refusing what mergekit would silently ignore or fail on late.
+
+One module over 400 lines: one short check per mergekit key, so that a bad file fails before any model opens.
 """
 
 from __future__ import annotations

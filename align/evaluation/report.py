@@ -1,5 +1,8 @@
 """The evaluation's report: `report.md` (per stage and per language, every figure with its 95% interval, differences
-inside their interval marked as within noise) and its charts, from the metrics.json that align.stages.evaluate writes."""
+inside their interval marked as within noise) and its charts, from the metrics.json that align.stages.evaluate writes.
+
+One module over 400 lines: the tables and the charts read the same measures and share their formatting
+(intervals, within-noise marks, model order)."""
 
 from __future__ import annotations
 

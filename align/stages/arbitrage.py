@@ -8,6 +8,8 @@ kill stopped it, with nothing lost or repeated. Under `accelerate launch` prompt
 joined back in input order. The output directory appears, complete, only at the end:
 
     candidates.jsonl  sft.jsonl  pairs.jsonl  routing.json  routing.png  metrics.json
+
+One module over 400 lines: the teachers' answers, the ranking and the picks share one prompt plan and one resume log.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ stopped. The output directory appears, complete, at the end:
 
     pairs.jsonl (canonical preference records: prompt, chosen, rejected, lang, chosen_by, rejected_by, provenance)
     metrics.json  polyalign_recipe.json
+
+One module over 400 lines: the four phases share one cache of loaded models and one resume log.
 """
 
 from __future__ import annotations
