@@ -1,4 +1,6 @@
-"""Reward models for polyalign: Bradley-Terry training, ranking and LLM-as-judge."""
+"""Reward models for polyalign: Bradley-Terry training, ranking and LLM-as-judge, the rule rankers (language, echo)
+and `load_ranker`, where arbitrage, online DPO and evaluation build their ranker. A layer beside merge/, below the
+stages: it may import align's training, evaluation, generation, data, models and core, never align.stages."""
 
 
 def load_ranker(spec: dict, model_args=None, *, log_dir=None):
