@@ -12,11 +12,12 @@ import yaml
 from conftest import scaled_teacher, write_jsonl
 
 from align.cli import main
-from align.core.config import config_hash
+from align.core.config import recipe_hash, resolve_recipe
+from align.core.lifecycle import HASH_MARKER
 from align.data import load_records
 from align.generation.generate import GenerationArgs, generate
 from align.models.loading import ModelArgs, load_model, load_tokenizer
-from align.stages.contrast import build_pairs, parse_contrast_config, translation_request
+from align.stages.contrast import ContrastArgs, build_pairs, parse_contrast_config, translation_request
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -145,7 +146,9 @@ def test_a_resumed_run_keeps_what_was_written(tmp_path, tiny):
     raw = yaml.safe_load(path.read_text())
     partial = tmp_path / ".contrast.partial"
     partial.mkdir()
-    (partial / "polyalign_config_hash").write_text(config_hash(raw))
+    (partial / HASH_MARKER).write_text(
+        recipe_hash(resolve_recipe(raw, ContrastArgs, str(path)))
+    )  # as the stage marks it
     # A killed run had answered the first prompt with the strong model (and half-written the next line).
     (partial / "chosen.jsonl").write_text(
         json.dumps({"index": "0", "completions": ["Paris, bien sûr."]}) + '\n{"index": '

@@ -17,7 +17,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from align.core.config import config_hash
+from align.core.config import recipe_hash
 from align.core.errors import ConfigError, PolyalignError, writing_to
 from align.core.io import partial_dir, promote, write_json
 
@@ -85,7 +85,7 @@ class StageRun:
         self.partial = partial_dir(self.final)
         self.raw, self.stage, self.source = raw, stage, source
         self.overwrite = overwrite
-        self.digest = config_hash({k: v for k, v in raw.items() if k != "overwrite"})
+        self.digest = recipe_hash(raw)
         self.is_main, self.resumable = is_main, resumable
         self.resumed = False
         self.moves: tuple[tuple[str, str], ...] = ()  # (partial, final), as given and resolved: what `published` maps
