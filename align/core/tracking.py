@@ -50,9 +50,14 @@ class TrackingArgs:
         getattr(super(), "__post_init__", lambda: None)()
 
 
+def named(report_to) -> list[str]:
+    """`report_to` as a list: one name or several."""
+    return [report_to] if isinstance(report_to, str) else list(report_to or [])
+
+
 def requested(report_to) -> list[str]:
     """The trackers `report_to` names: none/None → none, all → every installed one (as transformers reads it)."""
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = named(report_to)
     if "none" in names:
         return []
     if "all" in names:
@@ -62,7 +67,7 @@ def requested(report_to) -> list[str]:
 
 def check_trackers(report_to, source: str | None, key: str = "report_to") -> None:
     """A tracker whose package is missing is one line naming the extra, not a traceback from inside the stage."""
-    for name in [report_to] if isinstance(report_to, str) else list(report_to or []):
+    for name in named(report_to):
         package = TRACKERS.get(name)
         if package is not None and importlib.util.find_spec(package) is None:
             raise ConfigError(source, key, f"{name} is not installed: pip install 'polyalign[{name}]'")
