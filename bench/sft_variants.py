@@ -51,11 +51,10 @@ def swap_human_picks(picks: Path, answers: Path, out: Path) -> int:
     return swapped
 
 
-def echo_vs_base(answers: Path, name: str, rounds: int = 2000) -> tuple[float, float, float]:
-    """Echo rate of `name` minus the base's over the same prompts, with a 95% paired bootstrap interval."""
-    import random
-
+def echo_vs_base(answers: Path, name: str) -> tuple[float, float, float]:
+    """Echo rate of `name` minus the base's over the same prompts, with its 95% paired bootstrap interval."""
     from align.core.io import safe_name
+    from align.core.stats import mean_interval
 
     flags = {
         model: [
@@ -64,9 +63,8 @@ def echo_vs_base(answers: Path, name: str, rounds: int = 2000) -> tuple[float, f
         for model in ("base", name)
     }
     diffs = [int(ours) - int(theirs) for ours, theirs in zip(flags[name], flags["base"])]
-    rng = random.Random(0)
-    means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(rounds))
-    return sum(diffs) / len(diffs), means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1]
+    low, high = mean_interval(diffs)
+    return sum(diffs) / len(diffs), low, high
 
 
 def main() -> None:
